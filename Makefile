@@ -1,0 +1,35 @@
+# Thin wrapper over CMake. `make demo` and `make test` install what is missing first.
+BUILD   ?= build
+JOBS    ?= $(shell nproc)
+CMAKE_FLAGS ?=
+
+.PHONY: all setup configure build test demo gpu gpu-bundle clean
+
+all: build
+
+setup:
+	@scripts/setup.sh
+
+$(BUILD)/build.ninja:
+	cmake -S . -B $(BUILD) -G Ninja -DCMAKE_BUILD_TYPE=Release $(CMAKE_FLAGS)
+
+configure: $(BUILD)/build.ninja
+
+build: setup configure
+	cmake --build $(BUILD) -j $(JOBS)
+
+test: build
+	cd $(BUILD) && ctest --output-on-failure -j $(JOBS) --timeout 1200
+
+demo: build
+	scripts/demo.sh $(BUILD)
+
+# GPU machines: PyTorch's LibTorch plus the Debian libraries unpacked by scripts/gpu-bundle.sh.
+gpu-bundle:
+	scripts/gpu-bundle.sh
+
+gpu:
+	scripts/gpu-build.sh build-gpu
+
+clean:
+	rm -rf $(BUILD)

@@ -1,0 +1,25 @@
+# Finds LibTorch in this order:
+#  1. -DTorch_DIR=... or CMAKE_PREFIX_PATH given by the user;
+#  2. a Python installation of PyTorch (how GPU machines have it);
+#  3. Debian's libtorch-dev (1.13, CPU only).
+if(NOT Torch_DIR AND NOT CMAKE_PREFIX_PATH MATCHES "[Tt]orch")
+  find_program(RATIO_PYTHON3 python3)
+  if(RATIO_PYTHON3)
+    execute_process(
+      COMMAND ${RATIO_PYTHON3} -c "import torch; print(torch.utils.cmake_prefix_path)"
+      OUTPUT_VARIABLE RATIO_PY_TORCH_PREFIX OUTPUT_STRIP_TRAILING_WHITESPACE
+      RESULT_VARIABLE RATIO_PY_TORCH_RC ERROR_QUIET)
+    if(RATIO_PY_TORCH_RC EQUAL 0 AND EXISTS "${RATIO_PY_TORCH_PREFIX}")
+      message(STATUS "LibTorch: using Python's PyTorch at ${RATIO_PY_TORCH_PREFIX}")
+      list(PREPEND CMAKE_PREFIX_PATH "${RATIO_PY_TORCH_PREFIX}")
+    endif()
+  endif()
+endif()
+find_package(Torch REQUIRED)
+message(STATUS "LibTorch ${Torch_VERSION} (${TORCH_INSTALL_PREFIX})")
+
+# Every LibTorch user links this target: flags, includes and the precompiled header.
+add_library(ratio_torch INTERFACE)
+target_link_libraries(ratio_torch INTERFACE ${TORCH_LIBRARIES})
+separate_arguments(RATIO_TORCH_CXX_FLAGS UNIX_COMMAND "${TORCH_CXX_FLAGS}")
+target_compile_options(ratio_torch INTERFACE ${RATIO_TORCH_CXX_FLAGS})

@@ -1,0 +1,68 @@
+#pragma once
+// GPT-2 with every RATIO mechanism (docs/architecture.md). Batch-first; shapes in comments.
+// This header is the API the worker and the tests use.
+
+#include <string>
+#include <utility>
+#include <vector>
+
+#include <torch/torch.h>
+
+#include "matrix/job_spec.h"
+#include "matrix/params.h"
+
+namespace ratio::model {
+
+struct ForwardOutput {
+  torch::Tensor logits;  // [B, T, V_padded]
+  torch::Tensor loss;    // scalar mean cross-entropy over targets (undefined when no targets)
+};
+
+struct LayerAttentionStats {
+  double entropy = 0;      // mean over batch, heads, positions of -sum_j A[i,j] log A[i,j]
+  double reciprocity = 0;  // Pearson correlation of A[i,j] with A[j,i] over causal pairs i != j
+};
+
+// One layer's cache for incremental decoding. MLA keeps only k_lat/v_lat [B, t, L];
+// standard attention keeps k/v [B, H, t, D].
+struct LayerCache {
+  torch::Tensor k;  // standard k, or MLA k_lat
+  torch::Tensor v;  // standard v, or MLA v_lat
+};
+struct KVCache {
+  std::vector<LayerCache> layers;
+  int64_t bytes() const;  // measured bytes held by the cache tensors
+};
+
+class GPTImpl : public torch::nn::Module {
+ public:
+  explicit GPTImpl(const ModelConfig& config);
+
+  // idx: [B, T] int64 token ids, T <= block_size. targets: [B, T] or undefined.
+  ForwardOutput forward(const torch::Tensor& idx, const torch::Tensor& targets = {});
+
+  // Incremental decoding: feeds idx [B, t_new] after the cached positions; returns logits
+  // [B, t_new, V_padded] and extends `cache`. Must equal the full forward at those positions.
+  torch::Tensor forward_cached(const torch::Tensor& idx, KVCache& cache);
+
+  const ModelConfig& config() const { return config_; }
+
+  // Parameter counts from the real tensors, in the same categories as matrix/params.h's formula.
+  // `pruned` is the number of weights currently masked to zero by pruning (worker-owned).
+  ParamCounts param_report(int64_t pruned = 0) const;
+
+  // Every mixing alpha, gate bias/scale and learned ratio by full name ("h.3.attn.ra_alpha").
+  std::vector<std::pair<std::string, torch::Tensor>> mixing_parameters() const;
+  // Parameters whose gradient norms the worker logs: alphas, gate_proj, gate_to_heads,
+  // q_to_latent, coupler weights, learned ratios.
+  std::vector<std::pair<std::string, torch::Tensor>> key_parameters() const;
+  // Per-layer attention entropy and reciprocity, computed under no_grad on idx [B, T].
+  std::vector<LayerAttentionStats> attention_stats(const torch::Tensor& idx);
+
+ private:
+  ModelConfig config_;
+  // implementation members are private to model/
+};
+TORCH_MODULE(GPT);
+
+}  // namespace ratio::model

@@ -70,3 +70,15 @@ TEST(JobSpec, MlpWidthsOfTheStudy) {
     EXPECT_EQ(m.mlp_hidden(), hidden) << ratio;
   }
 }
+
+#include "matrix/params.h"
+
+TEST(ParamFormula, BaselineIsGpt2_124M) {
+  ModelConfig m;  // defaults are GPT-2 124M
+  ParamCounts p = param_formula(m);
+  EXPECT_EQ(p.total, 124439808);
+  EXPECT_EQ(p.added, 0);
+  int64_t sum = 0;
+  for (const auto& kv : p.by_mechanism) sum += kv.second;
+  EXPECT_EQ(sum, p.total);
+}

@@ -22,4 +22,8 @@ find .deps/root -type l -lname '/*' | while read -r link; do
     fi
   done
 done
+# Static archives (but GoogleTest's), docs and man pages are not needed to build or run: keep the
+# bundle small, since it travels with the working tree.
+find .deps/root -name '*.a' ! -name 'libgtest*' ! -name 'libgmock*' -delete
+rm -rf .deps/root/usr/share/doc .deps/root/usr/share/man
 du -sh .deps/root

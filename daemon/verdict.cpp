@@ -1,0 +1,325 @@
+#include "daemon/verdict.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <numeric>
+
+#include <nlohmann/json.hpp>
+
+namespace ratio {
+namespace {
+
+// All jobs of one step: its seeds.
+struct StepGroup {
+  std::string step;
+  std::vector<const JobOutcome*> jobs;
+};
+
+struct Stats {
+  int n = 0;
+  double mean = 0.0;
+  std::optional<double> std;  // sample std, n >= 2
+};
+
+Stats stats_of(const std::vector<double>& values) {
+  Stats s;
+  s.n = static_cast<int>(values.size());
+  if (s.n == 0) return s;
+  s.mean = std::accumulate(values.begin(), values.end(), 0.0) / s.n;
+  if (s.n >= 2) {
+    double squares = 0.0;
+    for (double v : values) squares += (v - s.mean) * (v - s.mean);
+    s.std = std::sqrt(squares / (s.n - 1));
+  }
+  return s;
+}
+
+std::vector<StepGroup> group_by_step(const std::vector<JobOutcome>& jobs) {
+  std::vector<StepGroup> groups;
+  for (const JobOutcome& job : jobs) {
+    auto it = std::find_if(groups.begin(), groups.end(),
+                           [&](const StepGroup& g) { return g.step == job.spec.step; });
+    if (it == groups.end()) {
+      groups.push_back({job.spec.step, {}});
+      it = groups.end() - 1;
+    }
+    it->jobs.push_back(&job);
+  }
+  return groups;
+}
+
+bool finished(const JobOutcome& job) {
+  return job.status == "succeeded" && job.final_val_loss.has_value();
+}
+
+std::vector<double> final_losses(const StepGroup& g) {
+  std::vector<double> losses;
+  for (const JobOutcome* job : g.jobs)
+    if (finished(*job)) losses.push_back(*job->final_val_loss);
+  return losses;
+}
+
+// The step's status over its seeds: the one that most needs attention wins.
+std::string step_status(const StepGroup& g) {
+  for (const char* status : {"failed", "running", "queued", "cancelled"})
+    for (const JobOutcome* job : g.jobs)
+      if (job->status == status) return status;
+  return "succeeded";
+}
+
+// Mixing alphas only: learned ratios and gate scale/bias means are reported but are not "alphas".
+bool is_mixing_alpha(const std::string& name) {
+  return name.find("alpha") != std::string::npos;
+}
+
+std::string fmt(const char* format, double value) {
+  char buffer[64];
+  std::snprintf(buffer, sizeof buffer, format, value);
+  return buffer;
+}
+
+// Plain scaling: the same model and training as the baseline except a wider MLP (seed aside).
+bool is_plain_scaling(const JobSpec& step, const JobSpec& baseline) {
+  if (step.model.mlp_ratio <= baseline.model.mlp_ratio) return false;
+  nlohmann::json step_model = to_json(step.model), base_model = to_json(baseline.model);
+  step_model.erase("mlp_ratio");
+  base_model.erase("mlp_ratio");
+  nlohmann::json step_train = to_json(step.train), base_train = to_json(baseline.train);
+  step_train.erase("seed");
+  base_train.erase("seed");
+  return step_model == base_model && step_train == base_train && to_json(step.data) == to_json(baseline.data);
+}
+
+struct Noise {
+  double threshold = 0.0;
+  std::string how;  // for the reason text
+};
+
+Noise noise_threshold(const Stats& step, const Stats& baseline, const VerdictOptions& options) {
+  if (step.std && baseline.std) {
+    double combined = std::sqrt(*step.std * *step.std + *baseline.std * *baseline.std);
+    return {options.noise_sigmas * combined,
+            fmt("%g", options.noise_sigmas) + "x combined seed std " + fmt("%.4f", combined)};
+  }
+  return {options.single_run_noise, "single-seed run-to-run noise " + fmt("%.3f", options.single_run_noise)};
+}
+
+std::optional<double> efficiency_of(double delta, int64_t params_added) {
+  if (params_added <= 0) return std::nullopt;
+  return -delta / (static_cast<double>(params_added) / 1e6);
+}
+
+// Fills everything but the verdict: aggregates, delta against the baseline, noise and health.
+ResultRow aggregate(const StepGroup& g, const Stats* baseline, const VerdictOptions& options, Noise* noise) {
+  ResultRow row;
+  row.step = g.step;
+  const JobOutcome& first = **std::min_element(
+      g.jobs.begin(), g.jobs.end(), [](const JobOutcome* a, const JobOutcome* b) { return a->job_id < b->job_id; });
+  row.job_id = first.job_id;
+  row.name = first.spec.name;
+  row.status = step_status(g);
+  row.params_total = first.params_total;
+  row.params_added = first.params_added;
+
+  std::vector<double> finals = final_losses(g), bests, speeds;
+  std::map<std::string, std::vector<double>> alpha_values;
+  for (const JobOutcome* job : g.jobs) {
+    if (!finished(*job)) continue;
+    if (job->best_val_loss) bests.push_back(*job->best_val_loss);
+    if (job->tokens_per_s) speeds.push_back(*job->tokens_per_s);
+    for (const auto& [name, value] : job->alphas)
+      if (is_mixing_alpha(name)) alpha_values[name].push_back(value);
+    for (const auto& [name, norm] : job->grad_norms)
+      if (std::abs(norm) < options.dead_grad_norm &&
+          std::find(row.dead_params.begin(), row.dead_params.end(), name) == row.dead_params.end())
+        row.dead_params.push_back(name);
+  }
+  for (const auto& [name, values] : alpha_values) row.alphas[name] = stats_of(values).mean;
+
+  Stats loss = stats_of(finals);
+  row.seeds = loss.n;
+  if (loss.n == 0) return row;
+  row.final_val_loss = loss.mean;
+  row.val_loss_std = loss.std;
+  if (!bests.empty()) row.best_val_loss = stats_of(bests).mean;
+  if (!speeds.empty()) row.tokens_per_s = stats_of(speeds).mean;
+  if (baseline && baseline->n > 0) {
+    row.delta = loss.mean - baseline->mean;
+    row.delta_pct = 100.0 * *row.delta / baseline->mean;
+    row.efficiency = efficiency_of(*row.delta, row.params_added);
+    *noise = noise_threshold(loss, *baseline, options);
+    row.within_noise = std::abs(*row.delta) < noise->threshold;
+  }
+  return row;
+}
+
+std::string missing_reason(const StepGroup& g, const ResultRow& row) {
+  for (const JobOutcome* job : g.jobs)
+    if (job->status == "failed")
+      return "job " + std::to_string(job->job_id) + " failed" + (job->reason.empty() ? "" : ": " + job->reason) +
+             "; rerun it with `ratio rerun --job " + std::to_string(job->job_id) + "`";
+  return "waiting for results (" + std::to_string(row.seeds) + " of " + std::to_string(g.jobs.size()) +
+         " runs finished)";
+}
+
+struct PlainScaling {
+  std::string step;
+  std::optional<double> efficiency;  // only when its gain is beyond noise: otherwise no usable reference
+};
+
+void decide(ResultRow& row, const Noise& noise, const PlainScaling& plain, const VerdictOptions& options) {
+  const double delta = *row.delta;
+  const std::string delta_text = fmt("%+.4f", delta) + " vs baseline (" + noise.how + ")";
+
+  // REMOVE: the model switched the mechanism off.
+  if (!row.alphas.empty()) {
+    double mean_abs = 0.0;
+    for (const auto& entry : row.alphas) mean_abs += std::abs(entry.second);
+    mean_abs /= static_cast<double>(row.alphas.size());
+    if (mean_abs < options.dead_alpha) {
+      row.verdict = "REMOVE";
+      row.verdict_reason = "learned alphas went to ~0 (mean |alpha| " + fmt("%.4f", mean_abs) + " over " +
+                           std::to_string(row.alphas.size()) + "): training switched the mechanism off";
+      return;
+    }
+  }
+  // REMOVE: worse beyond noise.
+  if (delta >= noise.threshold) {
+    row.verdict = "REMOVE";
+    row.verdict_reason = "worse than baseline beyond noise: " + delta_text;
+    return;
+  }
+  // REMOVE: parameters buy less than plain MLP scaling would.
+  if (row.efficiency && plain.efficiency && row.step != plain.step && *row.efficiency < *plain.efficiency) {
+    row.verdict = "REMOVE";
+    row.verdict_reason = "efficiency " + fmt("%.4f", *row.efficiency) + " loss/M params is below plain scaling (step " +
+                         plain.step + ": " + fmt("%.4f", *plain.efficiency) + "); " + delta_text;
+    return;
+  }
+  const bool better = delta <= -noise.threshold;
+  if (better && row.dead_params.empty()) {
+    row.verdict = "KEEP";
+    row.verdict_reason = "better than baseline beyond noise with healthy gradients: " + delta_text;
+    return;
+  }
+  row.verdict = "INVESTIGATE";
+  if (!row.dead_params.empty())
+    row.verdict_reason = std::to_string(row.dead_params.size()) + " key parameter(s) get no gradient (" +
+                         row.dead_params.front() + (row.dead_params.size() > 1 ? ", ..." : "") + "); " + delta_text;
+  else
+    row.verdict_reason = "within noise: " + delta_text;
+}
+
+std::string resolve_baseline(const std::vector<StepGroup>& groups, const std::string& declared) {
+  const std::string wanted = declared.empty() ? "0" : declared;
+  for (const StepGroup& g : groups)
+    if (g.step == wanted) return wanted;
+  return "";
+}
+
+// The wider-MLP-only step with the largest ratio that has a result; its efficiency is the reference
+// only when its own gain is beyond noise (an efficiency computed from noise is no yardstick).
+PlainScaling find_plain_scaling(const std::vector<StepGroup>& groups, const std::vector<ResultRow>& rows,
+                                const StepGroup& baseline) {
+  PlainScaling plain;
+  double widest = 0.0;
+  for (size_t i = 0; i < groups.size(); ++i) {
+    const JobSpec& spec = groups[i].jobs.front()->spec;
+    if (!rows[i].final_val_loss || !is_plain_scaling(spec, baseline.jobs.front()->spec)) continue;
+    if (spec.model.mlp_ratio <= widest) continue;
+    widest = spec.model.mlp_ratio;
+    plain.step = rows[i].step;
+    plain.efficiency = rows[i].within_noise.value_or(true) ? std::nullopt : rows[i].efficiency;
+  }
+  return plain;
+}
+
+template <typename T>
+nlohmann::json or_null(const std::optional<T>& value) {
+  return value ? nlohmann::json(*value) : nlohmann::json(nullptr);
+}
+
+}  // namespace
+
+ResultsTable judge_matrix(const std::vector<JobOutcome>& jobs, const std::string& baseline_step,
+                          const VerdictOptions& options) {
+  const std::vector<StepGroup> groups = group_by_step(jobs);
+  ResultsTable table;
+  table.baseline_step = resolve_baseline(groups, baseline_step);
+
+  const StepGroup* baseline_group = nullptr;
+  Stats baseline;
+  for (const StepGroup& g : groups)
+    if (g.step == table.baseline_step) {
+      baseline_group = &g;
+      baseline = stats_of(final_losses(g));
+    }
+
+  std::vector<Noise> noises(groups.size());
+  for (size_t i = 0; i < groups.size(); ++i)
+    table.rows.push_back(aggregate(groups[i], baseline_group ? &baseline : nullptr, options, &noises[i]));
+
+  PlainScaling plain;
+  if (baseline_group) {
+    plain = find_plain_scaling(groups, table.rows, *baseline_group);
+    table.plain_scaling_step = plain.step;
+    table.plain_scaling_efficiency = plain.efficiency;
+  }
+
+  for (size_t i = 0; i < groups.size(); ++i) {
+    ResultRow& row = table.rows[i];
+    if (baseline_group && row.step == table.baseline_step) {
+      row.verdict = "BASELINE";
+      row.verdict_reason = "the reference every other step is compared with";
+      row.within_noise.reset();
+      continue;
+    }
+    if (row.status != "succeeded" || !row.final_val_loss) {
+      row.verdict_reason = missing_reason(groups[i], row);
+      continue;
+    }
+    if (!row.delta) {
+      row.verdict_reason = baseline_group ? "waiting for the baseline (step " + table.baseline_step + ")"
+                                          : "no baseline step in this matrix (declare one, or name a step \"0\")";
+      continue;
+    }
+    decide(row, noises[i], plain, options);
+  }
+  return table;
+}
+
+nlohmann::json to_json(const ResultRow& row) {
+  return {{"job_id", row.job_id},
+          {"step", row.step},
+          {"name", row.name},
+          {"status", row.status},
+          {"final_val_loss", or_null(row.final_val_loss)},
+          {"best_val_loss", or_null(row.best_val_loss)},
+          {"delta", or_null(row.delta)},
+          {"delta_pct", or_null(row.delta_pct)},
+          {"params_total", row.params_total},
+          {"params_added", row.params_added},
+          {"efficiency", or_null(row.efficiency)},
+          {"tokens_per_s", or_null(row.tokens_per_s)},
+          {"verdict", row.verdict.empty() ? nlohmann::json(nullptr) : nlohmann::json(row.verdict)},
+          {"verdict_reason", row.verdict_reason},
+          {"alphas", row.alphas},
+          {"seeds", row.seeds},
+          {"val_loss_std", or_null(row.val_loss_std)},
+          {"within_noise", or_null(row.within_noise)},
+          {"dead_params", row.dead_params}};
+}
+
+nlohmann::json to_json(const ResultsTable& table) {
+  nlohmann::json rows = nlohmann::json::array();
+  for (const ResultRow& row : table.rows) rows.push_back(to_json(row));
+  nlohmann::json plain = nullptr;
+  if (!table.plain_scaling_step.empty())
+    plain = {{"step", table.plain_scaling_step}, {"efficiency", or_null(table.plain_scaling_efficiency)}};
+  return {{"baseline_step", table.baseline_step.empty() ? nlohmann::json(nullptr) : nlohmann::json(table.baseline_step)},
+          {"plain_scaling", plain},
+          {"rows", rows}};
+}
+
+}  // namespace ratio

@@ -1,0 +1,164 @@
+#pragma once
+// The daemon's data: matrices, jobs (with their summary row), attempts, metrics, results, events.
+// A Store wraps one connection. The daemon owns exactly one writable Store (on its writer thread)
+// and any number of read-only Stores for API reads; every multi-row change is one transaction,
+// so a kill -9 at any moment leaves either all of it or none.
+//
+// Reads return JSON in the shapes of docs/api.md (job summary, attempt, matrix summary), since
+// that is what every reader needs.
+
+#include <cstdint>
+#include <optional>
+#include <set>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "db/sqlite.h"
+
+namespace ratio::db {
+
+using nlohmann::json;
+
+double now_seconds();  // unix time, fractional
+
+// One job of a submitted matrix, as matrix/ resolved it.
+struct NewJob {
+  std::string step;
+  std::string name;
+  json spec;  // full job spec (docs/job-spec.md)
+  std::string config_hash;
+  json params;  // ParamCounts
+  int64_t max_iters = 0;
+};
+
+struct NewMatrix {
+  std::string name;
+  std::string source;  // submitted text
+  json expanded;       // resolved matrix JSON
+  json warnings = json::array();
+  std::optional<std::string> idempotency_key;
+  int priority = 0;
+  bool force = false;  // true: never reuse an earlier identical config's result
+  std::vector<NewJob> jobs;
+};
+
+struct CreatedMatrix {
+  int64_t id = 0;
+  bool existed = false;  // the idempotency key matched an earlier submission
+};
+
+// What the scheduler needs to start one attempt of a job.
+struct ClaimedAttempt {
+  int64_t job_id = 0;
+  int64_t attempt_id = 0;
+  int n = 0;  // attempt number, 1-based
+  json spec;
+  bool resume = false;
+  std::string log_path;
+};
+
+struct RunningAttempt {
+  int64_t job_id = 0;
+  int64_t attempt_id = 0;
+  std::optional<int64_t> pid;
+  std::string token;
+  std::string slot;
+};
+
+// How an attempt ended and what happens to its job next.
+enum class Retry {
+  kNever,         // the job fails (or succeeds) with this attempt
+  kIfAttemptsLeft,  // requeue (resuming) while attempts < max_attempts
+  kAlways,        // requeue regardless: the daemon itself interrupted it (shutdown, restart)
+};
+
+struct AttemptEnd {
+  std::string status;  // succeeded | failed | lost | interrupted | cancelled
+  std::string reason;
+  std::optional<int64_t> exit_code;
+  Retry retry = Retry::kNever;
+};
+
+struct IngestOutcome {
+  int accepted = 0;       // events new to the store
+  bool stale = false;     // the attempt is no longer running: recorded, not applied
+  int64_t job_id = 0;
+  int64_t last_iter = -1;  // highest iteration among applied metric/eval events, -1 if none
+  std::set<std::string> metric_names;  // names written by this batch
+};
+
+class Store {
+ public:
+  // Opens the file; a writable Store creates it and applies migrations.
+  Store(const std::string& path, bool read_only);
+
+  Connection& connection() { return conn_; }
+
+  // ---- writes (the daemon's writer thread only) -----------------------------------------------
+  // Stores the matrix and its jobs atomically. A job whose config_hash matches a succeeded job is
+  // created already succeeded with reused_from set (unless force).
+  CreatedMatrix create_matrix(const NewMatrix& m);
+
+  // Takes the highest-priority queued job, creates its next attempt (status running) and marks
+  // the job running. log_dir/<job id>/attempt-<n>.log becomes the attempt's log path.
+  std::optional<ClaimedAttempt> claim_next_job(const std::string& slot, const std::string& token,
+                                               const std::string& jobs_dir);
+  void set_attempt_pid(int64_t attempt_id, int64_t pid);
+
+  // Ends an attempt (if still running) and moves its job on: succeeded, requeued or failed.
+  // Returns false when the attempt had already ended.
+  bool end_attempt(int64_t attempt_id, const AttemptEnd& end, int max_attempts);
+
+  // Applies a batch of worker events for one attempt. Each (attempt, seq) is stored once, so the
+  // same event arriving on stdout and over HTTP counts once.
+  IngestOutcome ingest(int64_t attempt_id, const json& events);
+
+  // Requeues jobs (new attempts, resuming none: a rerun starts over) whose status is in the set.
+  // Running jobs are never requeued. Returns the ids.
+  std::vector<int64_t> rerun_matrix(int64_t matrix_id, const std::set<std::string>& statuses);
+  // Requeues one job that is not running. Returns false when it is running or unknown.
+  bool rerun_job(int64_t job_id);
+  // Queued -> cancelled at once. Returns the job's status afterwards (empty when unknown).
+  std::string cancel_queued_job(int64_t job_id);
+
+  // ---- reads ----------------------------------------------------------------------------------
+  std::optional<int64_t> attempt_by_token(const std::string& token);
+  std::vector<RunningAttempt> running_attempts();
+  std::optional<RunningAttempt> running_attempt_of_job(int64_t job_id);
+
+  std::optional<json> job_summary(int64_t job_id);
+  json list_jobs(std::optional<int64_t> matrix_id, const std::string& status);
+  std::optional<json> job_detail(int64_t job_id);  // {"job": ..., "attempts": [...]}
+  std::optional<std::string> current_log_path(int64_t job_id);
+
+  json list_matrices();
+  std::optional<json> matrix_summary(int64_t matrix_id);
+  std::optional<json> matrix_detail(int64_t matrix_id);  // {"matrix": ..., "jobs": [...]}
+  std::optional<int64_t> matrix_of_job(int64_t job_id);
+
+  // Every job of a matrix with its spec, result and final metric values, for the results table.
+  json matrix_jobs_with_results(int64_t matrix_id);
+  // The last value of every metric whose name starts with prefix ("alpha/", "grad/").
+  json last_metric_values(int64_t job_id, const std::string& prefix);
+
+  // {"series": {name: [[iter, value], ...]}, "names": [...]}, each series with iter > after,
+  // evenly downsampled to at most max_points (first and last kept).
+  json metrics(int64_t job_id, const std::vector<std::string>& names, int max_points, int64_t after);
+
+  // Counts for /api/health and /metrics.
+  json job_counts_by_status();
+  json attempt_counts_by_status();
+  int64_t event_count(bool applied);
+
+ private:
+  json read_job_summary(Statement& st);
+  void refresh_matrix_finished(int64_t matrix_id);
+  void upsert_metric(Statement& st, int64_t job_id, const std::string& name, int64_t iter, double value,
+                     int attempt_n);
+
+  Connection conn_;
+};
+
+}  // namespace ratio::db

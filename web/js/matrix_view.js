@@ -56,7 +56,7 @@ export function mountMatrixView(root, route) {
   const store = new MetricStore();
   let matrix = null;
   let baselineStep = null;
-  let sort = { key: 'step', dir: 1 };
+  let sort = { key: null, dir: 1 };
   let order = [];              // job ids in table order
   let detail = null;           // the open job panel
   let gridCells = new Map();   // "row\tcol" -> {td, jobIds}
@@ -197,6 +197,7 @@ export function mountMatrixView(root, route) {
     const d = r && r.delta;
     td.replaceChildren();
     setAttr(td, 'data-value', isNum(d) ? String(d) : null);
+    if (r && r.step === baselineStep) { td.textContent = 'baseline'; td.className = 'num muted'; return; }
     if (!isNum(d)) { td.textContent = '–'; td.className = 'num'; return; }
     const pct = isNum(r.delta_pct) ? ` (${fmtSigned(r.delta_pct, 2)}%)` : '';
     td.append(fmtSigned(d) + pct);

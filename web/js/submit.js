@@ -20,7 +20,7 @@ export function mountSubmit(root) {
   const previewBtn = el('button', { type: 'button', onclick: () => preview() }, 'Preview');
   const submitBtn = el('button', { type: 'button', class: 'primary', onclick: submit, disabled: true }, 'Submit');
   const force = el('input', { type: 'checkbox', id: 'force' });
-  const summary = el('p', { class: 'muted', role: 'status' });
+  const summary = el('p', { class: 'muted', role: 'status' }, 'Paste a matrix or pick a preset.');
   const warnings = el('ul', { class: 'warnings', 'aria-label': 'Warnings' });
   const jobsBody = el('tbody');
   const jobsTable = el('table', { class: 'grid-table', 'aria-label': 'Expanded jobs', hidden: true },

@@ -77,6 +77,7 @@ struct Expansion {
   int max_attempts = 3;  // attempts per job before it counts as failed (retryable causes only)
   int priority = 0;      // higher runs first
   std::string source;    // the file name the matrix came from (as given to expand_matrix)
+  int steps = 0;         // steps including derived forced-gates twins, before the seeds and grid axes
   std::vector<ExpandedJob> jobs;  // in step order; per step: grid values, then seeds
   std::vector<LintWarning> warnings;
 };

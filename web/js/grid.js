@@ -18,7 +18,7 @@ export function baseOf(model) {
   return {
     key: parts.join('|') || 'baseline',
     label: parts.length ? `+ ${parts.join(' + ')}` : 'Baseline',
-    // Sort: fewer additions first, then attention variants before width variants.
+    // Sort as the study's notes do: fewer additions first; then width, RA, MLA.
     rank: parts.length * 100 + (parts.includes('RA') ? 1 : 0) + (parts.includes('MLA') ? 2 : 0),
   };
 }

@@ -46,14 +46,14 @@ json results_answer() {
           {"plain_scaling", nullptr}, {"rows", {base, ra, queued}}};
 }
 
-TEST(Render, HumanCounts) {
+TEST(CliRender, HumanCounts) {
   EXPECT_EQ(human_count(124439808), "124.44M");
   EXPECT_EQ(human_count(12), "12");
   EXPECT_EQ(human_count(-1439808), "-1.44M");
   EXPECT_EQ(human_count(98304), "98.3K");
 }
 
-TEST(Render, TableColumnsAlign) {
+TEST(CliRender, TableColumnsAlign) {
   const std::string table = format_table({"a", "number"}, {{"long cell", "1"}, {"x", "12345"}}, {false, true});
   const std::vector<std::string> lines = lines_of(table);
   ASSERT_EQ(lines.size(), 4u);
@@ -63,13 +63,13 @@ TEST(Render, TableColumnsAlign) {
   EXPECT_EQ(lines[3], "x           12345");
 }
 
-TEST(Render, TableWidthCountsUtf8CodePoints) {
+TEST(CliRender, TableWidthCountsUtf8CodePoints) {
   const std::vector<std::string> lines = lines_of(format_table({"n", "v"}, {{"α", "1"}, {"ab", "2"}}, {false, false}));
   EXPECT_EQ(lines[2], "α   1");
   EXPECT_EQ(lines[3], "ab  2");
 }
 
-TEST(Render, ResultsTable) {
+TEST(CliRender, ResultsTable) {
   const std::string text = render_results_table(results_answer());
   const std::vector<std::string> lines = lines_of(text);
   EXPECT_EQ(lines[0], "matrix 4 (demo), baseline step 0");
@@ -87,7 +87,7 @@ TEST(Render, ResultsTable) {
   EXPECT_NE(text.find("step 8: pending: waiting for results"), std::string::npos);
 }
 
-TEST(Render, ResultsCsvQuotesAndJoins) {
+TEST(CliRender, ResultsCsvQuotesAndJoins) {
   const std::vector<std::string> lines = lines_of(render_results_csv(results_answer()));
   ASSERT_EQ(lines.size(), 4u);
   EXPECT_EQ(lines[0], "job_id,step,name,status,final_val_loss,best_val_loss,val_loss_std,seeds,delta,delta_pct,"
@@ -99,14 +99,14 @@ TEST(Render, ResultsCsvQuotesAndJoins) {
   EXPECT_EQ(lines[3], "3,8,+ MLA,queued,,,,,,,,123000000,-1439808,,,,waiting for results (0 of 1 runs finished),,");
 }
 
-TEST(Render, CsvCell) {
+TEST(CliRender, CsvCell) {
   EXPECT_EQ(csv_cell("plain"), "plain");
   EXPECT_EQ(csv_cell("a,b"), "\"a,b\"");
   EXPECT_EQ(csv_cell("say \"hi\""), "\"say \"\"hi\"\"\"");
   EXPECT_EQ(csv_cell("two\nlines"), "\"two\nlines\"");
 }
 
-TEST(Render, MatrixStatus) {
+TEST(CliRender, MatrixStatus) {
   json matrix = {{"matrix", {{"id", 4}, {"name", "demo"}}},
                  {"jobs",
                   {{{"id", 10}, {"step", "0"}, {"name", "baseline"}, {"status", "succeeded"}, {"iter", 300},
@@ -124,7 +124,7 @@ TEST(Render, MatrixStatus) {
   EXPECT_NE(lines[5].find("diverged"), std::string::npos);
 }
 
-TEST(Render, MatrixListFlagsMixedBuilds) {
+TEST(CliRender, MatrixListFlagsMixedBuilds) {
   json list = {{"matrices",
                 {{{"id", 1}, {"name", "demo"}, {"created_at", "2026-11-24T10:00:00Z"}, {"total", 12},
                   {"counts", {{"succeeded", 12}, {"running", 0}, {"queued", 0}, {"failed", 0}, {"cancelled", 0}}},
@@ -134,7 +134,7 @@ TEST(Render, MatrixListFlagsMixedBuilds) {
   EXPECT_NE(render_matrix_list({{"matrices", json::array()}}).find("ratio submit --preset demo"), std::string::npos);
 }
 
-TEST(Render, Expansion) {
+TEST(CliRender, Expansion) {
   json expansion = {{"matrix", {{"name", "tiny"}}},
                     {"jobs",
                      {{{"step", "0"}, {"name", "base"}, {"config_hash", "0123456789abcdef"},

@@ -1,6 +1,6 @@
 #pragma once
-// Helpers for tests that run the real binaries of build/bin (found through $RATIO_BIN_DIR, set by
-// ratio_add_test): run a command and capture its exit code, stdout and stderr.
+// Helpers for tests that run the real binaries of build/bin: run a command and capture its exit
+// code, stdout and stderr.
 
 #include <sys/socket.h>
 #include <sys/wait.h>
@@ -23,9 +23,10 @@ struct Ran {
   std::string err;
 };
 
+// $RATIO_BIN_DIR when set, else the build's bin/ (compiled in by tests/cli/CMakeLists.txt).
 inline std::string bin_dir() {
   const char* dir = std::getenv("RATIO_BIN_DIR");
-  return dir ? dir : "";
+  return dir && *dir ? dir : RATIO_TEST_BIN_DIR;
 }
 
 inline std::string shell_quote(const std::string& s) {

@@ -16,7 +16,8 @@ export function splitParam(metricName) {
   return m ? { layer: Number(m[1]), param: m[2] } : { layer: null, param: name };
 }
 
-export function mountJobDetail(root, jobId, { store, result, closeHref, onRequeued }) {
+// metricsId(): the job whose series to show (a job that reused a cached result has none of its own).
+export function mountJobDetail(root, jobId, { store, metricsId, result, closeHref, onRequeued }) {
   let job = null;
   let metricNames = [];
   let destroyed = false;
@@ -35,6 +36,8 @@ export function mountJobDetail(root, jobId, { store, result, closeHref, onRequeu
   const gradPick = el('select', { 'aria-label': 'Gradient parameter to plot', onchange: drawOverTime });
   const alphaBox = el('div', { class: 'chart', role: 'img', 'aria-label': 'Mixing weights over time' });
   const gradBox = el('div', { class: 'chart', role: 'img', 'aria-label': 'Gradient norms over time' });
+  const alphaOverTime = el('div', { hidden: true }, el('div', { class: 'section-head' }, el('h4', {}, 'Over time'), alphaPick), alphaBox);
+  const gradOverTime = el('div', { hidden: true }, el('div', { class: 'section-head' }, el('h4', {}, 'Over time'), gradPick), gradBox);
 
   root.setAttribute('aria-labelledby', title.id);
   root.append(
@@ -50,10 +53,8 @@ export function mountJobDetail(root, jobId, { store, result, closeHref, onRequeu
           attemptsBody)),
       el('div', {}, el('h3', {}, 'Log tail'), logPre)),
     el('div', { class: 'two-col' },
-      el('div', {}, el('h3', {}, 'Mixing weights per layer'), alphaTable,
-        el('div', { class: 'section-head' }, el('h4', {}, 'Over time'), alphaPick), alphaBox),
-      el('div', {}, el('h3', {}, 'Gradient norms'), gradTable,
-        el('div', { class: 'section-head' }, el('h4', {}, 'Over time'), gradPick), gradBox)));
+      el('div', {}, el('h3', {}, 'Mixing weights per layer'), alphaTable, alphaOverTime),
+      el('div', {}, el('h3', {}, 'Gradient norms'), gradTable, gradOverTime)));
 
   const alphaChart = new LineChart(alphaBox, { title: '', height: 200 });
   const gradChart = new LineChart(gradBox, { title: '', height: 200, logY: true });
@@ -85,7 +86,9 @@ export function mountJobDetail(root, jobId, { store, result, closeHref, onRequeu
       .filter(Boolean).join(' · '));
     cancel.disabled = !['queued', 'running'].includes(job.status);
     rerun.disabled = ['queued', 'running'].includes(job.status);
-    if (attempts) {
+    if (attempts && !attempts.length) {
+      attemptsBody.replaceChildren(el('tr', {}, el('td', { colspan: '8', class: 'muted' }, 'No attempt yet: the job is waiting for a slot.')));
+    } else if (attempts) {
       attemptsBody.replaceChildren(...attempts.map((a) => el('tr', {},
         el('td', { class: 'num' }, String(a.n)),
         el('td', {}, el('span', { class: `badge status-${a.status}` }, a.status)),
@@ -122,9 +125,9 @@ export function mountJobDetail(root, jobId, { store, result, closeHref, onRequeu
   // ---- mixing weights and gradients --------------------------------------------------------------
   async function loadMechanisms() {
     try {
-      metricNames = await store.update(jobId, ['val_loss']);
+      metricNames = await store.update(metricsId(), ['val_loss']);
       const wanted = metricNames.filter((n) => n.startsWith('alpha/') || n.startsWith('grad/'));
-      if (wanted.length) await store.update(jobId, wanted);
+      if (wanted.length) await store.update(metricsId(), wanted);
     } catch {
       return;  // the job may not have reported yet
     }
@@ -137,7 +140,7 @@ export function mountJobDetail(root, jobId, { store, result, closeHref, onRequeu
   }
 
   function latest(name) {
-    const s = store.series(jobId, name);
+    const s = store.series(metricsId(), name);
     return s.y.length ? s.y.at(-1) : null;
   }
 
@@ -185,11 +188,13 @@ export function mountJobDetail(root, jobId, { store, result, closeHref, onRequeu
   }
 
   function drawOverTime() {
-    for (const [chart, select, prefix] of [[alphaChart, alphaPick, 'alpha/'], [gradChart, gradPick, 'grad/']]) {
+    for (const [chart, select, prefix, box] of [[alphaChart, alphaPick, 'alpha/', alphaOverTime], [gradChart, gradPick, 'grad/', gradOverTime]]) {
       const names = metricNames.filter((n) => n.startsWith(prefix) && splitParam(n).param === select.value);
+      box.hidden = names.length === 0;
+      if (box.hidden) continue;
       chart.setSeries(names.map((n, i) => {
         const { layer } = splitParam(n);
-        return { label: layer === null ? select.value : `layer ${layer}`, color: PALETTE[i % PALETTE.length], ...store.series(jobId, n) };
+        return { label: layer === null ? select.value : `layer ${layer}`, color: PALETTE[i % PALETTE.length], ...store.series(metricsId(), n) };
       }));
     }
   }

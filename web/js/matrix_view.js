@@ -82,6 +82,7 @@ export function mountMatrixView(root, route) {
   const tbody = el('tbody');
   const table = el('table', { class: 'grid-table results', 'aria-label': 'Comparison' }, el('thead', {}, thead), tbody);
   const gridBox = el('div', { class: 'scroll-x' });
+  const plainLine = el('p', { class: 'muted small', hidden: true });
   const logX = el('input', { type: 'checkbox', id: 'logx', onchange: () => { valChart.setLogX(logX.checked); trainChart.setLogX(logX.checked); } });
   const valBox = el('div', { class: 'chart', role: 'img', 'aria-label': 'Validation loss curves' });
   const trainBox = el('div', { class: 'chart', role: 'img', 'aria-label': 'Training loss curves' });
@@ -93,6 +94,7 @@ export function mountMatrixView(root, route) {
     buildsWarn, notice, detailBox,
     el('section', { class: 'card', 'aria-labelledby': 'h-compare' },
       el('h2', { id: 'h-compare' }, 'Comparison'),
+      plainLine,
       el('div', { class: 'scroll-x' }, table)),
     el('section', { class: 'card', 'aria-labelledby': 'h-grid' },
       el('h2', { id: 'h-grid' }, 'Ablation grid'),
@@ -175,7 +177,7 @@ export function mountMatrixView(root, route) {
     setText(cells.nameLink, (j.name || '') + (j.step === baselineStep ? ' (baseline)' : ''));
     const badge = cells.status.firstChild;
     badge.className = `badge status-${j.status}`;
-    setText(badge, statusText(j) + (j.attempts > 1 ? ` · attempt ${j.attempts}` : ''));
+    setText(badge, statusText(j) + (j.attempts > 1 ? ` · attempt ${j.attempts}` : '') + (isNum(j.reused_from) ? ' · cached' : ''));
     setAttr(cells.status, 'title', j.reason || null);
     numCell(cells.val, view.finalLoss(j, r), fmtLoss);
     numCell(cells.best, r ? r.best_val_loss : j.best_val_loss, fmtLoss);
@@ -283,8 +285,14 @@ export function mountMatrixView(root, route) {
     if (on) fetchCurves([id]); else drawCurves();
   }
 
+  // A job that reused a cached result has its curves under the job that computed them.
+  function seriesId(id) {
+    const j = jobs.get(id);
+    return j && j.reused_from !== null && j.reused_from !== undefined ? j.reused_from : id;
+  }
+
   async function fetchCurves(ids) {
-    await Promise.all(ids.map((id) => store.update(id, LOSS_NAMES).catch(() => {})));
+    await Promise.all(ids.map((id) => store.update(seriesId(id), LOSS_NAMES).catch(() => {})));
     if (!destroyed) drawCurves();
   }
 
@@ -294,10 +302,10 @@ export function mountMatrixView(root, route) {
     ids.sort((a, b) => compareSteps(jobs.get(a).step, jobs.get(b).step));
     for (const [chart, name] of [[valChart, 'val_loss'], [trainChart, 'train_loss']]) {
       const series = [];
-      if (base) series.push({ label: `${jobs.get(base).step} ${jobs.get(base).name || ''} (baseline)`, color: 'var(--fg)', width: 2.5, ...store.series(base, name) });
+      if (base) series.push({ label: `${jobs.get(base).step} ${jobs.get(base).name || ''} (baseline)`, color: 'var(--fg)', width: 2.5, ...store.series(seriesId(base), name) });
       ids.forEach((id, i) => {
         const j = jobs.get(id);
-        series.push({ label: `${j.step} ${j.name || ''}`, color: PALETTE[i % PALETTE.length], width: 1.5, ...store.series(id, name) });
+        series.push({ label: `${j.step} ${j.name || ''}`, color: PALETTE[i % PALETTE.length], width: 1.5, ...store.series(seriesId(id), name) });
       });
       chart.setSeries(series);
     }
@@ -405,6 +413,11 @@ export function mountMatrixView(root, route) {
     try {
       const res = await api.results(matrixId);
       baselineStep = res.baseline_step ?? baselineStep;
+      const plain = res.plain_scaling;
+      plainLine.hidden = !(plain && plain.step !== undefined && plain.step !== null);
+      if (!plainLine.hidden) {
+        setText(plainLine, `Baseline: step ${baselineStep}. Plain scaling (step ${plain.step}, a wider MLP) has efficiency ${fmtSci(plain.efficiency)}: a mechanism below it buys less per parameter than widening.`);
+      }
       for (const r of res.rows || []) {
         results.set(r.job_id, r);
         if (jobs.has(r.job_id)) dirty.add(r.job_id);
@@ -415,12 +428,14 @@ export function mountMatrixView(root, route) {
     }
   }
 
-  // Configs for the grid: the matrix's own YAML expanded by ratiod (one request for all jobs).
+  // Configs for the grid: ratiod stores the matrix's expansion with it; older daemons only the YAML,
+  // which /api/expand turns into the same jobs (one request for all jobs either way).
   let configsLoading = false;
   async function loadConfigs() {
-    if (configsLoading || !matrix || !matrix.yaml) return;
-    const missing = [...jobs.values()].some((j) => !configs.has(j.config_hash));
-    if (!missing) return;
+    if (configsLoading || !matrix) return;
+    const missing = () => [...jobs.values()].some((j) => !configs.has(j.config_hash));
+    for (const job of (matrix.expanded && matrix.expanded.jobs) || []) configs.set(job.config_hash, job.config);
+    if (!missing() || !matrix.yaml) { flush(); return; }
     configsLoading = true;
     try {
       const res = await api.expand(matrix.yaml);
@@ -463,6 +478,7 @@ export function mountMatrixView(root, route) {
     if (!jobId) return;
     detail = mountJobDetail(detailBox, jobId, {
       store,
+      metricsId: () => seriesId(jobId),
       result: () => results.get(jobId),
       closeHref: `#/matrix/${encodeURIComponent(matrixId)}`,
       onRequeued: () => { store.invalidate(jobId); loadMatrix(); },

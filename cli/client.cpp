@@ -8,9 +8,20 @@
 namespace ratio::cli {
 namespace {
 
+std::string describe(httplib::Error error) {
+  switch (error) {
+    case httplib::Error::Connection: return "connection refused";
+    case httplib::Error::ConnectionTimeout: return "connection timed out";
+    case httplib::Error::Read: return "no answer (read failed)";
+    default: return "HTTP client error: " + httplib::to_string(error);
+  }
+}
+
 std::string unreachable_message(const std::string& server, httplib::Error error) {
-  return "cannot reach ratiod at " + server + " (" + httplib::to_string(error) +
-         "). Start it with `build/bin/ratiod` (see `ratiod --help`), or point --server / $RATIO_SERVER at a running one";
+  const std::string host_port = server.substr(server.find("://") + 3);
+  return "cannot reach ratiod at " + server + " (" + describe(error) +
+         "). Start it with `build/bin/ratiod --db ratio.db --listen " + host_port +
+         "` (see `ratiod --help`), or point --server / $RATIO_SERVER at a running one";
 }
 
 // The API's error bodies are {"error": "what, where, how to fix", ...}; anything else is shown as text.

@@ -61,6 +61,7 @@ export function mountMatrixView(root, route) {
   let detail = null;           // the open job panel
   let gridCells = new Map();   // "row\tcol" -> {td, jobIds}
   let gridSignature = '';
+  let lastBaselineLoss = null;
   let destroyed = false;
 
   const view = {
@@ -95,7 +96,7 @@ export function mountMatrixView(root, route) {
     el('section', { class: 'card', 'aria-labelledby': 'h-compare' },
       el('h2', { id: 'h-compare' }, 'Comparison'),
       plainLine,
-      el('div', { class: 'scroll-x' }, table)),
+      el('div', { class: 'scroll-x table-scroll' }, table)),
     el('section', { class: 'card', 'aria-labelledby': 'h-grid' },
       el('h2', { id: 'h-grid' }, 'Ablation grid'),
       el('p', { class: 'muted small' }, 'Rows: the architecture a mechanism is added to. Columns: the mechanisms. Cells: final val loss (mean ± std over seeds) or the job\'s status.'),
@@ -222,28 +223,40 @@ export function mountMatrixView(root, route) {
   }
 
   // ---- ablation grid -----------------------------------------------------------------------------
-  function renderGrid() {
+  // Rebuilds the grid's structure only when jobs or configs were added; otherwise re-renders just
+  // the cells holding changed jobs (all cells when the baseline's loss moved: their colours depend on it).
+  function renderGrid(changedIds) {
     const entries = [...jobs.values()].map((j) => ({ jobId: j.id, config: configs.get(j.config_hash) }));
     const known = entries.filter((e) => e.config);
     if (!known.length) {
       gridBox.replaceChildren(el('p', { class: 'muted' }, configs.size || !jobs.size ? 'No job configs.' : 'Loading configs…'));
+      gridSignature = '';
       return;
     }
-    const grid = buildGrid(known);
-    const signature = [...grid.cells.entries()].map(([k, v]) => `${k}=${v.join(',')}`).join('\n');
+    const signature = `${known.length}/${configs.size}`;
+    let all = false;
     if (signature !== gridSignature) {
       gridSignature = signature;
-      gridCells = new Map();
-      const head = el('tr', {}, el('td'), ...grid.cols.map((c) => el('th', { scope: 'col' }, c.label)));
-      const body = grid.rows.map((r) => el('tr', {}, el('th', { scope: 'row' }, r.label), ...grid.cols.map((c) => {
-        const key = `${r.key}\t${c.key}`;
-        const td = el('td', { class: 'cell', dataset: { row: r.label, col: c.label } });
-        if (grid.cells.has(key)) gridCells.set(key, { td, jobIds: grid.cells.get(key) });
-        return td;
-      })));
-      gridBox.replaceChildren(el('table', { class: 'grid-table ablation', 'aria-label': 'Ablation grid' }, el('thead', {}, head), el('tbody', {}, ...body)));
+      buildGridTable(buildGrid(known));
+      all = true;
     }
-    for (const cell of gridCells.values()) renderGridCell(cell);
+    const base = baselineLoss();
+    if (base !== lastBaselineLoss) { lastBaselineLoss = base; all = true; }
+    for (const cell of gridCells.values()) {
+      if (all || cell.jobIds.some((id) => changedIds.has(id))) renderGridCell(cell);
+    }
+  }
+
+  function buildGridTable(grid) {
+    gridCells = new Map();
+    const head = el('tr', {}, el('td'), ...grid.cols.map((c) => el('th', { scope: 'col' }, c.label)));
+    const body = grid.rows.map((r) => el('tr', {}, el('th', { scope: 'row' }, r.label), ...grid.cols.map((c) => {
+      const key = `${r.key}\t${c.key}`;
+      const td = el('td', { class: 'cell', dataset: { row: r.label, col: c.label } });
+      if (grid.cells.has(key)) gridCells.set(key, { td, jobIds: grid.cells.get(key) });
+      return td;
+    })));
+    gridBox.replaceChildren(el('table', { class: 'grid-table ablation', 'aria-label': 'Ablation grid' }, el('thead', {}, head), el('tbody', {}, ...body)));
   }
 
   function baselineLoss() {
@@ -296,7 +309,9 @@ export function mountMatrixView(root, route) {
     if (!destroyed) drawCurves();
   }
 
-  function drawCurves() {
+  const drawCurves = throttle(drawCurvesNow, 150);
+  function drawCurvesNow() {
+    if (destroyed) return;
     const base = baselineId();
     const ids = [...plotted].filter((id) => jobs.has(id) && id !== base);
     ids.sort((a, b) => compareSteps(jobs.get(a).step, jobs.get(b).step));
@@ -319,10 +334,11 @@ export function mountMatrixView(root, route) {
       if (!rowsById.has(id)) added = true;
       renderRow(id);
     }
+    const changed = new Set(dirty);
     dirty.clear();
     if (added || sort.key !== 'step') reorder();
     renderHeader();
-    renderGrid();
+    renderGrid(changed);
   }, 200);
 
   const refetchResults = throttle(() => loadResults(), 1500);
@@ -419,8 +435,9 @@ export function mountMatrixView(root, route) {
         setText(plainLine, `Baseline: step ${baselineStep}. Plain scaling (step ${plain.step}, a wider MLP) has efficiency ${fmtSci(plain.efficiency)}: a mechanism below it buys less per parameter than widening.`);
       }
       for (const r of res.rows || []) {
+        const before = results.get(r.job_id);
         results.set(r.job_id, r);
-        if (jobs.has(r.job_id)) dirty.add(r.job_id);
+        if (jobs.has(r.job_id) && (!before || JSON.stringify(before) !== JSON.stringify(r))) dirty.add(r.job_id);
       }
       flush();
     } catch (e) {

@@ -480,7 +480,10 @@ void write_section_key(Draft& d, const std::string& section, const YAML::Node& k
   const auto& mechanisms = section == "model" ? kModelMechanisms : kTrainMechanisms;
   if (mechanisms.count(name)) {
     json v = value_of(value);
-    if (v.is_boolean()) return write(d, at + ".enabled", key, value, path, in_step);
+    if (v.is_boolean()) {
+      d.origins[at] = origin_of(key, value, path, in_step);  // errors about its options point here
+      return write(d, at + ".enabled", key, value, path, in_step);
+    }
     if (!value.IsMap()) {
       problems.at(value.Mark(), path,
                   "expected true, false or a mapping of options, got " + v.dump() + "; e.g. `" + name +
@@ -550,6 +553,7 @@ void apply_grid_value(Draft& d, const GridAxis& axis, size_t i) {
   const std::string mechanism = rest.substr(0, rest.find('.'));
   const bool is_mechanism = (section == "model" ? kModelMechanisms : kTrainMechanisms).count(mechanism) > 0;
   if (is_mechanism && rest == mechanism && value_of(value).is_boolean()) {
+    d.origins[axis.job_path] = origin_of(axis.key_node, value, path, true);
     return write(d, axis.job_path + ".enabled", axis.key_node, value, path, true);
   }
   if (is_mechanism && rest != mechanism + ".enabled") {

@@ -33,6 +33,7 @@ CREATE TABLE jobs(
   final_val_loss REAL,
   best_val_loss REAL,
   attempts INTEGER NOT NULL DEFAULT 0,
+  max_attempts INTEGER NOT NULL,      -- retryable failures are retried up to this many attempts
   reason TEXT NOT NULL DEFAULT '',
   resume INTEGER NOT NULL DEFAULT 0,  -- the next attempt continues from the job's checkpoint
   reused_from INTEGER REFERENCES jobs(id),

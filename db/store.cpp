@@ -85,8 +85,8 @@ CreatedMatrix Store::create_matrix(const NewMatrix& m) {
       "WHERE config_hash = ? AND status = 'succeeded' AND reused_from IS NULL ORDER BY id DESC LIMIT 1");
   Statement insert_job = conn_.prepare(
       "INSERT INTO jobs(matrix_id, step, name, spec, config_hash, params, priority, status, iter, max_iters, "
-      "final_val_loss, best_val_loss, reason, reused_from, created_at, updated_at) "
-      "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)");
+      "final_val_loss, best_val_loss, reason, reused_from, created_at, updated_at, max_attempts) "
+      "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)");
   for (const NewJob& job : m.jobs) {
     std::optional<int64_t> reused_from;
     int64_t iter = 0;
@@ -116,7 +116,8 @@ CreatedMatrix Store::create_matrix(const NewMatrix& m) {
         .bind(13, reused_from ? "reused the result of job " + std::to_string(*reused_from) : "")
         .bind(14, reused_from)
         .bind(15, now)
-        .bind(16, now);
+        .bind(16, now)
+        .bind(17, m.max_attempts);
     insert_job.run();
   }
   refresh_matrix_finished(matrix_id);
@@ -163,10 +164,10 @@ void Store::set_attempt_pid(int64_t attempt_id, int64_t pid) {
   conn_.prepare("UPDATE attempts SET pid = ? WHERE id = ?").bind(1, pid).bind(2, attempt_id).run();
 }
 
-bool Store::end_attempt(int64_t attempt_id, const AttemptEnd& end, int max_attempts) {
+bool Store::end_attempt(int64_t attempt_id, const AttemptEnd& end) {
   Transaction tx(conn_);
   Statement att = conn_.prepare(
-      "SELECT a.job_id, a.n, a.status, a.reason, j.matrix_id FROM attempts a JOIN jobs j ON j.id = a.job_id "
+      "SELECT a.job_id, a.n, a.status, a.reason, j.matrix_id, j.max_attempts FROM attempts a JOIN jobs j ON j.id = a.job_id "
       "WHERE a.id = ?");
   att.bind(1, attempt_id);
   if (!att.step() || att.get_text(2) != "running") return false;
@@ -174,6 +175,7 @@ bool Store::end_attempt(int64_t attempt_id, const AttemptEnd& end, int max_attem
   int n = static_cast<int>(att.get_int(1));
   std::string worker_reason = att.get_text(3);  // from the worker's `failed` event, if any
   int64_t matrix_id = att.get_int(4);
+  int max_attempts = static_cast<int>(att.get_int(5));
 
   std::string status = end.status;
   std::string reason = end.reason;

@@ -40,6 +40,7 @@ struct NewMatrix {
   json warnings = json::array();
   std::optional<std::string> idempotency_key;
   int priority = 0;
+  int max_attempts = 3;
   bool force = false;  // true: never reuse an earlier identical config's result
   std::vector<NewJob> jobs;
 };
@@ -70,7 +71,7 @@ struct RunningAttempt {
 // How an attempt ended and what happens to its job next.
 enum class Retry {
   kNever,         // the job fails (or succeeds) with this attempt
-  kIfAttemptsLeft,  // requeue (resuming) while attempts < max_attempts
+  kIfAttemptsLeft,  // requeue (resuming) while attempts < the job's max_attempts
   kAlways,        // requeue regardless: the daemon itself interrupted it (shutdown, restart)
 };
 
@@ -109,7 +110,7 @@ class Store {
 
   // Ends an attempt (if still running) and moves its job on: succeeded, requeued or failed.
   // Returns false when the attempt had already ended.
-  bool end_attempt(int64_t attempt_id, const AttemptEnd& end, int max_attempts);
+  bool end_attempt(int64_t attempt_id, const AttemptEnd& end);
 
   // Applies a batch of worker events for one attempt. Each (attempt, seq) is stored once, so the
   // same event arriving on stdout and over HTTP counts once.

@@ -148,7 +148,7 @@ TEST_F(StoreTest, MetricUpsertIsIdempotentAndLaterAttemptWins) {
   json batch = json::array({metric_event(0, 10, 3.0), metric_event(1, 20, 2.5)});
   EXPECT_EQ(store.ingest(a1->attempt_id, batch).accepted, 2);
   EXPECT_EQ(store.ingest(a1->attempt_id, batch).accepted, 0);  // same events again: nothing new
-  store.end_attempt(a1->attempt_id, {"lost", "killed by signal 9", std::nullopt, Retry::kIfAttemptsLeft}, 3);
+  store.end_attempt(a1->attempt_id, {"lost", "killed by signal 9", std::nullopt, Retry::kIfAttemptsLeft});
 
   auto a2 = store.claim_next_job("cpu:0", "tok2", dir_.string());
   ASSERT_TRUE(a2);
@@ -167,7 +167,7 @@ TEST_F(StoreTest, StaleAttemptEventsAreRecordedNotApplied) {
   Store store(path_, false);
   store.create_matrix(matrix_with(1));
   auto a1 = store.claim_next_job("cpu:0", "tok1", dir_.string());
-  store.end_attempt(a1->attempt_id, {"lost", "no heartbeat", std::nullopt, Retry::kIfAttemptsLeft}, 3);
+  store.end_attempt(a1->attempt_id, {"lost", "no heartbeat", std::nullopt, Retry::kIfAttemptsLeft});
   auto out = store.ingest(a1->attempt_id, json::array({metric_event(5, 50, 1.0)}));
   EXPECT_TRUE(out.stale);
   EXPECT_EQ(out.accepted, 1);
@@ -187,8 +187,8 @@ TEST_F(StoreTest, FinishedEventMakesTheJobSucceedAndFillsTheSummary) {
       {{"type", "finished"}, {"seq", 4}, {"result", {{"final_val_loss", 2.7}, {"best_val_loss", 2.5}, {"iters", 40}}}},
   });
   store.ingest(a->attempt_id, events);
-  EXPECT_TRUE(store.end_attempt(a->attempt_id, {"succeeded", "", 0, Retry::kNever}, 3));
-  EXPECT_FALSE(store.end_attempt(a->attempt_id, {"lost", "late", std::nullopt, Retry::kAlways}, 3));
+  EXPECT_TRUE(store.end_attempt(a->attempt_id, {"succeeded", "", 0, Retry::kNever}));
+  EXPECT_FALSE(store.end_attempt(a->attempt_id, {"lost", "late", std::nullopt, Retry::kAlways}));
   json job = store.job_summary(a->job_id).value();
   EXPECT_EQ(job["status"], "succeeded");
   EXPECT_EQ(job["final_val_loss"], 2.7);
@@ -206,12 +206,12 @@ TEST_F(StoreTest, ExitWithoutResultFailsAndNonRetryableFailureIsFinal) {
   Store store(path_, false);
   store.create_matrix(matrix_with(2));
   auto a = store.claim_next_job("cpu:0", "t1", dir_.string());
-  store.end_attempt(a->attempt_id, {"succeeded", "", 0, Retry::kNever}, 3);
+  store.end_attempt(a->attempt_id, {"succeeded", "", 0, Retry::kNever});
   EXPECT_EQ(store.job_summary(a->job_id).value()["status"], "failed");
 
   auto b = store.claim_next_job("cpu:0", "t2", dir_.string());
   store.ingest(b->attempt_id, json::array({{{"type", "failed"}, {"seq", 0}, {"reason", "no shards in /x"}}}));
-  store.end_attempt(b->attempt_id, {"failed", "data error (exit 3)", 3, Retry::kNever}, 3);
+  store.end_attempt(b->attempt_id, {"failed", "data error (exit 3)", 3, Retry::kNever});
   json job = store.job_summary(b->job_id).value();
   EXPECT_EQ(job["status"], "failed");
   EXPECT_EQ(job["reason"], "data error (exit 3): no shards in /x");
@@ -220,12 +220,14 @@ TEST_F(StoreTest, ExitWithoutResultFailsAndNonRetryableFailureIsFinal) {
 
 TEST_F(StoreTest, RetriesStopAtMaxAttempts) {
   Store store(path_, false);
-  store.create_matrix(matrix_with(1));
+  NewMatrix m = matrix_with(1);
+  m.max_attempts = 2;
+  store.create_matrix(m);
   for (int n = 1; n <= 2; ++n) {
     auto a = store.claim_next_job("cpu:0", "t" + std::to_string(n), dir_.string());
     ASSERT_TRUE(a);
     EXPECT_EQ(a->n, n);
-    store.end_attempt(a->attempt_id, {"failed", "crashed (exit 1)", 1, Retry::kIfAttemptsLeft}, 2);
+    store.end_attempt(a->attempt_id, {"failed", "crashed (exit 1)", 1, Retry::kIfAttemptsLeft});
   }
   json job = store.job_summary(1).value();
   EXPECT_EQ(job["status"], "failed");
@@ -239,7 +241,7 @@ TEST_F(StoreTest, IdenticalConfigReusesResultUnlessForced) {
   auto a = store.claim_next_job("cpu:0", "t", dir_.string());
   store.ingest(a->attempt_id, json::array({{{"type", "finished"}, {"seq", 0},
                                             {"result", {{"final_val_loss", 2.0}, {"best_val_loss", 1.9}}}}}));
-  store.end_attempt(a->attempt_id, {"succeeded", "", 0, Retry::kNever}, 3);
+  store.end_attempt(a->attempt_id, {"succeeded", "", 0, Retry::kNever});
 
   int64_t second = store.create_matrix(matrix_with(2)).id;
   json jobs = store.list_jobs(second, "");
@@ -271,7 +273,7 @@ TEST_F(StoreTest, RerunKeepsAttemptsAndRequeuesOnlyMatchingStatuses) {
   Store store(path_, false);
   int64_t matrix = store.create_matrix(matrix_with(2)).id;
   auto a = store.claim_next_job("cpu:0", "t1", dir_.string());
-  store.end_attempt(a->attempt_id, {"failed", "diverged (exit 4)", 4, Retry::kNever}, 3);
+  store.end_attempt(a->attempt_id, {"failed", "diverged (exit 4)", 4, Retry::kNever});
   EXPECT_EQ(store.rerun_matrix(matrix, {"failed"}), std::vector<int64_t>{a->job_id});
   EXPECT_EQ(store.job_summary(a->job_id).value()["status"], "queued");
   auto b = store.claim_next_job("cpu:0", "t2", dir_.string());

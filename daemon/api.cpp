@@ -1,0 +1,461 @@
+#include "daemon/api.h"
+
+#include <algorithm>
+#include <filesystem>
+#include <fstream>
+#include <set>
+#include <sstream>
+
+#include <httplib.h>
+#include <nlohmann/json.hpp>
+#include <spdlog/spdlog.h>
+
+#include "daemon/verdict.h"
+#include "matrix/matrix.h"
+#include "ratio/build_info.h"
+
+namespace ratio::daemon {
+
+using nlohmann::json;
+using httplib::Request;
+using httplib::Response;
+
+namespace {
+
+constexpr double kSseKeepAliveSeconds = 15;
+const char* kVersion = "1";
+
+void reply(Response& res, int status, const json& body) {
+  res.status = status;
+  res.set_content(body.dump(), "application/json");
+}
+
+void error(Response& res, int status, const std::string& message) { reply(res, status, {{"error", message}}); }
+
+int64_t path_id(const Request& req) { return std::stoll(req.matches[1].str()); }
+
+// Integer query parameter with a default; throws std::invalid_argument naming the parameter.
+int64_t query_int(const Request& req, const char* name, int64_t fallback) {
+  if (!req.has_param(name)) return fallback;
+  std::string value = req.get_param_value(name);
+  try {
+    size_t used = 0;
+    int64_t v = std::stoll(value, &used);
+    if (used == value.size()) return v;
+  } catch (const std::exception&) {
+    // reported below
+  }
+  throw std::invalid_argument(std::string("query parameter '") + name + "' must be an integer, got '" + value + "'");
+}
+
+std::vector<std::string> split(const std::string& text, char sep) {
+  std::vector<std::string> out;
+  std::stringstream in(text);
+  std::string item;
+  while (std::getline(in, item, sep)) {
+    if (!item.empty()) out.push_back(item);
+  }
+  return out;
+}
+
+// The last `lines` lines of a file, reading at most the final 4 MiB.
+std::string tail_file(const std::string& path, int64_t lines) {
+  std::ifstream in(path, std::ios::binary | std::ios::ate);
+  if (!in) return "";
+  std::streamoff size = in.tellg();
+  std::streamoff start = std::max<std::streamoff>(0, size - (4 << 20));
+  in.seekg(start);
+  std::string text(static_cast<size_t>(size - start), '\0');
+  in.read(text.data(), static_cast<std::streamsize>(text.size()));
+  size_t pos = text.size();
+  if (pos > 0 && text[pos - 1] == '\n') --pos;
+  for (int64_t n = 0; n < lines && pos != std::string::npos && pos > 0; ++n) {
+    pos = text.rfind('\n', pos - 1);
+  }
+  return pos == std::string::npos || pos == 0 ? text : text.substr(pos + 1);
+}
+
+bool constant_time_equal(const std::string& a, const std::string& b) {
+  if (a.size() != b.size()) return false;
+  unsigned char diff = 0;
+  for (size_t i = 0; i < a.size(); ++i) diff |= static_cast<unsigned char>(a[i] ^ b[i]);
+  return diff == 0;
+}
+
+std::string bearer(const Request& req) {
+  std::string auth = req.get_header_value("Authorization");
+  const std::string prefix = "Bearer ";
+  return auth.rfind(prefix, 0) == 0 ? auth.substr(prefix.size()) : "";
+}
+
+// Expands a submitted matrix; on a bad matrix answers 400 with its location and returns nullopt.
+std::optional<Expansion> expand_or_400(const Request& req, Response& res, ApiContext& ctx) {
+  if (req.body.find_first_not_of(" \t\r\n") == std::string::npos) {
+    ++ctx.rejected_bodies;
+    reply(res, 400, {{"error", "empty body: send a matrix as YAML or JSON (see docs/matrix.md)"},
+                     {"line", 0}, {"column", 0}, {"path", ""}});
+    return std::nullopt;
+  }
+  try {
+    return expand_matrix(req.body, "request");
+  } catch (const MatrixError& e) {
+    ++ctx.rejected_bodies;
+    reply(res, 400, to_json(e));
+  } catch (const std::exception& e) {
+    ++ctx.rejected_bodies;
+    reply(res, 400, {{"error", std::string("invalid matrix: ") + e.what()}, {"line", 0}, {"column", 0}, {"path", ""}});
+  }
+  return std::nullopt;
+}
+
+db::NewMatrix new_matrix(const Request& req, const Expansion& expansion) {
+  json expanded = to_json(expansion);
+  db::NewMatrix m;
+  m.name = expansion.name;
+  m.source = req.body;
+  m.expanded = expanded["matrix"];
+  m.warnings = expanded["warnings"];
+  m.priority = expansion.priority;
+  m.max_attempts = expansion.max_attempts;
+  m.force = req.get_param_value("force") == "1";
+  if (req.has_header("Idempotency-Key")) m.idempotency_key = req.get_header_value("Idempotency-Key");
+  for (const json& job : expanded["jobs"]) {
+    db::NewJob j;
+    j.step = job["step"].get<std::string>();
+    j.name = job["name"].get<std::string>();
+    j.spec = job["config"];
+    j.config_hash = job["config_hash"].get<std::string>();
+    j.params = job["params"];
+    j.max_iters = job["config"]["train"]["max_iters"].get<int64_t>();
+    m.jobs.push_back(std::move(j));
+  }
+  return m;
+}
+
+// What verdict.h needs about each job of a matrix.
+std::vector<JobOutcome> job_outcomes(db::Store& store, int64_t matrix_id) {
+  std::vector<JobOutcome> outcomes;
+  for (const json& job : store.matrix_jobs_with_results(matrix_id)) {
+    JobOutcome o;
+    o.job_id = job["id"].get<int64_t>();
+    o.spec = job_spec_from_json(job["spec"]);
+    o.status = job["status"].get<std::string>();
+    o.reason = job["reason"].get<std::string>();
+    const json& result = job["result"];
+    auto number = [&](const char* key) -> std::optional<double> {
+      if (result.is_object() && result.contains(key) && result[key].is_number()) return result[key].get<double>();
+      return std::nullopt;
+    };
+    o.final_val_loss = number("final_val_loss");
+    o.best_val_loss = number("best_val_loss");
+    o.tokens_per_s = number("tokens_per_s");
+    o.params_total = job["params"].value("total", int64_t{0});
+    o.params_added = job["params"].value("added", int64_t{0});
+    int64_t series_job = job["reused_from"].is_null() ? o.job_id : job["reused_from"].get<int64_t>();
+    o.alphas = store.last_metric_values(series_job, "alpha/").get<std::map<std::string, double>>();
+    o.grad_norms = store.last_metric_values(series_job, "grad/").get<std::map<std::string, double>>();
+    outcomes.push_back(std::move(o));
+  }
+  return outcomes;
+}
+
+std::string prometheus_text(ApiContext& ctx) {
+  auto [jobs, attempts, applied, stale] = ctx.reader.run([](db::Store& s) {
+    return std::make_tuple(s.job_counts_by_status(), s.attempt_counts_by_status(), s.event_count(true),
+                           s.event_count(false));
+  });
+  std::ostringstream out;
+  out << "# HELP ratio_jobs Jobs by status.\n# TYPE ratio_jobs gauge\n";
+  for (auto it = jobs.begin(); it != jobs.end(); ++it) {
+    out << "ratio_jobs{status=\"" << it.key() << "\"} " << it.value().get<int64_t>() << "\n";
+  }
+  out << "# HELP ratio_attempts Attempts by status.\n# TYPE ratio_attempts gauge\n";
+  for (auto it = attempts.begin(); it != attempts.end(); ++it) {
+    out << "ratio_attempts{status=\"" << it.key() << "\"} " << it.value().get<int64_t>() << "\n";
+  }
+  out << "# HELP ratio_events_total Worker events stored.\n# TYPE ratio_events_total counter\n"
+      << "ratio_events_total{applied=\"true\"} " << applied << "\n"
+      << "ratio_events_total{applied=\"false\"} " << stale << "\n"
+      << "# HELP ratio_reports_total POST /api/report batches.\n# TYPE ratio_reports_total counter\n"
+      << "ratio_reports_total{answer=\"accepted\"} " << ctx.reports.load() << "\n"
+      << "ratio_reports_total{answer=\"stale\"} " << ctx.stale_reports.load() << "\n"
+      << "# HELP ratio_rejected_bodies_total Requests answered 400.\n# TYPE ratio_rejected_bodies_total counter\n"
+      << "ratio_rejected_bodies_total " << ctx.rejected_bodies.load() << "\n"
+      << "# HELP ratio_sse_subscribers Open /api/events streams.\n# TYPE ratio_sse_subscribers gauge\n"
+      << "ratio_sse_subscribers " << ctx.bus.subscribers() << "\n"
+      << "# HELP ratio_draining 1 while the daemon starts no new jobs.\n# TYPE ratio_draining gauge\n"
+      << "ratio_draining " << (ctx.scheduler.draining() ? 1 : 0) << "\n";
+  return out.str();
+}
+
+void install_matrix_routes(httplib::Server& server, ApiContext& ctx) {
+  server.Post("/api/expand", [&ctx](const Request& req, Response& res) {
+    if (auto expansion = expand_or_400(req, res, ctx)) reply(res, 200, to_json(*expansion));
+  });
+
+  server.Post("/api/matrices", [&ctx](const Request& req, Response& res) {
+    auto expansion = expand_or_400(req, res, ctx);
+    if (!expansion) return;
+    db::NewMatrix m = new_matrix(req, *expansion);
+    auto [created, jobs] = ctx.writer.run([&](db::Store& s) {
+      db::CreatedMatrix c = s.create_matrix(m);
+      return std::make_pair(c, s.list_jobs(c.id, ""));
+    });
+    json job_list = json::array();
+    for (const json& job : jobs) {
+      job_list.push_back({{"id", job["id"]}, {"step", job["step"]}, {"name", job["name"]},
+                          {"status", job["status"]}, {"reused_from", job["reused_from"]}});
+      if (!created.existed) ctx.bus.publish("job", job);
+    }
+    if (!created.existed) {
+      if (auto summary = ctx.reader.run([&](db::Store& s) { return s.matrix_summary(created.id); })) {
+        ctx.bus.publish("matrix", *summary);
+      }
+      ctx.scheduler.wake();
+    }
+    reply(res, created.existed ? 200 : 201,
+          {{"id", created.id}, {"name", m.name}, {"jobs", job_list}, {"warnings", m.warnings}});
+  });
+
+  server.Get("/api/matrices", [&ctx](const Request&, Response& res) {
+    reply(res, 200, {{"matrices", ctx.reader.run([](db::Store& s) { return s.list_matrices(); })}});
+  });
+
+  server.Get(R"(/api/matrices/(\d+))", [&ctx](const Request& req, Response& res) {
+    auto detail = ctx.reader.run([&](db::Store& s) { return s.matrix_detail(path_id(req)); });
+    if (!detail) return error(res, 404, "no matrix " + req.matches[1].str() + "; GET /api/matrices lists them");
+    reply(res, 200, *detail);
+  });
+
+  server.Get(R"(/api/matrices/(\d+)/results)", [&ctx](const Request& req, Response& res) {
+    int64_t id = path_id(req);
+    auto table = ctx.reader.run([&](db::Store& s) -> std::optional<json> {
+      auto summary = s.matrix_summary(id);
+      if (!summary) return std::nullopt;
+      json out = to_json(judge_matrix(job_outcomes(s, id)));
+      out["matrix"] = {{"id", id}, {"name", (*summary)["name"]}};
+      return out;
+    });
+    if (!table) return error(res, 404, "no matrix " + std::to_string(id) + "; GET /api/matrices lists them");
+    reply(res, 200, *table);
+  });
+
+  server.Post(R"(/api/matrices/(\d+)/rerun)", [&ctx](const Request& req, Response& res) {
+    std::set<std::string> statuses = {"failed"};
+    if (req.body.find_first_not_of(" \t\r\n") != std::string::npos) {
+      json body = json::parse(req.body, nullptr, false);
+      if (body.is_discarded() || !body.is_object() || (body.contains("status") && !body["status"].is_array())) {
+        ++ctx.rejected_bodies;
+        return error(res, 400, "rerun body must be JSON like {\"status\": [\"failed\", \"cancelled\"]}");
+      }
+      if (body.contains("status")) {
+        statuses.clear();
+        for (const json& s : body["status"]) {
+          std::string status = s.is_string() ? s.get<std::string>() : s.dump();
+          if (status != "failed" && status != "cancelled" && status != "succeeded") {
+            ++ctx.rejected_bodies;
+            return error(res, 400, "rerun status '" + status + "': choose among failed, cancelled, succeeded");
+          }
+          statuses.insert(status);
+        }
+      }
+    }
+    int64_t id = path_id(req);
+    auto requeued = ctx.writer.run([&](db::Store& s) -> std::optional<std::vector<int64_t>> {
+      if (!s.matrix_summary(id)) return std::nullopt;
+      return s.rerun_matrix(id, statuses);
+    });
+    if (!requeued) return error(res, 404, "no matrix " + std::to_string(id));
+    ctx.scheduler.wake();
+    reply(res, 200, {{"requeued", *requeued}});
+  });
+
+  server.Post(R"(/api/matrices/(\d+)/cancel)", [&ctx](const Request& req, Response& res) {
+    int64_t id = path_id(req);
+    json active = ctx.reader.run([&](db::Store& s) { return s.list_jobs(id, ""); });
+    std::vector<int64_t> cancelled;
+    for (const json& job : active) {
+      std::string status = job["status"].get<std::string>();
+      if (status != "queued" && status != "running") continue;
+      ctx.scheduler.cancel(job["id"].get<int64_t>());
+      cancelled.push_back(job["id"].get<int64_t>());
+    }
+    reply(res, 200, {{"cancelled", cancelled}});
+  });
+}
+
+void install_job_routes(httplib::Server& server, ApiContext& ctx) {
+  server.Get("/api/jobs", [&ctx](const Request& req, Response& res) {
+    std::optional<int64_t> matrix;
+    if (req.has_param("matrix")) matrix = query_int(req, "matrix", 0);
+    std::string status = req.get_param_value("status");
+    reply(res, 200, {{"jobs", ctx.reader.run([&](db::Store& s) { return s.list_jobs(matrix, status); })}});
+  });
+
+  server.Get(R"(/api/jobs/(\d+))", [&ctx](const Request& req, Response& res) {
+    auto detail = ctx.reader.run([&](db::Store& s) { return s.job_detail(path_id(req)); });
+    if (!detail) return error(res, 404, "no job " + req.matches[1].str() + "; GET /api/jobs lists them");
+    reply(res, 200, *detail);
+  });
+
+  server.Get(R"(/api/jobs/(\d+)/metrics)", [&ctx](const Request& req, Response& res) {
+    int64_t id = path_id(req);
+    int max_points = static_cast<int>(std::clamp<int64_t>(query_int(req, "max_points", 500), 1, 100000));
+    int64_t after = query_int(req, "after", -1);
+    std::vector<std::string> names = split(req.get_param_value("names"), ',');
+    auto out = ctx.reader.run([&](db::Store& s) -> std::optional<json> {
+      if (!s.job_summary(id)) return std::nullopt;
+      return s.metrics(id, names, max_points, after);
+    });
+    if (!out) return error(res, 404, "no job " + std::to_string(id));
+    reply(res, 200, *out);
+  });
+
+  server.Get(R"(/api/jobs/(\d+)/log)", [&ctx](const Request& req, Response& res) {
+    int64_t id = path_id(req);
+    int64_t lines = std::max<int64_t>(1, query_int(req, "tail", 200));
+    auto path = ctx.reader.run([&](db::Store& s) { return s.current_log_path(id); });
+    if (!path) return error(res, 404, "job " + std::to_string(id) + " has no attempt yet (or does not exist)");
+    res.set_content(tail_file(*path, lines), "text/plain; charset=utf-8");
+  });
+
+  server.Post(R"(/api/jobs/(\d+)/rerun)", [&ctx](const Request& req, Response& res) {
+    int64_t id = path_id(req);
+    auto status = ctx.reader.run([&](db::Store& s) { return s.job_summary(id); });
+    if (!status) return error(res, 404, "no job " + std::to_string(id));
+    if (!ctx.writer.run([&](db::Store& s) { return s.rerun_job(id); })) {
+      return error(res, 409, "job " + std::to_string(id) + " is running; cancel it first or wait for it to end");
+    }
+    ctx.scheduler.wake();
+    reply(res, 200, {{"requeued", {id}}});
+  });
+
+  server.Post(R"(/api/jobs/(\d+)/cancel)", [&ctx](const Request& req, Response& res) {
+    int64_t id = path_id(req);
+    std::string status = ctx.scheduler.cancel(id);
+    if (status.empty()) return error(res, 404, "no job " + std::to_string(id));
+    reply(res, 200, {{"cancelled", id}, {"status", status}});
+  });
+}
+
+void install_worker_routes(httplib::Server& server, ApiContext& ctx) {
+  server.Post("/api/report", [&ctx](const Request& req, Response& res) {
+    std::string token = bearer(req);
+    auto attempt = token.empty() ? std::nullopt : ctx.reader.run([&](db::Store& s) { return s.attempt_by_token(token); });
+    if (!attempt) return error(res, 401, "POST /api/report needs 'Authorization: Bearer <attempt token>' of a known attempt");
+    json body = json::parse(req.body, nullptr, false);
+    if (body.is_discarded() || !body.is_object() || !body.contains("events") || !body["events"].is_array()) {
+      ++ctx.rejected_bodies;
+      return error(res, 400, "report body must be JSON {\"events\": [...]} (docs/job-spec.md)");
+    }
+    db::IngestOutcome out;
+    try {
+      out = ctx.scheduler.ingest(*attempt, body["events"]);
+    } catch (const std::invalid_argument& e) {
+      ++ctx.rejected_bodies;
+      return error(res, 400, e.what());
+    }
+    if (out.stale) {
+      ++ctx.stale_reports;
+      return reply(res, 409, {{"error", "this attempt is no longer current (the daemon ended it); events recorded, not applied"},
+                              {"accepted", out.accepted}});
+    }
+    ++ctx.reports;
+    reply(res, 200, {{"accepted", out.accepted}});
+  });
+}
+
+void install_live_routes(httplib::Server& server, ApiContext& ctx) {
+  server.Get("/api/health", [&ctx](const Request&, Response& res) {
+    json counts = ctx.reader.run([](db::Store& s) { return s.job_counts_by_status(); });
+    reply(res, 200, {{"ok", true}, {"version", kVersion}, {"build_id", build_id()},
+                     {"slots", ctx.scheduler.slots_json()}, {"queued", counts["queued"]},
+                     {"running", counts["running"]}, {"draining", ctx.scheduler.draining()}});
+  });
+
+  server.Post("/api/drain", [&ctx](const Request& req, Response& res) {
+    json body = json::parse(req.body.empty() ? "{}" : req.body, nullptr, false);
+    if (body.is_discarded() || !body.is_object() || (body.contains("drain") && !body["drain"].is_boolean())) {
+      ++ctx.rejected_bodies;
+      return error(res, 400, "drain body must be JSON {\"drain\": true|false}");
+    }
+    ctx.scheduler.set_draining(body.value("drain", true));
+    reply(res, 200, {{"draining", ctx.scheduler.draining()}});
+  });
+
+  server.Get("/api/events", [&ctx](const Request&, Response& res) {
+    auto sub = ctx.bus.subscribe();
+    res.set_header("Cache-Control", "no-cache");
+    res.set_chunked_content_provider(
+        "text/event-stream",
+        [sub](size_t, httplib::DataSink& sink) {
+          if (sub->closed()) return false;
+          auto event = sub->next(kSseKeepAliveSeconds);
+          std::string text = event ? format_sse(*event) : ": keep-alive\n\n";
+          return sink.write(text.data(), text.size());
+        },
+        [&ctx, sub](bool) { ctx.bus.unsubscribe(sub); });
+  });
+
+  server.Get("/metrics", [&ctx](const Request&, Response& res) {
+    res.set_content(prometheus_text(ctx), "text/plain; version=0.0.4");
+  });
+
+  server.Get("/api/presets", [](const Request&, Response& res) {
+    json presets = json::array();
+    for (const PresetInfo& p : list_presets()) {
+      presets.push_back({{"name", p.name}, {"description", p.description}, {"steps", p.steps}, {"jobs", p.jobs}});
+    }
+    reply(res, 200, {{"presets", presets}});
+  });
+
+  server.Get(R"(/api/presets/([A-Za-z0-9_.-]+))", [](const Request& req, Response& res) {
+    std::string name = req.matches[1].str();
+    if (!has_preset(name)) return error(res, 404, "no preset '" + name + "'; GET /api/presets lists them");
+    res.set_content(preset_text(name), "text/yaml; charset=utf-8");
+  });
+}
+
+}  // namespace
+
+void install_routes(httplib::Server& server, ApiContext& ctx) {
+  // Mutating calls need the daemon token when one is configured; workers authenticate with their
+  // attempt token instead.
+  server.set_pre_routing_handler([&ctx](const Request& req, Response& res) {
+    bool mutating = req.method != "GET" && req.method != "HEAD" && req.method != "OPTIONS";
+    if (ctx.options.token.empty() || !mutating || req.path == "/api/report") {
+      return httplib::Server::HandlerResponse::Unhandled;
+    }
+    if (constant_time_equal(bearer(req), ctx.options.token)) return httplib::Server::HandlerResponse::Unhandled;
+    error(res, 401, "this daemon requires 'Authorization: Bearer <token>' (the token of its --token-file) for " +
+                        req.method + " " + req.path);
+    return httplib::Server::HandlerResponse::Handled;
+  });
+  server.set_exception_handler([&ctx](const Request& req, Response& res, std::exception_ptr ep) {
+    try {
+      std::rethrow_exception(ep);
+    } catch (const std::invalid_argument& e) {  // bad query parameters
+      ++ctx.rejected_bodies;
+      error(res, 400, e.what());
+    } catch (const std::exception& e) {
+      spdlog::error("{} {}: {}", req.method, req.path, e.what());
+      error(res, 500, std::string("internal error: ") + e.what());
+    }
+  });
+  server.set_error_handler([](const Request& req, Response& res) {
+    if (res.body.empty()) error(res, res.status, req.method + " " + req.path + ": no such resource (see docs/api.md)");
+  });
+
+  install_matrix_routes(server, ctx);
+  install_job_routes(server, ctx);
+  install_worker_routes(server, ctx);
+  install_live_routes(server, ctx);
+
+  if (std::filesystem::is_directory(ctx.options.web_root)) {
+    server.set_mount_point("/", ctx.options.web_root);
+  } else {
+    spdlog::warn("web root {} does not exist; the dashboard is not served (pass --web-root DIR)", ctx.options.web_root);
+  }
+}
+
+}  // namespace ratio::daemon

@@ -1,0 +1,127 @@
+// ratiod: the RATIO scheduler daemon. Stores matrices in SQLite, runs their jobs as ratio-worker
+// processes on GPU or CPU slots, and serves the HTTP API of docs/api.md and the dashboard.
+
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/file.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <filesystem>
+#include <iostream>
+#include <thread>
+
+#include <httplib.h>
+#include <spdlog/spdlog.h>
+
+#include "daemon/api.h"
+#include "daemon/options.h"
+#include "daemon/scheduler.h"
+#include "daemon/slots.h"
+#include "daemon/store_access.h"
+
+namespace fs = std::filesystem;
+using namespace ratio::daemon;
+
+namespace {
+
+// SSE streams each hold a connection thread; the default pool (8) would be exhausted by a few tabs.
+constexpr size_t kServerThreads = 64;
+
+// One daemon per database: a second would "recover" (stop) the first one's workers.
+int lock_database(const std::string& db_path) {
+  std::string lock_path = db_path + ".lock";
+  int fd = open(lock_path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+  if (fd < 0 || flock(fd, LOCK_EX | LOCK_NB) != 0) {
+    throw std::runtime_error("another ratiod is already using " + db_path + " (lock " + lock_path +
+                             "); stop it or pass a different --db");
+  }
+  return fd;  // held until the process exits
+}
+
+int run(const Options& options) {
+  lock_database(options.db_path);
+  std::vector<Slot> slots = parse_slots(options.slots);
+  fs::create_directories(options.workdir);
+  WriteQueue writer(options.db_path);
+  ReadPool reader(options.db_path);
+  EventBus bus;
+
+  httplib::Server server;
+  server.new_task_queue = [] { return new httplib::ThreadPool(kServerThreads); };
+  int port = options.port;
+  if (port == 0) {
+    port = server.bind_to_any_port(options.host);
+  } else if (!server.bind_to_port(options.host, port)) {
+    port = -1;
+  }
+  if (port <= 0) {
+    throw std::runtime_error("cannot listen on " + options.host + ":" + std::to_string(options.port) +
+                             " (port in use? pick another with --listen HOST:PORT)");
+  }
+
+  SchedulerConfig config;
+  config.slots = slots;
+  config.workdir = options.workdir;
+  config.data_dir = options.data_dir;
+  config.worker_path = options.worker_path;
+  std::string report_host = options.host == "0.0.0.0" ? "127.0.0.1" : options.host;
+  config.report_url = "http://" + report_host + ":" + std::to_string(port) + "/api/report";
+  config.lease_s = options.lease_s;
+  config.stall_s = options.stall_s;
+  config.grace_s = options.grace_s;
+  Scheduler scheduler(config, writer, bus);
+  scheduler.recover();
+  scheduler.set_draining(options.drain);
+
+  ApiContext ctx{options, writer, reader, scheduler, bus};
+  install_routes(server, ctx);
+
+  std::string slot_names;
+  for (const Slot& s : slots) slot_names += (slot_names.empty() ? "" : ",") + s.name;
+  spdlog::info("slots {}; workdir {}; worker {}", slot_names, options.workdir, options.worker_path);
+  // Tests and scripts read this line to learn the port (with --listen HOST:0).
+  std::cout << "ratiod listening on http://" << options.host << ":" << port << std::endl;
+  scheduler.start();
+
+  // SIGTERM/SIGINT are blocked in every thread (set in main) and taken here.
+  std::thread signals([&] {
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, SIGTERM);
+    sigaddset(&set, SIGINT);
+    int sig = 0;
+    sigwait(&set, &sig);
+    spdlog::info("signal {}: interrupting workers (they checkpoint) and shutting down", sig);
+    scheduler.shutdown();
+    bus.close();
+    server.stop();
+  });
+  bool listened = server.listen_after_bind();
+  if (!listened) kill(getpid(), SIGTERM);  // let the signal thread shut down cleanly
+  signals.join();
+  spdlog::info("ratiod stopped");
+  return listened ? 0 : 1;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  sigset_t set;
+  sigemptyset(&set);
+  sigaddset(&set, SIGTERM);
+  sigaddset(&set, SIGINT);
+  pthread_sigmask(SIG_BLOCK, &set, nullptr);  // inherited by every thread created below
+  signal(SIGPIPE, SIG_IGN);                   // a client hanging up must not kill the daemon
+
+  std::error_code ec;
+  fs::path exe = fs::read_symlink("/proc/self/exe", ec);
+  std::string exe_dir = ec ? "." : exe.parent_path().string();
+  try {
+    Options options = parse_options(std::vector<std::string>(argv + 1, argv + argc), exe_dir);
+    return run(options);
+  } catch (const std::exception& e) {
+    std::cerr << "ratiod: " << e.what() << "\n";
+    return 2;
+  }
+}

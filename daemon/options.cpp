@@ -1,0 +1,105 @@
+#include "daemon/options.h"
+
+#include <filesystem>
+#include <fstream>
+#include <stdexcept>
+
+namespace ratio::daemon {
+
+namespace fs = std::filesystem;
+
+namespace {
+
+double parse_seconds(const std::string& flag, const std::string& value) {
+  try {
+    size_t used = 0;
+    double s = std::stod(value, &used);
+    if (used == value.size() && s > 0) return s;
+  } catch (const std::exception&) {
+    // reported below
+  }
+  throw std::invalid_argument(flag + " expects a positive number of seconds, got '" + value + "'");
+}
+
+void parse_listen(const std::string& value, Options& o) {
+  size_t colon = value.rfind(':');
+  if (colon == std::string::npos || colon == 0) {
+    throw std::invalid_argument("--listen expects HOST:PORT (e.g. 127.0.0.1:8080), got '" + value + "'");
+  }
+  o.host = value.substr(0, colon);
+  std::string port = value.substr(colon + 1);
+  try {
+    size_t used = 0;
+    o.port = std::stoi(port, &used);
+    if (used != port.size() || o.port < 0 || o.port > 65535) throw std::out_of_range("port");
+  } catch (const std::exception&) {
+    throw std::invalid_argument("--listen: port must be 0..65535, got '" + port + "'");
+  }
+}
+
+std::string read_token(const std::string& path) {
+  std::ifstream in(path);
+  if (!in) throw std::invalid_argument("--token-file: cannot read '" + path + "'");
+  std::string token;
+  std::getline(in, token);
+  while (!token.empty() && (token.back() == '\r' || token.back() == ' ')) token.pop_back();
+  if (token.size() < 16) {
+    throw std::invalid_argument("--token-file '" + path + "': the token must be at least 16 characters on its first line");
+  }
+  return token;
+}
+
+}  // namespace
+
+bool is_loopback(const std::string& host) {
+  return host == "localhost" || host == "::1" || host.rfind("127.", 0) == 0;
+}
+
+std::string usage() {
+  return "usage: ratiod --db PATH [--listen HOST:PORT] [--slots auto|gpu:0,1|cpu:N] [--workdir DIR]\n"
+         "              [--data-dir DIR] [--worker PATH] [--token-file F] [--web-root DIR]\n"
+         "              [--lease-s S] [--stall-s S] [--grace-s S] [--drain]\n";
+}
+
+Options parse_options(const std::vector<std::string>& args, const std::string& exe_dir) {
+  Options o;
+  std::string token_file;
+  for (size_t i = 0; i < args.size(); ++i) {
+    const std::string& flag = args[i];
+    if (flag == "--drain") {
+      o.drain = true;
+      continue;
+    }
+    if (i + 1 >= args.size()) throw std::invalid_argument("unknown flag or missing value: " + flag + "\n" + usage());
+    const std::string& value = args[++i];
+    if (flag == "--db") o.db_path = value;
+    else if (flag == "--listen") parse_listen(value, o);
+    else if (flag == "--slots") o.slots = value;
+    else if (flag == "--workdir") o.workdir = value;
+    else if (flag == "--data-dir") o.data_dir = value;
+    else if (flag == "--worker") o.worker_path = value;
+    else if (flag == "--token-file") token_file = value;
+    else if (flag == "--web-root") o.web_root = value;
+    else if (flag == "--lease-s") o.lease_s = parse_seconds(flag, value);
+    else if (flag == "--stall-s") o.stall_s = parse_seconds(flag, value);
+    else if (flag == "--grace-s") o.grace_s = parse_seconds(flag, value);
+    else throw std::invalid_argument("unknown flag " + flag + "\n" + usage());
+  }
+  if (o.db_path.empty()) throw std::invalid_argument("--db PATH is required\n" + usage());
+  if (!token_file.empty()) o.token = read_token(token_file);
+  if (!is_loopback(o.host) && o.token.empty()) {
+    throw std::invalid_argument("listening on " + o.host +
+                                " (beyond loopback) requires --token-file with a bearer token for mutating calls");
+  }
+  fs::path db_dir = fs::absolute(o.db_path).parent_path();
+  if (o.workdir.empty()) o.workdir = (db_dir / "ratiod-work").string();
+  o.workdir = fs::absolute(o.workdir).string();
+  if (o.worker_path.empty()) o.worker_path = (fs::path(exe_dir) / "ratio-worker").string();
+  if (o.web_root.empty()) {
+    fs::path baked = RATIO_DEFAULT_WEB_ROOT;
+    o.web_root = fs::is_directory(baked) ? baked.string() : (fs::path(exe_dir) / ".." / "share/ratio/web").string();
+  }
+  return o;
+}
+
+}  // namespace ratio::daemon

@@ -1,0 +1,75 @@
+#include "daemon/slots.h"
+
+#include <cstdio>
+#include <filesystem>
+#include <sstream>
+#include <stdexcept>
+
+namespace ratio::daemon {
+
+namespace {
+
+int count_nvidia_smi_gpus() {
+  FILE* pipe = popen("nvidia-smi -L 2>/dev/null", "r");
+  if (!pipe) return 0;
+  int gpus = 0;
+  char line[512];
+  while (fgets(line, sizeof line, pipe)) {
+    if (std::string(line).rfind("GPU ", 0) == 0) ++gpus;  // "GPU 0: NVIDIA H100 (UUID: ...)"
+  }
+  pclose(pipe);
+  return gpus;
+}
+
+int parse_count(const std::string& text, const std::string& spec) {
+  try {
+    size_t used = 0;
+    int n = std::stoi(text, &used);
+    if (used == text.size() && n >= 0) return n;
+  } catch (const std::exception&) {
+    // reported below
+  }
+  throw std::invalid_argument("--slots '" + spec + "': '" + text + "' is not a non-negative integer");
+}
+
+}  // namespace
+
+int count_gpus() {
+  int gpus = count_nvidia_smi_gpus();
+  if (gpus > 0) return gpus;
+  std::error_code ec;
+  for (const auto& entry : std::filesystem::directory_iterator("/proc/driver/nvidia/gpus", ec)) {
+    (void)entry;
+    ++gpus;
+  }
+  return gpus;
+}
+
+std::vector<Slot> parse_slots(const std::string& spec) {
+  std::vector<Slot> slots;
+  if (spec == "auto") {
+    int gpus = count_gpus();
+    for (int i = 0; i < gpus; ++i) slots.push_back({"gpu:" + std::to_string(i), std::to_string(i)});
+    if (slots.empty()) slots.push_back({"cpu:0", ""});
+    return slots;
+  }
+  if (spec.rfind("cpu:", 0) == 0) {
+    int n = parse_count(spec.substr(4), spec);
+    if (n == 0) throw std::invalid_argument("--slots '" + spec + "': need at least one CPU slot");
+    for (int i = 0; i < n; ++i) slots.push_back({"cpu:" + std::to_string(i), ""});
+    return slots;
+  }
+  if (spec.rfind("gpu:", 0) == 0) {
+    std::stringstream list(spec.substr(4));
+    std::string index;
+    while (std::getline(list, index, ',')) {
+      int gpu = parse_count(index, spec);
+      slots.push_back({"gpu:" + std::to_string(gpu), std::to_string(gpu)});
+    }
+    if (slots.empty()) throw std::invalid_argument("--slots '" + spec + "': list GPU indices, e.g. gpu:0,1");
+    return slots;
+  }
+  throw std::invalid_argument("--slots '" + spec + "': expected auto, gpu:0,1 or cpu:N");
+}
+
+}  // namespace ratio::daemon

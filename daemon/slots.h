@@ -1,0 +1,23 @@
+#pragma once
+// Execution slots: one job runs per slot. A GPU slot pins its worker with CUDA_VISIBLE_DEVICES;
+// CPU slots hide every GPU from the worker.
+
+#include <string>
+#include <vector>
+
+namespace ratio::daemon {
+
+struct Slot {
+  std::string name;          // "gpu:0", "cpu:1"
+  std::string cuda_devices;  // value of CUDA_VISIBLE_DEVICES for the worker ("" hides GPUs)
+};
+
+// "auto": one slot per GPU found by `nvidia-smi -L` (or /proc/driver/nvidia/gpus), else one CPU
+// slot (a CPU worker uses every core). "gpu:0,2": those GPUs. "cpu:N": N CPU slots.
+// Throws std::invalid_argument for a malformed spec.
+std::vector<Slot> parse_slots(const std::string& spec);
+
+// Number of NVIDIA GPUs visible on this machine (0 when none or no driver).
+int count_gpus();
+
+}  // namespace ratio::daemon

@@ -615,6 +615,7 @@ bool is_number(const std::string& id) { return std::regex_match(id, std::regex("
 struct StepDraft {
   std::string id;
   Draft draft;
+  std::string twin_of;  // for forced-gates twins: the step they copy
 };
 
 std::vector<StepDraft> forced_twins(const MatrixDoc& doc, const std::vector<StepDraft>& steps,
@@ -651,7 +652,7 @@ std::vector<StepDraft> forced_twins(const MatrixDoc& doc, const std::vector<Step
     if (!parsed[i]) continue;
     const bool gated = matrix_detail::has_learnable_gate(parsed[i]->model);
     if (!(chosen[i] || (f.all && gated))) continue;
-    StepDraft twin{std::to_string(next++), steps[i].draft};
+    StepDraft twin{std::to_string(next++), steps[i].draft, steps[i].id};
     for (const auto& s : steps) {
       if (s.id == twin.id) {
         problems.at(f.node.Mark(), "forced_gates.first_id",
@@ -688,6 +689,17 @@ std::vector<std::vector<size_t>> grid_points(const std::vector<GridAxis>& grid) 
     points = std::move(next);
   }
   return points;
+}
+
+// A grid value replaces what the step itself set for that key; say so once per step and key.
+void warn_grid_overrides(const MatrixDoc& doc, const StepDraft& step, std::vector<LintWarning>& warnings) {
+  for (const auto& axis : doc.grid) {
+    auto it = step.draft.origins.find(axis.job_path);
+    if (it == step.draft.origins.end() || it->second.path.rfind("steps[", 0) != 0) continue;
+    warnings.push_back({"no_effect", {step.id},
+                        "step " + step.id + ": " + it->second.path + " (line " + std::to_string(it->second.line) +
+                            ") is replaced by every value of grid." + axis.key + "; remove one of them"});
+  }
 }
 
 void expand_axes(const MatrixDoc& doc, const StepDraft& step, std::vector<ResolvedJob>& out, Problems& problems) {
@@ -809,7 +821,7 @@ Expansion expand_matrix(const std::string& text, const std::string& source) {
   std::vector<StepDraft> steps;
   std::vector<std::optional<JobSpec>> parsed;
   for (const auto& step : doc.steps) {
-    steps.push_back({step.id, step_draft(base, step, problems)});
+    steps.push_back({step.id, step_draft(base, step, problems), ""});
     parsed.push_back(parse(steps.back().draft, problems));
   }
   Expansion e;
@@ -818,7 +830,10 @@ Expansion expand_matrix(const std::string& text, const std::string& source) {
   steps.insert(steps.end(), twins.begin(), twins.end());
 
   std::vector<ResolvedJob> resolved;
-  for (const auto& step : steps) expand_axes(doc, step, resolved, problems);
+  for (const auto& step : steps) {
+    if (step.twin_of.empty()) warn_grid_overrides(doc, step, e.warnings);  // a twin would repeat it
+    expand_axes(doc, step, resolved, problems);
+  }
   problems.throw_if_any();
 
   e.name = doc.name;

@@ -333,6 +333,15 @@ TEST(Lint, OptionIgnoredByTheChosenMode) {
   EXPECT_NE(e.warnings[1].message.find("ra_ct.k is only used by mode topk"), std::string::npos);
 }
 
+TEST(Lint, GridReplacesAValueTheStepSets) {
+  Expansion e = expand("grid: {mlp_ratio: [2.0, 3.0]}\nsteps:\n  - {id: 2, mlp_ratio: 5.0}\n");
+  ASSERT_EQ(rules(e), std::vector<std::string>{"no_effect"});
+  EXPECT_EQ(e.warnings[0].steps, std::vector<std::string>{"2"});
+  EXPECT_NE(e.warnings[0].message.find("steps[0].mlp_ratio (line 7) is replaced by every value of grid.mlp_ratio"),
+            std::string::npos)
+      << e.warnings[0].message;
+}
+
 TEST(Lint, SeedsDoNotRepeatAWarning) {
   Expansion e = expand("seeds: [1, 2, 3]\nsteps:\n  - {id: 3, mlp_gate: true, force_gates_open: true}\n");
   EXPECT_EQ(e.warnings.size(), 1u) << to_json(e)["warnings"].dump(1);

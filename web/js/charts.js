@@ -78,6 +78,10 @@ export class LineChart {
     this.signature = '';
     this.series = [];
     this.zoomed = false;
+    this.empty = document.createElement('p');
+    this.empty.className = 'chart-empty muted';
+    this.empty.textContent = 'No points yet';
+    container.append(this.empty);
     this.resize = new ResizeObserver(() => {
       if (this.plot) this.plot.setSize({ width: this.width(), height: this.height });
     });
@@ -91,6 +95,7 @@ export class LineChart {
     this.series = series;
     const signature = series.map((s) => `${s.label}|${s.color}|${s.width}`).join('\n') + `|${this.logX}`;
     const data = this.data();
+    this.empty.hidden = series.some((s) => s.x.length > 0);
     if (!this.plot || signature !== this.signature) {
       this.build(data);
       this.signature = signature;

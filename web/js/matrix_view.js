@@ -160,7 +160,8 @@ export function mountMatrixView(root, route) {
     cells.plot.append(box);
     cells.plotBox = box;
     cells.nameLink = el('a', { href: `#/matrix/${encodeURIComponent(matrixId)}/job/${encodeURIComponent(id)}` });
-    cells.name.append(cells.nameLink);
+    cells.baseTag = el('span', { class: 'tag', hidden: true }, 'baseline');
+    cells.name.append(cells.nameLink, cells.baseTag);
     cells.status.append(el('span', { class: 'badge' }));
     for (const k of ['val', 'best', 'delta', 'params', 'added', 'eff', 'tps']) cells[k].classList.add('num');
     const row = { tr, cells };
@@ -175,7 +176,8 @@ export function mountMatrixView(root, route) {
     const { cells } = row;
     row.tr.classList.toggle('is-baseline', j.step === baselineStep);
     setText(cells.step, String(j.step));
-    setText(cells.nameLink, (j.name || '') + (j.step === baselineStep ? ' (baseline)' : ''));
+    setText(cells.nameLink, j.name || '');
+    cells.baseTag.hidden = j.step !== baselineStep;
     const badge = cells.status.firstChild;
     badge.className = `badge status-${j.status}`;
     setText(badge, statusText(j) + (j.attempts > 1 ? ` · attempt ${j.attempts}` : '') + (isNum(j.reused_from) ? ' · cached' : ''));
@@ -186,7 +188,7 @@ export function mountMatrixView(root, route) {
     numCell(cells.params, r && r.params_total, fmtCount);
     numCell(cells.added, r && r.params_added, fmtCount);
     numCell(cells.eff, r && r.efficiency, fmtSci);
-    numCell(cells.tps, r && r.tokens_per_s, (v) => fmtCount(Math.round(v)));
+    numCell(cells.tps, r && r.tokens_per_s, (v) => (isNum(v) ? fmtCount(Math.round(v)) : '–'));
     verdictCell(cells.verdict, r);
     cells.plotBox.checked = plotted.has(id);
   }
@@ -213,7 +215,12 @@ export function mountMatrixView(root, route) {
 
   function verdictCell(td, r) {
     td.replaceChildren();
-    if (!r || !r.verdict) { td.textContent = '–'; return; }
+    if (!r || !r.verdict) {
+      td.textContent = '–';
+      setAttr(td, 'title', (r && r.verdict_reason) || null);
+      return;
+    }
+    setAttr(td, 'title', null);
     td.append(el('span', {
       class: `badge verdict-${r.verdict.toLowerCase()}`, title: r.verdict_reason || '',
       'aria-label': `${r.verdict}: ${r.verdict_reason || ''}`,
@@ -451,7 +458,8 @@ export function mountMatrixView(root, route) {
   async function loadConfigs() {
     if (configsLoading || !matrix) return;
     const missing = () => [...jobs.values()].some((j) => !configs.has(j.config_hash));
-    for (const job of (matrix.expanded && matrix.expanded.jobs) || []) configs.set(job.config_hash, job.config);
+    const stored = matrix.expanded && Array.isArray(matrix.expanded.jobs) ? matrix.expanded.jobs : [];
+    for (const job of stored) configs.set(job.config_hash, job.config);
     if (!missing() || !matrix.yaml) { flush(); return; }
     configsLoading = true;
     try {

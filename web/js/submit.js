@@ -116,9 +116,12 @@ export function mountSubmit(root) {
   // Shows the message, the offending line with a caret under the column, and marks the gutter.
   function showError(body) {
     errorLine = Number.isInteger(body.line) && body.line > 0 ? body.line : null;
+    // The message may start with its own "file:line:column: " location; the heading already says it.
+    const located = `${body.file}:${body.line}:${body.column}: `;
+    const message = body.file && body.error.startsWith(located) ? body.error.slice(located.length) : body.error;
     const parts = [el('strong', {}, errorLine ? `Line ${errorLine}${body.column ? `, column ${body.column}` : ''}: ` : 'Error: '),
-      body.error];
-    if (body.path) parts.push(el('span', { class: 'muted' }, ` (at ${body.path})`));
+      message];
+
     const box = [el('p', {}, ...parts)];
     if (errorLine) {
       const lines = editor.value.split('\n');

@@ -1,5 +1,8 @@
 #include "cli/commands.h"
 
+#include <sys/ioctl.h>
+#include <unistd.h>
+
 #include <algorithm>
 #include <cerrno>
 #include <chrono>
@@ -73,19 +76,29 @@ int cmd_presets(std::ostream& out) {
 
 // ---- watching --------------------------------------------------------------------------------------
 
+// Width of the terminal on fd; 0 when unknown. Redraws clip to it (render.h, clip_lines).
+int terminal_columns(int fd) {
+  winsize size{};
+  return ::ioctl(fd, TIOCGWINSZ, &size) == 0 ? size.ws_col : 0;
+}
+
+
 // Follows a matrix until every job is terminal, redrawing in place on a terminal and printing one
 // line per change otherwise. Returns kJobsFailed when any job ended failed or cancelled.
 class MatrixWatcher {
  public:
   MatrixWatcher(ApiClient& api, std::string matrix_id) : api_(api), id_(std::move(matrix_id)) {}
 
-  int run(std::ostream& os, bool tty, double interval_s) {
+  // tty_fd: the terminal `os` writes to, for in-place redraws; -1 when it is not a terminal.
+  int run(std::ostream& os, int tty_fd, double interval_s) {
+    const bool tty = tty_fd >= 0;
     os << "watching matrix " << id_ << " on " << api_.server() << " (Ctrl-C stops watching; jobs keep running)\n";
     while (true) {
       const json matrix = api_.get("/api/matrices/" + id_);
       update_losses(matrix.at("jobs"));
-      const std::string view = render_matrix_status(matrix, last_loss_);
+      std::string view = render_matrix_status(matrix, last_loss_);
       if (tty) {
+        view = clip_lines(view, terminal_columns(tty_fd));
         if (drawn_lines_ > 0) os << "\033[" << drawn_lines_ << "F\033[J";
         os << view << std::flush;
         drawn_lines_ = static_cast<int>(std::count(view.begin(), view.end(), '\n'));
@@ -155,7 +168,7 @@ int cmd_submit(const Command& cmd, ApiClient& api, std::ostream& out, std::ostre
     err << "warning: " << (warning.is_object() ? warning.value("message", warning.dump()) : warning.dump()) << '\n';
 
   int code = kOk;
-  if (cmd.watch) code = MatrixWatcher(api, id).run(err, err_is_tty, cmd.interval_s);
+  if (cmd.watch) code = MatrixWatcher(api, id).run(err, err_is_tty ? STDERR_FILENO : -1, cmd.interval_s);
   out << id << '\n';
   return code;
 }
@@ -165,7 +178,7 @@ int cmd_status(const Command& cmd, ApiClient& api, std::ostream& out, bool out_i
     out << render_matrix_list(api.get("/api/matrices"));
     return kOk;
   }
-  if (cmd.watch) return MatrixWatcher(api, cmd.matrix).run(out, out_is_tty, cmd.interval_s);
+  if (cmd.watch) return MatrixWatcher(api, cmd.matrix).run(out, out_is_tty ? STDOUT_FILENO : -1, cmd.interval_s);
   out << render_matrix_status(api.get("/api/matrices/" + cmd.matrix), {});
   return kOk;
 }

@@ -2,6 +2,7 @@
 
 #include <cmath>
 #include <cstdio>
+#include <ctime>
 #include <sstream>
 
 #include <nlohmann/json.hpp>
@@ -35,6 +36,20 @@ std::string str(const json& obj, const char* key) {
   if (!obj.contains(key) || obj[key].is_null()) return "-";
   if (obj[key].is_string()) return obj[key].get<std::string>();
   return obj[key].dump();
+}
+
+// Failure reasons can be long; the status view is for watching, `ratio results` shows them whole.
+constexpr size_t kMaxReasonChars = 60;
+
+// API times are unix seconds (numbers) or already formatted strings.
+std::string time_of(const json& obj, const char* key) {
+  if (!obj.contains(key) || !obj[key].is_number()) return str(obj, key);
+  const std::time_t t = static_cast<std::time_t>(obj[key].get<double>());
+  std::tm local{};
+  localtime_r(&t, &local);
+  char buffer[32];
+  std::strftime(buffer, sizeof buffer, "%Y-%m-%d %H:%M", &local);
+  return buffer;
 }
 
 int64_t int_of(const json& obj, const char* key) {
@@ -71,6 +86,22 @@ std::string human_count(int64_t n) {
   if (a >= 1e6) return fmt("%.2fM", static_cast<double>(n) / 1e6);
   if (a >= 1e4) return fmt("%.1fK", static_cast<double>(n) / 1e3);
   return std::to_string(n);
+}
+
+std::string clip_lines(const std::string& text, int columns) {
+  if (columns <= 1) return text;
+  std::string clipped;
+  int column = 0;
+  for (char c : text) {
+    if (c == '\n') {
+      column = 0;
+      clipped += c;
+      continue;
+    }
+    if ((static_cast<unsigned char>(c) & 0xC0) != 0x80) ++column;  // a code point starts
+    if (column < columns) clipped += c;
+  }
+  return clipped;
 }
 
 std::string format_table(const std::vector<std::string>& header, const std::vector<std::vector<std::string>>& rows,
@@ -138,8 +169,9 @@ std::string render_results_table(const json& results) {
   for (const json& row : rows) {
     const std::string reason = str(row, "verdict_reason");
     if (reason == "-" || reason.empty()) continue;
-    const std::string verdict = str(row, "verdict");
-    out << "step " << str(row, "step") << ": " << (verdict == "-" ? "pending" : verdict) << ": " << reason << '\n';
+    std::string label = str(row, "verdict");
+    if (label == "-") label = str(row, "status") == "failed" ? "failed" : "pending";
+    out << "step " << str(row, "step") << ": " << label << ": " << reason << '\n';
     if (row.contains("dead_params") && row["dead_params"].is_array() && !row["dead_params"].empty()) {
       out << "  no gradient:";
       for (const json& name : row["dead_params"]) out << ' ' << name.get<std::string>();
@@ -194,6 +226,7 @@ std::string render_matrix_status(const json& matrix, const std::map<int64_t, dou
     std::string progress = num(job, "iter", "%.0f") + "/" + num(job, "max_iters", "%.0f");
     std::string note = status == "failed" ? str(job, "reason") : "";
     if (note == "-") note = "";
+    if (note.size() > kMaxReasonChars) note = note.substr(0, kMaxReasonChars - 3) + "...";
     cells.push_back({std::to_string(id), str(job, "step"), str(job, "name"), status, progress,
                      loss == last_loss.end() ? "-" : fmt("%.4f", loss->second), num(job, "final_val_loss", "%.4f"),
                      str(job, "attempts"), note});
@@ -217,7 +250,7 @@ std::string render_matrix_list(const json& matrices) {
       builds = std::to_string(m["build_ids"].size());
       if (m["build_ids"].size() > 1) builds += " (mixed!)";
     }
-    cells.push_back({str(m, "id"), str(m, "name"), str(m, "created_at"), str(m, "total"), str(counts, "succeeded"),
+    cells.push_back({str(m, "id"), str(m, "name"), time_of(m, "created_at"), str(m, "total"), str(counts, "succeeded"),
                      str(counts, "running"), str(counts, "queued"), str(counts, "failed"), str(counts, "cancelled"),
                      builds});
   }

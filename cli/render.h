@@ -30,6 +30,10 @@ std::string render_matrix_list(const nlohmann::json& matrices);
 // `ratio expand` without --json: the jobs with their parameter counts, then the lint warnings.
 std::string render_expansion(const nlohmann::json& expansion);
 
+// Cuts every line to fewer than `columns` screen columns (UTF-8 aware); columns <= 1 = unchanged.
+// --watch redraws in place by moving the cursor up one row per line, which a wrapped line would break.
+std::string clip_lines(const std::string& text, int columns);
+
 // 124439808 -> "124.44M", 12 -> "12", -500000 -> "-500.0K".
 std::string human_count(int64_t n);
 

@@ -99,6 +99,12 @@ TEST(CliRender, ResultsCsvQuotesAndJoins) {
   EXPECT_EQ(lines[3], "3,8,+ MLA,queued,,,,,,,,123000000,-1439808,,,,waiting for results (0 of 1 runs finished),,");
 }
 
+TEST(CliRender, ClipLinesKeepsRedrawsOnOneRowEach) {
+  EXPECT_EQ(clip_lines("abcdef\nxy\n", 5), "abcd\nxy\n");
+  EXPECT_EQ(clip_lines("±±±\n", 3), "±±\n");  // "±" is two bytes, one column
+  EXPECT_EQ(clip_lines("abc\n", 0), "abc\n");
+}
+
 TEST(CliRender, CsvCell) {
   EXPECT_EQ(csv_cell("plain"), "plain");
   EXPECT_EQ(csv_cell("a,b"), "\"a,b\"");

@@ -1,0 +1,608 @@
+// Integration: the real ratiod binary on a free loopback port with a temporary database, and the real
+// ratio-worker on tiny CPU jobs (1 layer, 32 wide, block 32, byte tokens). Nothing is mocked.
+#include <gtest/gtest.h>
+
+#include <fcntl.h>
+#include <signal.h>
+#include <spawn.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cstring>
+#include <chrono>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <functional>
+#include <set>
+#include <sstream>
+#include <thread>
+
+#include <httplib.h>
+#include <nlohmann/json.hpp>
+
+#include "db/store.h"
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+namespace {
+
+#ifdef RATIO_HAVE_WORKER
+constexpr bool kHaveWorker = true;
+#else
+constexpr bool kHaveWorker = false;
+#endif
+
+#define REQUIRE_WORKER()                                                                            \
+  if (!kHaveWorker) GTEST_SKIP() << "built with RATIO_WITH_TORCH=OFF: there is no ratio-worker to " \
+                                    "run jobs, so this job-running test is skipped"
+
+fs::path bin_dir() {
+  const char* dir = std::getenv("RATIO_BIN_DIR");
+  return dir ? fs::path(dir) : fs::path(RATIO_TEST_BIN_DIR);
+}
+
+std::string read_file(const fs::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+}
+
+void sleep_s(double s) { std::this_thread::sleep_for(std::chrono::duration<double>(s)); }
+
+// A tiny matrix that trains in seconds on one CPU core. `steps` is YAML for the list of steps.
+std::string tiny_matrix(const std::string& name, int max_iters, const std::string& steps) {
+  return "name: " + name +
+         "\n"
+         "max_attempts: 3\n"
+         "base:\n"
+         "  model: {n_layer: 1, n_head: 2, n_embd: 32, vocab_size: 256, block_size: 32, ra: {window: 8}}\n"
+         "  train: {max_iters: " +
+         std::to_string(max_iters) +
+         ", batch_size: 4, grad_accum: 1, eval_interval: 10, eval_batches: 2, checkpoint_interval: 10,\n"
+         "          log_interval: 5, grad_norm_interval: 10, warmup_iters: 5, device: cpu}\n"
+         "  data: {dataset: fortunes, tokenizer: byte}\n"
+         "steps:\n" +
+         steps;
+}
+
+// One ratiod process with its own database and work directory.
+class Daemon {
+ public:
+  Daemon(fs::path dir, std::vector<std::string> extra) : dir_(std::move(dir)), extra_(std::move(extra)) {}
+  ~Daemon() {
+    if (pid_ > 0) kill9();
+  }
+
+  // `more` flags are added for this launch only.
+  void start(const std::vector<std::string>& more = {}) {
+    static int launches = 0;
+    out_path_ = dir_ / ("ratiod-" + std::to_string(++launches) + ".log");
+    std::vector<std::string> args = {(bin_dir() / "ratiod").string(), "--db", (dir_ / "ratio.db").string(),
+                                     "--listen", "127.0.0.1:0", "--slots", "cpu:1",
+                                     "--data-dir", data_dir().string(), "--grace-s", "20"};
+    args.insert(args.end(), extra_.begin(), extra_.end());
+    args.insert(args.end(), more.begin(), more.end());
+    std::vector<char*> argv;
+    for (auto& a : args) argv.push_back(a.data());
+    argv.push_back(nullptr);
+    posix_spawn_file_actions_t fa;
+    posix_spawn_file_actions_init(&fa);
+    posix_spawn_file_actions_addopen(&fa, 1, out_path_.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    posix_spawn_file_actions_adddup2(&fa, 1, 2);
+    int rc = posix_spawn(&pid_, argv[0], &fa, nullptr, argv.data(), environ);
+    posix_spawn_file_actions_destroy(&fa);
+    if (rc != 0) throw std::runtime_error(std::string("cannot start ") + argv[0] + ": " + strerror(rc));
+    const std::string marker = "listening on http://127.0.0.1:";
+    for (int i = 0; i < 200 && port_ == 0; ++i) {
+      std::string out = read_file(out_path_);
+      size_t at = out.find(marker);
+      if (at != std::string::npos && out.find('\n', at) != std::string::npos) {
+        port_ = std::stoi(out.substr(at + marker.size()));
+      } else {
+        sleep_s(0.05);
+      }
+    }
+    if (port_ == 0) throw std::runtime_error("ratiod did not start:\n" + read_file(out_path_));
+    client_ = std::make_unique<httplib::Client>("127.0.0.1", port_);
+    client_->set_read_timeout(60);
+  }
+
+  // SIGTERM and wait: the graceful path.
+  int stop() {
+    kill(pid_, SIGTERM);
+    return reap();
+  }
+  void kill9() {
+    kill(pid_, SIGKILL);
+    reap();
+  }
+
+  json get(const std::string& path, int expect = 200) {
+    auto res = client_->Get(path.c_str());
+    EXPECT_TRUE(res) << "GET " << path << " got no answer";
+    if (!res) return json();
+    EXPECT_EQ(res->status, expect) << "GET " << path << ": " << res->body;
+    return json::parse(res->body, nullptr, false);
+  }
+  std::pair<int, json> post(const std::string& path, const std::string& body,
+                            const httplib::Headers& headers = {}) {
+    auto res = client_->Post(path.c_str(), headers, body, "application/yaml");
+    EXPECT_TRUE(res) << "POST " << path << " got no answer";
+    if (!res) return {0, json()};
+    return {res->status, json::parse(res->body, nullptr, false)};
+  }
+  httplib::Client& client() { return *client_; }
+
+  // Polls until pred() holds; on timeout fails with the daemon log tail.
+  bool wait_for(const std::function<bool()>& pred, double timeout_s, const std::string& what) {
+    for (double t = 0; t < timeout_s; t += 0.25) {
+      if (pred()) return true;
+      sleep_s(0.25);
+    }
+    std::string log = read_file(out_path_);
+    ADD_FAILURE() << "timed out after " << timeout_s << " s waiting for " << what << "\nratiod log tail:\n"
+                  << log.substr(log.size() > 4000 ? log.size() - 4000 : 0);
+    return false;
+  }
+
+  json job(int64_t id) { return get("/api/jobs/" + std::to_string(id)); }
+  std::string job_status(int64_t id) { return job(id)["job"]["status"].get<std::string>(); }
+  bool matrix_done(int64_t id) {
+    json counts = get("/api/matrices/" + std::to_string(id))["matrix"]["counts"];
+    return counts["queued"] == 0 && counts["running"] == 0;
+  }
+
+  int port() const { return port_; }
+  const fs::path& dir() const { return dir_; }
+
+  static fs::path data_dir() { return fs::temp_directory_path() / "ratio-daemon-test-data"; }
+
+ private:
+  int reap() {
+    int status = 0;
+    waitpid(pid_, &status, 0);
+    pid_ = -1;
+    port_ = 0;
+    return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+  }
+
+  fs::path dir_;
+  std::vector<std::string> extra_;
+  fs::path out_path_;
+  pid_t pid_ = -1;
+  int port_ = 0;
+  std::unique_ptr<httplib::Client> client_;
+};
+
+class RatiodTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = fs::temp_directory_path() / ("ratiod-test-" + std::to_string(getpid()) + "-" +
+                                        ::testing::UnitTest::GetInstance()->current_test_info()->name());
+    fs::remove_all(dir_);
+    fs::create_directories(dir_);
+  }
+  void TearDown() override {
+    daemon_.reset();
+    if (!HasFailure()) fs::remove_all(dir_);
+  }
+  Daemon& start_daemon(std::vector<std::string> extra = {}) {
+    daemon_ = std::make_unique<Daemon>(dir_, std::move(extra));
+    daemon_->start();
+    return *daemon_;
+  }
+  int64_t count_rows(const std::string& sql) {
+    ratio::db::Store store((dir_ / "ratio.db").string(), true);
+    auto st = store.connection().prepare(sql);
+    st.step();
+    return st.get_int(0);
+  }
+  // The `finished` result the worker printed on stdout into the attempt's log.
+  static json finished_result_in_log(const std::string& log_path) {
+    std::istringstream lines(read_file(log_path));
+    std::string line;
+    json result;
+    while (std::getline(lines, line)) {
+      json e = json::parse(line, nullptr, false);
+      if (!e.is_discarded() && e.is_object() && e.value("type", "") == "finished") result = e["result"];
+    }
+    return result;
+  }
+  // Every iteration of a series, checked for gaps against the expected logging interval.
+  static std::vector<int64_t> iters_of(const json& series) {
+    std::vector<int64_t> iters;
+    for (const json& point : series) iters.push_back(point[0].get<int64_t>());
+    return iters;
+  }
+
+  fs::path dir_;
+  std::unique_ptr<Daemon> daemon_;
+};
+
+int64_t pid_of_running_attempt(Daemon& d, int64_t job) {
+  json attempts = d.job(job)["attempts"];
+  for (const json& a : attempts) {
+    if (a["status"] == "running" && a["pid"].is_number()) return a["pid"].get<int64_t>();
+  }
+  return -1;
+}
+
+}  // namespace
+
+// ---- without a worker --------------------------------------------------------------------------
+
+TEST_F(RatiodTest, HealthPresetsAndExpandDryRun) {
+  Daemon& d = start_daemon();
+  json health = d.get("/api/health");
+  EXPECT_EQ(health["ok"], true);
+  EXPECT_EQ(health["slots"], json::parse(R"([{"name": "cpu:0", "job": null}])"));
+  json presets = d.get("/api/presets")["presets"];
+  ASSERT_FALSE(presets.empty());
+  std::set<std::string> names;
+  for (const json& p : presets) names.insert(p["name"].get<std::string>());
+  EXPECT_TRUE(names.count("demo"));
+  auto yaml = d.client().Get("/api/presets/demo");
+  ASSERT_TRUE(yaml);
+  EXPECT_EQ(yaml->status, 200);
+  EXPECT_NE(yaml->get_header_value("Content-Type").find("yaml"), std::string::npos);
+  EXPECT_NE(yaml->body.find("name: demo"), std::string::npos);
+  d.get("/api/presets/no-such-preset", 404);
+
+  auto [status, expanded] = d.post("/api/expand", tiny_matrix("dry", 30, "  - {id: 0, name: baseline}\n  - {id: 5, ra: true}\n"));
+  EXPECT_EQ(status, 200);
+  ASSERT_EQ(expanded["jobs"].size(), 2u);
+  EXPECT_EQ(expanded["jobs"][1]["config"]["model"]["ra"]["enabled"], true);
+  EXPECT_EQ(d.get("/api/matrices")["matrices"].size(), 0u);  // a dry run stores nothing
+  EXPECT_EQ(d.stop(), 0);
+}
+
+TEST_F(RatiodTest, FiftyMalformedBodiesAre400WithALocationAndLeaveTheDatabaseUnchanged) {
+  Daemon& d = start_daemon();
+  const std::string good = tiny_matrix("bad", 30, "  - {id: 0, name: baseline}\n");
+  std::vector<std::string> bodies = {
+      "",
+      "   \n",
+      "name: [unclosed\n",
+      "name: x\nsteps:\n  - id: 0\n   name: misaligned\n",
+      "name: x\nsteps: [{id: 0}\n",
+      "name: \"unterminated\nsteps: []\n",
+      "{\"name\": \"x\", \"steps\": [{\"id\": 0}],}",
+      "{\"name\": \"x\", \"steps\": [{\"id\": 0}]",
+      "[]",
+      "42",
+      "\"just a string\"",
+      "null",
+      "steps:\n  - id: 0\n",
+      "name: x\n",
+      "name: x\nsteps: []\n",
+      "name: x\nsteps: {id: 0}\n",
+      "name: x\nsteps:\n  - name: no id\n",
+      "name: x\nsteps:\n  - id: 0\n  - id: 0\n",
+      "name: x\nbogus_top_level: 1\nsteps:\n  - id: 0\n",
+      "name: x\nsteps:\n  - id: 0\n    bogus_step_key: 1\n",
+      "name: x\nbase: {model: {bogus: 1}}\nsteps:\n  - id: 0\n",
+      "name: x\nbase: {model: {n_layer: big}}\nsteps:\n  - id: 0\n",
+      "name: x\nbase: {model: {n_layer: \"4\"}}\nsteps:\n  - id: 0\n",
+      "name: x\nbase: {model: {n_layer: 0}}\nsteps:\n  - id: 0\n",
+      "name: x\nbase: {model: {n_head: [1, 2]}}\nsteps:\n  - id: 0\n",
+      "name: x\nbase: {model: {n_embd: -8}}\nsteps:\n  - id: 0\n",
+      "name: x\nbase: {model: {n_embd: 30, n_head: 4}}\nsteps:\n  - id: 0\n",
+      "name: x\nbase: {model: {mlp_ratio: fast}}\nsteps:\n  - id: 0\n",
+      "name: x\nbase: {model: {dropout: 1.5}}\nsteps:\n  - id: 0\n",
+      "name: x\nbase: {model: {block_size: -1}}\nsteps:\n  - id: 0\n",
+      "name: x\nsteps:\n  - id: 0\n    ra: {alpha: many}\n",
+      "name: x\nsteps:\n  - id: 0\n    ra_ct: {mode: median}\n",
+      "name: x\nsteps:\n  - id: 0\n    mlp_cross: {sparsify: sometimes}\n",
+      "name: x\nsteps:\n  - id: 0\n    mlp_latent: {tying: glued}\n",
+      "name: x\nsteps:\n  - id: 0\n    mla: {latent_dim: big}\n",
+      "name: x\nsteps:\n  - id: 0\n    mla: maybe\n",
+      "name: x\nbase: {train: {max_iters: lots}}\nsteps:\n  - id: 0\n",
+      "name: x\nbase: {train: {lr: fast}}\nsteps:\n  - id: 0\n",
+      "name: x\nbase: {train: {batch_size: 0}}\nsteps:\n  - id: 0\n",
+      "name: x\nbase: {train: {bogus: 1}}\nsteps:\n  - id: 0\n",
+      "name: x\nbase: {train: {device: tpu}}\nsteps:\n  - id: 0\n",
+      "name: x\nbase: {data: {tokenizer: morse}}\nsteps:\n  - id: 0\n",
+      "name: x\nbase: {data: {bogus: 1}}\nsteps:\n  - id: 0\n",
+      "name: x\nseeds: seven\nsteps:\n  - id: 0\n",
+      "name: x\ngrid: {mlp_ratio: 3.0}\nsteps:\n  - id: 0\n",
+      "name: x\nmax_attempts: zero\nsteps:\n  - id: 0\n",
+      "name: x\npriority: 5000\nsteps:\n  - id: 0\n",
+      "name: \"bad name with spaces/slash\"\nsteps:\n  - id: 0\n",
+      "{\"name\": \"x\", \"steps\": [{\"id\": 0, \"model\": {\"n_layer\": \"two\"}}]}",
+      "name: x\nsteps:\n\t- id: 0\n",
+  };
+  ASSERT_EQ(bodies.size(), 50u);
+  int located = 0;
+  for (size_t i = 0; i < bodies.size(); ++i) {
+    for (const char* path : {"/api/matrices", "/api/expand"}) {
+      auto [status, body] = d.post(path, bodies[i]);
+      EXPECT_EQ(status, 400) << "body " << i << " to " << path << ":\n" << bodies[i] << "\nanswer: " << body.dump();
+      ASSERT_TRUE(body.is_object()) << "body " << i;
+      EXPECT_TRUE(body["error"].is_string() && !body["error"].get<std::string>().empty()) << body.dump();
+      EXPECT_TRUE(body.contains("line") && body.contains("column") && body.contains("path")) << body.dump();
+      if (std::string(path) == "/api/matrices" && body["line"].is_number() && body["line"].get<int>() > 0) ++located;
+    }
+  }
+  // Everything but the empty bodies and whole-document type errors points at a line.
+  EXPECT_GE(located, 40);
+  EXPECT_EQ(count_rows("SELECT COUNT(*) FROM matrices"), 0);
+  EXPECT_EQ(count_rows("SELECT COUNT(*) FROM jobs"), 0);
+  EXPECT_EQ(d.post("/api/matrices", good).first, 201);  // the daemon is still fine
+  EXPECT_EQ(count_rows("SELECT COUNT(*) FROM matrices"), 1);
+}
+
+TEST_F(RatiodTest, MutatingCallsNeedTheBearerTokenWhenOneIsConfigured) {
+  fs::path token_file = dir_ / "token";
+  std::ofstream(token_file) << "s3cret-token-0123456789\n";
+  Daemon& d = start_daemon({"--token-file", token_file.string(), "--drain"});
+  const std::string matrix = tiny_matrix("auth", 30, "  - {id: 0}\n");
+  auto [status, body] = d.post("/api/matrices", matrix);
+  EXPECT_EQ(status, 401);
+  EXPECT_NE(body["error"].get<std::string>().find("Bearer"), std::string::npos);
+  EXPECT_EQ(d.post("/api/matrices", matrix, {{"Authorization", "Bearer wrong-token-0123456789"}}).first, 401);
+  EXPECT_EQ(d.post("/api/matrices", matrix, {{"Authorization", "Bearer s3cret-token-0123456789"}}).first, 201);
+  d.get("/api/matrices");  // reads stay open
+  d.stop();
+
+  // Beyond loopback without a token the daemon refuses to start.
+  std::string cmd = (bin_dir() / "ratiod").string() + " --db " + (dir_ / "x.db").string() +
+                    " --listen 0.0.0.0:0 > " + (dir_ / "refused.log").string() + " 2>&1";
+  EXPECT_NE(std::system(cmd.c_str()), 0);
+  EXPECT_NE(read_file(dir_ / "refused.log").find("requires --token-file"), std::string::npos);
+}
+
+TEST_F(RatiodTest, OneDaemonPerDatabase) {
+  start_daemon();
+  std::string cmd = (bin_dir() / "ratiod").string() + " --db " + (dir_ / "ratio.db").string() +
+                    " --listen 127.0.0.1:0 > " + (dir_ / "second.log").string() + " 2>&1";
+  EXPECT_NE(std::system(cmd.c_str()), 0);
+  EXPECT_NE(read_file(dir_ / "second.log").find("another ratiod"), std::string::npos);
+}
+
+TEST_F(RatiodTest, ServesTheDashboardWithContentTypes) {
+  fs::path web = dir_ / "web";
+  fs::create_directories(web / "js");
+  std::ofstream(web / "index.html") << "<!doctype html><title>RATIO</title>";
+  std::ofstream(web / "js" / "app.js") << "export const x = 1;";
+  std::ofstream(web / "style.css") << "body {}";
+  Daemon& d = start_daemon({"--web-root", web.string()});
+  struct Case {
+    const char* path;
+    const char* type;
+    const char* body;
+  };
+  for (const Case& c : {Case{"/", "text/html", "RATIO"}, Case{"/index.html", "text/html", "RATIO"},
+                        Case{"/js/app.js", "javascript", "export"}, Case{"/style.css", "text/css", "body"}}) {
+    auto res = d.client().Get(c.path);
+    ASSERT_TRUE(res) << c.path;
+    EXPECT_EQ(res->status, 200) << c.path;
+    EXPECT_NE(res->get_header_value("Content-Type").find(c.type), std::string::npos) << c.path;
+    EXPECT_NE(res->body.find(c.body), std::string::npos) << c.path;
+  }
+  auto missing = d.client().Get("/nope.html");
+  ASSERT_TRUE(missing);
+  EXPECT_EQ(missing->status, 404);
+  d.get("/api/health");  // the API still wins over the web root
+}
+
+TEST_F(RatiodTest, ServerSentEventsAnnounceNewJobsAndMatrices) {
+  Daemon& d = start_daemon({"--drain"});  // nothing runs: only submission events
+  std::atomic<bool> saw_job{false}, saw_matrix{false};
+  std::string received;
+  std::thread listener([&] {
+    httplib::Client sse("127.0.0.1", d.port());
+    sse.set_read_timeout(20);
+    sse.Get("/api/events", [&](const char* data, size_t size) {
+      received.append(data, size);
+      if (received.find("event: job\ndata: ") != std::string::npos) saw_job = true;
+      if (received.find("event: matrix\ndata: ") != std::string::npos) saw_matrix = true;
+      return !(saw_job && saw_matrix);
+    });
+  });
+  // Submit once the stream is open (the subscriber count shows it in /metrics).
+  d.wait_for([&] {
+    auto res = d.client().Get("/metrics");
+    return res && res->body.find("ratio_sse_subscribers 1") != std::string::npos;
+  }, 10, "the SSE subscriber");
+  EXPECT_EQ(d.post("/api/matrices", tiny_matrix("sse", 30, "  - {id: 0}\n")).first, 201);
+  listener.join();
+  EXPECT_TRUE(saw_job);
+  EXPECT_TRUE(saw_matrix);
+  EXPECT_NE(received.find("\"status\":\"queued\""), std::string::npos) << received;
+}
+
+TEST_F(RatiodTest, ReportsNeedAKnownAttemptTokenAndStaleOnesGet409) {
+  // A worker path that does not exist: the attempt is created and ends at once, so its token is stale.
+  Daemon& d = start_daemon({"--worker", (dir_ / "no-such-worker").string()});
+  auto [status, created] = d.post("/api/matrices", tiny_matrix("stale", 30, "  - {id: 0}\n"));
+  ASSERT_EQ(status, 201);
+  int64_t job = created["jobs"][0]["id"].get<int64_t>();
+  ASSERT_TRUE(d.wait_for([&] { return d.job_status(job) == "failed"; }, 20, "the job to fail"));
+  json detail = d.job(job);
+  EXPECT_NE(detail["job"]["reason"].get<std::string>().find("could not start the worker"), std::string::npos);
+
+  const std::string events = R"({"events": [{"type": "metric", "seq": 0, "time": 1, "iter": 5, "train_loss": 2.0}]})";
+  EXPECT_EQ(d.client().Post("/api/report", events, "application/json")->status, 401);
+  EXPECT_EQ(d.client().Post("/api/report", {{"Authorization", "Bearer unknown"}}, events, "application/json")->status, 401);
+  std::string token;
+  {
+    ratio::db::Store store((dir_ / "ratio.db").string(), true);
+    auto st = store.connection().prepare("SELECT token FROM attempts");
+    ASSERT_TRUE(st.step());
+    token = st.get_text(0);
+  }
+  httplib::Headers auth = {{"Authorization", "Bearer " + token}};
+  EXPECT_EQ(d.client().Post("/api/report", auth, "not json", "application/json")->status, 400);
+  auto stale = d.client().Post("/api/report", auth, events, "application/json");
+  ASSERT_TRUE(stale);
+  EXPECT_EQ(stale->status, 409);
+  EXPECT_EQ(count_rows("SELECT COUNT(*) FROM events WHERE applied = 0"), 1);  // recorded
+  EXPECT_EQ(count_rows("SELECT COUNT(*) FROM metrics"), 0);                   // not applied
+}
+
+// ---- with the real worker ----------------------------------------------------------------------
+
+TEST_F(RatiodTest, MatrixSucceedsResultsMatchTheWorkerAndAFailedJobRerunsAlone) {
+  REQUIRE_WORKER();
+  Daemon& d = start_daemon();
+  const std::string matrix = tiny_matrix("e2e", 30,
+                                         "  - {id: 0, name: baseline}\n"
+                                         "  - {id: 5, name: RA, ra: {alpha: 0.3, window: 8}}\n"
+                                         "  - {id: 9, name: missing data, data: {dataset: /nonexistent/ratio-shards}}\n");
+  auto [status, created] = d.post("/api/matrices", matrix);
+  ASSERT_EQ(status, 201) << created.dump();
+  int64_t matrix_id = created["id"].get<int64_t>();
+  ASSERT_TRUE(d.wait_for([&] { return d.matrix_done(matrix_id); }, 300, "the matrix to finish"));
+
+  json jobs = d.get("/api/jobs?matrix=" + std::to_string(matrix_id))["jobs"];
+  ASSERT_EQ(jobs.size(), 3u);
+  EXPECT_EQ(jobs[0]["status"], "succeeded");
+  EXPECT_EQ(jobs[1]["status"], "succeeded");
+  EXPECT_EQ(jobs[2]["status"], "failed");
+  EXPECT_NE(jobs[2]["reason"].get<std::string>().find("data error (exit 3)"), std::string::npos) << jobs[2];
+
+  json results = d.get("/api/matrices/" + std::to_string(matrix_id) + "/results");
+  ASSERT_EQ(results["rows"].size(), 3u);
+  for (int i = 0; i < 2; ++i) {
+    json detail = d.job(jobs[i]["id"].get<int64_t>());
+    ASSERT_EQ(detail["attempts"].size(), 1u);
+    json reported = finished_result_in_log(detail["attempts"][0]["log_path"].get<std::string>());
+    ASSERT_TRUE(reported.is_object()) << "no `finished` event in the attempt log";
+    EXPECT_EQ(detail["job"]["result"]["final_val_loss"], reported["final_val_loss"]);
+    EXPECT_EQ(jobs[i]["final_val_loss"], reported["final_val_loss"]);
+    EXPECT_EQ(jobs[i]["best_val_loss"], reported["best_val_loss"]);
+    EXPECT_EQ(results["rows"][i]["final_val_loss"], reported["final_val_loss"]);
+    EXPECT_EQ(jobs[i]["iter"], 30);
+    json metrics = d.get("/api/jobs/" + jobs[i]["id"].dump() + "/metrics?names=train_loss,val_loss");
+    EXPECT_FALSE(metrics["series"]["train_loss"].empty());
+    EXPECT_FALSE(metrics["series"]["val_loss"].empty());
+  }
+  EXPECT_EQ(results["rows"][0]["verdict"], "BASELINE");
+  auto log = d.client().Get(("/api/jobs/" + jobs[2]["id"].dump() + "/log?tail=50").c_str());
+  ASSERT_TRUE(log);
+  EXPECT_EQ(log->status, 200);
+  EXPECT_FALSE(log->body.empty());
+
+  // rerun --failed: only the failed job gets a new attempt; earlier attempts stay.
+  auto [rerun_status, rerun] = d.post("/api/matrices/" + std::to_string(matrix_id) + "/rerun", R"({"status": ["failed"]})");
+  EXPECT_EQ(rerun_status, 200);
+  EXPECT_EQ(rerun["requeued"], json::array({jobs[2]["id"]}));
+  ASSERT_TRUE(d.wait_for([&] { return d.matrix_done(matrix_id); }, 120, "the rerun to finish"));
+  EXPECT_EQ(d.job(jobs[2]["id"].get<int64_t>())["attempts"].size(), 2u);
+  EXPECT_EQ(d.job(jobs[0]["id"].get<int64_t>())["attempts"].size(), 1u);
+
+  // Resubmitting identical configs reuses the finished results; ?force=1 runs them again.
+  auto [again_status, again] = d.post("/api/matrices", matrix);
+  ASSERT_EQ(again_status, 201);
+  EXPECT_EQ(again["jobs"][0]["status"], "succeeded");
+  EXPECT_EQ(again["jobs"][0]["reused_from"], jobs[0]["id"]);
+  EXPECT_EQ(again["jobs"][2]["status"], "queued");  // a failed config is not a result
+  auto [forced_status, forced] = d.post("/api/matrices?force=1", matrix, {});
+  ASSERT_EQ(forced_status, 201);
+  EXPECT_EQ(forced["jobs"][0]["status"], "queued");
+  auto [cancel_status, cancelled] = d.post("/api/matrices/" + forced["id"].dump() + "/cancel", "");
+  EXPECT_EQ(cancel_status, 200);
+  d.post("/api/matrices/" + again["id"].dump() + "/cancel", "");
+  ASSERT_TRUE(d.wait_for([&] { return d.matrix_done(forced["id"].get<int64_t>()); }, 60, "the cancel"));
+  EXPECT_EQ(d.job(forced["jobs"][1]["id"].get<int64_t>())["job"]["status"], "cancelled");
+}
+
+TEST_F(RatiodTest, KilledWorkerIsRetriedAndResumesFromItsCheckpoint) {
+  REQUIRE_WORKER();
+  Daemon& d = start_daemon();
+  auto [status, created] = d.post("/api/matrices", tiny_matrix("kill-worker", 400, "  - {id: 0}\n"));
+  ASSERT_EQ(status, 201);
+  int64_t job = created["jobs"][0]["id"].get<int64_t>();
+  ASSERT_TRUE(d.wait_for([&] { return d.job(job)["job"]["iter"].get<int64_t>() >= 25; }, 120, "iteration 25"));
+  int64_t pid = pid_of_running_attempt(d, job);
+  ASSERT_GT(pid, 0);
+  kill(static_cast<pid_t>(pid), SIGKILL);
+  ASSERT_TRUE(d.wait_for([&] { return d.job_status(job) == "succeeded"; }, 300, "the retried job to succeed"));
+
+  json attempts = d.job(job)["attempts"];
+  ASSERT_EQ(attempts.size(), 2u);
+  EXPECT_EQ(attempts[0]["status"], "lost");
+  EXPECT_NE(attempts[0]["reason"].get<std::string>().find("signal 9"), std::string::npos);
+  EXPECT_EQ(attempts[1]["status"], "succeeded");
+  EXPECT_GT(attempts[1]["start_iter"].get<int64_t>(), 0) << "attempt 2 should resume from a checkpoint";
+  // No gap and no duplicate: every logged iteration once (log_interval 5).
+  json series = d.get("/api/jobs/" + std::to_string(job) + "/metrics?names=train_loss&max_points=100000")["series"];
+  std::vector<int64_t> iters = iters_of(series["train_loss"]);
+  ASSERT_FALSE(iters.empty());
+  for (size_t i = 1; i < iters.size(); ++i) EXPECT_EQ(iters[i] - iters[i - 1], 5) << "at " << iters[i];
+  EXPECT_GE(iters.back(), 395);
+}
+
+TEST_F(RatiodTest, KilledDaemonRestartsAndTheMatrixCompletesWithoutLostOrDuplicateMetrics) {
+  REQUIRE_WORKER();
+  Daemon& d = start_daemon();
+  auto [status, created] = d.post("/api/matrices", tiny_matrix("kill-daemon", 300, "  - {id: 0}\n  - {id: 5, ra: true}\n"));
+  ASSERT_EQ(status, 201);
+  int64_t matrix = created["id"].get<int64_t>();
+  int64_t first = created["jobs"][0]["id"].get<int64_t>();
+  ASSERT_TRUE(d.wait_for([&] { return d.job(first)["job"]["iter"].get<int64_t>() >= 25; }, 120, "iteration 25"));
+  d.kill9();
+
+  d.start();  // same database and work directory, new port
+  ASSERT_TRUE(d.wait_for([&] { return d.matrix_done(matrix); }, 400, "the matrix to complete after the restart"));
+  for (const json& job : d.get("/api/jobs?matrix=" + std::to_string(matrix))["jobs"]) {
+    EXPECT_EQ(job["status"], "succeeded") << job;
+    json attempts = d.job(job["id"].get<int64_t>())["attempts"];
+    int live_at_once = 0;
+    for (const json& a : attempts) live_at_once += a["status"] == "running";
+    EXPECT_EQ(live_at_once, 0);
+    json series = d.get("/api/jobs/" + job["id"].dump() + "/metrics?names=train_loss&max_points=100000")["series"];
+    std::vector<int64_t> iters = iters_of(series["train_loss"]);
+    ASSERT_FALSE(iters.empty());
+    EXPECT_EQ(iters.front(), 0);
+    for (size_t i = 1; i < iters.size(); ++i) EXPECT_EQ(iters[i] - iters[i - 1], 5) << "at " << iters[i];
+    EXPECT_GE(iters.back(), 295);
+  }
+  json first_attempts = d.job(first)["attempts"];
+  ASSERT_GE(first_attempts.size(), 2u);
+  EXPECT_EQ(first_attempts[0]["status"], "lost");
+  EXPECT_NE(first_attempts[0]["reason"].get<std::string>().find("daemon restarted"), std::string::npos);
+  EXPECT_GT(first_attempts.back()["start_iter"].get<int64_t>(), 0);
+  // Each metric row exists once per (job, name, iter) by construction; check nothing was applied twice.
+  EXPECT_EQ(count_rows("SELECT COUNT(*) FROM (SELECT job_id, name, iter FROM metrics GROUP BY 1, 2, 3 HAVING COUNT(*) > 1)"), 0);
+}
+
+TEST_F(RatiodTest, SilentWorkerLosesItsLeaseAndIsRetried) {
+  REQUIRE_WORKER();
+  Daemon& d = start_daemon({"--lease-s", "4"});
+  auto [status, created] = d.post("/api/matrices", tiny_matrix("lease", 300, "  - {id: 0}\n"));
+  ASSERT_EQ(status, 201);
+  int64_t job = created["jobs"][0]["id"].get<int64_t>();
+  ASSERT_TRUE(d.wait_for([&] { return d.job(job)["job"]["iter"].get<int64_t>() >= 15; }, 120, "iteration 15"));
+  int64_t pid = pid_of_running_attempt(d, job);
+  ASSERT_GT(pid, 0);
+  kill(static_cast<pid_t>(pid), SIGSTOP);  // a hang: alive, silent
+  ASSERT_TRUE(d.wait_for([&] { return d.job_status(job) == "succeeded"; }, 300, "the job to succeed after the hang"));
+  json attempts = d.job(job)["attempts"];
+  ASSERT_GE(attempts.size(), 2u);
+  EXPECT_EQ(attempts[0]["status"], "lost");
+  EXPECT_NE(attempts[0]["reason"].get<std::string>().find("heartbeat lease"), std::string::npos) << attempts[0];
+}
+
+TEST_F(RatiodTest, CancelStopsARunningJobAndGracefulShutdownRequeuesTheRest) {
+  REQUIRE_WORKER();
+  Daemon& d = start_daemon();
+  auto [status, created] = d.post("/api/matrices", tiny_matrix("cancel", 3000, "  - {id: 0}\n  - {id: 5, ra: true}\n"));
+  ASSERT_EQ(status, 201);
+  int64_t first = created["jobs"][0]["id"].get<int64_t>();
+  int64_t second = created["jobs"][1]["id"].get<int64_t>();
+  ASSERT_TRUE(d.wait_for([&] { return d.job(first)["job"]["iter"].get<int64_t>() >= 10; }, 120, "iteration 10"));
+  auto [cancel_status, cancelled] = d.post("/api/jobs/" + std::to_string(first) + "/cancel", "");
+  EXPECT_EQ(cancel_status, 200);
+  ASSERT_TRUE(d.wait_for([&] { return d.job_status(first) == "cancelled"; }, 60, "the cancel"));
+  EXPECT_EQ(d.job(first)["attempts"][0]["status"], "cancelled");
+
+  ASSERT_TRUE(d.wait_for([&] { return d.job(second)["job"]["iter"].get<int64_t>() >= 10; }, 120, "job 2 to run"));
+  EXPECT_EQ(d.stop(), 0);  // SIGTERM: the worker checkpoints, the job goes back to the queue
+  d.start({"--drain"});  // look at the queue before anything is dispatched again
+  json detail = d.job(second);
+  EXPECT_EQ(detail["attempts"][0]["status"], "interrupted") << detail["attempts"][0];
+  EXPECT_EQ(detail["job"]["status"], "queued");
+}

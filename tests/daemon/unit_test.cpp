@@ -1,0 +1,162 @@
+// Daemon parts that need no server: options, slots, the retry policy, process handling, the bus.
+#include <gtest/gtest.h>
+
+#include <fcntl.h>
+#include <signal.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <thread>
+
+#include "daemon/event_bus.h"
+#include "daemon/options.h"
+#include "daemon/process.h"
+#include "daemon/scheduler.h"
+#include "daemon/slots.h"
+
+using namespace ratio::daemon;
+namespace fs = std::filesystem;
+
+TEST(Options, DefaultsDeriveFromDbAndExecutable) {
+  Options o = parse_options({"--db", "/tmp/x/ratio.db"}, "/opt/ratio/bin");
+  EXPECT_EQ(o.host, "127.0.0.1");
+  EXPECT_EQ(o.port, 8080);
+  EXPECT_EQ(o.workdir, "/tmp/x/ratiod-work");
+  EXPECT_EQ(o.worker_path, "/opt/ratio/bin/ratio-worker");
+  EXPECT_EQ(o.slots, "auto");
+}
+
+TEST(Options, ErrorsNameTheFlagAndTheFix) {
+  auto message = [](std::vector<std::string> args) {
+    try {
+      parse_options(args, ".");
+    } catch (const std::invalid_argument& e) {
+      return std::string(e.what());
+    }
+    return std::string("no error");
+  };
+  EXPECT_NE(message({}).find("--db PATH is required"), std::string::npos);
+  EXPECT_NE(message({"--db", "x", "--listen", "localhost"}).find("HOST:PORT"), std::string::npos);
+  EXPECT_NE(message({"--db", "x", "--listen", "127.0.0.1:99999"}).find("0..65535"), std::string::npos);
+  EXPECT_NE(message({"--db", "x", "--bogus", "1"}).find("unknown flag --bogus"), std::string::npos);
+  EXPECT_NE(message({"--db", "x", "--lease-s", "-3"}).find("positive number"), std::string::npos);
+  EXPECT_NE(message({"--db", "x", "--listen", "0.0.0.0:8080"}).find("requires --token-file"), std::string::npos);
+}
+
+TEST(Options, TokenFileAllowsListeningBeyondLoopback) {
+  fs::path token = fs::temp_directory_path() / ("ratio-token-" + std::to_string(getpid()));
+  std::ofstream(token) << "0123456789abcdef0123\n";
+  Options o = parse_options({"--db", "x", "--listen", "0.0.0.0:9000", "--token-file", token.string()}, ".");
+  EXPECT_EQ(o.token, "0123456789abcdef0123");
+  EXPECT_EQ(o.port, 9000);
+  std::ofstream(token) << "short\n";
+  EXPECT_THROW(parse_options({"--db", "x", "--token-file", token.string()}, "."), std::invalid_argument);
+  fs::remove(token);
+}
+
+TEST(Slots, ParsesCpuAndGpuLists) {
+  auto cpu = parse_slots("cpu:2");
+  ASSERT_EQ(cpu.size(), 2u);
+  EXPECT_EQ(cpu[1].name, "cpu:1");
+  EXPECT_EQ(cpu[1].cuda_devices, "");
+  auto gpu = parse_slots("gpu:0,3");
+  ASSERT_EQ(gpu.size(), 2u);
+  EXPECT_EQ(gpu[1].name, "gpu:3");
+  EXPECT_EQ(gpu[1].cuda_devices, "3");
+  EXPECT_THROW(parse_slots("cpu:0"), std::invalid_argument);
+  EXPECT_THROW(parse_slots("gpu:a"), std::invalid_argument);
+  EXPECT_THROW(parse_slots("tpu:1"), std::invalid_argument);
+  auto detected = parse_slots("auto");  // this machine's GPUs, else one CPU slot
+  EXPECT_EQ(detected.size(), count_gpus() > 0 ? static_cast<size_t>(count_gpus()) : 1u);
+}
+
+TEST(RetryPolicy, FollowsTheExitCodesOfTheJobContract) {
+  using ratio::db::Retry;
+  EXPECT_EQ(retry_policy({false, 0}).status, "succeeded");
+  EXPECT_EQ(retry_policy({false, 1}).retry, Retry::kIfAttemptsLeft);  // crashed
+  for (int never : {2, 3, 4, 5}) {
+    EXPECT_EQ(retry_policy({false, never}).retry, Retry::kNever) << never;
+    EXPECT_EQ(retry_policy({false, never}).status, "failed");
+  }
+  EXPECT_EQ(retry_policy({false, 3}).reason, "data error (exit 3)");
+  EXPECT_EQ(retry_policy({false, 6}).status, "interrupted");
+  EXPECT_EQ(retry_policy({false, 6}).retry, Retry::kIfAttemptsLeft);
+  auto killed = retry_policy({true, SIGKILL});
+  EXPECT_EQ(killed.status, "lost");
+  EXPECT_EQ(killed.retry, Retry::kIfAttemptsLeft);
+  EXPECT_FALSE(killed.exit_code);
+}
+
+TEST(Process, CapturesBothStreamsAndSplitsStdoutLines) {
+  fs::path log = fs::temp_directory_path() / ("ratio-proc-" + std::to_string(getpid()) + ".log");
+  int log_fd = open(log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+  Spawned p = spawn_process({"/bin/sh", "-c", "echo one; echo two; echo err >&2; printf tail; exit 3"}, {});
+  std::vector<std::string> lines;
+  pump_output(p.stdout_fd, p.stderr_fd, log_fd, [&](const std::vector<std::string>& batch) {
+    lines.insert(lines.end(), batch.begin(), batch.end());
+  });
+  close(log_fd);
+  ExitStatus exit = wait_exit(p.pid);
+  EXPECT_FALSE(exit.signaled);
+  EXPECT_EQ(exit.code, 3);
+  EXPECT_EQ(lines, (std::vector<std::string>{"one", "two", "tail"}));
+  std::ifstream in(log);
+  std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  EXPECT_NE(text.find("err"), std::string::npos);
+  EXPECT_NE(text.find("two"), std::string::npos);
+  fs::remove(log);
+}
+
+TEST(Process, RunsInItsOwnGroupWithTheGivenEnvironment) {
+  Spawned p = spawn_process({"/bin/sh", "-c", "echo $RATIO_TEST_VAR; sleep 30 & wait"}, {{"RATIO_TEST_VAR", "hello"}});
+  std::vector<std::string> lines;  // read only after the pump thread joined
+  std::atomic<bool> got_output{false};
+  std::thread pump([&] {
+    int null_fd = open("/dev/null", O_WRONLY);
+    pump_output(p.stdout_fd, p.stderr_fd, null_fd, [&](const std::vector<std::string>& b) {
+      lines.insert(lines.end(), b.begin(), b.end());
+      got_output = true;
+    });
+    close(null_fd);
+  });
+  for (int i = 0; i < 250 && !got_output; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  EXPECT_EQ(getpgid(p.pid), p.pid);
+  EXPECT_TRUE(process_alive_with(p.pid, "sleep 30"));
+  EXPECT_FALSE(process_alive_with(p.pid, "not-in-the-command-line"));
+  signal_group(p.pid, SIGKILL);  // kills the shell and its `sleep` child, so the pipes close
+  ExitStatus exit = wait_exit(p.pid);
+  pump.join();
+  EXPECT_TRUE(exit.signaled);
+  EXPECT_EQ(exit.code, SIGKILL);
+  EXPECT_EQ(lines, std::vector<std::string>{"hello"});
+  EXPECT_FALSE(process_alive_with(p.pid, "sleep 30"));
+}
+
+TEST(Process, MissingExecutableIsAClearError) {
+  try {
+    spawn_process({"/nonexistent/ratio-worker", "run"}, {});
+    FAIL();
+  } catch (const std::runtime_error& e) {
+    EXPECT_NE(std::string(e.what()).find("--worker PATH"), std::string::npos);
+  }
+}
+
+TEST(EventBus, FansOutToEverySubscriberAndFormatsSse) {
+  EventBus bus;
+  auto a = bus.subscribe();
+  auto b = bus.subscribe();
+  bus.publish("job", {{"id", 7}});
+  EXPECT_EQ(a->next(1)->data["id"], 7);
+  auto from_b = b->next(1);
+  ASSERT_TRUE(from_b);
+  EXPECT_EQ(format_sse(*from_b), "event: job\ndata: {\"id\":7}\n\n");
+  EXPECT_FALSE(a->next(0.01));  // nothing more
+  bus.unsubscribe(b);
+  EXPECT_EQ(bus.subscribers(), 1u);
+  bus.close();
+  EXPECT_TRUE(a->closed());
+}

@@ -83,38 +83,47 @@ int terminal_columns(int fd) {
 }
 
 
-// Follows a matrix until every job is terminal, redrawing in place on a terminal and printing one
-// line per change otherwise. Returns kJobsFailed when any job ended failed or cancelled.
+// Shows a matrix's jobs with the last train loss of the running ones, once (poll) or until every
+// job has ended (run): redrawn in place on a terminal, one summary line per change otherwise.
 class MatrixWatcher {
  public:
   MatrixWatcher(ApiClient& api, std::string matrix_id) : api_(api), id_(std::move(matrix_id)) {}
 
+  // Fetches the matrix and renders its status; remembers whether every job has ended.
+  std::string poll() {
+    const json matrix = api_.get("/api/matrices/" + id_);
+    update_losses(matrix.at("jobs"));
+    all_done_ = true;
+    any_bad_ = false;
+    for (const json& job : matrix.at("jobs")) {
+      const std::string status = job.value("status", "");
+      all_done_ = all_done_ && is_terminal(status);
+      any_bad_ = any_bad_ || status == "failed" || status == "cancelled";
+    }
+    return render_matrix_status(matrix, last_loss_);
+  }
+
   // tty_fd: the terminal `os` writes to, for in-place redraws; -1 when it is not a terminal.
+  // Returns kJobsFailed when any job ended failed or cancelled.
   int run(std::ostream& os, int tty_fd, double interval_s) {
     const bool tty = tty_fd >= 0;
     os << "watching matrix " << id_ << " on " << api_.server() << " (Ctrl-C stops watching; jobs keep running)\n";
+    int drawn_lines = 0;
+    std::string last_summary;
     while (true) {
-      const json matrix = api_.get("/api/matrices/" + id_);
-      update_losses(matrix.at("jobs"));
-      std::string view = render_matrix_status(matrix, last_loss_);
+      std::string view = poll();
       if (tty) {
         view = clip_lines(view, terminal_columns(tty_fd));
-        if (drawn_lines_ > 0) os << "\033[" << drawn_lines_ << "F\033[J";
+        if (drawn_lines > 0) os << "\033[" << drawn_lines << "F\033[J";  // back to the first line, clear below
         os << view << std::flush;
-        drawn_lines_ = static_cast<int>(std::count(view.begin(), view.end(), '\n'));
-      } else if (const std::string line = view.substr(0, view.find('\n')); line != last_line_) {
-        os << line << '\n' << std::flush;  // the summary line: counts per status
-        last_line_ = line;
+        drawn_lines = static_cast<int>(std::count(view.begin(), view.end(), '\n'));
+      } else if (const std::string summary = view.substr(0, view.find('\n')); summary != last_summary) {
+        os << summary << '\n' << std::flush;  // counts per status
+        last_summary = summary;
       }
-      bool all_done = true, any_bad = false;
-      for (const json& job : matrix.at("jobs")) {
-        const std::string status = job.value("status", "");
-        all_done = all_done && is_terminal(status);
-        any_bad = any_bad || status == "failed" || status == "cancelled";
-      }
-      if (all_done) {
-        if (!tty) os << view;
-        return any_bad ? kJobsFailed : kOk;
+      if (all_done_) {
+        if (!tty) os << view.substr(view.find('\n') + 1);  // the table below the summary just printed
+        return any_bad_ ? kJobsFailed : kOk;
       }
       sleep_s(interval_s);
     }
@@ -141,8 +150,8 @@ class MatrixWatcher {
   std::string id_;
   std::map<int64_t, int64_t> after_;
   std::map<int64_t, double> last_loss_;
-  int drawn_lines_ = 0;
-  std::string last_line_;
+  bool all_done_ = false;
+  bool any_bad_ = false;
 };
 
 // ---- daemon commands ---------------------------------------------------------------------------
@@ -179,7 +188,7 @@ int cmd_status(const Command& cmd, ApiClient& api, std::ostream& out, bool out_i
     return kOk;
   }
   if (cmd.watch) return MatrixWatcher(api, cmd.matrix).run(out, out_is_tty ? STDOUT_FILENO : -1, cmd.interval_s);
-  out << render_matrix_status(api.get("/api/matrices/" + cmd.matrix), {});
+  out << MatrixWatcher(api, cmd.matrix).poll();
   return kOk;
 }
 

@@ -13,10 +13,13 @@ import { mountSubmit } from './submit.js';
 const view = document.getElementById('view');
 let current = null;  // {route, unmount, update}
 
+// ratiod's ids are integers in JSON; keep route ids the same type so Map lookups match.
+const toId = (s) => (/^\d+$/.test(s) ? Number(s) : s);
+
 function parseRoute() {
   const parts = location.hash.replace(/^#\/?/, '').split('/').filter(Boolean).map(decodeURIComponent);
   if (parts[0] === 'submit') return { name: 'submit' };
-  if (parts[0] === 'matrix' && parts[1]) return { name: 'matrix', id: parts[1], jobId: parts[3] || null };
+  if (parts[0] === 'matrix' && parts[1]) return { name: 'matrix', id: toId(parts[1]), jobId: parts[3] ? toId(parts[3]) : null };
   return { name: 'matrices' };
 }
 

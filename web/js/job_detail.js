@@ -115,7 +115,8 @@ export function mountJobDetail(root, jobId, { store, metricsId, result, closeHre
       const text = await api.log(jobId, LOG_LINES);
       if (destroyed) return;
       const atBottom = logPre.scrollTop + logPre.clientHeight >= logPre.scrollHeight - 4;
-      setText(logPre, typeof text === 'string' ? text : JSON.stringify(text));
+      const body = typeof text === 'string' ? text : JSON.stringify(text);
+      setText(logPre, body || '(the log is empty so far)');
       if (atBottom) logPre.scrollTop = logPre.scrollHeight;
     } catch (e) {
       setText(logPre, e.status === 404 ? '(no log yet)' : `Could not load the log: ${e.message}`);

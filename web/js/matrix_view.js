@@ -393,7 +393,8 @@ export function mountMatrixView(root, route) {
     const total = jobs.size;
     updateProgressBar(bar, counts, total);
     setText(countsLine, countsText(counts, total));
-    setText(timesLine, `created ${fmtTime(matrix.created_at)}` + (matrix.finished_at ? ` · finished ${fmtTime(matrix.finished_at)}` : ''));
+    const active = counts.queued + counts.running > 0;  // a rerun reopens a finished matrix
+    setText(timesLine, `created ${fmtTime(matrix.created_at)}` + (matrix.finished_at && !active ? ` · finished ${fmtTime(matrix.finished_at)}` : ''));
     rerunFailed.disabled = counts.failed === 0;
     setText(rerunFailed, counts.failed ? `Rerun failed (${counts.failed})` : 'Rerun failed');
     const builds = matrix.build_ids || [];

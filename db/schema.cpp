@@ -34,6 +34,7 @@ CREATE TABLE jobs(
   best_val_loss REAL,
   attempts INTEGER NOT NULL DEFAULT 0,
   max_attempts INTEGER NOT NULL,      -- retryable failures are retried up to this many attempts
+  failures INTEGER NOT NULL DEFAULT 0,  -- attempts that failed retryably since submission or the last rerun
   reason TEXT NOT NULL DEFAULT '',
   resume INTEGER NOT NULL DEFAULT 0,  -- the next attempt continues from the job's checkpoint
   reused_from INTEGER REFERENCES jobs(id),

@@ -167,7 +167,7 @@ void Store::set_attempt_pid(int64_t attempt_id, int64_t pid) {
 bool Store::end_attempt(int64_t attempt_id, const AttemptEnd& end) {
   Transaction tx(conn_);
   Statement att = conn_.prepare(
-      "SELECT a.job_id, a.n, a.status, a.reason, j.matrix_id, j.max_attempts FROM attempts a JOIN jobs j ON j.id = a.job_id "
+      "SELECT a.job_id, a.n, a.status, a.reason, j.matrix_id, j.max_attempts, j.failures FROM attempts a JOIN jobs j ON j.id = a.job_id "
       "WHERE a.id = ?");
   att.bind(1, attempt_id);
   if (!att.step() || att.get_text(2) != "running") return false;
@@ -197,7 +197,12 @@ bool Store::end_attempt(int64_t attempt_id, const AttemptEnd& end) {
       .bind(5, attempt_id)
       .run();
 
-  bool retry = end.retry == Retry::kAlways || (end.retry == Retry::kIfAttemptsLeft && n < max_attempts);
+  // Only failures of the job itself use up its attempts; the daemon's own interruptions
+  // (shutdown, restart) do not.
+  int failures = static_cast<int>(att.get_int(6));
+  bool counts = status != "succeeded" && status != "cancelled" && end.retry == Retry::kIfAttemptsLeft;
+  if (counts) ++failures;
+  bool retry = end.retry == Retry::kAlways || (counts && failures < max_attempts);
   std::string job_status;
   std::string job_reason = reason;
   if (status == "succeeded") {
@@ -209,14 +214,15 @@ bool Store::end_attempt(int64_t attempt_id, const AttemptEnd& end) {
     job_reason = "attempt " + std::to_string(n) + " " + status + " (" + reason + "); retrying from the checkpoint";
   } else {
     job_status = "failed";
-    if (end.retry == Retry::kIfAttemptsLeft) job_reason += " (gave up after " + std::to_string(n) + " attempts)";
+    if (counts) job_reason += " (gave up after " + std::to_string(failures) + " failed attempts)";
   }
-  conn_.prepare("UPDATE jobs SET status = ?, reason = ?, resume = ?, updated_at = ? WHERE id = ?")
+  conn_.prepare("UPDATE jobs SET status = ?, reason = ?, resume = ?, failures = ?, updated_at = ? WHERE id = ?")
       .bind(1, job_status)
       .bind(2, job_reason)
       .bind(3, job_status == "queued" ? 1 : 0)
-      .bind(4, now)
-      .bind(5, job_id)
+      .bind(4, failures)
+      .bind(5, now)
+      .bind(6, job_id)
       .run();
   refresh_matrix_finished(matrix_id);
   tx.commit();
@@ -355,7 +361,7 @@ std::vector<int64_t> Store::rerun_matrix(int64_t matrix_id, const std::set<std::
     if (status != "running" && status != "queued" && statuses.count(status)) ids.push_back(st.get_int(0));
   }
   Statement requeue = conn_.prepare(
-      "UPDATE jobs SET status = 'queued', resume = 1, reason = 'rerun requested', reused_from = NULL, "
+      "UPDATE jobs SET status = 'queued', resume = 1, failures = 0, reason = 'rerun requested', reused_from = NULL, "
       "updated_at = ? WHERE id = ?");
   double now = now_seconds();
   for (int64_t id : ids) {
@@ -374,7 +380,7 @@ bool Store::rerun_job(int64_t job_id) {
   if (!st.step() || st.get_text(0) == "running") return false;
   int64_t matrix_id = st.get_int(1);
   conn_.prepare(
-           "UPDATE jobs SET status = 'queued', resume = 1, reason = 'rerun requested', reused_from = NULL, "
+           "UPDATE jobs SET status = 'queued', resume = 1, failures = 0, reason = 'rerun requested', reused_from = NULL, "
            "updated_at = ? WHERE id = ?")
       .bind(1, now_seconds())
       .bind(2, job_id)

@@ -71,8 +71,8 @@ struct RunningAttempt {
 // How an attempt ended and what happens to its job next.
 enum class Retry {
   kNever,         // the job fails (or succeeds) with this attempt
-  kIfAttemptsLeft,  // requeue (resuming) while attempts < the job's max_attempts
-  kAlways,        // requeue regardless: the daemon itself interrupted it (shutdown, restart)
+  kIfAttemptsLeft,  // counts as a failure; requeue (resuming) while failures < the job's max_attempts
+  kAlways,        // requeue, not counted: the daemon itself interrupted it (shutdown, restart)
 };
 
 struct AttemptEnd {

@@ -232,7 +232,24 @@ TEST_F(StoreTest, RetriesStopAtMaxAttempts) {
   json job = store.job_summary(1).value();
   EXPECT_EQ(job["status"], "failed");
   EXPECT_EQ(job["attempts"], 2);
-  EXPECT_NE(job["reason"].get<std::string>().find("gave up after 2 attempts"), std::string::npos);
+  EXPECT_NE(job["reason"].get<std::string>().find("gave up after 2 failed attempts"), std::string::npos);
+}
+
+TEST_F(StoreTest, DaemonInterruptionsDoNotUseUpAttemptsAndRerunResetsTheBudget) {
+  Store store(path_, false);
+  NewMatrix m = matrix_with(1);
+  m.max_attempts = 1;
+  store.create_matrix(m);
+  auto a = store.claim_next_job("cpu:0", "t1", dir_.string());
+  store.end_attempt(a->attempt_id, {"interrupted", "the daemon shut down", 6, Retry::kAlways});
+  EXPECT_EQ(store.job_summary(1).value()["status"], "queued");
+  auto b = store.claim_next_job("cpu:0", "t2", dir_.string());
+  store.end_attempt(b->attempt_id, {"lost", "killed by signal 9", std::nullopt, Retry::kIfAttemptsLeft});
+  EXPECT_EQ(store.job_summary(1).value()["status"], "failed");  // the one allowed failure
+  EXPECT_TRUE(store.rerun_job(1));
+  auto c = store.claim_next_job("cpu:0", "t3", dir_.string());
+  EXPECT_EQ(c->n, 3);
+  EXPECT_TRUE(c->resume);
 }
 
 TEST_F(StoreTest, IdenticalConfigReusesResultUnlessForced) {

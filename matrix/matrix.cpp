@@ -58,7 +58,6 @@ class Problems {
     }
     list_.push_back(std::move(p));
   }
-  bool empty() const { return list_.empty(); }
   const std::string& file() const { return file_; }
   void throw_if_any() const {
     if (!list_.empty()) throw MatrixError(list_);
@@ -87,7 +86,13 @@ json scalar_value(const YAML::Node& n) {
       return std::stod(s);  // too large for an integer; the range check names it
     }
   }
-  if (std::regex_match(s, kFloat)) return std::stod(s);
+  if (std::regex_match(s, kFloat)) {
+    try {
+      return std::stod(s);
+    } catch (const std::out_of_range&) {
+      return s;  // beyond double (1e999): reported as "expected a number, got \"1e999\""
+    }
+  }
   return s;
 }
 
@@ -110,7 +115,8 @@ json value_of(const YAML::Node& n) {
   }
 }
 
-// yaml-cpp keeps both entries of a repeated key; report that and keys that are not plain names.
+// yaml-cpp keeps both entries of a repeated key; report that, keys that are not plain names, and
+// keys without a value.
 void check_keys(const YAML::Node& n, const std::string& path, Problems& problems) {
   if (n.IsSequence()) {
     for (size_t i = 0; i < n.size(); ++i) check_keys(n[i], index(path, i), problems);
@@ -126,6 +132,9 @@ void check_keys(const YAML::Node& n, const std::string& path, Problems& problems
       if (!fresh) {
         problems.at(kv.first.Mark(), join(path, key),
                     "duplicate key (first on line " + std::to_string(it->second) + "); keep only one");
+      }
+      if (kv.second.IsNull()) {  // `key:` alone would silently mean "the default"
+        problems.at(kv.first.Mark(), join(path, key), "has no value; give it one or remove the key");
       }
       check_keys(kv.second, join(path, key), problems);
     }
@@ -439,18 +448,35 @@ Origin origin_of(const YAML::Node& key, const YAML::Node& value, const std::stri
   return o;
 }
 
-json::json_pointer pointer(const std::string& dotted) {
-  std::string p;
+// The value at a dotted path, or nullptr.
+const json* find_at(const json& j, const std::string& dotted) {
+  const json* v = &j;
   std::stringstream in(dotted);
-  for (std::string part; std::getline(in, part, '.');) p += "/" + part;
-  return json::json_pointer(p);
+  for (std::string part; std::getline(in, part, '.');) {
+    if (!v->is_object() || !v->contains(part)) return nullptr;
+    v = &(*v)[part];
+  }
+  return v;
+}
+
+// The JSON value at a dotted path, created as needed. A parent that holds a plain value (a grid
+// key `mlp_ratio.x` after `mlp_ratio: 4.0`) becomes an object, which job_spec_from_json then rejects
+// with the path, like any other wrong type.
+json& slot_at(json& spec, const std::string& dotted) {
+  json* slot = &spec;
+  std::stringstream in(dotted);
+  for (std::string part; std::getline(in, part, '.');) {
+    if (!slot->is_object()) *slot = json::object();
+    slot = &(*slot)[part];
+  }
+  return *slot;
 }
 
 // Writes `value` at job path `at`, merging mappings key by key so every leaf keeps its own origin.
 void write(Draft& d, const std::string& at, const YAML::Node& key, const YAML::Node& value,
            const std::string& path, bool from_step) {
   d.origins[at] = origin_of(key, value, path, from_step);
-  json& slot = d.spec[pointer(at)];
+  json& slot = slot_at(d.spec, at);
   if (!value.IsMap()) {
     slot = value_of(value);
     return;
@@ -458,7 +484,7 @@ void write(Draft& d, const std::string& at, const YAML::Node& key, const YAML::N
   if (!slot.is_object()) slot = json::object();
   for (const auto& kv : value) {
     const std::string k = kv.first.Scalar();
-    if (k.find('.') != std::string::npos || k.find('/') != std::string::npos || k.empty()) {
+    if (k.find('.') != std::string::npos || k.empty()) {
       slot[k] = value_of(kv.second);  // never a valid key; job_spec_from_json names it under `at`
       continue;
     }
@@ -468,7 +494,7 @@ void write(Draft& d, const std::string& at, const YAML::Node& key, const YAML::N
 
 void set_enabled(Draft& d, const std::string& at, const YAML::Node& key, const YAML::Node& value,
                  const std::string& path) {
-  d.spec[pointer(at + ".enabled")] = true;
+  slot_at(d.spec, at + ".enabled") = true;
   d.origins[at + ".enabled"] = origin_of(key, value, path, true);
 }
 
@@ -583,10 +609,8 @@ MatrixProblem locate(const SpecError& e, const Draft& d, const std::string& file
   if (!o) o = &d.fallback;
   std::string message = e.message;
   if (message.rfind("expected ", 0) == 0) {
-    const auto ptr = pointer(e.path);
-    if (kDefaults.contains(ptr) && kDefaults[ptr].is_primitive()) {
-      message += "; write a value like " + kDefaults[ptr].dump();
-    }
+    const json* example = find_at(kDefaults, e.path);
+    if (example && example->is_primitive()) message += "; write a value like " + example->dump();
   }
   const bool about_key = message.rfind("unknown key", 0) == 0;
   MatrixProblem p;

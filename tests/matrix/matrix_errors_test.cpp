@@ -3,6 +3,9 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <random>
+
 #include <nlohmann/json.hpp>
 
 #include "matrix/matrix.h"
@@ -70,6 +73,7 @@ const BadCase kCases[] = {
     {"max_attempts out of range", std::string("name: x\nmax_attempts: 0\n") + kOneStep, 2, 15, "max_attempts", "out of range [1, 100]"},
     {"duplicate key", "name: x\nsteps:\n  - id: 0\n    mla: true\n    mla: false\n", 5, 5, "steps[0].mla",
      "duplicate key (first on line 4)"},
+    {"key without a value", "name: x\nsteps:\n  - id: 0\n    mlp_ratio:\n", 4, 5, "steps[0].mlp_ratio", "has no value"},
     {"tags not a list", "name: x\nsteps:\n  - id: 0\n    tags: foo\n", 4, 11, "steps[0].tags", "list of strings"},
     {"step model not a mapping", "name: x\nsteps:\n  - id: 0\n    model: 5\n", 4, 12, "steps[0].model",
      "expected a mapping"},
@@ -163,6 +167,40 @@ TEST(MatrixErrors, UnreadableFileNamesThePath) {
     EXPECT_EQ(e.primary().file, "/nonexistent/matrix.yaml");
     EXPECT_NE(std::string(e.what()).find("cannot read"), std::string::npos);
   }
+}
+
+// Random edits of a preset (deleted characters, inserted YAML punctuation, swapped characters):
+// every result is either a valid matrix or a MatrixError pointing inside the file, never another
+// exception. (A longer run of these edits found `1e999`, which std::stod cannot hold.)
+TEST(MatrixErrors, EditedPresetsFailOnlyWithLocatedErrors) {
+  const std::vector<std::string> inserts = {": ", "{", "}", "[", "]", "\n", "- ", "~", "\"", "0", "-1",
+                                            "1e999", "true", "x.y: 1\n", "\t", "&a ", "*a", "!!int ", "#"};
+  const std::string base = preset_text("demo");
+  const int lines = int(std::count(base.begin(), base.end(), '\n')) + 8;
+  std::mt19937 rng(7);
+  int valid = 0, invalid = 0;
+  for (int i = 0; i < 400; ++i) {
+    std::string text = base;
+    for (int edit = 0; edit < 2; ++edit) {
+      const size_t pos = rng() % text.size();
+      switch (rng() % 3) {
+        case 0: text.erase(pos, 1 + rng() % 5); break;
+        case 1: text.insert(pos, inserts[rng() % inserts.size()]); break;
+        default: std::swap(text[pos], text[rng() % text.size()]);
+      }
+    }
+    try {
+      expand_matrix(text, "edited.yaml");
+      ++valid;
+    } catch (const MatrixError& e) {
+      ++invalid;
+      EXPECT_GE(e.primary().line, 1) << e.what();
+      EXPECT_LE(e.primary().line, lines) << e.what();
+      EXPECT_GE(e.primary().column, 1) << e.what();
+    }
+  }
+  EXPECT_GT(invalid, 100);  // the edits do break things
+  EXPECT_GT(valid, 10);     // and some land in comments or descriptions
 }
 
 }  // namespace

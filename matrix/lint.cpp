@@ -26,10 +26,13 @@ std::string steps_text(const std::vector<std::string>& steps) {
 JobSpec effective_spec(JobSpec s) {
   ModelConfig& m = s.model;
   const ModelConfig d;
-  if (m.force_gates_open) {  // mechanism 1 and RA-CT become the identity (docs/architecture.md)
+  if (m.force_gates_open) {
+    // Mechanism 1 and RA-CT become the identity (docs/architecture.md), and per_head_scalar's head
+    // gates the constant 1, which leaves the untied coupler.
     m.mlp_gate.enabled = false;
     m.ra_ct.enabled = false;
-    if (!(m.mlp_latent.enabled && m.mlp_latent.tying == "per_head_scalar")) m.force_gates_open = false;
+    if (m.mlp_latent.tying == "per_head_scalar") m.mlp_latent.tying = "untied";
+    m.force_gates_open = false;
   }
   if (m.ra.enabled && m.ra.alpha == 0.0 && !m.ra.learnable) m.ra.enabled = false;
   if (m.learned_ratio.enabled) m.mlp_ratio = d.mlp_ratio;

@@ -299,6 +299,16 @@ TEST(Lint, TwoStepsThatTrainTheSameModel) {
   EXPECT_TRUE(same) << to_json(e)["warnings"].dump(1);
 }
 
+TEST(Lint, ForcedPerHeadGatesAreTheUntiedCoupler) {
+  Expansion e = expand(
+      "steps:\n"
+      "  - {id: a, mlp_latent: {tying: untied}}\n"
+      "  - {id: b, mlp_latent: {tying: per_head_scalar}, force_gates_open: true}\n");
+  ASSERT_EQ(rules(e), std::vector<std::string>{"same_model"}) << to_json(e)["warnings"].dump(1);
+  EXPECT_EQ(e.warnings[0].steps, (std::vector<std::string>{"a", "b"}));
+  EXPECT_EQ(job(e, "a").params.total, job(e, "b").params.total);
+}
+
 TEST(Lint, ReciprocalAlphaZero) {
   Expansion e = expand("steps:\n  - {id: 5, ra: {alpha: 0.0, learnable: false}}\n");
   ASSERT_EQ(rules(e), std::vector<std::string>{"no_effect"});

@@ -435,6 +435,7 @@ struct Draft {
   json spec;
   Origins origins;
   Origin fallback;  // the step itself, for errors about values nobody wrote
+  std::set<std::string> base_errors;  // "path: message" of the errors `base` has on its own
 };
 
 Origin origin_of(const YAML::Node& key, const YAML::Node& value, const std::string& path, bool from_step) {
@@ -611,6 +612,11 @@ MatrixProblem locate(const SpecError& e, const Draft& d, const std::string& file
   if (message.rfind("expected ", 0) == 0) {
     const json* example = find_at(kDefaults, e.path);
     if (example && example->is_primitive()) message += "; write a value like " + example->dump();
+  }
+  // A base value that only fails in combination with a step (a window too large for the step's
+  // block) points at base; name the step too.
+  if (!o->from_step && o != &d.fallback && !d.base_errors.count(e.path + ": " + e.message)) {
+    message += " (for " + d.fallback.path + ")";
   }
   const bool about_key = message.rfind("unknown key", 0) == 0;
   MatrixProblem p;
@@ -841,7 +847,12 @@ Expansion expand_matrix(const std::string& text, const std::string& source) {
   MatrixDoc doc = read_document(root, problems);
   problems.throw_if_any();
 
-  const Draft base = base_draft(doc, problems);
+  Draft base = base_draft(doc, problems);
+  try {
+    job_spec_from_json(base.spec);
+  } catch (const SpecInvalid& e) {
+    for (const auto& err : e.errors()) base.base_errors.insert(err.path + ": " + err.message);
+  }
   std::vector<StepDraft> steps;
   std::vector<std::optional<JobSpec>> parsed;
   for (const auto& step : doc.steps) {

@@ -58,6 +58,8 @@ const BadCase kCases[] = {
      "not divisible by n_head 7"},
     {"default window exceeds a small block", "name: x\nsteps:\n  - id: 0\n    block_size: 16\n    ra: true\n", 5, 9,
      "steps[0].ra", "resolved model.ra.window"},
+    {"base value too large for one step", "name: x\nbase:\n  model: {ra: {window: 32}}\nsteps:\n  - {id: 0, ra: true}\n  - {id: 1, ra: true, block_size: 16}\n",
+     3, 24, "base.model.ra.window", "window 32 >= block_size 16; use 0 for the whole causal context (for steps[1])"},
     {"min_lr above lr", "name: x\nsteps:\n  - id: 0\n    train: {lr: 1.0e-4, min_lr: 1.0e-3}\n", 4, 33,
      "steps[0].train.min_lr", "min_lr exceeds lr"},
     {"seed not an integer", std::string("name: x\nseeds: [1, two]\n") + kOneStep, 2, 12, "seeds[1]", "expected an integer"},

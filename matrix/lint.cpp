@@ -35,7 +35,8 @@ JobSpec effective_spec(JobSpec s) {
     m.force_gates_open = false;
   }
   if (m.ra.enabled && m.ra.alpha == 0.0 && !m.ra.learnable) m.ra.enabled = false;
-  if (m.learned_ratio.enabled) m.mlp_ratio = d.mlp_ratio;
+  // Only the rounded width is built: ratios 2.667 and 2.6667 both give 2048 units at C = 768.
+  m.mlp_ratio = m.learned_ratio.enabled ? d.mlp_ratio : double(m.mlp_hidden()) / m.n_embd;
   if (m.mla.enabled) m.mlp_latent.latent_dim = d.mlp_latent.latent_dim;
   if (m.ra_ct.mode != "topk") m.ra_ct.k = d.ra_ct.k;
   if (m.ra_ct.apply == "output") m.ra_ct.alpha = d.ra_ct.alpha;

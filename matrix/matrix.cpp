@@ -1,7 +1,7 @@
 // Matrix file -> resolved jobs. The file is read once into yaml-cpp nodes (which keep line/column);
 // each job is assembled as job-spec JSON together with the origin of every value it took from the
 // file, then parsed strictly by job_spec_from_json. Its errors (JSON paths) are mapped back to the
-// file through those origins, so the user sees "demo.yaml:14:5: steps[2].mla.latent_dim: ...".
+// file through those origins, so the user sees "demo.yaml:14:23: steps[2].mla.latent_dim: ...".
 
 #include "matrix/matrix.h"
 

@@ -13,7 +13,7 @@
 //   preset_text("demo")                               // the preset's YAML, for GET /api/presets/{name}
 //
 // Errors carry file, line and column (1-based) and the key path inside the file, e.g.
-//   demo.yaml:14:5: steps[2].mla.latent_dim: expected an integer, got "big"; write a whole number like 128
+//   demo.yaml:14:23: steps[2].mla.latent_dim: expected an integer, got "big"; write a value like 128
 
 #include <stdexcept>
 #include <string>

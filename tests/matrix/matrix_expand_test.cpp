@@ -299,6 +299,12 @@ TEST(Lint, TwoStepsThatTrainTheSameModel) {
   EXPECT_TRUE(same) << to_json(e)["warnings"].dump(1);
 }
 
+TEST(Lint, RatiosThatRoundToTheSameWidth) {
+  Expansion e = expand("steps:\n  - {id: a, mlp_ratio: 2.5}\n  - {id: b, mlp_ratio: 2.51}\n");  // both 80 units
+  ASSERT_EQ(rules(e), std::vector<std::string>{"same_model"}) << to_json(e)["warnings"].dump(1);
+  EXPECT_NE(e.warnings[0].message.find("model.mlp_ratio"), std::string::npos);
+}
+
 TEST(Lint, ForcedPerHeadGatesAreTheUntiedCoupler) {
   Expansion e = expand(
       "steps:\n"

@@ -43,11 +43,15 @@ const std::string& preset_text(const std::string& name) {
 Expansion expand_preset(const std::string& name) { return expand_matrix(preset_text(name), source_of(name)); }
 
 std::vector<PresetInfo> list_presets() {
-  std::vector<PresetInfo> list;
-  for (const auto& p : embedded_presets()) {
-    Expansion e = expand_matrix(p.text, source_of(p.name));
-    list.push_back({p.name, e.description, e.steps, int(e.jobs.size())});
-  }
+  // The presets are compiled in, so their summaries never change: expand each once.
+  static const std::vector<PresetInfo> list = [] {
+    std::vector<PresetInfo> l;
+    for (const auto& p : embedded_presets()) {
+      Expansion e = expand_matrix(p.text, source_of(p.name));
+      l.push_back({p.name, e.description, e.steps, int(e.jobs.size())});
+    }
+    return l;
+  }();
   return list;
 }
 

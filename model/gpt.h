@@ -13,6 +13,8 @@
 
 namespace ratio::model {
 
+class BlockImpl;
+
 struct ForwardOutput {
   torch::Tensor logits;  // [B, T, V_padded]
   torch::Tensor loss;    // scalar mean cross-entropy over targets (undefined when no targets)
@@ -20,18 +22,21 @@ struct ForwardOutput {
 
 struct LayerAttentionStats {
   double entropy = 0;      // mean over batch, heads, positions of -sum_j A[i,j] log A[i,j]
-  double reciprocity = 0;  // Pearson correlation of A[i,j] with A[j,i] over causal pairs i != j
+  // Pearson correlation of S[i,j] with S[j,i] over pairs j < i, S = q·kᵀ·scale before RA and the
+  // mask (the causal A[j,i] is 0 for j < i, so the weights themselves cannot be compared).
+  double reciprocity = 0;
 };
 
 // One layer's cache for incremental decoding. MLA keeps only k_lat/v_lat [B, t, L];
-// standard attention keeps k/v [B, H, t, D].
+// standard attention keeps k/v [B, H, t, D]. The cache tensors have the model's dtype.
 struct LayerCache {
   torch::Tensor k;  // standard k, or MLA k_lat
   torch::Tensor v;  // standard v, or MLA v_lat
 };
 struct KVCache {
   std::vector<LayerCache> layers;
-  int64_t bytes() const;  // measured bytes held by the cache tensors
+  int64_t bytes() const;   // measured bytes held by the cache tensors
+  int64_t length() const;  // cached positions (0 when empty)
 };
 
 class GPTImpl : public torch::nn::Module {
@@ -43,6 +48,8 @@ class GPTImpl : public torch::nn::Module {
 
   // Incremental decoding: feeds idx [B, t_new] after the cached positions; returns logits
   // [B, t_new, V_padded] and extends `cache`. Must equal the full forward at those positions.
+  // Not for RA, mechanism 1 or mechanism 2 (they need earlier positions' queries or hidden
+  // states, which a k/v cache does not hold): throws std::invalid_argument naming the mechanism.
   torch::Tensor forward_cached(const torch::Tensor& idx, KVCache& cache);
 
   const ModelConfig& config() const { return config_; }
@@ -59,9 +66,20 @@ class GPTImpl : public torch::nn::Module {
   // Per-layer attention entropy and reciprocity, computed under no_grad on idx [B, T].
   std::vector<LayerAttentionStats> attention_stats(const torch::Tensor& idx);
 
+  // Learned ratio: each layer's effective MLP width round(ratio·C), clamped to [0, M]. Empty otherwise.
+  std::vector<int64_t> effective_mlp_widths() const;
+
  private:
+  torch::Tensor embed(const torch::Tensor& idx, int64_t start_pos);  // [B, T, C]
+  torch::Tensor logits_from(const torch::Tensor& x);                  // [B, T, V_padded]
+  void init_weights();
+
   ModelConfig config_;
-  // implementation members are private to model/
+  torch::nn::Embedding wte{nullptr}, wpe{nullptr};
+  torch::nn::Dropout drop{nullptr};
+  torch::nn::ModuleList h{nullptr};
+  std::vector<std::shared_ptr<BlockImpl>> blocks_;
+  torch::nn::LayerNorm ln_f{nullptr};
 };
 TORCH_MODULE(GPT);
 

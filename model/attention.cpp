@@ -1,0 +1,243 @@
+// Causal self-attention with MLA, RA, RA-CT and mechanism 1's head gates (docs/architecture.md).
+// SDPA whenever nothing needs the attention weights; the T×T path only for band RA, RA-CT,
+// mechanism 2 and attention_stats.
+
+#include <cmath>
+#include <limits>
+#include <stdexcept>
+
+#include "model/gpt.h"
+#include "model/layers.h"
+#include "model/torch_compat.h"
+
+namespace ratio::model {
+
+namespace {
+
+constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+
+// allowed[i, j]: key j visible to query i, which sits at position Tk - Tq + i. [Tq, Tk]
+torch::Tensor causal_mask(int64_t Tq, int64_t Tk, const torch::Device& device) {
+  auto opts = torch::TensorOptions().dtype(torch::kLong).device(device);
+  auto qpos = torch::arange(Tk - Tq, Tk, opts).unsqueeze(1);  // [Tq, 1]
+  auto kpos = torch::arange(0, Tk, opts).unsqueeze(0);        // [1, Tk]
+  return kpos <= qpos;
+}
+
+// Where the reciprocal term applies: j <= i and i - j <= window. [T, T]
+torch::Tensor ra_band(int64_t T, int window, const torch::Device& device) {
+  auto opts = torch::TensorOptions().dtype(torch::kLong).device(device);
+  auto i = torch::arange(T, opts).unsqueeze(1);
+  auto j = torch::arange(T, opts).unsqueeze(0);
+  return (j <= i).logical_and(i - j <= window);
+}
+
+// Number of visible keys per query row, as fp32 [Tq, 1] (for the rms statistic).
+torch::Tensor visible_counts(int64_t Tq, int64_t Tk, const torch::Device& device) {
+  return torch::arange(Tk - Tq + 1, Tk + 1, torch::TensorOptions().dtype(torch::kFloat32).device(device))
+      .unsqueeze(1);
+}
+
+// Mechanism 2's Ā: head-averaged weights, sparsified per row and renormalised. [B, Tq, Tk] fp32
+torch::Tensor sparsify_mean_weights(const torch::Tensor& weights, const MlpCrossConfig& cross) {
+  auto mean = weights.mean(1);  // [B, Tq, Tk]
+  torch::Tensor keep;
+  if (cross.sparsify == "topk") {
+    const int64_t k = std::min<int64_t>(cross.k, mean.size(-1));
+    auto idx = std::get<1>(mean.topk(k, -1));
+    keep = torch::zeros_like(mean).scatter_(-1, idx, 1.0);
+  } else if (cross.sparsify == "rms") {
+    const int64_t Tq = mean.size(1), Tk = mean.size(2);
+    auto rms = (mean.square().sum(-1, true) / visible_counts(Tq, Tk, mean.device())).sqrt();  // [B, Tq, 1]
+    keep = (mean >= rms).to(mean.scalar_type());
+  } else if (cross.sparsify == "none") {
+    return mean;
+  } else {
+    throw std::invalid_argument("model.mlp_cross.sparsify: unknown mode '" + cross.sparsify +
+                                "'; use none, topk or rms");
+  }
+  auto kept = mean * keep;
+  return kept / kept.sum(-1, true).clamp_min(1e-12);
+}
+
+}  // namespace
+
+AttentionImpl::AttentionImpl(const ModelConfig& config, int layer)
+    : config_(config),
+      layer_(layer),
+      mla_(config.mla.enabled),
+      ct_(config.ra_ct.enabled && !config.force_gates_open),
+      head_gate_(config.mlp_gate.enabled && !config.force_gates_open && layer >= 1) {
+  const int64_t C = config.n_embd, H = config.n_head, D = config.head_dim();
+  if (mla_) {
+    const int64_t L = config.mla.latent_dim;
+    q_proj = register_module("q_proj", torch::nn::Linear(C, C));
+    k_down = register_module("k_down", torch::nn::Linear(C, L));
+    v_down = register_module("v_down", torch::nn::Linear(C, L));
+    v_up = register_module("v_up", torch::nn::Linear(L, C));
+    q_to_latent = register_parameter("q_to_latent", torch::empty({H, D, L}));
+  } else {
+    c_attn = register_module("c_attn", torch::nn::Linear(C, 3 * C));
+  }
+  c_proj = register_module("c_proj", torch::nn::Linear(C, C));
+  if (config.ra.enabled) {
+    auto alpha = torch::full({1}, config.ra.alpha);
+    ra_alpha = config.ra.learnable ? register_parameter("ra_alpha", alpha) : register_buffer("ra_alpha", alpha);
+  }
+  if (ct_) {
+    ct_scale = register_parameter("ct_scale", torch::ones({H}));
+    ct_bias = register_parameter("ct_bias", torch::full({H}, 2.0));
+    if (config.ra_ct.apply == "weights") ct_alpha = register_parameter("ct_alpha", torch::full({1}, config.ra_ct.alpha));
+  }
+  if (head_gate_) gate_alpha = register_parameter("gate_alpha", torch::full({1}, config.mlp_gate.alpha));
+  attn_drop = register_module("attn_drop", torch::nn::Dropout(config.dropout));
+  resid_drop = register_module("resid_drop", torch::nn::Dropout(config.dropout));
+}
+
+double AttentionImpl::score_scale() const {
+  return 1.0 / std::sqrt(double(mla_ ? config_.mla.latent_dim : config_.head_dim()));
+}
+
+bool AttentionImpl::ra_band_limited(int64_t T) const {
+  return config_.ra.enabled && config_.ra.window > 0 && config_.ra.window < T - 1;
+}
+
+torch::Tensor AttentionImpl::heads_from_latent_values(const torch::Tensor& v_lat) {
+  const int64_t B = v_lat.size(0), t = v_lat.size(1);
+  return v_up(v_lat).view({B, t, config_.n_head, config_.head_dim()}).transpose(1, 2);  // [B, H, t, D]
+}
+
+AttentionImpl::Projected AttentionImpl::project(const torch::Tensor& a, const torch::Tensor& latent_ctx) {
+  const int64_t B = a.size(0), T = a.size(1), C = config_.n_embd, H = config_.n_head, D = config_.head_dim();
+  Projected p;
+  if (!mla_) {
+    auto qkv = c_attn(a).split(C, -1);  // 3 x [B, T, C]
+    p.q = qkv[0].view({B, T, H, D}).transpose(1, 2);
+    p.k = qkv[1].view({B, T, H, D}).transpose(1, 2);
+    p.v = qkv[2].view({B, T, H, D}).transpose(1, 2);
+    return p;
+  }
+  auto q = q_proj(a).view({B, T, H, D}).transpose(1, 2);  // [B, H, T, D]
+  p.q = torch::matmul(q, q_to_latent);                     // [B, H, T, D]·[H, D, L] = [B, H, T, L]
+  p.k_lat = k_down(a);                                     // [B, T, L]
+  p.v_lat = v_down(a);                                     // [B, T, L]
+  if (latent_ctx.defined()) {  // mechanism 3: the previous MLP's context enters the cached latents
+    p.k_lat = p.k_lat + latent_ctx;
+    p.v_lat = p.v_lat + latent_ctx;
+  }
+  p.k = p.k_lat.unsqueeze(1);  // [B, 1, T, L]
+  p.v = heads_from_latent_values(p.v_lat);
+  return p;
+}
+
+// RA-CT gate per head and query from the statistic of its weight row. weights [B, H, Tq, Tk] fp32.
+torch::Tensor AttentionImpl::ct_gate(const torch::Tensor& weights) const {
+  const auto& mode = config_.ra_ct.mode;
+  const int64_t Tq = weights.size(2), Tk = weights.size(3);
+  torch::Tensor stat;  // [B, H, Tq]
+  if (mode == "topk") {
+    stat = std::get<0>(weights.topk(std::min<int64_t>(config_.ra_ct.k, Tk), -1)).sum(-1);
+  } else if (mode == "max") {
+    stat = weights.amax(-1);
+  } else if (mode == "entropy") {
+    stat = -(weights * weights.clamp_min(1e-30).log()).sum(-1);  // masked zeros contribute 0
+  } else if (mode == "rms") {
+    stat = (weights.square().sum(-1) / visible_counts(Tq, Tk, weights.device()).squeeze(1)).sqrt();
+  } else {
+    throw std::invalid_argument("model.ra_ct.mode: unknown mode '" + mode + "'; use topk, max, entropy or rms");
+  }
+  auto scale = ct_scale.to(torch::kFloat32).view({1, -1, 1});
+  auto bias = ct_bias.to(torch::kFloat32).view({1, -1, 1});
+  return torch::sigmoid(scale * stat + bias);
+}
+
+torch::Tensor AttentionImpl::attend_materialised(const torch::Tensor& q, const torch::Tensor& k,
+                                                 const torch::Tensor& v, AttentionOutput* out,
+                                                 bool keep_weights) {
+  const int64_t Tq = q.size(2), Tk = k.size(2);
+  // Scores and softmax in fp32: bf16 logits lose the small differences softmax depends on.
+  auto scores = torch::matmul(q, k.transpose(-2, -1)).to(torch::kFloat32) * score_scale();  // [B, H, Tq, Tk]
+  if (keep_weights) out->raw_scores = scores.detach();
+  if (config_.ra.enabled) {
+    if (Tq != Tk) throw std::logic_error("reciprocal attention needs every query of the sequence");
+    // S'[i, j] = S[i, j] + alpha·S[j, i] inside the band; S[j, i] = q_j·k_i is the transposed score.
+    auto recip = scores.transpose(-2, -1) * ra_alpha.to(torch::kFloat32);
+    if (ra_band_limited(Tq)) recip = recip.masked_fill(ra_band(Tq, config_.ra.window, q.device()).logical_not(), 0.0);
+    scores = scores + recip;
+  }
+  scores = scores.masked_fill(causal_mask(Tq, Tk, q.device()).logical_not(), kNegInf);
+  auto weights = torch::softmax(scores, -1);  // [B, H, Tq, Tk] fp32
+  torch::Tensor gate;                         // RA-CT [B, H, Tq]
+  if (ct_) {
+    gate = ct_gate(weights);
+    if (config_.ra_ct.apply == "weights") {
+      auto a = ct_alpha.to(torch::kFloat32);
+      weights = weights * ((1 - a) + a * gate).unsqueeze(-1);
+    }
+  }
+  if (keep_weights) out->weights = weights.detach();
+  if (config_.mlp_cross.enabled) out->mean_weights = sparsify_mean_weights(weights, config_.mlp_cross);
+  auto y = torch::matmul(attn_drop(weights).to(v.scalar_type()), v);  // [B, H, Tq, D]
+  if (ct_ && config_.ra_ct.apply == "output") y = y * gate.unsqueeze(-1).to(y.scalar_type());
+  return y;
+}
+
+torch::Tensor AttentionImpl::merge_heads_and_project(torch::Tensor y, const torch::Tensor& head_gate) {
+  if (head_gate.defined()) {  // mechanism 1: (1 - a)·y + a·(y·g), g [B, H, T, 1] from the previous MLP
+    auto a = gate_alpha.to(y.scalar_type());
+    y = (1 - a) * y + a * (y * head_gate.to(y.scalar_type()));
+  }
+  const int64_t B = y.size(0), T = y.size(2);
+  y = y.transpose(1, 2).contiguous().view({B, T, config_.n_embd});  // [B, T, C]
+  return resid_drop(c_proj(y));
+}
+
+AttentionOutput AttentionImpl::forward(const torch::Tensor& a, const torch::Tensor& head_gate,
+                                       const torch::Tensor& latent_ctx, bool keep_weights) {
+  const int64_t T = a.size(1);
+  auto p = project(a, latent_ctx);
+  AttentionOutput out;
+  out.v_lat = p.v_lat;
+  const bool need_weights = keep_weights || ct_ || config_.mlp_cross.enabled || ra_band_limited(T);
+  torch::Tensor y;  // [B, H, T, D]
+  if (need_weights) {
+    y = attend_materialised(p.q, p.k, p.v, &out, keep_weights);
+  } else {
+    auto k = p.k.expand_as(p.q);  // MLA: one latent key shared by all heads
+    auto q = p.q;
+    if (config_.ra.enabled) {
+      // Full-range RA as one causal SDPA call: [q, alpha·k]·[k, q]ᵀ = S + alpha·Sᵀ, scale given explicitly
+      // because the concatenated head width would otherwise change it.
+      auto alpha = ra_alpha.to(q.scalar_type());
+      q = torch::cat({p.q, k * alpha}, -1);
+      k = torch::cat({k, p.q}, -1);
+    }
+    const double dropout_p = is_training() ? config_.dropout : 0.0;
+    y = compat::sdpa(q, k, p.v, /*is_causal=*/true, score_scale(), {}, dropout_p);
+  }
+  if (head_gate_ && !head_gate.defined()) throw std::logic_error("mechanism 1: layer expects a head gate");
+  out.y = merge_heads_and_project(y, head_gate_ ? head_gate : torch::Tensor());
+  return out;
+}
+
+torch::Tensor AttentionImpl::forward_cached(const torch::Tensor& a, const torch::Tensor& latent_ctx,
+                                            LayerCache& cache) {
+  auto p = project(a, latent_ctx);
+  torch::Tensor k, v;
+  if (mla_) {  // the cache holds only the latents; values are expanded from all of them
+    cache.k = cache.k.defined() ? torch::cat({cache.k, p.k_lat}, 1) : p.k_lat;  // [B, t, L]
+    cache.v = cache.v.defined() ? torch::cat({cache.v, p.v_lat}, 1) : p.v_lat;
+    k = cache.k.unsqueeze(1);                  // [B, 1, t, L]
+    v = heads_from_latent_values(cache.v);     // [B, H, t, D]
+  } else {
+    cache.k = cache.k.defined() ? torch::cat({cache.k, p.k}, 2) : p.k;  // [B, H, t, D]
+    cache.v = cache.v.defined() ? torch::cat({cache.v, p.v}, 2) : p.v;
+    k = cache.k;
+    v = cache.v;
+  }
+  AttentionOutput unused;
+  auto y = attend_materialised(p.q, k, v, &unused, false);
+  return merge_heads_and_project(y, torch::Tensor());
+}
+
+}  // namespace ratio::model

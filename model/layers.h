@@ -1,0 +1,156 @@
+#pragma once
+// The modules one GPT block is made of (docs/architecture.md). Private to model/: the worker and
+// the tests use model/gpt.h. Module and parameter names are the contract's paths.
+
+#include <torch/torch.h>
+
+#include "matrix/job_spec.h"
+
+namespace ratio::model {
+
+struct LayerCache;
+
+// What block i hands to block i+1 inside ONE forward call. Never stored on a module: a context
+// kept between calls would leak one batch into the next (the study's defect 3).
+struct CrossLayerContext {
+  torch::Tensor head_gate;  // mechanism 1: [B, H, T, 1] per-head gates from the previous MLP
+  torch::Tensor latent;     // mechanism 3: [B, T, L] ctx3 from the previous MLP
+};
+
+struct AttentionOutput {
+  torch::Tensor y;             // [B, T, C] after c_proj
+  torch::Tensor mean_weights;  // [B, T, T] fp32 head-averaged, sparsified, renormalised A (mechanism 2)
+  torch::Tensor v_lat;         // [B, T, L] MLA value latent with ctx3 added (mechanism 3 under MLA)
+  torch::Tensor weights;       // [B, H, T, T] fp32 A, only when asked for (attention_stats)
+  torch::Tensor raw_scores;    // [B, H, T, T] fp32 q·kᵀ·scale before RA and mask, only when asked for
+};
+
+class AttentionImpl : public torch::nn::Module {
+ public:
+  AttentionImpl(const ModelConfig& config, int layer);
+
+  // a = ln_1(x) [B, T, C]. head_gate: mechanism 1's [B, H, T, 1] (undefined in layer 0 or without it).
+  // latent_ctx: alpha_attn·ctx3 [B, T, L] added to MLA's k_lat and v_lat (undefined when absent).
+  AttentionOutput forward(const torch::Tensor& a, const torch::Tensor& head_gate,
+                          const torch::Tensor& latent_ctx, bool keep_weights);
+
+  // Incremental decoding: a [B, t_new, C] after the positions held in `cache`, which it extends.
+  torch::Tensor forward_cached(const torch::Tensor& a, const torch::Tensor& latent_ctx, LayerCache& cache);
+
+  bool uses_mla() const { return mla_; }
+
+ private:
+  // Queries, keys and values in the shapes the score product needs.
+  struct Projected {
+    torch::Tensor q;      // [B, H, T, Dk]  (Dk = D, or L under MLA)
+    torch::Tensor k;      // [B, H, T, Dk] standard, [B, 1, T, L] MLA (broadcast over heads)
+    torch::Tensor v;      // [B, H, T, D]
+    torch::Tensor k_lat;  // [B, T, L] MLA only
+    torch::Tensor v_lat;  // [B, T, L] MLA only
+  };
+  Projected project(const torch::Tensor& a, const torch::Tensor& latent_ctx);
+  torch::Tensor heads_from_latent_values(const torch::Tensor& v_lat);  // [B, t, L] -> [B, H, t, D]
+  double score_scale() const;
+  bool ra_band_limited(int64_t T) const;
+
+  // softmax path with the T×T weights: RA band, RA-CT, weights for mechanism 2 / stats.
+  // q [B, H, Tq, Dk], k [B, H|1, Tk, Dk], v [B, H, Tk, D]; query i sits at position Tk - Tq + i.
+  torch::Tensor attend_materialised(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
+                                    AttentionOutput* out, bool keep_weights);
+  torch::Tensor ct_gate(const torch::Tensor& weights) const;  // [B, H, Tq]
+  torch::Tensor merge_heads_and_project(torch::Tensor y, const torch::Tensor& head_gate);
+
+  ModelConfig config_;
+  int layer_;
+  bool mla_;
+  bool ct_;          // RA-CT active (enabled and gates not forced open)
+  bool head_gate_;   // mechanism 1 consumer (layer >= 1, gates not forced open)
+  torch::nn::Linear c_attn{nullptr}, q_proj{nullptr}, k_down{nullptr}, v_down{nullptr}, v_up{nullptr};
+  torch::nn::Linear c_proj{nullptr};
+  torch::Tensor q_to_latent;  // [H, D, L]
+  torch::Tensor ra_alpha, ct_scale, ct_bias, ct_alpha, gate_alpha;
+  torch::nn::Dropout attn_drop{nullptr}, resid_drop{nullptr};
+};
+TORCH_MODULE(Attention);
+
+struct MlpOutput {
+  torch::Tensor out;     // [B, T, C] after c_proj (and dropout)
+  torch::Tensor hidden;  // [B, T, M] the hidden state the producers read (after every mechanism and the mask)
+};
+
+class MlpImpl : public torch::nn::Module {
+ public:
+  MlpImpl(const ModelConfig& config, int layer);
+
+  // m = ln_2(x) [B, T, C]; extra [B, T, M] is mechanism 3's alpha_mlp·attn_to_mlp(lat) (or undefined);
+  // mean_weights [B, T, T] is mechanism 2's Ā (or undefined).
+  MlpOutput forward(const torch::Tensor& m, const torch::Tensor& extra, const torch::Tensor& mean_weights);
+
+  // Mechanism 1 producer: per-head gates for the next layer from the causal prefix mean. [B, H, T, 1]
+  torch::Tensor head_gate(const torch::Tensor& hidden);
+  bool produces_head_gate() const { return !gate_proj.is_empty(); }
+
+  // Learned ratio: the soft width mask [M] and the effective width round(ratio·C) clamped to [0, M].
+  torch::Tensor width_mask() const;
+  int64_t effective_width() const;
+
+ private:
+  ModelConfig config_;
+  torch::nn::Linear c_fc{nullptr}, c_proj{nullptr}, gate_proj{nullptr}, gate_to_heads{nullptr};
+  torch::nn::Linear cross_proj{nullptr};
+  torch::Tensor ratio, cross_alpha;
+  torch::nn::Dropout drop{nullptr};
+};
+TORCH_MODULE(Mlp);
+
+// Mechanism 3: couples the attention latent [B, T, L] and the MLP hidden [B, T, M].
+class CouplerImpl : public torch::nn::Module {
+ public:
+  CouplerImpl(const ModelConfig& config, int layer);
+
+  // Without MLA the coupler owns its latent: latent_down(a) [B, T, L].
+  torch::Tensor own_latent(const torch::Tensor& a);
+  // alpha_mlp·attn_to_mlp(lat): [B, T, L] -> [B, T, M]
+  torch::Tensor to_mlp(const torch::Tensor& lat);
+  // ctx3 for the next layer's attention (producers only): [B, T, M] -> [B, T, L]
+  torch::Tensor to_attn(const torch::Tensor& hidden);
+  // alpha_attn·ctx3 for this layer (consumers only).
+  torch::Tensor scale_incoming(const torch::Tensor& ctx3) const;
+  bool produces() const { return producer_; }
+
+ private:
+  ModelConfig config_;
+  bool producer_;
+  torch::nn::Linear latent_down{nullptr}, attn_to_mlp{nullptr}, mlp_to_attn{nullptr}, tied{nullptr};
+  torch::Tensor head_gate, alpha_mlp, alpha_attn;
+};
+TORCH_MODULE(Coupler);
+
+struct BlockOutput {
+  torch::Tensor x;            // [B, T, C]
+  CrossLayerContext context;  // for the next block
+  torch::Tensor weights;      // [B, H, T, T] when asked for
+  torch::Tensor raw_scores;   // [B, H, T, T] when asked for
+};
+
+class BlockImpl : public torch::nn::Module {
+ public:
+  BlockImpl(const ModelConfig& config, int layer);
+  BlockOutput forward(const torch::Tensor& x, const CrossLayerContext& incoming, bool keep_weights = false);
+  // Incremental decoding (no mechanism that needs earlier positions' queries or hidden states).
+  BlockOutput forward_cached(const torch::Tensor& x, const CrossLayerContext& incoming, LayerCache& cache);
+
+ private:
+  torch::Tensor coupler_extra(const torch::Tensor& a, const torch::Tensor& v_lat,
+                              const torch::Tensor& latent_ctx);
+  CrossLayerContext outgoing(const torch::Tensor& hidden);
+
+  ModelConfig config_;
+  torch::nn::LayerNorm ln_1{nullptr}, ln_2{nullptr};
+  Attention attn{nullptr};
+  Mlp mlp{nullptr};
+  Coupler coupler{nullptr};
+};
+TORCH_MODULE(Block);
+
+}  // namespace ratio::model

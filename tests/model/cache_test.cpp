@@ -1,0 +1,103 @@
+// Incremental decoding: the standard and the MLA (latent) KV caches give the full forward's logits,
+// and hold the bytes the formula says.
+
+#include <gtest/gtest.h>
+
+#include "tests/model/support.h"
+
+namespace ratio::model::testing {
+namespace {
+
+struct Named {
+  std::string name;
+  ModelConfig config;
+};
+void PrintTo(const Named& v, std::ostream* os) { *os << v.name; }
+
+
+std::vector<Named> cacheable_configs() {
+  std::vector<Named> out;
+  auto c = tiny();
+  out.push_back({"standard", c});
+  c.mla.enabled = true;
+  out.push_back({"mla", c});
+  for (const std::string tying : {"untied", "tied_transpose", "per_head_scalar"}) {
+    auto m3 = c;
+    m3.mlp_latent.enabled = true;
+    m3.mlp_latent.tying = tying;
+    out.push_back({"mla_m3_" + tying, m3});
+    m3.mla.enabled = false;
+    out.push_back({"m3_" + tying, m3});
+  }
+  auto ct = tiny();
+  ct.ra_ct.enabled = true;
+  ct.ra_ct.mode = "entropy";
+  ct.ra_ct.apply = "weights";
+  out.push_back({"ra_ct", ct});
+  ct.mla.enabled = true;
+  ct.learned_ratio.enabled = true;
+  out.push_back({"mla_ra_ct_learned_ratio", ct});
+  auto forced = all_on();
+  forced.ra.enabled = false;
+  forced.mlp_cross.enabled = false;
+  forced.force_gates_open = true;  // mechanism 1 disappears when its gates are forced open
+  out.push_back({"forced_gates", forced});
+  return out;
+}
+
+class CachedDecoding : public ::testing::TestWithParam<Named> {};
+
+TEST_P(CachedDecoding, EqualsFullForward) {
+  const auto& c = GetParam().config;
+  for (const auto& t : targets()) {
+    auto model = make_model(c, 1, t.device);
+    AutocastGuard autocast(t);
+    torch::NoGradGuard no_grad;
+    const int64_t B = 2, T = 11, prefill = 4;
+    auto idx = random_tokens(c, B, T, 9, t.device);
+    auto full = model->forward(idx).logits;
+    KVCache cache;
+    std::vector<torch::Tensor> pieces{model->forward_cached(idx.slice(1, 0, prefill), cache)};
+    for (int64_t i = prefill; i < T; i += 3) {  // uneven chunks: 3, 3, 1
+      pieces.push_back(model->forward_cached(idx.slice(1, i, std::min(T, i + 3)), cache));
+    }
+    auto cached = torch::cat(pieces, 1);
+    EXPECT_LT(max_abs_diff(full, cached), t.bf16 ? t.tol : 1e-5) << t.name();
+    EXPECT_EQ(cache.length(), T);
+    const int64_t per_token = c.mla.enabled ? 2 * c.mla.latent_dim : 2 * c.n_embd;
+    const int64_t element = cache.layers[0].k.element_size();  // 4 in fp32, 2 under bf16 autocast
+    EXPECT_EQ(cache.bytes(), c.n_layer * B * T * per_token * element) << t.name();
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Model, CachedDecoding, ::testing::ValuesIn(cacheable_configs()),
+                         [](const ::testing::TestParamInfo<Named>& info) { return info.param.name; });
+
+TEST(CachedDecoding, MechanismsNeedingEarlierStatesAreRefused) {
+  for (auto edit : std::vector<void (*)(ModelConfig&)>{
+           [](ModelConfig& c) { c.ra.enabled = true; }, [](ModelConfig& c) { c.mlp_gate.enabled = true; },
+           [](ModelConfig& c) { c.mlp_cross.enabled = true; }}) {
+    auto c = tiny();
+    edit(c);
+    auto model = make_model(c);
+    KVCache cache;
+    try {
+      model->forward_cached(random_tokens(c, 1, 3, 1), cache);
+      FAIL() << "expected forward_cached to refuse";
+    } catch (const std::invalid_argument& e) {
+      EXPECT_NE(std::string(e.what()).find("use forward()"), std::string::npos) << e.what();
+    }
+  }
+}
+
+TEST(CachedDecoding, PastBlockSizeIsAClearError) {
+  auto c = tiny();
+  auto model = make_model(c);
+  KVCache cache;
+  torch::NoGradGuard no_grad;
+  model->forward_cached(random_tokens(c, 1, c.block_size, 1), cache);
+  EXPECT_THROW(model->forward_cached(random_tokens(c, 1, 1, 2), cache), std::invalid_argument);
+}
+
+}  // namespace
+}  // namespace ratio::model::testing

@@ -324,7 +324,11 @@ export function mountMatrixView(root, route) {
     ids.sort((a, b) => compareSteps(jobs.get(a).step, jobs.get(b).step));
     for (const [chart, name] of [[valChart, 'val_loss'], [trainChart, 'train_loss']]) {
       const series = [];
-      if (base) series.push({ label: `${jobs.get(base).step} ${jobs.get(base).name || ''} (baseline)`, color: 'var(--fg)', width: 2.5, ...store.series(seriesId(base), name) });
+      if (base) {
+        const b = jobs.get(base);
+        const label = `${b.step} ${b.name || ''}` + (/baseline/i.test(b.name || '') ? '' : ' (baseline)');
+        series.push({ label, color: 'var(--fg)', width: 2.5, ...store.series(seriesId(base), name) });
+      }
       ids.forEach((id, i) => {
         const j = jobs.get(id);
         series.push({ label: `${j.step} ${j.name || ''}`, color: PALETTE[i % PALETTE.length], width: 1.5, ...store.series(seriesId(id), name) });

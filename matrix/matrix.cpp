@@ -11,6 +11,7 @@
 #include <regex>
 #include <set>
 #include <sstream>
+#include <tuple>
 
 #include <nlohmann/json.hpp>
 #include <yaml-cpp/yaml.h>
@@ -59,8 +60,14 @@ class Problems {
     list_.push_back(std::move(p));
   }
   const std::string& file() const { return file_; }
+  // In file order, so the primary problem is the first one in the file.
   void throw_if_any() const {
-    if (!list_.empty()) throw MatrixError(list_);
+    if (list_.empty()) return;
+    std::vector<MatrixProblem> sorted = list_;
+    std::stable_sort(sorted.begin(), sorted.end(), [](const MatrixProblem& a, const MatrixProblem& b) {
+      return std::tie(a.line, a.column) < std::tie(b.line, b.column);
+    });
+    throw MatrixError(std::move(sorted));
   }
 
  private:
@@ -132,6 +139,11 @@ void check_keys(const YAML::Node& n, const std::string& path, Problems& problems
       if (!fresh) {
         problems.at(kv.first.Mark(), join(path, key),
                     "duplicate key (first on line " + std::to_string(it->second) + "); keep only one");
+      }
+      if (key == "<<" && kv.first.Tag() == "?") {  // yaml-cpp would read it as an ordinary key
+        problems.at(kv.first.Mark(), join(path, key),
+                    "YAML merge keys are not supported; put shared settings in `base` (steps start from it)");
+        continue;
       }
       if (kv.second.IsNull()) {  // `key:` alone would silently mean "the default"
         problems.at(kv.first.Mark(), join(path, key), "has no value; give it one or remove the key");

@@ -76,6 +76,8 @@ const BadCase kCases[] = {
     {"duplicate key", "name: x\nsteps:\n  - id: 0\n    mla: true\n    mla: false\n", 5, 5, "steps[0].mla",
      "duplicate key (first on line 4)"},
     {"key without a value", "name: x\nsteps:\n  - id: 0\n    mlp_ratio:\n", 4, 5, "steps[0].mlp_ratio", "has no value"},
+    {"YAML merge key", "name: x\nsteps:\n  - id: 0\n    <<: {ra: true}\n", 4, 5, "steps[0].<<",
+     "merge keys are not supported"},
     {"tags not a list", "name: x\nsteps:\n  - id: 0\n    tags: foo\n", 4, 11, "steps[0].tags", "list of strings"},
     {"step model not a mapping", "name: x\nsteps:\n  - id: 0\n    model: 5\n", 4, 12, "steps[0].model",
      "expected a mapping"},
@@ -115,6 +117,19 @@ std::string case_name(const testing::TestParamInfo<BadCase>& info) {
 INSTANTIATE_TEST_SUITE_P(Table, MalformedMatrix, testing::ValuesIn(kCases), case_name);
 
 TEST(MatrixErrors, TableHasAtLeast25Cases) { EXPECT_GE(std::size(kCases), 25u); }
+
+TEST(MatrixErrors, ProblemsComeInFileOrder) {
+  // The step's unknown key is found before the missing name, but comes after it in the file.
+  try {
+    expand_matrix("steps:\n  - {id: 0, colour: red}\nmax_attempts: 0\n", "order.yaml");
+    FAIL();
+  } catch (const MatrixError& e) {
+    ASSERT_EQ(e.problems().size(), 3u) << e.what();
+    EXPECT_EQ(e.primary().path, "name");
+    EXPECT_EQ(e.problems()[1].path, "steps[0].colour");
+    EXPECT_EQ(e.problems()[2].path, "max_attempts");
+  }
+}
 
 TEST(MatrixErrors, EveryProblemIsReportedNotJustTheFirst) {
   const char* text =

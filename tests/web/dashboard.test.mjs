@@ -71,6 +71,7 @@ steps:
 `;
 
 const TERMINAL = ['succeeded', 'failed', 'cancelled'];
+let tmp;
 let daemon;
 let daemonLog = '';
 let base;
@@ -109,7 +110,7 @@ async function shot(name) {
 
 before(async () => {
   fs.mkdirSync(outDir, { recursive: true });
-  const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'ratio-web-'));
+  tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'ratio-web-'));
   const port = await freePort();
   base = `http://127.0.0.1:${port}`;
   daemon = spawn(path.join(binDir, 'ratiod'), [
@@ -138,6 +139,7 @@ after(async () => {
     await new Promise((r) => { daemon.once('exit', r); setTimeout(r, 10000); });
   }
   fs.writeFileSync(path.join(outDir, 'ratiod.log'), daemonLog);
+  if (tmp) fs.rmSync(tmp, { recursive: true, force: true });
 });
 
 test('submit page: the dry run lists the jobs, Submit opens the live matrix', async () => {

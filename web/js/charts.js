@@ -2,6 +2,7 @@
 // uPlot is loaded as a global by index.html (vendor/uPlot.iife.min.js).
 
 import { api } from './api.js';
+import { fmtSci } from './util.js';
 
 const FULL_POINTS = 800;  // server-side downsampling target for a first fetch
 const MAX_KEPT = 4000;    // after many increments, halve the older points to keep redraws cheap
@@ -138,7 +139,8 @@ export class LineChart {
       series: [{ label: 'iter' }, ...this.series.map((s) => ({
         label: s.label, stroke: resolveColor(s.color), width: s.width || 1.5, spanGaps: true, points: { show: false },
       }))],
-      axes: [{ ...axis }, { ...axis, size: 60 }],
+      // Tick labels with 3 significant digits: uPlot's default prints 4e-6 as "0" on a log scale.
+      axes: [{ ...axis }, { ...axis, size: 60, values: (u, ticks) => ticks.map((v) => (v === null ? '' : fmtSci(v))) }],
       cursor: { drag: { x: true, y: false } },
       hooks: { setSelect: [(u) => { if (u.select.width > 0) this.zoomed = true; }] },
     };

@@ -47,10 +47,10 @@ export function mountJobDetail(root, jobId, { store, metricsId, result, closeHre
     el('div', { class: 'two-col' },
       el('div', {},
         el('h3', {}, 'Attempts'),
-        el('table', { class: 'grid-table compact', 'aria-label': 'Attempts' },
+        el('div', { class: 'scroll-x' }, el('table', { class: 'grid-table compact', 'aria-label': 'Attempts' },
           el('thead', {}, el('tr', {}, ...['#', 'Status', 'Reason', 'Exit', 'Slot', 'Build', 'Started', 'Ended']
             .map((h) => el('th', { scope: 'col' }, h)))),
-          attemptsBody)),
+          attemptsBody))),
       el('div', {}, el('h3', {}, 'Log tail'), logPre)),
     el('div', { class: 'two-col' },
       el('div', {}, el('h3', {}, 'Mixing weights per layer'), alphaTable, alphaOverTime),

@@ -85,7 +85,8 @@ export function mountMatrixList(root) {
   async function load() {
     try {
       const { matrices } = await api.matrices();
-      for (const m of matrices) upsert(m, false);
+      const newestFirst = [...matrices].sort((a, b) => (b.created_at || 0) - (a.created_at || 0));
+      for (const m of newestFirst) upsert(m, false);
       empty.hidden = rows.size > 0;
       error.hidden = true;
     } catch (e) {

@@ -289,9 +289,12 @@ export function mountMatrixView(root, route) {
     td.title = members.map((j) => `step ${j.step} ${j.name || ''}: ${j.status}`).join('\n');
     const base = baselineLoss();
     td.className = 'cell';
-    if (stats && isNum(base) && !members.some((j) => j.step === baselineStep)) {
+    // Coloured only when ratiod says the difference is beyond the seed noise.
+    const noise = done.some((j) => (results.get(j.id) || {}).within_noise === true);
+    if (stats && isNum(base) && !noise && !members.some((j) => j.step === baselineStep)) {
       td.classList.add(stats.mean < base ? 'better' : stats.mean > base ? 'worse' : 'same');
     }
+    if (noise) td.append(el('span', { class: 'tag' }, 'within noise'));
   }
 
   // ---- curves ------------------------------------------------------------------------------------

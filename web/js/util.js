@@ -88,10 +88,6 @@ export function throttle(fn, ms) {
 
 export const STATUSES = ['queued', 'running', 'succeeded', 'failed', 'cancelled'];
 
-export function statusBadge(status, extra = '') {
-  return el('span', { class: `badge status-${status}` }, status + extra);
-}
-
 // Run progress as "running 40%" when the iteration is known.
 export function statusText(job) {
   if (job.status === 'running' && isNum(job.iter) && isNum(job.max_iters) && job.max_iters > 0) {

@@ -6,6 +6,7 @@
 #include "matrix/matrix.h"
 
 #include <algorithm>
+#include <cstdio>
 #include <fstream>
 #include <optional>
 #include <regex>
@@ -781,6 +782,23 @@ void expand_axes(const MatrixDoc& doc, const StepDraft& step, std::vector<Resolv
   }
 }
 
+// Matrices arrive over HTTP too: refuse one whose axes multiply into more jobs than a study needs
+// before building any of them.
+constexpr double kMaxJobs = 10000;
+
+void check_job_count(const MatrixDoc& doc, const YAML::Node& root, size_t steps, Problems& problems) {
+  double jobs = double(steps) * double(std::max<size_t>(doc.seeds.size(), 1));
+  for (const auto& axis : doc.grid) jobs *= double(axis.values.size());
+  if (jobs <= kMaxJobs) return;
+  const bool has_grid = !doc.grid.empty();
+  const YAML::Node& where = has_grid ? root["grid"] : doc.seeds.empty() ? root["steps"] : root["seeds"];
+  char count[32];
+  std::snprintf(count, sizeof count, "%.0f", jobs);
+  problems.at(where.Mark(), has_grid ? "grid" : doc.seeds.empty() ? "steps" : "seeds",
+              std::string("the matrix expands to ") + count + " jobs, more than the limit of " +
+                  std::to_string(int(kMaxJobs)) + "; use fewer grid values, seeds or steps, or split the matrix");
+}
+
 // JSON is YAML's flow style, but yaml-cpp's errors on broken JSON are poor: check JSON syntax with
 // nlohmann first (for a line and column), then read it through yaml-cpp like YAML for the marks.
 std::string json_as_yaml(const std::string& text, const std::string& source) {
@@ -875,6 +893,8 @@ Expansion expand_matrix(const std::string& text, const std::string& source) {
   std::vector<StepDraft> twins = forced_twins(doc, steps, parsed, e.warnings, problems);
   problems.throw_if_any();
   steps.insert(steps.end(), twins.begin(), twins.end());
+  check_job_count(doc, root, steps.size(), problems);
+  problems.throw_if_any();
 
   std::vector<ResolvedJob> resolved;
   for (const auto& step : steps) {

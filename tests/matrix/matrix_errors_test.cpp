@@ -78,6 +78,9 @@ const BadCase kCases[] = {
     {"key without a value", "name: x\nsteps:\n  - id: 0\n    mlp_ratio:\n", 4, 5, "steps[0].mlp_ratio", "has no value"},
     {"YAML merge key", "name: x\nsteps:\n  - id: 0\n    <<: {ra: true}\n", 4, 5, "steps[0].<<",
      "merge keys are not supported"},
+    {"grid too large", "name: x\ngrid: {n_layer: [1, 2, 3, 4, 5, 6, 7, 8, 9, 10], n_head: [1, 2, 4, 8, 16, 32, 64, 128, 256, 512],\n"
+     "  train.lr: [1.0e-4, 2.0e-4, 3.0e-4, 4.0e-4, 5.0e-4, 6.0e-4, 7.0e-4, 8.0e-4, 9.0e-4, 1.0e-3]}\n"
+     "seeds: [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11]\n" "steps:\n  - id: 0\n", 2, 7, "grid", "expands to 11000 jobs"},
     {"tags not a list", "name: x\nsteps:\n  - id: 0\n    tags: foo\n", 4, 11, "steps[0].tags", "list of strings"},
     {"step model not a mapping", "name: x\nsteps:\n  - id: 0\n    model: 5\n", 4, 12, "steps[0].model",
      "expected a mapping"},

@@ -158,9 +158,14 @@ std::string render_results_table(const json& results) {
   const json& matrix = results.contains("matrix") ? results["matrix"] : json::object();
   out << "matrix " << str(matrix, "id") << " (" << str(matrix, "name") << "), baseline step "
       << str(results, "baseline_step");
-  if (results.contains("plain_scaling") && results["plain_scaling"].is_object())
-    out << ", plain scaling step " << str(results["plain_scaling"], "step") << " (efficiency "
-        << num(results["plain_scaling"], "efficiency", "%.4g") << ")";
+  if (results.contains("plain_scaling") && results["plain_scaling"].is_object()) {
+    const json& plain = results["plain_scaling"];
+    out << ", plain scaling step " << str(plain, "step");
+    if (plain.contains("efficiency") && plain["efficiency"].is_number())
+      out << " (efficiency " << num(plain, "efficiency", "%.4g") << ")";
+    else
+      out << " (its gain is within noise: no efficiency yardstick)";
+  }
   out << "\n\n";
   out << format_table({"step", "name", "status", "val_loss", "best", "delta", "delta%", "params", "added",
                        "eff/M", "tok/s", "seeds", "alpha", "verdict"},

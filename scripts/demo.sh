@@ -80,6 +80,7 @@ WATCH_CODE=0
 "$BIN/ratio" status "$MATRIX" --watch --interval 1 || WATCH_CODE=$?
 echo
 "$BIN/ratio" results "$MATRIX"
+echo "demo: the matrix took ${SECONDS}s from start to results"
 if [[ $WATCH_CODE -ne 0 ]]; then
   echo "demo: some jobs did not succeed (ratio exit code $WATCH_CODE); see 'ratio logs JOB' while the daemon runs," >&2
   echo "      or rerun with RATIO_DEMO_KEEP=1 and read $WORK/work" >&2

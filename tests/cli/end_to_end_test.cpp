@@ -26,7 +26,7 @@ namespace fs = std::filesystem;
 constexpr const char* kTinyMatrix = R"(name: cli-e2e
 description: CLI end-to-end test matrix
 base:
-  model: {n_layer: 1, n_head: 2, n_embd: 32, vocab_size: 256, block_size: 32, mlp_ratio: 4.0}
+  model: {n_layer: 1, n_head: 2, n_embd: 32, vocab_size: 256, block_size: 32, mlp_ratio: 4.0, ra: {window: 8}}
   train: {max_iters: 30, batch_size: 4, grad_accum: 1, warmup_iters: 3, eval_interval: 10, eval_batches: 2,
           checkpoint_interval: 10, log_interval: 5, grad_norm_interval: 5, device: cpu}
   data: {dataset: fortunes, tokenizer: byte}

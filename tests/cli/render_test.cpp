@@ -73,6 +73,12 @@ TEST(CliRender, ResultsTable) {
   const std::string text = render_results_table(results_answer());
   const std::vector<std::string> lines = lines_of(text);
   EXPECT_EQ(lines[0], "matrix 4 (demo), baseline step 0");
+  json with_plain = results_answer();
+  with_plain["plain_scaling"] = {{"step", "2"}, {"efficiency", 0.0512}};
+  EXPECT_EQ(lines_of(render_results_table(with_plain))[0], "matrix 4 (demo), baseline step 0, plain scaling step 2 (efficiency 0.0512)");
+  with_plain["plain_scaling"]["efficiency"] = nullptr;
+  EXPECT_EQ(lines_of(render_results_table(with_plain))[0],
+            "matrix 4 (demo), baseline step 0, plain scaling step 2 (its gain is within noise: no efficiency yardstick)");
   // Header, rule, three rows: the verdict column starts at the same screen column in each (a UTF-8 "±" is 2 bytes).
   const size_t verdict_col = screen_column(lines[2], lines[2].find("verdict"));
   EXPECT_EQ(screen_column(lines[4], lines[4].find("BASELINE")), verdict_col);

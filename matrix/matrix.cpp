@@ -15,6 +15,7 @@
 #include <tuple>
 
 #include <nlohmann/json.hpp>
+#include <yaml-cpp/depthguard.h>
 #include <yaml-cpp/yaml.h>
 
 #include "matrix/matrix_internal.h"
@@ -123,11 +124,23 @@ json value_of(const YAML::Node& n) {
   }
 }
 
+// Aliases make a small text a huge tree (`b: [*a, *a, ...]` nested a few times); a matrix never
+// needs more than this many values.
+constexpr size_t kMaxNodes = 200000;
+
 // yaml-cpp keeps both entries of a repeated key; report that, keys that are not plain names, and
-// keys without a value.
-void check_keys(const YAML::Node& n, const std::string& path, Problems& problems) {
+// keys without a value. Returns false once the tree exceeds kMaxNodes (reported, walk abandoned).
+bool check_keys(const YAML::Node& n, const std::string& path, size_t& visited, Problems& problems) {
+  if (++visited > kMaxNodes) {
+    problems.at(n.Mark(), path,
+                "the matrix holds more than " + std::to_string(kMaxNodes) + " values (aliases included); "
+                "write it without repeating aliases");
+    return false;
+  }
   if (n.IsSequence()) {
-    for (size_t i = 0; i < n.size(); ++i) check_keys(n[i], index(path, i), problems);
+    for (size_t i = 0; i < n.size(); ++i) {
+      if (!check_keys(n[i], index(path, i), visited, problems)) return false;
+    }
   } else if (n.IsMap()) {
     std::map<std::string, int> first_line;
     for (const auto& kv : n) {
@@ -149,9 +162,10 @@ void check_keys(const YAML::Node& n, const std::string& path, Problems& problems
       if (kv.second.IsNull()) {  // `key:` alone would silently mean "the default"
         problems.at(kv.first.Mark(), join(path, key), "has no value; give it one or remove the key");
       }
-      check_keys(kv.second, join(path, key), problems);
+      if (!check_keys(kv.second, join(path, key), visited, problems)) return false;
     }
   }
+  return true;
 }
 
 bool has_key(const YAML::Node& map, const std::string& key) {
@@ -401,7 +415,8 @@ MatrixDoc read_document(const YAML::Node& root, Problems& problems) {
     problems.at(root.Mark(), "", "a matrix is a mapping with at least `name` and `steps`; see docs/matrix.md");
     return doc;
   }
-  check_keys(root, "", problems);
+  size_t visited = 0;
+  if (!check_keys(root, "", visited, problems)) return doc;
   bool has_name = false, has_steps = false;
   for (const auto& kv : root) {
     const std::string key = kv.first.Scalar();
@@ -870,6 +885,9 @@ Expansion expand_matrix(const std::string& text, const std::string& source) {
   YAML::Node root;
   try {
     root = YAML::Load(looks_like_json(text) ? json_as_yaml(text, source) : text);
+  } catch (const YAML::DeepRecursion& e) {  // its message is only "bad file"
+    throw MatrixError({{source, e.mark.line + 1, e.mark.column + 1, "",
+                        "YAML nested too deeply (more than " + std::to_string(e.depth()) + " levels)"}});
   } catch (const YAML::Exception& e) {
     throw MatrixError({{source, e.mark.line + 1, e.mark.column + 1, "", "YAML syntax error: " + e.msg}});
   }

@@ -163,6 +163,35 @@ TEST(MatrixErrors, BaseErrorIsReportedOnceNotPerStep) {
   }
 }
 
+TEST(MatrixErrors, AliasBombIsRefusedQuickly) {
+  // 10 levels of 10 aliases each: 10^10 values if walked naively.
+  std::string text = "name: x\na0: &a0 [1, 1, 1, 1, 1, 1, 1, 1, 1, 1]\n";
+  for (int level = 1; level <= 10; ++level) {
+    const std::string prev = "*a" + std::to_string(level - 1);
+    text += "a" + std::to_string(level) + ": &a" + std::to_string(level) + " [" + prev;
+    for (int i = 1; i < 10; ++i) text += ", " + prev;
+    text += "]\n";
+  }
+  text += "steps:\n  - id: 0\n";
+  try {
+    expand_matrix(text, "bomb.yaml");
+    FAIL();
+  } catch (const MatrixError& e) {
+    EXPECT_NE(std::string(e.what()).find("more than 200000 values"), std::string::npos) << e.what();
+  }
+}
+
+TEST(MatrixErrors, DeepNestingIsRefusedWithItsPosition) {
+  std::string text = "name: x\nsteps: " + std::string(5000, '[') + std::string(5000, ']') + "\n";
+  try {
+    expand_matrix(text, "deep.yaml");
+    FAIL();
+  } catch (const MatrixError& e) {
+    EXPECT_EQ(e.primary().line, 2);
+    EXPECT_NE(std::string(e.what()).find("nested too deeply"), std::string::npos) << e.what();
+  }
+}
+
 TEST(MatrixErrors, ToJsonCarriesTheApiFields) {
   try {
     expand_matrix("name: x\nsteps:\n  - id: 0\n    mla: {latent_dim: big}\n", "demo.yaml");

@@ -130,11 +130,15 @@ class MatrixWatcher {
   }
 
  private:
-  // The newest train_loss of each running job, fetched incrementally with ?after=.
+  // The newest train_loss of each job, fetched incrementally with ?after=: every poll for running
+  // jobs, once for the others.
   void update_losses(const json& jobs) {
     for (const json& job : jobs) {
-      if (job.value("status", "") != "running") continue;
       const int64_t id = job.at("id").get<int64_t>();
+      const bool running = job.value("status", "") == "running";
+      const json iter = job.value("iter", json());
+      const bool started = iter.is_number() && iter.get<int64_t>() > 0;
+      if (!running && (!started || last_loss_.count(id))) continue;
       const std::string path = "/api/jobs/" + std::to_string(id) + "/metrics?names=train_loss&after=" +
                                std::to_string(after_[id]);
       const json metrics = api_.get(path);

@@ -221,19 +221,24 @@ AttentionOutput AttentionImpl::forward(const torch::Tensor& a, const torch::Tens
 }
 
 torch::Tensor AttentionImpl::forward_cached(const torch::Tensor& a, const torch::Tensor& latent_ctx,
-                                            LayerCache& cache) {
+                                            LayerCache& cache, std::optional<torch::ScalarType> storage) {
   auto p = project(a, latent_ctx);
+  auto append = [&](const torch::Tensor& cached, const torch::Tensor& fresh, int64_t time_dim) {
+    auto stored = storage ? fresh.to(*storage) : fresh;
+    return cached.defined() ? torch::cat({cached, stored}, time_dim) : stored;
+  };
+  const auto compute = p.q.scalar_type();
   torch::Tensor k, v;
   if (mla_) {  // the cache holds only the latents; values are expanded from all of them
-    cache.k = cache.k.defined() ? torch::cat({cache.k, p.k_lat}, 1) : p.k_lat;  // [B, t, L]
-    cache.v = cache.v.defined() ? torch::cat({cache.v, p.v_lat}, 1) : p.v_lat;
-    k = cache.k.unsqueeze(1);                  // [B, 1, t, L]
-    v = heads_from_latent_values(cache.v);     // [B, H, t, D]
+    cache.k = append(cache.k, p.k_lat, 1);  // [B, t, L]
+    cache.v = append(cache.v, p.v_lat, 1);
+    k = cache.k.to(compute).unsqueeze(1);                // [B, 1, t, L]
+    v = heads_from_latent_values(cache.v.to(compute));  // [B, H, t, D]
   } else {
-    cache.k = cache.k.defined() ? torch::cat({cache.k, p.k}, 2) : p.k;  // [B, H, t, D]
-    cache.v = cache.v.defined() ? torch::cat({cache.v, p.v}, 2) : p.v;
-    k = cache.k;
-    v = cache.v;
+    cache.k = append(cache.k, p.k, 2);  // [B, H, t, D]
+    cache.v = append(cache.v, p.v, 2);
+    k = cache.k.to(compute);
+    v = cache.v.to(compute);
   }
   AttentionOutput unused;
   auto y = attend_materialised(p.q, k, v, &unused, false);

@@ -174,14 +174,15 @@ BlockOutput BlockImpl::forward(const torch::Tensor& x, const CrossLayerContext& 
   return out;
 }
 
-BlockOutput BlockImpl::forward_cached(const torch::Tensor& x, const CrossLayerContext& incoming, LayerCache& cache) {
+BlockOutput BlockImpl::forward_cached(const torch::Tensor& x, const CrossLayerContext& incoming, LayerCache& cache,
+                                      std::optional<torch::ScalarType> storage) {
   auto a = ln_1(x);
   torch::Tensor latent_ctx;
   if (coupler && incoming.latent.defined()) latent_ctx = coupler->scale_incoming(incoming.latent);
-  auto y = attn->forward_cached(a, config_.mla.enabled ? latent_ctx : torch::Tensor(), cache);
+  auto y = attn->forward_cached(a, config_.mla.enabled ? latent_ctx : torch::Tensor(), cache, storage);
   // MLA's v_lat for the new positions is the tail of the cache (ctx3 already added).
   torch::Tensor v_lat;
-  if (config_.mla.enabled) v_lat = cache.v.narrow(1, cache.v.size(1) - x.size(1), x.size(1));
+  if (config_.mla.enabled) v_lat = cache.v.narrow(1, cache.v.size(1) - x.size(1), x.size(1)).to(y.scalar_type());
   BlockOutput out;
   out.x = x + y;
   auto mo = mlp(ln_2(out.x), coupler_extra(a, v_lat, latent_ctx), torch::Tensor());
@@ -309,7 +310,7 @@ torch::Tensor GPTImpl::forward_cached(const torch::Tensor& idx, KVCache& cache) 
   auto x = embed(idx, cache.length());
   CrossLayerContext context;
   for (size_t i = 0; i < blocks_.size(); ++i) {
-    auto out = blocks_[i]->forward_cached(x, context, cache.layers[i]);
+    auto out = blocks_[i]->forward_cached(x, context, cache.layers[i], cache.dtype);
     x = out.x;
     context = out.context;
   }

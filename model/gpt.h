@@ -2,6 +2,7 @@
 // GPT-2 with every RATIO mechanism (docs/architecture.md). Batch-first; shapes in comments.
 // This header is the API the worker and the tests use.
 
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -28,13 +29,15 @@ struct LayerAttentionStats {
 };
 
 // One layer's cache for incremental decoding. MLA keeps only k_lat/v_lat [B, t, L];
-// standard attention keeps k/v [B, H, t, D]. The cache tensors have the model's dtype.
+// standard attention keeps k/v [B, H, t, D].
 struct LayerCache {
   torch::Tensor k;  // standard k, or MLA k_lat
   torch::Tensor v;  // standard v, or MLA v_lat
 };
 struct KVCache {
   std::vector<LayerCache> layers;
+  // Storage dtype of the cache tensors (e.g. bf16 for an fp32 model); unset = the compute dtype.
+  std::optional<torch::ScalarType> dtype;
   int64_t bytes() const;   // measured bytes held by the cache tensors
   int64_t length() const;  // cached positions (0 when empty)
 };

@@ -2,6 +2,8 @@
 // The modules one GPT block is made of (docs/architecture.md). Private to model/: the worker and
 // the tests use model/gpt.h. Module and parameter names are the contract's paths.
 
+#include <optional>
+
 #include <torch/torch.h>
 
 #include "matrix/job_spec.h"
@@ -34,8 +36,10 @@ class AttentionImpl : public torch::nn::Module {
   AttentionOutput forward(const torch::Tensor& a, const torch::Tensor& head_gate,
                           const torch::Tensor& latent_ctx, bool keep_weights);
 
-  // Incremental decoding: a [B, t_new, C] after the positions held in `cache`, which it extends.
-  torch::Tensor forward_cached(const torch::Tensor& a, const torch::Tensor& latent_ctx, LayerCache& cache);
+  // Incremental decoding: a [B, t_new, C] after the positions held in `cache`, which it extends
+  // (stored in `storage`, or the compute dtype when unset).
+  torch::Tensor forward_cached(const torch::Tensor& a, const torch::Tensor& latent_ctx, LayerCache& cache,
+                               std::optional<torch::ScalarType> storage);
 
   bool uses_mla() const { return mla_; }
 
@@ -138,7 +142,8 @@ class BlockImpl : public torch::nn::Module {
   BlockImpl(const ModelConfig& config, int layer);
   BlockOutput forward(const torch::Tensor& x, const CrossLayerContext& incoming, bool keep_weights = false);
   // Incremental decoding (no mechanism that needs earlier positions' queries or hidden states).
-  BlockOutput forward_cached(const torch::Tensor& x, const CrossLayerContext& incoming, LayerCache& cache);
+  BlockOutput forward_cached(const torch::Tensor& x, const CrossLayerContext& incoming, LayerCache& cache,
+                             std::optional<torch::ScalarType> storage);
 
  private:
   torch::Tensor coupler_extra(const torch::Tensor& a, const torch::Tensor& v_lat,

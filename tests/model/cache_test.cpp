@@ -73,6 +73,23 @@ TEST_P(CachedDecoding, EqualsFullForward) {
 INSTANTIATE_TEST_SUITE_P(Model, CachedDecoding, ::testing::ValuesIn(cacheable_configs()),
                          [](const ::testing::TestParamInfo<Named>& info) { return info.param.name; });
 
+// A bf16 cache under an fp32 model halves the bytes and stays close to the full forward.
+TEST(CachedDecoding, LowPrecisionStorage) {
+  for (bool mla : {false, true}) {
+    auto c = tiny();
+    c.mla.enabled = mla;
+    auto model = make_model(c);
+    torch::NoGradGuard no_grad;
+    auto idx = random_tokens(c, 1, 9, 2);
+    KVCache cache;
+    cache.dtype = torch::kBFloat16;
+    auto cached = model->forward_cached(idx, cache);
+    EXPECT_EQ(cache.layers[0].k.scalar_type(), torch::kBFloat16);
+    EXPECT_EQ(cache.bytes(), c.n_layer * 9 * (mla ? 2 * c.mla.latent_dim : 2 * c.n_embd) * 2);
+    EXPECT_LT(max_abs_diff(cached, model->forward(idx).logits), 5e-2);
+  }
+}
+
 TEST(CachedDecoding, MechanismsNeedingEarlierStatesAreRefused) {
   for (auto edit : std::vector<void (*)(ModelConfig&)>{
            [](ModelConfig& c) { c.ra.enabled = true; }, [](ModelConfig& c) { c.mlp_gate.enabled = true; },

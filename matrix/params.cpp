@@ -1,5 +1,6 @@
 #include "matrix/params.h"
 
+#include <algorithm>
 #include <cmath>
 
 namespace ratio {
@@ -70,8 +71,8 @@ ParamCounts param_formula(const ModelConfig& m) {
 
   p.effective = p.total;
   if (m.learned_ratio.enabled) {
-    // At init the soft mask keeps about round(init * C) units (sigmoid >= 0.5 up to r*C).
-    const int64_t m_eff = std::min<int64_t>(M, std::lround(m.learned_ratio.init * C));
+    // Effective width round(ratio * C) clamped to [0, M], at the initial ratio (docs/architecture.md).
+    const int64_t m_eff = std::clamp<int64_t>(std::lround(m.learned_ratio.init * C), 0, M);
     p.effective -= N * (mlp_params(C, M) - mlp_params(C, m_eff));
   }
   return p;

@@ -47,7 +47,8 @@ void write_file(const fs::path& path, const std::string& text) {
   if (!out) throw LocalError("cannot write '" + path.string() + "': " + std::strerror(errno));
 }
 
-bool is_terminal(const std::string& status) {
+// A job in one of these states will not change again unless rerun.
+bool has_ended(const std::string& status) {
   return status == "succeeded" || status == "failed" || status == "cancelled";
 }
 
@@ -55,13 +56,9 @@ void sleep_s(double seconds) { std::this_thread::sleep_for(std::chrono::duration
 
 // ---- local commands ------------------------------------------------------------------------------
 
-Expansion expand_command_input(const Command& cmd) {
-  return cmd.preset.empty() ? expand_matrix_file(cmd.file) : expand_preset(cmd.preset);
-}
-
 int cmd_expand(const Command& cmd, std::ostream& out) {
-  if (cmd.file.size() && !fs::exists(cmd.file)) throw LocalError("matrix file '" + cmd.file + "' does not exist");
-  const json expansion = to_json(expand_command_input(cmd));
+  if (!cmd.file.empty() && !fs::exists(cmd.file)) throw LocalError("matrix file '" + cmd.file + "' does not exist");
+  const json expansion = to_json(cmd.preset.empty() ? expand_matrix_file(cmd.file) : expand_preset(cmd.preset));
   out << (cmd.format == "json" ? expansion.dump(2) + "\n" : render_expansion(expansion));
   return kOk;
 }
@@ -97,7 +94,7 @@ class MatrixWatcher {
     any_bad_ = false;
     for (const json& job : matrix.at("jobs")) {
       const std::string status = job.value("status", "");
-      all_done_ = all_done_ && is_terminal(status);
+      all_done_ = all_done_ && has_ended(status);
       any_bad_ = any_bad_ || status == "failed" || status == "cancelled";
     }
     return render_matrix_status(matrix, last_loss_);
@@ -259,7 +256,7 @@ int cmd_logs(const Command& cmd, ApiClient& api, std::ostream& out) {
     }
     out << full.substr(printed) << std::flush;
     printed = full.size();
-    if (is_terminal(status)) {
+    if (has_ended(status)) {
       out << "--- job " << cmd.job << " " << status << " ---\n";
       return kOk;
     }

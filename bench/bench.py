@@ -1,0 +1,146 @@
+#!/usr/bin/env python3
+"""ratio-worker vs a PyTorch reference: tokens/s for GPT-2 124M (B=16, T=1024, bf16) in the study's
+attention variants. Run on the GPU machine through bench/run.sh; prints a Markdown table and writes
+it to --out.
+
+ratio-worker runs `run` with a short max_iters and logs every 5 iterations; its tokens/s is taken
+over the iterations after --warmup (the metric events' own timing, which excludes evaluation).
+The reference (bench/reference.py) reports the median step over the same number of steps.
+"""
+import argparse
+import json
+import os
+import subprocess
+import sys
+import sysconfig
+import tempfile
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+# Variant -> model overrides of the job spec (docs/job-spec.md); "ratio" is step 16, full RATIO.
+VARIANTS = {
+    "baseline": {},
+    "mla": {"mla": {"enabled": True, "latent_dim": 128}},
+    "ra": {"ra": {"enabled": True, "alpha": 0.3, "window": 64}},
+    "ra_mla": {"mla": {"enabled": True, "latent_dim": 128}, "ra": {"enabled": True, "alpha": 0.3, "window": 64}},
+    "ratio": {"mla": {"enabled": True, "latent_dim": 128}, "ra": {"enabled": True, "alpha": 0.3, "window": 64},
+              "mlp_ratio": 2048 / 768, "mlp_gate": {"enabled": True}, "mlp_cross": {"enabled": True},
+              "ra_ct": {"enabled": True, "mode": "topk", "apply": "output"}},
+}
+LOG_EVERY = 5
+
+
+def job_spec(variant, data_dir, iters, warmup, spam):
+    model = {"n_layer": 12, "n_head": 12, "n_embd": 768, "vocab_size": 50257, "vocab_pad_to": 64, "block_size": 1024}
+    model.update(VARIANTS[variant])
+    return {
+        "matrix": "bench", "step": variant, "name": variant,
+        "model": model,
+        "train": {"max_iters": iters, "batch_size": 16, "grad_accum": 1, "warmup_iters": warmup,
+                  "eval_interval": 1_000_000, "eval_batches": 1, "checkpoint_interval": 1_000_000,
+                  "log_interval": LOG_EVERY, "grad_norm_interval": 1_000_000, "device": "cuda", "dtype": "bf16",
+                  "spam": {"enabled": spam}},
+        "data": {"dataset": data_dir, "tokenizer": "byte"},
+    }
+
+
+def prepare_data(worker, work):
+    """Bytes of Python's standard library: any text will do, the content does not change the speed."""
+    out = os.path.join(work, "data")
+    text = os.path.join(work, "corpus.txt")
+    size = 0
+    with open(text, "wb") as f:
+        for root, _, files in sorted(os.walk(sysconfig.get_paths()["stdlib"])):
+            for name in sorted(files):
+                if name.endswith(".py") and size < 20_000_000:
+                    with open(os.path.join(root, name), "rb") as src:
+                        data = src.read()
+                    f.write(data)
+                    size += len(data)
+    subprocess.run([worker, "prepare", "--input", text, "--out", out, "--tokenizer", "byte"], check=True)
+    return out
+
+
+def run_worker(worker, variant, data, work, steps, warmup, spam):
+    iters = warmup + steps
+    spec_path = os.path.join(work, f"{variant}-{spam}.json")
+    with open(spec_path, "w") as f:
+        json.dump(job_spec(variant, data, iters, warmup, spam), f)
+    proc = subprocess.run([worker, "run", "--job", spec_path, "--workdir", os.path.join(work, f"w-{variant}-{spam}")],
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    events = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    if proc.returncode != 0:
+        reason = events[-1].get("reason") if events else proc.stderr[-500:]
+        return {"error": f"exit {proc.returncode}: {reason}"}
+    # Each metric covers LOG_EVERY iterations ending at its iter; keep those that start after warm-up.
+    rates = [e["tokens_per_s"] for e in events if e["type"] == "metric" and e["iter"] + 1 - LOG_EVERY >= warmup]
+    tokens_per_interval = 16 * 1024 * LOG_EVERY
+    seconds = sum(tokens_per_interval / r for r in rates)
+    result = next(e["result"] for e in events if e["type"] == "finished")
+    return {"tokens_per_s": len(rates) * tokens_per_interval / seconds, "peak_memory_bytes": result["peak_memory_bytes"],
+            "mfu": result["mfu"]}
+
+
+def run_reference(variant, compiled, steps):
+    cmd = [sys.executable, os.path.join(HERE, "reference.py"), "--variant", variant, "--steps", str(steps)]
+    if compiled:
+        cmd.append("--compile")
+    proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    if proc.returncode != 0:
+        return {"error": proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else f"exit {proc.returncode}"}
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def fmt_rate(r):
+    return f"{r['tokens_per_s'] / 1000:.0f}k" if "tokens_per_s" in r else r["error"][:60]
+
+
+def fmt_mem(r):
+    b = r.get("peak_memory_bytes")
+    return f"{b / 2**30:.1f} GiB" if b else "–"
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--worker", default="build-gpu/bin/ratio-worker")
+    ap.add_argument("--out", default="runs/bench.md")
+    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--warmup", type=int, default=10)
+    ap.add_argument("--variants", default=",".join(VARIANTS))
+    ap.add_argument("--no-reference", action="store_true", help="time ratio-worker only")
+    args = ap.parse_args()
+
+    work = tempfile.mkdtemp(prefix="ratio-bench-")
+    data = prepare_data(args.worker, work)
+    rows = []
+    for variant in args.variants.split(","):
+        worker = run_worker(args.worker, variant, data, work, args.steps, args.warmup, spam=False)
+        spam = run_worker(args.worker, variant, data, work, args.steps, args.warmup, spam=True) if variant == "baseline" else None
+        eager = compiled = {"error": "skipped"}
+        if not args.no_reference:
+            eager = run_reference(variant, False, args.steps)
+            compiled = run_reference(variant, True, args.steps)
+        rows.append((variant, worker, spam, eager, compiled))
+        print(f"bench: {variant}: worker {fmt_rate(worker)}, eager {fmt_rate(eager)}, compile {fmt_rate(compiled)}",
+              file=sys.stderr, flush=True)
+
+    import torch  # only for the device name in the table
+    lines = [f"GPT-2 124M, B=16, T=1024, bf16 autocast, {args.steps} timed steps after {args.warmup} warm-up, "
+             f"{torch.cuda.get_device_name(0)}, PyTorch {torch.__version__}",
+             "",
+             "| variant | ratio-worker tok/s | ratio-worker + SPAM | worker MFU | PyTorch eager | PyTorch compile | "
+             "peak mem worker / eager / compile |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
+    for variant, worker, spam, eager, compiled in rows:
+        mfu = f"{worker['mfu'] * 100:.1f} %" if worker.get("mfu") else "–"
+        lines.append(f"| {variant} | {fmt_rate(worker)} | {fmt_rate(spam) if spam else '–'} | {mfu} | {fmt_rate(eager)} | "
+                     f"{fmt_rate(compiled)} | {fmt_mem(worker)} / {fmt_mem(eager)} / {fmt_mem(compiled)} |")
+    table = "\n".join(lines) + "\n"
+    print(table)
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    with open(args.out, "w") as f:
+        f.write(table)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,362 @@
+// The real ratio-worker binary on CPU: learning on the fortunes corpus, kill -9 / SIGTERM and resume,
+// every failure's exit code and one-line reason, and --report delivery to a real HTTP server.
+#include <gtest/gtest.h>
+
+#include <chrono>
+#include <cmath>
+#include <csignal>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <sstream>
+#include <thread>
+
+#include <fcntl.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <httplib.h>
+#include <nlohmann/json.hpp>
+
+#include "worker/data.h"
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+namespace {
+
+// $RATIO_BIN_DIR/ratio-worker when set, else the binary this test was built with.
+std::string worker_binary() {
+  const char* dir = std::getenv("RATIO_BIN_DIR");
+  return dir && *dir ? std::string(dir) + "/ratio-worker" : RATIO_WORKER_BINARY;
+}
+
+// A tiny model that trains in seconds on 2 cores.
+json tiny_job() {
+  return {{"model", {{"n_layer", 2}, {"n_head", 2}, {"n_embd", 64}, {"vocab_size", 256}, {"block_size", 64}}},
+          {"train", {{"max_iters", 40}, {"batch_size", 8}, {"grad_accum", 2}, {"lr", 3e-3}, {"min_lr", 3e-4},
+                     {"warmup_iters", 10}, {"eval_interval", 20}, {"eval_batches", 2}, {"checkpoint_interval", 10},
+                     {"log_interval", 5}, {"grad_norm_interval", 10}, {"device", "cpu"}, {"seed", 7}}},
+          {"data", {{"dataset", "fortunes"}, {"tokenizer", "byte"}}}};
+}
+
+struct WorkerRun {
+  int exit_code = -1;
+  std::vector<json> events;
+  std::string stderr_text;
+  const json* last(const std::string& type) const {
+    for (auto it = events.rbegin(); it != events.rend(); ++it)
+      if ((*it)["type"] == type) return &*it;
+    return nullptr;
+  }
+};
+
+class WorkerCli : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = fs::temp_directory_path() / ("ratio_cli_test_" + std::to_string(::getpid()) + "_" +
+                                        ::testing::UnitTest::GetInstance()->current_test_info()->name());
+    fs::remove_all(dir_);
+    fs::create_directories(dir_);
+  }
+  void TearDown() override {
+    if (!HasFailure()) fs::remove_all(dir_);
+    fs::remove_all(data_dir());
+  }
+  std::string path(const std::string& name) const { return (dir_ / name).string(); }
+  // The fortunes corpus is prepared here by the worker itself (its first-use path).
+  static std::string data_dir() { return (fs::temp_directory_path() / ("ratio_cli_data_" + std::to_string(::getpid()))).string(); }
+
+  std::string write_job(const std::string& name, const json& job) const {
+    std::ofstream(path(name)) << job.dump(2);
+    return path(name);
+  }
+
+  // Starts ratio-worker with stdout/stderr going to files; returns its pid.
+  pid_t start(const std::vector<std::string>& args, const std::string& tag,
+              const std::map<std::string, std::string>& env = {}) const {
+    const std::string out = path(tag + ".out"), err = path(tag + ".err");
+    pid_t pid = ::fork();
+    if (pid == 0) {
+      int fo = ::open(out.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+      int fe = ::open(err.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+      ::dup2(fo, 1);
+      ::dup2(fe, 2);
+      for (const auto& [k, v] : env) ::setenv(k.c_str(), v.c_str(), 1);
+      std::vector<std::string> full = {worker_binary()};
+      full.insert(full.end(), args.begin(), args.end());
+      std::vector<char*> argv;
+      for (auto& a : full) argv.push_back(a.data());
+      argv.push_back(nullptr);
+      ::execv(argv[0], argv.data());
+      ::_exit(127);
+    }
+    return pid;
+  }
+
+  WorkerRun collect(pid_t pid, const std::string& tag) const {
+    int status = 0;
+    ::waitpid(pid, &status, 0);
+    WorkerRun run;
+    run.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -WTERMSIG(status);
+    run.events = read_events(tag);
+    std::ifstream err(path(tag + ".err"));
+    std::stringstream ss;
+    ss << err.rdbuf();
+    run.stderr_text = ss.str();
+    return run;
+  }
+
+  std::vector<json> read_events(const std::string& tag) const {
+    std::vector<json> events;
+    std::ifstream out(path(tag + ".out"));
+    std::string line;
+    while (std::getline(out, line)) {
+      try {
+        events.push_back(json::parse(line));
+      } catch (const json::exception&) {  // a line cut short by kill -9
+      }
+    }
+    return events;
+  }
+
+  WorkerRun run(const json& job, const std::string& tag, const std::vector<std::string>& extra = {},
+          const std::map<std::string, std::string>& env = {}) const {
+    std::vector<std::string> args = {"run", "--job", write_job(tag + ".json", job), "--workdir", path(tag + "_work"),
+                                     "--data-dir", data_dir()};
+    args.insert(args.end(), extra.begin(), extra.end());
+    return collect(start(args, tag, env), tag);
+  }
+
+  // Waits until the run's stdout holds a checkpoint event, then returns.
+  void wait_for_checkpoint(const std::string& tag) const {
+    for (int i = 0; i < 6000; ++i) {
+      for (const json& e : read_events(tag))
+        if (e["type"] == "checkpoint") return;
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+    FAIL() << "no checkpoint event within 60 s";
+  }
+
+  // The last stderr line is "ratio-worker: <reason>" and the last event a matching `failed`.
+  static void expect_failure(const WorkerRun& run, int code, const std::string& reason_part) {
+    EXPECT_EQ(run.exit_code, code) << run.stderr_text;
+    ASSERT_FALSE(run.events.empty());
+    const json& failed = run.events.back();
+    EXPECT_EQ(failed["type"], "failed");
+    EXPECT_EQ(failed["exit_code"], code);
+    const std::string reason = failed["reason"];
+    EXPECT_EQ(reason.find('\n'), std::string::npos);
+    EXPECT_NE(reason.find(reason_part), std::string::npos) << reason;
+    std::string text = run.stderr_text;
+    while (!text.empty() && text.back() == '\n') text.pop_back();
+    const std::string last_line = text.substr(text.rfind('\n') == std::string::npos ? 0 : text.rfind('\n') + 1);
+    EXPECT_EQ(last_line, "ratio-worker: " + reason);
+  }
+
+  fs::path dir_;
+};
+
+std::vector<double> series(const WorkerRun& run, const std::string& type, const std::string& field) {
+  std::map<int64_t, double> by_iter;  // a resumed run re-reports iterations: the later value wins
+  for (const json& e : run.events)
+    if (e["type"] == type) by_iter[e["iter"].get<int64_t>()] = e[field].get<double>();
+  std::vector<double> out;
+  for (const auto& [iter, v] : by_iter) out.push_back(v);
+  return out;
+}
+
+}  // namespace
+
+TEST_F(WorkerCli, TinyModelLearnsFortunesBelowUnigramEntropy) {
+  json job = tiny_job();
+  job["model"] = {{"n_layer", 2}, {"n_head", 4}, {"n_embd", 128}, {"vocab_size", 256}, {"block_size", 64}};
+  job["train"]["max_iters"] = 200;
+  job["train"]["batch_size"] = 16;
+  job["train"]["grad_accum"] = 1;
+  job["train"]["eval_interval"] = 100;
+  job["train"]["eval_batches"] = 8;
+  job["train"]["checkpoint_interval"] = 100000;
+  job["train"]["log_interval"] = 50;
+  WorkerRun r = run(job, "learn");
+  ASSERT_EQ(r.exit_code, 0) << r.stderr_text;
+
+  // Unigram entropy of the training bytes (nats): what a model that ignores context achieves.
+  ratio::worker::MappedShard shard(data_dir() + "/fortunes-byte/train.bin");
+  std::vector<double> counts(256, 0);
+  for (int64_t i = 0; i < shard.size(); ++i) counts[shard.tokens()[i]] += 1;
+  double entropy = 0;
+  for (double c : counts)
+    if (c > 0) entropy -= c / shard.size() * std::log(c / shard.size());
+  const json& result = (*r.last("finished"))["result"];
+  const double final_loss = result["final_val_loss"];
+  std::cerr << "unigram entropy " << entropy << " nats, final val loss " << final_loss << "\n";
+  EXPECT_GT(entropy, 2.5);                   // English bytes: about 3 nats
+  EXPECT_LT(final_loss, entropy - 0.5);      // it uses context
+  EXPECT_LE(result["best_val_loss"].get<double>(), final_loss);
+  EXPECT_TRUE(result["mfu"].is_null());      // CPU
+  EXPECT_GT(result["tokens_per_s"].get<double>(), 0);
+  EXPECT_GT(result["peak_memory_bytes"].get<double>(), 0);
+  EXPECT_EQ(result["config_hash"].get<std::string>().size(), 16u);
+  const json& started = r.events.front();
+  EXPECT_EQ(started["type"], "started");
+  EXPECT_EQ(started["iter"], 0);
+  EXPECT_EQ(started["device"], "cpu");
+  EXPECT_EQ(started["dtype"], "fp32");
+  EXPECT_EQ(started["params"]["total"], result["params"]["total"]);
+  for (size_t i = 0; i < r.events.size(); ++i) EXPECT_EQ(r.events[i]["seq"], static_cast<int>(i));
+  const json* eval = r.last("eval");
+  ASSERT_NE(eval, nullptr);
+  EXPECT_EQ((*eval)["entropy"].size(), 2u);
+  EXPECT_EQ((*eval)["reciprocity"].size(), 2u);
+  EXPECT_TRUE(fs::exists(path("learn_work/result.json")));
+}
+
+TEST_F(WorkerCli, KillNineThenResumeEqualsUninterruptedRun) {
+  json job = tiny_job();
+  job["train"]["max_iters"] = 100;
+  WorkerRun straight = run(job, "straight");
+  ASSERT_EQ(straight.exit_code, 0) << straight.stderr_text;
+
+  const std::string spec = write_job("killed.json", job);
+  const std::vector<std::string> args = {"run", "--job", spec, "--workdir", path("killed_work"), "--data-dir", data_dir()};
+  pid_t pid = start(args, "killed");
+  wait_for_checkpoint("killed");
+  ::kill(pid, SIGKILL);
+  WorkerRun killed = collect(pid, "killed");
+  ASSERT_EQ(killed.exit_code, -SIGKILL) << "finished before the kill; make the run longer";
+
+  std::vector<std::string> resume_args = args;
+  resume_args.push_back("--resume");
+  WorkerRun resumed = collect(start(resume_args, "resumed"), "resumed");
+  ASSERT_EQ(resumed.exit_code, 0) << resumed.stderr_text;
+  const int64_t resumed_from = resumed.events.front()["iter"];
+  EXPECT_GT(resumed_from, 0);
+  EXPECT_LT(resumed_from, 100);
+
+  // Bit-identical: the same doubles, not merely close ones.
+  EXPECT_EQ((*resumed.last("finished"))["result"]["final_val_loss"].get<double>(),
+            (*straight.last("finished"))["result"]["final_val_loss"].get<double>());
+  std::vector<double> straight_losses = series(straight, "metric", "train_loss");
+  std::vector<double> resumed_losses = series(resumed, "metric", "train_loss");
+  ASSERT_LE(resumed_losses.size(), straight_losses.size());
+  EXPECT_TRUE(std::equal(resumed_losses.rbegin(), resumed_losses.rend(), straight_losses.rbegin()));
+}
+
+TEST_F(WorkerCli, SigtermCheckpointsExitsSixAndResumes) {
+  json job = tiny_job();
+  job["train"]["max_iters"] = 100;
+  job["train"]["checkpoint_interval"] = 1000;  // only the SIGTERM checkpoint
+  job["train"]["spam"] = {{"reset_interval", 30}, {"reset_warmup", 10}};
+  job["train"]["prune"] = {{"enabled", true}, {"interval", 10}};
+  WorkerRun straight = run(job, "straight");
+  ASSERT_EQ(straight.exit_code, 0) << straight.stderr_text;
+
+  const std::vector<std::string> args = {"run", "--job", write_job("term.json", job), "--workdir", path("term_work"),
+                                         "--data-dir", data_dir()};
+  pid_t pid = start(args, "term");
+  for (int i = 0; i < 6000 && series(WorkerRun{0, read_events("term"), ""}, "metric", "train_loss").size() < 3; ++i)
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  ::kill(pid, SIGTERM);
+  WorkerRun term = collect(pid, "term");
+  expect_failure(term, 6, "interrupted by SIGTERM");
+  ASSERT_NE(term.last("checkpoint"), nullptr);
+
+  std::vector<std::string> resume_args = args;
+  resume_args.push_back("--resume");
+  WorkerRun resumed = collect(start(resume_args, "resumed"), "resumed");
+  ASSERT_EQ(resumed.exit_code, 0) << resumed.stderr_text;
+  EXPECT_EQ(resumed.events.front()["iter"], (*term.last("checkpoint"))["iter"]);
+  const json& a = (*resumed.last("finished"))["result"];
+  const json& b = (*straight.last("finished"))["result"];
+  EXPECT_EQ(a["final_val_loss"].get<double>(), b["final_val_loss"].get<double>());
+  // Pruning (50 % of the Linear weights by the end) shows in the effective count.
+  EXPECT_LT(a["params"]["effective"].get<int64_t>(), a["params"]["total"].get<int64_t>());
+  EXPECT_EQ(a["params"]["effective"], b["params"]["effective"]);
+}
+
+TEST_F(WorkerCli, MissingDatasetIsDataError) {
+  json job = tiny_job();
+  job["data"]["dataset"] = path("no_such_dataset");
+  expect_failure(run(job, "missing"), 3, "no_such_dataset");
+}
+
+TEST_F(WorkerCli, CorruptShardIsDataError) {
+  fs::create_directories(path("corrupt"));
+  ratio::worker::write_shard(path("corrupt/train.bin"), std::vector<uint16_t>(5000, 65));
+  ratio::worker::write_shard(path("corrupt/val.bin"), std::vector<uint16_t>(5000, 65));
+  fs::resize_file(path("corrupt/train.bin"), 1024 + 2 * 4000);
+  json job = tiny_job();
+  job["data"]["dataset"] = path("corrupt");
+  expect_failure(run(job, "corrupt"), 3, "is corrupt");
+}
+
+TEST_F(WorkerCli, VocabSmallerThanTokenizerIsDataError) {
+  json job = tiny_job();
+  job["model"]["vocab_size"] = 100;
+  expect_failure(run(job, "vocab"), 3, "model.vocab_size");
+}
+
+TEST_F(WorkerCli, UnknownSpecFieldIsInvalid) {
+  json job = tiny_job();
+  job["train"]["learning_rate"] = 0.1;
+  expect_failure(run(job, "unknown"), 2, "train.learning_rate");
+}
+
+TEST_F(WorkerCli, ImpossibleValueIsInvalid) {
+  json job = tiny_job();
+  job["model"]["n_head"] = 3;  // 64 is not divisible by 3
+  WorkerRun r = run(job, "impossible");
+  expect_failure(r, 2, "model.");
+}
+
+TEST_F(WorkerCli, BadArgumentsAreInvalid) {
+  WorkerRun r = collect(start({"run", "--workdir", path("w")}, "args"), "args");
+  EXPECT_EQ(r.exit_code, 2);
+  ASSERT_FALSE(r.events.empty());
+  EXPECT_EQ(r.events.back()["type"], "failed");
+  EXPECT_NE(r.stderr_text.find("missing --job"), std::string::npos);
+}
+
+TEST_F(WorkerCli, NanLossIsDiverged) {
+  WorkerRun r = run(tiny_job(), "nan", {}, {{"RATIO_DEBUG_NAN_AT_ITER", "7"}});
+  expect_failure(r, 4, "diverged");
+  for (const json& e : r.events) EXPECT_NE(e["type"], "checkpoint") << "a diverged model must not be checkpointed";
+}
+
+TEST_F(WorkerCli, ReportsEveryEventOverHttp) {
+  httplib::Server server;
+  std::mutex mu;
+  std::vector<json> received;
+  std::string auth;
+  server.Post("/api/report", [&](const httplib::Request& req, httplib::Response& res) {
+    std::lock_guard<std::mutex> lock(mu);
+    auth = req.get_header_value("Authorization");
+    const json body = json::parse(req.body);
+    for (const json& e : body.at("events")) received.push_back(e);
+    res.set_content(R"({"accepted": 1})", "application/json");
+  });
+  const int port = server.bind_to_any_port("127.0.0.1");
+  std::thread listener([&] { server.listen_after_bind(); });
+  WorkerRun r = run(tiny_job(), "report", {"--report", "http://127.0.0.1:" + std::to_string(port) + "/api/report", "--token", "s3cret"});
+  server.stop();
+  listener.join();
+  ASSERT_EQ(r.exit_code, 0) << r.stderr_text;
+  EXPECT_EQ(auth, "Bearer s3cret");
+  ASSERT_EQ(received.size(), r.events.size());
+  for (size_t i = 0; i < received.size(); ++i) EXPECT_EQ(received[i].dump(), r.events[i].dump());
+}
+
+TEST_F(WorkerCli, PrepareWritesGpt2Shards) {
+  std::ofstream(path("in.txt")) << std::string("Hello world") + std::string(200, '.') + " the end";
+  WorkerRun r = collect(start({"prepare", "--input", path("in.txt"), "--out", path("prep"), "--tokenizer", "gpt2",
+                         "--val-frac", "0.2"}, "prep"), "prep");
+  ASSERT_EQ(r.exit_code, 0) << r.stderr_text;
+  ratio::worker::MappedShard train(path("prep/train.bin"));
+  ASSERT_GE(train.size(), 2);
+  EXPECT_EQ(train.tokens()[0], 15496);  // "Hello"
+  EXPECT_EQ(train.tokens()[1], 995);    // " world"
+  EXPECT_TRUE(fs::exists(path("prep/val.bin")));
+  EXPECT_EQ(json::parse(std::ifstream(path("prep/meta.json")))["tokenizer"], "gpt2");
+}

@@ -1,0 +1,135 @@
+// ratio-worker: trains one job of a RATIO matrix (docs/job-spec.md), prepares token shards, and
+// prints the KV-cache report. Usage: ratio-worker --help.
+
+#include <cstdlib>
+#include <iostream>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "worker/data.h"
+#include "worker/events.h"
+#include "worker/kv.h"
+#include "worker/trainer.h"
+
+namespace {
+
+const char* kUsage =
+    "usage:\n"
+    "  ratio-worker run --job JOB.json --workdir DIR [--data-dir DIR] [--report URL --token T] [--resume]\n"
+    "  ratio-worker prepare --input TEXT --out DIR --tokenizer byte|gpt2 [--val-frac 0.1]\n"
+    "  ratio-worker kv-report [--contexts 1024,2048,4096]\n"
+    "exit codes: 0 done, 1 crashed, 2 invalid spec/arguments, 3 data error, 4 diverged, 5 out of memory, 6 interrupted\n";
+
+struct UsageError : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+// --flag VALUE pairs and bare --switches; `switches` lists the flags that take no value.
+std::map<std::string, std::string> parse_flags(int argc, char** argv, int first, const std::vector<std::string>& allowed,
+                                               const std::vector<std::string>& switches) {
+  std::map<std::string, std::string> flags;
+  for (int i = first; i < argc; ++i) {
+    const std::string flag = argv[i];
+    auto is = [&](const std::vector<std::string>& list) {
+      for (const auto& f : list)
+        if (f == flag) return true;
+      return false;
+    };
+    if (is(switches)) {
+      flags[flag] = "1";
+    } else if (is(allowed)) {
+      if (i + 1 >= argc) throw UsageError(flag + " needs a value");
+      flags[flag] = argv[++i];
+    } else {
+      throw UsageError("unknown argument '" + flag + "'");
+    }
+  }
+  return flags;
+}
+
+std::string required(const std::map<std::string, std::string>& flags, const std::string& flag) {
+  auto it = flags.find(flag);
+  if (it == flags.end() || it->second.empty()) throw UsageError("missing " + flag);
+  return it->second;
+}
+
+int run_command(int argc, char** argv) {
+  auto flags = parse_flags(argc, argv, 2, {"--job", "--workdir", "--data-dir", "--report", "--token"}, {"--resume"});
+  ratio::worker::RunOptions options;
+  options.job_path = required(flags, "--job");
+  options.workdir = required(flags, "--workdir");
+  options.data_dir = flags.count("--data-dir") ? flags["--data-dir"] : "";
+  options.report_url = flags.count("--report") ? flags["--report"] : "";
+  options.token = flags.count("--token") ? flags["--token"] : "";
+  options.resume = flags.count("--resume") > 0;
+  if (!options.report_url.empty() && options.token.empty()) throw UsageError("--report needs --token");
+  return ratio::worker::run_job(options);
+}
+
+int prepare_command(int argc, char** argv) {
+  auto flags = parse_flags(argc, argv, 2, {"--input", "--out", "--tokenizer", "--val-frac"}, {});
+  const double val_frac = flags.count("--val-frac") ? std::atof(flags["--val-frac"].c_str()) : 0.1;
+  try {
+    auto [train, val] = ratio::worker::prepare_text(required(flags, "--input"), required(flags, "--out"),
+                                                    required(flags, "--tokenizer"), val_frac);
+    std::cout << "wrote " << train << " train and " << val << " val tokens to " << flags["--out"] << "\n";
+    return ratio::worker::kExitDone;
+  } catch (const ratio::worker::DataError& e) {
+    std::cerr << "ratio-worker: data error: " << e.what() << "\n";
+    return ratio::worker::kExitDataError;
+  } catch (const std::invalid_argument& e) {
+    throw UsageError(e.what());
+  } catch (const std::runtime_error& e) {  // tokenizer files
+    std::cerr << "ratio-worker: data error: " << e.what() << "\n";
+    return ratio::worker::kExitDataError;
+  }
+}
+
+int kv_report_command(int argc, char** argv) {
+  auto flags = parse_flags(argc, argv, 2, {"--contexts"}, {});
+  std::vector<int64_t> contexts = {1024, 2048, 4096};
+  if (flags.count("--contexts")) {
+    contexts.clear();
+    std::string list = flags["--contexts"];
+    size_t pos = 0;
+    while (pos <= list.size()) {
+      size_t comma = list.find(',', pos);
+      const std::string item = list.substr(pos, comma == std::string::npos ? std::string::npos : comma - pos);
+      char* end = nullptr;
+      const long long value = std::strtoll(item.c_str(), &end, 10);
+      if (item.empty() || *end != '\0' || value <= 0) throw UsageError("--contexts: '" + item + "' is not a positive integer");
+      contexts.push_back(value);
+      if (comma == std::string::npos) break;
+      pos = comma + 1;
+    }
+  }
+  return ratio::worker::kv_report(contexts, std::cout);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  const std::string command = argc > 1 ? argv[1] : "";
+  if (command == "--help" || command == "-h" || command == "help") {
+    std::cout << kUsage;
+    return 0;
+  }
+  try {
+    if (command == "run") {
+      try {
+        return run_command(argc, argv);
+      } catch (const UsageError& e) {  // a run always ends with a failed event, even for bad arguments
+        ratio::worker::EventSink(std::cout).emit(
+            "failed", {{"reason", std::string("invalid arguments: ") + e.what()}, {"exit_code", ratio::worker::kExitInvalid}});
+        throw;
+      }
+    }
+    if (command == "prepare") return prepare_command(argc, argv);
+    if (command == "kv-report") return kv_report_command(argc, argv);
+    throw UsageError(command.empty() ? "missing command" : "unknown command '" + command + "'");
+  } catch (const UsageError& e) {
+    std::cerr << "ratio-worker: " << e.what() << "\n" << kUsage;
+    return ratio::worker::kExitInvalid;
+  }
+}

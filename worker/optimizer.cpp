@@ -1,0 +1,181 @@
+#include "worker/optimizer.h"
+
+#include <cmath>
+#include <limits>
+
+namespace ratio::worker {
+
+namespace {
+
+// Spike z-scores need a history; before this many norms no step counts as a spike.
+constexpr int64_t kMinSpikeHistory = 10;
+constexpr double kAdamEps = 1e-8;
+
+std::vector<torch::Tensor> zeros_like_all(const NamedTensors& params) {
+  std::vector<torch::Tensor> out;
+  for (const auto& [name, p] : params) out.push_back(torch::zeros_like(p, torch::MemoryFormat::Contiguous));
+  return out;
+}
+
+}  // namespace
+
+SpamAdamW::SpamAdamW(NamedTensors params, const TrainConfig& train) : params_(std::move(params)), train_(train) {
+  m_ = zeros_like_all(params_);
+  v_ = zeros_like_all(params_);
+  for (const auto& [name, p] : params_) decay_.push_back(p.dim() >= 2);  // matrices decay; biases, norms, alphas do not
+  const auto scalar = params_.front().second.options().dtype(torch::kFloat32);
+  norm_mean_ = torch::zeros({}, scalar);
+  norm_m2_ = torch::zeros({}, scalar);
+  spikes_ = torch::zeros({}, scalar);
+}
+
+void SpamAdamW::zero_grad() {
+  for (auto& [name, p] : params_) {
+    if (p.grad().defined()) p.mutable_grad().zero_();
+  }
+}
+
+void SpamAdamW::reset() {
+  torch::NoGradGuard no_grad;
+  at::_foreach_zero_(m_);
+  at::_foreach_zero_(v_);
+  steps_since_reset_ = 0;
+}
+
+void SpamAdamW::set_counters(int64_t steps_since_reset, int64_t norms_seen) {
+  steps_since_reset_ = steps_since_reset;
+  norms_seen_ = norms_seen;
+}
+
+NamedTensors SpamAdamW::state() const {
+  NamedTensors out;
+  for (size_t i = 0; i < params_.size(); ++i) {
+    out.emplace_back("adam_m/" + params_[i].first, m_[i]);
+    out.emplace_back("adam_v/" + params_[i].first, v_[i]);
+  }
+  out.emplace_back("spam/norm_mean", norm_mean_);
+  out.emplace_back("spam/norm_m2", norm_m2_);
+  out.emplace_back("spam/spikes", spikes_);
+  return out;
+}
+
+torch::Tensor SpamAdamW::global_norm() const {
+  std::vector<torch::Tensor> norms = at::_foreach_norm(grads_);
+  return torch::stack(norms).norm().to(torch::kFloat32);  // [] on the device, no sync
+}
+
+void SpamAdamW::soft_reset_on_spike(const torch::Tensor& norm) {
+  if (norms_seen_ >= kMinSpikeHistory) {
+    auto std = (norm_m2_ / static_cast<double>(norms_seen_ - 1)).sqrt();
+    auto spike = ((norm - norm_mean_) / (std + 1e-12)) > train_.spam.spike_z;  // [] bool
+    auto m_factor = torch::where(spike, torch::full({}, 0.5, norm.options()), torch::ones({}, norm.options()));
+    auto v_factor = torch::where(spike, torch::full({}, 0.9, norm.options()), torch::ones({}, norm.options()));
+    for (size_t i = 0; i < m_.size(); ++i) {
+      m_[i].mul_(m_factor);
+      v_[i].mul_(v_factor);
+    }
+    spikes_.add_(spike.to(torch::kFloat32));
+  }
+  // Welford update of the norm history (every norm, spikes included).
+  ++norms_seen_;
+  auto delta = norm - norm_mean_;
+  norm_mean_.add_(delta / static_cast<double>(norms_seen_));
+  norm_m2_.add_(delta * (norm - norm_mean_));
+}
+
+void SpamAdamW::clip_to_second_moment() {
+  if (steps_since_reset_ == 0) return;  // v is all zeros right after a reset: nothing to clip against
+  std::vector<torch::Tensor> bound = at::_foreach_mul(v_, train_.spam.theta);
+  at::_foreach_sqrt_(bound);
+  for (size_t i = 0; i < bound.size(); ++i) bound[i].masked_fill_(v_[i] == 0, std::numeric_limits<float>::infinity());
+  at::_foreach_minimum_(grads_, bound);
+  for (auto& b : bound) b.neg_();
+  at::_foreach_maximum_(grads_, bound);
+}
+
+void SpamAdamW::adamw_update(double lr) {
+  ++steps_since_reset_;
+  const double b1 = train_.beta1, b2 = train_.beta2;
+  const double bc1 = 1.0 - std::pow(b1, static_cast<double>(steps_since_reset_));
+  const double bc2 = 1.0 - std::pow(b2, static_cast<double>(steps_since_reset_));
+
+  std::vector<torch::Tensor> params, decayed;
+  for (size_t i = 0; i < params_.size(); ++i) {
+    params.push_back(params_[i].second);
+    if (decay_[i]) decayed.push_back(params_[i].second);
+  }
+  at::_foreach_mul_(m_, b1);
+  at::_foreach_add_(m_, grads_, 1.0 - b1);                 // m = b1·m + (1 − b1)·g
+  at::_foreach_mul_(v_, b2);
+  at::_foreach_addcmul_(v_, grads_, grads_, 1.0 - b2);     // v = b2·v + (1 − b2)·g²
+  if (train_.weight_decay > 0 && !decayed.empty()) at::_foreach_mul_(decayed, 1.0 - lr * train_.weight_decay);
+  std::vector<torch::Tensor> denom = at::_foreach_sqrt(v_);
+  at::_foreach_div_(denom, std::sqrt(bc2));
+  at::_foreach_add_(denom, kAdamEps);                      // sqrt(v̂) + eps
+  at::_foreach_addcdiv_(params, m_, denom, -lr / bc1);     // p −= lr·m̂/(sqrt(v̂) + eps)
+}
+
+torch::Tensor SpamAdamW::step(double lr) {
+  torch::NoGradGuard no_grad;
+  grads_.clear();
+  for (auto& [name, p] : params_) {
+    // A parameter that took no part in this forward still gets a (zero) gradient, so the lists align.
+    if (!p.grad().defined()) p.mutable_grad() = torch::zeros_like(p);
+    grads_.push_back(p.grad());
+  }
+  torch::Tensor norm = global_norm();
+  if (train_.spam.enabled) soft_reset_on_spike(norm);
+  if (train_.grad_clip > 0) {
+    auto coef = (train_.grad_clip / (norm + 1e-6)).clamp_max(1.0);
+    for (auto& g : grads_) g.mul_(coef);
+  }
+  if (train_.spam.enabled) clip_to_second_moment();
+  adamw_update(lr);
+  grads_.clear();
+  return norm;
+}
+
+// ---- pruning ----------------------------------------------------------------------------------
+
+MagnitudePruner::MagnitudePruner(const NamedTensors& params) {
+  for (const auto& [name, p] : params) {
+    const bool embedding = name.rfind("wte.", 0) == 0 || name.rfind("wpe.", 0) == 0;
+    const bool linear_weight = p.dim() == 2 && name.size() > 7 && name.substr(name.size() - 7) == ".weight";
+    if (linear_weight && !embedding) {
+      weights_.emplace_back(name, p);
+      masks_.push_back(torch::ones_like(p, torch::kBool));
+    }
+  }
+}
+
+void MagnitudePruner::update_masks(double sparsity) {
+  torch::NoGradGuard no_grad;
+  for (size_t i = 0; i < weights_.size(); ++i) {
+    const torch::Tensor& w = weights_[i].second;
+    const auto k = static_cast<int64_t>(std::floor(sparsity * static_cast<double>(w.numel())));
+    if (k <= 0) continue;
+    auto magnitude = w.detach().abs().flatten();
+    auto threshold = std::get<0>(magnitude.kthvalue(k));  // the k-th smallest |w|
+    masks_[i] = w.abs() > threshold;
+  }
+  apply();
+}
+
+void MagnitudePruner::apply() {
+  torch::NoGradGuard no_grad;
+  for (size_t i = 0; i < weights_.size(); ++i) weights_[i].second.mul_(masks_[i]);
+}
+
+int64_t MagnitudePruner::pruned() const {
+  int64_t n = 0;
+  for (const auto& m : masks_) n += m.numel() - m.sum().item<int64_t>();
+  return n;
+}
+
+NamedTensors MagnitudePruner::state() const {
+  NamedTensors out;
+  for (size_t i = 0; i < weights_.size(); ++i) out.emplace_back("prune_mask/" + weights_[i].first, masks_[i]);
+  return out;
+}
+
+}  // namespace ratio::worker

@@ -1,0 +1,77 @@
+#pragma once
+// AdamW with SPAM (../shared/spec/mechanisms.md §SPAM), written over plain tensors so that every
+// piece of state is a named tensor the checkpoint can save, and magnitude pruning with masks.
+//
+// One step, given gradients already accumulated:
+//   1. norm = global L2 norm of the gradients (pre-clip, reported as grad_norm);
+//   2. spike: z = (norm − mean)/std against every earlier norm of this run (Welford, kept on the
+//      device: no host sync); when z > spike_z the moments are softly reset, m ×0.5, v ×0.9;
+//   3. global clipping to grad_clip;
+//   4. SPAM clipping: each entry with |g| > sqrt(θ·v) is clipped to that bound (entries with v = 0,
+//      which have never seen a gradient, are left alone);
+//   5. the AdamW update (decoupled weight decay on tensors with dim >= 2), bias correction counted
+//      from the last periodic reset.
+// Periodic resets (reset()) zero m, v and the step count; the lr warm-up after them is the
+// schedule's (worker/schedule.h).
+
+#include <cstdint>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include <torch/torch.h>
+
+#include "matrix/job_spec.h"
+
+namespace ratio::worker {
+
+using NamedTensors = std::vector<std::pair<std::string, torch::Tensor>>;
+
+class SpamAdamW {
+ public:
+  SpamAdamW(NamedTensors params, const TrainConfig& train);
+
+  // Runs steps 1–5 with learning rate `lr`; returns the pre-clip global gradient norm (a device scalar).
+  torch::Tensor step(double lr);
+  void reset();  // SPAM's periodic reset
+  void zero_grad();
+
+  // Count of spikes seen so far (a device scalar, for logging).
+  const torch::Tensor& spikes() const { return spikes_; }
+  // Everything a resume needs, by name (moments, norm history, step counters).
+  NamedTensors state() const;
+  int64_t steps_since_reset() const { return steps_since_reset_; }
+  int64_t norms_seen() const { return norms_seen_; }
+  void set_counters(int64_t steps_since_reset, int64_t norms_seen);
+
+ private:
+  torch::Tensor global_norm() const;
+  void soft_reset_on_spike(const torch::Tensor& norm);
+  void clip_to_second_moment();
+  void adamw_update(double lr);
+
+  NamedTensors params_;
+  std::vector<torch::Tensor> grads_, m_, v_;  // m_, v_ in fp32, like the parameters
+  std::vector<bool> decay_;
+  TrainConfig train_;
+  int64_t steps_since_reset_ = 0;
+  int64_t norms_seen_ = 0;
+  torch::Tensor norm_mean_, norm_m2_, spikes_;  // fp32 device scalars
+};
+
+// Gradual magnitude pruning of Linear weights (dim 2, not the embeddings). Each tensor keeps the
+// fraction (1 − sparsity) of its largest-magnitude entries; masks are re-applied after every step.
+class MagnitudePruner {
+ public:
+  explicit MagnitudePruner(const NamedTensors& params);
+  void update_masks(double sparsity);  // recompute masks at this sparsity and apply them
+  void apply();                        // re-zero pruned weights (after each optimizer step)
+  int64_t pruned() const;              // weights currently masked to zero (host sync)
+  NamedTensors state() const;          // masks by name, for checkpoints
+
+ private:
+  NamedTensors weights_;
+  std::vector<torch::Tensor> masks_;  // same shape as the weight; 1 keeps, 0 prunes
+};
+
+}  // namespace ratio::worker

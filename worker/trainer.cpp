@@ -1,0 +1,462 @@
+#include "worker/trainer.h"
+
+#include <atomic>
+#include <chrono>
+#include <cmath>
+#include <csignal>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+#include <sstream>
+
+#include <sys/resource.h>
+
+#include "matrix/job_spec.h"
+#include "model/gpt.h"
+#include "model/safetensors.h"
+#include "model/torch_compat.h"
+#include "ratio/build_info.h"
+#include "worker/checkpoint.h"
+#include "worker/data.h"
+#include "worker/events.h"
+#include "worker/optimizer.h"
+#include "worker/schedule.h"
+#include "worker/tokenizer.h"
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+namespace ratio::worker {
+
+namespace {
+
+std::atomic<int> g_stop_signal{0};
+void on_stop_signal(int sig) { g_stop_signal = sig; }  // the loop checkpoints and exits after this step
+
+// A failure with its exit code; the message is the one-line reason.
+struct Failure : std::runtime_error {
+  Failure(int code, const std::string& reason) : std::runtime_error(reason), code(code) {}
+  int code;
+};
+
+double seconds_since(std::chrono::steady_clock::time_point t0) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+
+std::string one_line(std::string s) {
+  for (char& c : s)
+    if (c == '\n' || c == '\r') c = ' ';
+  return s;
+}
+
+JobSpec read_spec(const std::string& path) {
+  std::ifstream in(path);
+  if (!in) throw Failure(kExitInvalid, "cannot read job spec " + path);
+  json j;
+  try {
+    j = json::parse(in);
+  } catch (const json::exception& e) {
+    throw Failure(kExitInvalid, "job spec " + path + " is not valid JSON: " + e.what());
+  }
+  try {
+    JobSpec spec = job_spec_from_json(j);
+    std::vector<SpecError> errors = validate(spec);
+    if (!errors.empty()) throw SpecInvalid(errors);
+    return spec;
+  } catch (const SpecInvalid& e) {
+    std::string reason = "invalid job spec " + path + ":";
+    for (const SpecError& err : e.errors()) reason += " " + err.path + ": " + err.message + ";";
+    throw Failure(kExitInvalid, reason);
+  }
+}
+
+json params_json(const ParamCounts& p) {
+  return {{"total", p.total}, {"baseline", p.baseline}, {"added", p.added}, {"effective", p.effective},
+          {"by_mechanism", p.by_mechanism}};
+}
+
+json number_or_null(double v) { return std::isfinite(v) ? json(v) : json(nullptr); }
+
+class Trainer {
+ public:
+  Trainer(JobSpec spec, const RunOptions& options, EventSink& events)
+      : spec_(std::move(spec)), train_(spec_.train), options_(options), events_(events) {}
+
+  int run();
+
+ private:
+  void choose_device();
+  void load_data();
+  void build_model();
+  void resume_if_asked();
+  NamedTensors checkpoint_tensors() const;
+  void save(int64_t next_iter);
+  torch::Tensor batch(const TokenSplit& split, const std::vector<uint64_t>& draws, torch::Tensor& targets) const;
+  void train_iteration(int64_t iter);
+  void log_metric(int64_t iter, const torch::Tensor& norm);
+  void log_grad_norms(int64_t iter);
+  double evaluate(int64_t iter);
+  void check_finite(int64_t iter);
+  json result(double wall_s);
+
+  JobSpec spec_;
+  const TrainConfig& train_;
+  RunOptions options_;
+  EventSink& events_;
+  std::string config_hash_;
+
+  torch::Device device_ = torch::kCPU;
+  bool autocast_ = false;
+  std::unique_ptr<TokenSplit> train_split_, val_split_;
+  BatchOrder order_{0};
+  model::GPT model_{nullptr};
+  std::unique_ptr<SpamAdamW> optimizer_;
+  std::unique_ptr<MagnitudePruner> pruner_;
+
+  int64_t start_iter_ = 0;
+  double best_val_loss_ = std::numeric_limits<double>::infinity();
+  int64_t best_iter_ = -1;
+  double final_val_loss_ = std::numeric_limits<double>::quiet_NaN();
+  int64_t nan_at_iter_ = -1;
+
+  torch::Tensor loss_sum_;     // sum of micro-batch losses since the last log point (device)
+  torch::Tensor nonfinite_;    // became true when a loss or gradient norm was NaN/Inf (device)
+  int64_t iters_since_log_ = 0;
+  std::chrono::steady_clock::time_point log_clock_;
+  double train_seconds_ = 0;   // training time without evals and checkpoints, for tokens/s
+  int64_t trained_iters_ = 0;
+  std::chrono::steady_clock::time_point step_clock_;
+};
+
+void Trainer::choose_device() {
+  const std::string& want = train_.device;
+  if (want == "cuda" && !torch::cuda::is_available())
+    throw Failure(kExitInvalid, "train.device is cuda but no CUDA device is available; use auto or cpu");
+  device_ = (want == "cuda" || (want == "auto" && torch::cuda::is_available())) ? torch::Device(torch::kCUDA, 0)
+                                                                                 : torch::Device(torch::kCPU);
+  const std::string dtype = train_.dtype == "auto" ? (device_.is_cuda() ? "bf16" : "fp32") : train_.dtype;
+  if (dtype == "bf16" && !device_.is_cuda())
+    throw Failure(kExitInvalid, "train.dtype bf16 needs a CUDA device; use fp32 (or auto) on CPU");
+  autocast_ = dtype == "bf16";
+  if (device_.is_cuda()) {
+    at::globalContext().setAllowTF32CuBLAS(true);  // the study allows TF32
+    at::globalContext().setAllowTF32CuDNN(true);
+  }
+}
+
+void Trainer::load_data() {
+  const std::string data_dir = options_.data_dir.empty() ? default_data_dir() : options_.data_dir;
+  const int tokenizer_vocab = spec_.data.tokenizer == "byte" ? 256 : spec_.data.tokenizer == "gpt2" ? 50257 : -1;
+  if (tokenizer_vocab < 0)
+    throw Failure(kExitInvalid, "data.tokenizer '" + spec_.data.tokenizer + "' is unknown; use byte or gpt2");
+  if (spec_.model.vocab_size < tokenizer_vocab)
+    throw DataError("the " + spec_.data.tokenizer + " tokenizer has " + std::to_string(tokenizer_vocab) +
+                    " tokens but model.vocab_size is " + std::to_string(spec_.model.vocab_size) +
+                    "; set model.vocab_size >= " + std::to_string(tokenizer_vocab));
+  DatasetFiles files = resolve_dataset(spec_.data.dataset, spec_.data.tokenizer, data_dir);
+  const int64_t window = spec_.model.block_size + 1;
+  train_split_ = std::make_unique<TokenSplit>(files.train, window);
+  val_split_ = std::make_unique<TokenSplit>(files.val, window);
+  order_ = BatchOrder{train_.seed};
+}
+
+void Trainer::build_model() {
+  torch::manual_seed(train_.seed);  // model init depends on the seed alone
+  model_ = model::GPT(spec_.model);
+  if (!train_.init_from.empty()) {
+    try {
+      const model::PretrainedLoad load = model::load_hf_gpt2(*model_, train_.init_from);
+      std::cerr << "ratio-worker: init_from " << train_.init_from << ": " << load.copied.size() << " copied, "
+                << load.resized.size() << " resized, " << load.derived.size() << " derived, " << load.fresh.size()
+                << " fresh\n";
+    } catch (const std::runtime_error& e) {
+      throw DataError(std::string("train.init_from: ") + e.what());
+    }
+  }
+  model_->to(device_);
+  NamedTensors params;
+  for (const auto& item : model_->named_parameters()) params.emplace_back(item.key(), item.value());
+  optimizer_ = std::make_unique<SpamAdamW>(params, train_);
+  if (train_.prune.enabled) pruner_ = std::make_unique<MagnitudePruner>(params);
+  loss_sum_ = torch::zeros({}, torch::TensorOptions().device(device_));
+  nonfinite_ = torch::zeros({}, torch::TensorOptions().device(device_).dtype(torch::kBool));
+}
+
+NamedTensors Trainer::checkpoint_tensors() const {
+  NamedTensors all;
+  for (const auto& item : model_->named_parameters()) all.emplace_back("model/" + item.key(), item.value());
+  for (const auto& item : model_->named_buffers()) all.emplace_back("buffer/" + item.key(), item.value());
+  for (auto& t : optimizer_->state()) all.push_back(t);
+  if (pruner_)
+    for (auto& t : pruner_->state()) all.push_back(t);
+  return all;
+}
+
+std::string ckpt_path(const RunOptions& o) { return o.workdir + "/ckpt.bin"; }
+
+void Trainer::save(int64_t next_iter) {
+  json meta = {{"iter", next_iter},
+               {"config_hash", config_hash_},
+               {"best_val_loss", number_or_null(best_val_loss_)},
+               {"best_iter", best_iter_},
+               {"steps_since_reset", optimizer_->steps_since_reset()},
+               {"norms_seen", optimizer_->norms_seen()},
+               {"build_id", build_id()}};
+  save_checkpoint(ckpt_path(options_), meta, checkpoint_tensors());
+  events_.emit("checkpoint", {{"iter", next_iter}, {"path", ckpt_path(options_)}});
+}
+
+void Trainer::resume_if_asked() {
+  if (!options_.resume || !fs::exists(ckpt_path(options_))) return;
+  json meta = load_checkpoint(ckpt_path(options_), checkpoint_tensors());
+  if (meta.at("config_hash") != config_hash_)
+    throw Failure(kExitInvalid, ckpt_path(options_) + " belongs to config " + meta.at("config_hash").get<std::string>() +
+                                    ", not this job's " + config_hash_ + "; use another --workdir or delete it");
+  start_iter_ = meta.at("iter").get<int64_t>();
+  best_val_loss_ = meta.at("best_val_loss").is_null() ? std::numeric_limits<double>::infinity()
+                                                       : meta.at("best_val_loss").get<double>();
+  best_iter_ = meta.at("best_iter").get<int64_t>();
+  optimizer_->set_counters(meta.at("steps_since_reset").get<int64_t>(), meta.at("norms_seen").get<int64_t>());
+  std::cerr << "ratio-worker: resumed from " << ckpt_path(options_) << " at iter " << start_iter_ << "\n";
+}
+
+// Token ids of the given windows: inputs [B, T] returned, targets [B, T] through `targets`.
+torch::Tensor Trainer::batch(const TokenSplit& split, const std::vector<uint64_t>& draws, torch::Tensor& targets) const {
+  const int B = static_cast<int>(draws.size()), T = spec_.model.block_size;
+  // Fresh pinned buffers each time: the caching host allocator keeps them alive until the async copy is done.
+  auto host = torch::TensorOptions().dtype(torch::kInt64).pinned_memory(device_.is_cuda());
+  torch::Tensor x = torch::empty({B, T}, host), y = torch::empty({B, T}, host);
+  split.fill(draws, B, T, spec_.model.vocab_size, x.data_ptr<int64_t>(), y.data_ptr<int64_t>());
+  if (!device_.is_cuda()) {
+    targets = y;
+    return x;
+  }
+  targets = y.to(device_, /*non_blocking=*/true);
+  return x.to(device_, /*non_blocking=*/true);
+}
+
+void Trainer::train_iteration(int64_t iter) {
+  // Dropout draws depend on (seed, iter) only, so a resumed run repeats them exactly.
+  torch::manual_seed(train_.seed * 1000003ULL + static_cast<uint64_t>(iter));
+  model_->train();
+  for (int micro = 0; micro < train_.grad_accum; ++micro) {
+    torch::Tensor targets;
+    torch::Tensor x = batch(*train_split_, order_.train_draws(iter, micro, train_.batch_size), targets);
+    torch::Tensor loss = model_->forward(x, targets).loss / static_cast<double>(train_.grad_accum);
+    if (iter == nan_at_iter_) loss = loss * std::numeric_limits<double>::quiet_NaN();
+    loss.backward();
+    loss_sum_.add_(loss.detach().to(torch::kFloat32));
+  }
+  if (train_.grad_norm_interval > 0 && iter % train_.grad_norm_interval == 0) log_grad_norms(iter);
+  if (spam_resets_at(train_.spam, iter)) optimizer_->reset();
+  torch::Tensor norm = optimizer_->step(lr_at(train_, iter));
+  if (autocast_) compat::clear_autocast_cache();  // the bf16 weight copies are stale after the update
+  if (pruner_) {
+    if (prune_updates_at(train_.prune, train_.max_iters, iter))
+      pruner_->update_masks(prune_sparsity_at(train_.prune, train_.max_iters, iter));
+    else
+      pruner_->apply();
+  }
+  optimizer_->zero_grad();
+  nonfinite_.logical_or_(loss_sum_.isfinite().logical_not()).logical_or_(norm.isfinite().logical_not());
+  ++iters_since_log_;
+  const bool log_point = (iter + 1) % train_.log_interval == 0 || iter + 1 == train_.max_iters;
+  if (!device_.is_cuda() || log_point) check_finite(iter);  // a host sync: every step on CPU, at log points on CUDA
+  if (log_point) log_metric(iter, norm);
+}
+
+void Trainer::check_finite(int64_t iter) {
+  if (nonfinite_.item<bool>())
+    throw Failure(kExitDiverged, "diverged: loss or gradient norm became NaN/Inf at or before iter " + std::to_string(iter));
+}
+
+void Trainer::log_metric(int64_t iter, const torch::Tensor& norm) {
+  const double loss = loss_sum_.item<double>() / static_cast<double>(iters_since_log_);
+  const double elapsed = seconds_since(log_clock_);
+  const double tokens = static_cast<double>(iters_since_log_) * train_.batch_size * train_.grad_accum * spec_.model.block_size;
+  const double tokens_per_s = elapsed > 0 ? tokens / elapsed : 0.0;
+  const double lr = lr_at(train_, iter);
+  const double grad_norm = norm.item<double>();
+  events_.emit("metric", {{"iter", iter}, {"train_loss", loss}, {"lr", lr}, {"tokens_per_s", tokens_per_s},
+                          {"grad_norm", number_or_null(grad_norm)}});
+  std::fprintf(stderr, "iter %lld/%lld  loss %.4f  lr %.2e  grad_norm %.3f  %.0f tok/s\n",
+               static_cast<long long>(iter), static_cast<long long>(train_.max_iters), loss, lr, grad_norm, tokens_per_s);
+  loss_sum_.zero_();
+  iters_since_log_ = 0;
+  log_clock_ = std::chrono::steady_clock::now();
+}
+
+void Trainer::log_grad_norms(int64_t iter) {
+  json values = json::object();
+  for (const auto& [name, p] : model_->key_parameters())
+    if (p.grad().defined()) values[name] = number_or_null(p.grad().norm().item<double>());
+  if (!values.empty()) events_.emit("grad_norms", {{"iter", iter}, {"values", values}});
+}
+
+double Trainer::evaluate(int64_t iter) {
+  torch::NoGradGuard no_grad;
+  model_->eval();
+  torch::Tensor total = torch::zeros({}, torch::TensorOptions().device(device_));
+  torch::Tensor first_batch;
+  for (int k = 0; k < train_.eval_batches; ++k) {
+    torch::Tensor targets;
+    torch::Tensor x = batch(*val_split_, order_.val_draws(k, train_.batch_size), targets);
+    total.add_(model_->forward(x, targets).loss.to(torch::kFloat32));
+    if (k == 0) first_batch = x;
+  }
+  const double val_loss = total.item<double>() / train_.eval_batches;
+  if (!std::isfinite(val_loss))
+    throw Failure(kExitDiverged, "diverged: validation loss is NaN/Inf at iter " + std::to_string(iter));
+  // Attention statistics on a few rows of the first validation batch (they build T×T maps).
+  auto stats = model_->attention_stats(first_batch.slice(0, 0, std::min<int64_t>(4, first_batch.size(0))));
+  json entropy = json::array(), reciprocity = json::array();
+  for (const auto& s : stats) {
+    entropy.push_back(number_or_null(s.entropy));
+    reciprocity.push_back(number_or_null(s.reciprocity));
+  }
+  events_.emit("eval", {{"iter", iter}, {"val_loss", val_loss}, {"entropy", entropy}, {"reciprocity", reciprocity}});
+  json alphas = json::object();
+  for (const auto& [name, t] : model_->mixing_parameters()) alphas[name] = number_or_null(t.detach().to(torch::kFloat64).mean().item<double>());
+  if (!alphas.empty()) events_.emit("alphas", {{"iter", iter}, {"values", alphas}});
+  std::fprintf(stderr, "iter %lld/%lld  val_loss %.4f\n", static_cast<long long>(iter),
+               static_cast<long long>(train_.max_iters), val_loss);
+  if (val_loss < best_val_loss_) {
+    best_val_loss_ = val_loss;
+    best_iter_ = iter;
+  }
+  return val_loss;
+}
+
+int64_t peak_host_memory_bytes() {
+  rusage usage{};
+  getrusage(RUSAGE_SELF, &usage);
+  return static_cast<int64_t>(usage.ru_maxrss) * 1024;  // Linux reports kB
+}
+
+json Trainer::result(double wall_s) {
+  const int64_t pruned = pruner_ ? pruner_->pruned() : 0;
+  const ParamCounts params = model_->param_report(pruned);
+  const double tokens = static_cast<double>(trained_iters_) * train_.batch_size * train_.grad_accum * spec_.model.block_size;
+  const double tokens_per_s = train_seconds_ > 0 ? tokens / train_seconds_ : 0.0;
+  json mfu = nullptr;
+  if (device_.is_cuda()) {
+    const ModelConfig& m = spec_.model;
+    const int64_t non_embedding = params.total - static_cast<int64_t>(m.block_size) * m.n_embd;  // nanoGPT leaves out wpe
+    mfu = flops_per_token(non_embedding, m.n_layer, m.n_head, m.head_dim(), m.block_size) * tokens_per_s / kH100PeakBf16Flops;
+  }
+  // On CUDA the device's peak needs the caching allocator's statistics, which this build does not
+  // reach; the host's peak RSS is reported on CPU only.
+  json peak = device_.is_cuda() ? json(nullptr) : json(peak_host_memory_bytes());
+  return {{"final_val_loss", number_or_null(final_val_loss_)},
+          {"best_val_loss", number_or_null(best_val_loss_)},
+          {"best_iter", best_iter_},
+          {"iters", train_.max_iters},
+          {"params", params_json(params)},
+          {"tokens_per_s", tokens_per_s},
+          {"peak_memory_bytes", peak},
+          {"mfu", mfu},
+          {"wall_s", wall_s},
+          {"build_id", build_id()},
+          {"config_hash", config_hash_},
+          {"device", device_.str()}};
+}
+
+int Trainer::run() {
+  const auto t0 = std::chrono::steady_clock::now();
+  config_hash_ = config_hash(spec_);
+  if (const char* nan_iter = std::getenv("RATIO_DEBUG_NAN_AT_ITER")) nan_at_iter_ = std::atoll(nan_iter);
+  fs::create_directories(options_.workdir);
+  choose_device();
+  load_data();
+  build_model();
+  resume_if_asked();
+  if (autocast_) compat::set_cuda_autocast(true, torch::kBFloat16);
+
+  events_.emit("started", {{"iter", start_iter_}, {"max_iters", train_.max_iters}, {"device", device_.str()},
+                           {"dtype", autocast_ ? "bf16" : "fp32"}, {"build_id", build_id()},
+                           {"config_hash", config_hash_}, {"params", params_json(model_->param_report(pruner_ ? pruner_->pruned() : 0))}});
+  log_clock_ = std::chrono::steady_clock::now();
+  for (int64_t iter = start_iter_; iter < train_.max_iters; ++iter) {
+    if (train_.eval_interval > 0 && iter % train_.eval_interval == 0) {
+      evaluate(iter);
+      log_clock_ = std::chrono::steady_clock::now();  // tokens/s counts training only
+    }
+    step_clock_ = std::chrono::steady_clock::now();
+    train_iteration(iter);
+    train_seconds_ += seconds_since(step_clock_);
+    ++trained_iters_;
+    const int64_t done = iter + 1;
+    const bool stop = g_stop_signal.load() != 0;
+    if (done < train_.max_iters && (stop || (train_.checkpoint_interval > 0 && done % train_.checkpoint_interval == 0))) {
+      check_finite(iter);  // never checkpoint a diverged model
+      save(done);
+      log_clock_ = std::chrono::steady_clock::now();
+    }
+    if (stop && done < train_.max_iters)
+      throw Failure(kExitInterrupted, std::string("interrupted by ") + (g_stop_signal == SIGINT ? "SIGINT" : "SIGTERM") +
+                                          " after iter " + std::to_string(iter) + "; checkpoint written, resume with --resume");
+  }
+  final_val_loss_ = evaluate(train_.max_iters);
+  const json res = result(seconds_since(t0));
+  std::ofstream(options_.workdir + "/result.json") << res.dump(2) << "\n";
+  events_.emit("finished", {{"result", res}});
+  std::fprintf(stderr, "finished: final val loss %.4f (best %.4f at iter %lld), %.0f tok/s\n", final_val_loss_,
+               best_val_loss_, static_cast<long long>(best_iter_), res["tokens_per_s"].get<double>());
+  return kExitDone;
+}
+
+// The exit code and one-line reason for whatever ended the run.
+std::pair<int, std::string> classify(std::exception_ptr error) {
+  try {
+    std::rethrow_exception(error);
+  } catch (const Failure& e) {
+    return {e.code, e.what()};
+  } catch (const DataError& e) {
+    return {kExitDataError, std::string("data error: ") + e.what()};
+  } catch (const CheckpointError& e) {
+    return {kExitInvalid, std::string("checkpoint: ") + e.what()};
+  } catch (const c10::OutOfMemoryError& e) {
+    return {kExitOutOfMemory, "out of memory: " + std::string(e.what_without_backtrace())};
+  } catch (const std::bad_alloc&) {
+    return {kExitOutOfMemory, "out of host memory"};
+  } catch (const c10::Error& e) {
+    const std::string what = e.what_without_backtrace();
+    if (what.find("out of memory") != std::string::npos) return {kExitOutOfMemory, "out of memory: " + what};
+    return {kExitCrashed, "crashed: " + what};
+  } catch (const std::exception& e) {
+    return {kExitCrashed, std::string("crashed: ") + e.what()};
+  } catch (...) {
+    return {kExitCrashed, "crashed: unknown exception"};
+  }
+}
+
+}  // namespace
+
+int run_job(const RunOptions& options) {
+  std::signal(SIGTERM, on_stop_signal);
+  std::signal(SIGINT, on_stop_signal);
+  EventSink events(std::cout);
+  int code = kExitDone;
+  std::string reason;
+  try {
+    if (!options.report_url.empty()) {
+      try {
+        events.set_reporter(std::make_unique<HttpReporter>(options.report_url, options.token));
+      } catch (const std::invalid_argument& e) {
+        throw Failure(kExitInvalid, std::string("invalid arguments: ") + e.what());
+      }
+    }
+    Trainer trainer(read_spec(options.job_path), options, events);
+    code = trainer.run();
+  } catch (...) {
+    std::tie(code, reason) = classify(std::current_exception());
+    reason = one_line(reason);
+    events.emit("failed", {{"reason", reason}, {"exit_code", code}});
+    std::cerr << "ratio-worker: " << reason << "\n";
+  }
+  if (events.reporter()) events.reporter()->close(/*timeout_s=*/30);
+  return code;
+}
+
+}  // namespace ratio::worker

@@ -1,0 +1,36 @@
+#pragma once
+// `ratio-worker run`: trains one job end to end (docs/job-spec.md). No LibTorch in this header,
+// so the command-line front end compiles without it.
+
+#include <string>
+
+namespace ratio::worker {
+
+// docs/job-spec.md §Exit codes.
+enum ExitCode : int {
+  kExitDone = 0,
+  kExitCrashed = 1,
+  kExitInvalid = 2,
+  kExitDataError = 3,
+  kExitDiverged = 4,
+  kExitOutOfMemory = 5,
+  kExitInterrupted = 6,
+};
+
+struct RunOptions {
+  std::string job_path;
+  std::string workdir;
+  std::string data_dir;    // empty: default_data_dir()
+  std::string report_url;  // empty: stdout only
+  std::string token;
+  bool resume = false;
+};
+
+// Runs the job; every outcome ends with events on stdout (and --report), a one-line reason on
+// stderr for failures, and the exit code it returns. Installs SIGTERM/SIGINT handlers.
+//
+// Test hook: RATIO_DEBUG_NAN_AT_ITER=N multiplies the loss of iteration N by NaN, to exercise the
+// divergence path (exit 4). It is read only from the environment, never from a job spec.
+int run_job(const RunOptions& options);
+
+}  // namespace ratio::worker

@@ -64,7 +64,6 @@ torch::Tensor sparsify_mean_weights(const torch::Tensor& weights, const MlpCross
 
 AttentionImpl::AttentionImpl(const ModelConfig& config, int layer)
     : config_(config),
-      layer_(layer),
       mla_(config.mla.enabled),
       ct_(config.ra_ct.enabled && !config.force_gates_open),
       head_gate_(config.mlp_gate.enabled && !config.force_gates_open && layer >= 1) {
@@ -75,7 +74,7 @@ AttentionImpl::AttentionImpl(const ModelConfig& config, int layer)
     k_down = register_module("k_down", torch::nn::Linear(C, L));
     v_down = register_module("v_down", torch::nn::Linear(C, L));
     v_up = register_module("v_up", torch::nn::Linear(L, C));
-    q_to_latent = register_parameter("q_to_latent", torch::empty({H, D, L}));
+    q_to_latent = register_parameter("q_to_latent", torch::randn({H, D, L}) * 0.02);  // GPT-2 scale
   } else {
     c_attn = register_module("c_attn", torch::nn::Linear(C, 3 * C));
   }

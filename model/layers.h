@@ -41,7 +41,6 @@ class AttentionImpl : public torch::nn::Module {
   torch::Tensor forward_cached(const torch::Tensor& a, const torch::Tensor& latent_ctx, LayerCache& cache,
                                std::optional<torch::ScalarType> storage);
 
-  bool uses_mla() const { return mla_; }
 
  private:
   // Queries, keys and values in the shapes the score product needs.
@@ -65,7 +64,6 @@ class AttentionImpl : public torch::nn::Module {
   torch::Tensor merge_heads_and_project(torch::Tensor y, const torch::Tensor& head_gate);
 
   ModelConfig config_;
-  int layer_;
   bool mla_;
   bool ct_;          // RA-CT active (enabled and gates not forced open)
   bool head_gate_;   // mechanism 1 consumer (layer >= 1, gates not forced open)

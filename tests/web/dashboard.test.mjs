@@ -195,6 +195,17 @@ test('the matrix finishes live and the table shows the API values', async () => 
     }
     return true;
   }, 15000);
+  // Verdict reasons are on hover; sorting by val loss orders rows by the API's values (missing last).
+  for (const r of results.rows.filter((x) => x.verdict)) {
+    const badge = page.locator(`tr[data-job-id="${r.job_id}"] [data-col="verdict"] .badge`);
+    assert.equal(await badge.getAttribute('title'), r.verdict_reason);
+  }
+  await page.click('th[data-key="val"] button');
+  const sortedIds = await page.locator('table.results tbody tr').evaluateAll((trs) => trs.map((tr) => tr.dataset.jobId));
+  const expected = [...results.rows].sort((a, b) => (a.final_val_loss ?? Infinity) - (b.final_val_loss ?? Infinity)).map((r) => String(r.job_id));
+  assert.deepEqual(sortedIds, expected);
+  assert.equal(await page.getAttribute('th[data-key="val"]', 'aria-sort'), 'ascending');
+  await page.click('th[data-key="step"] button');
   // The failed job's reason is on its status cell.
   const failedId = byStep['9'].job_id;
   const reason = await page.locator(`tr[data-job-id="${failedId}"] [data-col="status"]`).getAttribute('title');

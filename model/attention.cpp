@@ -1,6 +1,6 @@
 // Causal self-attention with MLA, RA, RA-CT and mechanism 1's head gates (docs/architecture.md).
-// SDPA whenever nothing needs the attention weights; the T×T path only for band RA, RA-CT,
-// mechanism 2 and attention_stats.
+// SDPA whenever nothing needs the attention weights (RA included, banded or not); the T×T path only
+// for RA-CT, mechanism 2 and attention_stats.
 
 #include <cmath>
 #include <limits>
@@ -181,6 +181,25 @@ torch::Tensor AttentionImpl::attend_materialised(const torch::Tensor& q, const t
   return y;
 }
 
+torch::Tensor AttentionImpl::attend_fused(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v) {
+  const double dropout_p = is_training() ? config_.dropout : 0.0;
+  if (!config_.ra.enabled) return compat::sdpa(q, k, v, /*is_causal=*/true, score_scale(), {}, dropout_p);
+  // [q, alpha·k]·[k, q]ᵀ = S + alpha·Sᵀ; the scale is given explicitly because the concatenated
+  // width would otherwise change it.
+  auto q_ra = torch::cat({q, k * ra_alpha.to(q.scalar_type())}, -1);  // [B, H, T, 2Dk]
+  auto k_ra = torch::cat({k, q}, -1);
+  const int64_t T = q.size(2);
+  if (!ra_band_limited(T)) return compat::sdpa(q_ra, k_ra, v, /*is_causal=*/true, score_scale(), {}, dropout_p);
+  // Band-limited RA in one call over 2T keys: key j appears as [k_j, q_j] (S + alpha·Sᵀ, used inside
+  // the band) and as [k_j, 0] (plain S, used outside it); the mask lets each query see exactly one of the pair.
+  auto k_plain = torch::cat({k, torch::zeros_like(q)}, -1);
+  auto keys = torch::cat({k_ra, k_plain}, 2);  // [B, H, 2T, 2Dk]
+  auto values = torch::cat({v, v}, 2);         // [B, H, 2T, D]
+  auto band = ra_band(T, config_.ra.window, q.device());
+  auto mask = torch::cat({band, causal_mask(T, T, q.device()).logical_and(band.logical_not())}, 1);  // [T, 2T]
+  return compat::sdpa(q_ra, keys, values, /*is_causal=*/false, score_scale(), mask, dropout_p);
+}
+
 torch::Tensor AttentionImpl::merge_heads_and_project(torch::Tensor y, const torch::Tensor& head_gate) {
   if (head_gate.defined()) {  // mechanism 1: (1 - a)·y + a·(y·g), g [B, H, T, 1] from the previous MLP
     auto a = gate_alpha.to(y.scalar_type());
@@ -193,26 +212,15 @@ torch::Tensor AttentionImpl::merge_heads_and_project(torch::Tensor y, const torc
 
 AttentionOutput AttentionImpl::forward(const torch::Tensor& a, const torch::Tensor& head_gate,
                                        const torch::Tensor& latent_ctx, bool keep_weights) {
-  const int64_t T = a.size(1);
   auto p = project(a, latent_ctx);
   AttentionOutput out;
   out.v_lat = p.v_lat;
-  const bool need_weights = keep_weights || ct_ || config_.mlp_cross.enabled || ra_band_limited(T);
+  const bool need_weights = keep_weights || ct_ || config_.mlp_cross.enabled;
   torch::Tensor y;  // [B, H, T, D]
   if (need_weights) {
     y = attend_materialised(p.q, p.k, p.v, &out, keep_weights);
   } else {
-    auto k = p.k.expand_as(p.q);  // MLA: one latent key shared by all heads
-    auto q = p.q;
-    if (config_.ra.enabled) {
-      // Full-range RA as one causal SDPA call: [q, alpha·k]·[k, q]ᵀ = S + alpha·Sᵀ, scale given explicitly
-      // because the concatenated head width would otherwise change it.
-      auto alpha = ra_alpha.to(q.scalar_type());
-      q = torch::cat({p.q, k * alpha}, -1);
-      k = torch::cat({k, p.q}, -1);
-    }
-    const double dropout_p = is_training() ? config_.dropout : 0.0;
-    y = compat::sdpa(q, k, p.v, /*is_causal=*/true, score_scale(), {}, dropout_p);
+    y = attend_fused(p.q, p.k.expand_as(p.q), p.v);  // MLA: one latent key shared by all heads
   }
   if (head_gate_ && !head_gate.defined()) throw std::logic_error("mechanism 1: layer expects a head gate");
   out.y = merge_heads_and_project(y, head_gate_ ? head_gate : torch::Tensor());

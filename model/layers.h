@@ -60,6 +60,8 @@ class AttentionImpl : public torch::nn::Module {
   // q [B, H, Tq, Dk], k [B, H|1, Tk, Dk], v [B, H, Tk, D]; query i sits at position Tk - Tq + i.
   torch::Tensor attend_materialised(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
                                     AttentionOutput* out, bool keep_weights);
+  // SDPA path (no T×T tensor on GPU): plain, full-range RA, or band RA over 2T keys. [B, H, T, D]
+  torch::Tensor attend_fused(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v);
   torch::Tensor ct_gate(const torch::Tensor& weights) const;  // [B, H, Tq]
   torch::Tensor merge_heads_and_project(torch::Tensor y, const torch::Tensor& head_gate);
 

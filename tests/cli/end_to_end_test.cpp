@@ -106,15 +106,23 @@ TEST(CliEndToEnd, SubmitWatchResultsExport) {
 
   const fs::path matrix_file = dir / "tiny.yaml";
   std::ofstream(matrix_file) << kTinyMatrix;
-  const Ran submitted = run_ratio({"submit", matrix_file.string()}, env);
-  ASSERT_EQ(submitted.code, 0) << submitted.err;
+  // submit --watch: progress on stderr, the matrix id alone on stdout.
+  const Ran submitted = run_ratio({"submit", matrix_file.string(), "--watch", "--interval", "0.5"}, env);
+  ASSERT_EQ(submitted.code, 0) << submitted.err << "\nratiod log:\n" << slurp(dir / "ratiod.log");
   const std::string id = last_line(submitted.out);
-  ASSERT_FALSE(id.empty());
-  EXPECT_NE(submitted.err.find("3 jobs"), std::string::npos) << submitted.err;
+  EXPECT_EQ(submitted.out, id + "\n");
+  EXPECT_NE(submitted.err.find("as id " + id + ": 3 jobs"), std::string::npos) << submitted.err;
+  EXPECT_NE(submitted.err.find("3 succeeded"), std::string::npos) << submitted.err;
 
   const Ran watched = run_ratio({"status", id, "--watch", "--interval", "0.5"}, env);
-  ASSERT_EQ(watched.code, 0) << watched.out << watched.err << "\nratiod log:\n" << slurp(dir / "ratiod.log");
-  EXPECT_NE(watched.out.find("3 succeeded"), std::string::npos) << watched.out;
+  ASSERT_EQ(watched.code, 0) << watched.err;
+  EXPECT_NE(watched.out.find("matrix " + id + " (cli-e2e): 3 jobs, 3 succeeded"), std::string::npos) << watched.out;
+  EXPECT_NE(watched.out.find("30/30"), std::string::npos) << watched.out;
+
+  // The same configs again reuse the finished results, and say so.
+  const Ran again = run_ratio({"submit", matrix_file.string()}, env);
+  ASSERT_EQ(again.code, 0) << again.err;
+  EXPECT_NE(again.err.find("3 reuse cached results"), std::string::npos) << again.err;
 
   // --json prints exactly what the API answers.
   const Ran results = run_ratio({"results", id, "--json"}, env);
@@ -153,6 +161,9 @@ TEST(CliEndToEnd, SubmitWatchResultsExport) {
   const Ran logs = run_ratio({"logs", first_job, "--tail", "5"}, env);
   EXPECT_EQ(logs.code, 0) << logs.err;
   EXPECT_FALSE(logs.out.empty());
+  const Ran followed = run_ratio({"logs", first_job, "-f", "--tail", "2"}, env);  // ends: the job has finished
+  EXPECT_EQ(followed.code, 0) << followed.err;
+  EXPECT_NE(followed.out.find("--- job " + first_job + " succeeded ---"), std::string::npos) << followed.out;
 
   // A rerun adds an attempt; cancelling the matrix stops it unless it already finished.
   const Ran rerun = run_ratio({"rerun", "--job", first_job}, env);

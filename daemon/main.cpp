@@ -12,6 +12,7 @@
 #include <thread>
 
 #include <httplib.h>
+#include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/spdlog.h>
 
 #include "daemon/api.h"
@@ -113,6 +114,7 @@ int main(int argc, char** argv) {
   sigaddset(&set, SIGINT);
   pthread_sigmask(SIG_BLOCK, &set, nullptr);  // inherited by every thread created below
   signal(SIGPIPE, SIG_IGN);                   // a client hanging up must not kill the daemon
+  spdlog::set_default_logger(spdlog::stderr_color_mt("ratiod"));  // stdout carries only the listening line
 
   std::error_code ec;
   fs::path exe = fs::read_symlink("/proc/self/exe", ec);

@@ -96,6 +96,10 @@ export function mountMatrixList(root) {
   }
 
   const unsubs = [subscribe('matrix', (m) => upsert(m, true)), subscribe('open', load)];
+  // ratiod may drop events for a client that falls behind: refresh while anything is active.
+  const safetyNet = setInterval(() => {
+    if ([...rows.values()].some((r) => (r.data.counts || {}).queued || (r.data.counts || {}).running)) load();
+  }, 15000);
   load();
-  return { unmount: () => unsubs.forEach((u) => u()) };
+  return { unmount: () => { clearInterval(safetyNet); unsubs.forEach((u) => u()); } };
 }

@@ -379,8 +379,21 @@ export function mountMatrixView(root, route) {
   function onMatrix(m) {
     if (String(m.id) !== String(matrixId)) return;
     matrix = { ...matrix, ...m };
+    if (m.counts && !sameCounts(m.counts)) reconcile();
     flush();
   }
+
+  // ratiod drops the oldest events of a subscriber that falls behind (a burst of hundreds of jobs
+  // failing at once): when its counts disagree with ours, or while jobs are active, refetch the jobs.
+  function sameCounts(counts) {
+    const mine = {};
+    for (const j of jobs.values()) mine[j.status] = (mine[j.status] || 0) + 1;
+    return Object.entries(counts).every(([status, n]) => (mine[status] || 0) === n);
+  }
+  const reconcile = throttle(() => { if (!destroyed) loadMatrix().catch(() => {}); }, 2000);
+  const safetyNet = setInterval(() => {
+    if ([...jobs.values()].some((j) => j.status === 'queued' || j.status === 'running')) reconcile();
+  }, 15000);
 
   function onMetric(ev) {
     if (!jobs.has(ev.job)) return;
@@ -431,12 +444,15 @@ export function mountMatrixView(root, route) {
   async function loadMatrix() {
     const res = await api.matrix(matrixId);
     matrix = { ...matrix, ...res.matrix };
+    let changed = false;
     for (const j of res.jobs) {
       const before = jobs.get(j.id);
       if (before && before.attempts !== j.attempts) store.invalidate(j.id);
+      if (before && (before.status !== j.status || before.final_val_loss !== j.final_val_loss)) changed = true;
       jobs.set(j.id, { ...before, ...j, matrix_id: j.matrix_id ?? matrixId });
       dirty.add(j.id);
     }
+    if (changed) refetchResults();
     flush();
   }
 
@@ -529,6 +545,7 @@ export function mountMatrixView(root, route) {
     update: (next) => openDetail(next.jobId),
     unmount: () => {
       destroyed = true;
+      clearInterval(safetyNet);
       unsubs.forEach((u) => u());
       if (detail) detail.unmount();
       valChart.destroy();

@@ -363,15 +363,28 @@ export function mountMatrixView(root, route) {
     if (ids.length) fetchCurves(ids);
   }, 1000);
 
+  // Merges a job summary from an event or a fetch. A fetched list can be older than events that
+  // overtook it (a 500-job answer is slow to arrive), so the newer `updated_at` wins.
+  // Returns what changed: null (stale or same), or {added, moved} (moved: status/loss changed).
+  function mergeJob(j) {
+    const before = jobs.get(j.id);
+    if (before && isNum(before.updated_at) && isNum(j.updated_at) && j.updated_at < before.updated_at) return null;
+    if (before && j.attempts !== before.attempts) store.invalidate(j.id);
+    jobs.set(j.id, { ...before, ...j, matrix_id: j.matrix_id ?? matrixId });
+    dirty.add(j.id);
+    return {
+      added: !before,
+      moved: !before || before.status !== j.status || before.final_val_loss !== j.final_val_loss,
+    };
+  }
+
   function onJob(j) {
     if (j.matrix_id !== undefined && String(j.matrix_id) !== String(matrixId)) return;
     if (!jobs.has(j.id) && j.matrix_id === undefined) return;
-    const before = jobs.get(j.id);
-    if (before && j.attempts !== before.attempts) store.invalidate(j.id);
-    jobs.set(j.id, { ...before, ...j });
-    dirty.add(j.id);
-    if (!before || before.status !== j.status || before.final_val_loss !== j.final_val_loss) refetchResults();
-    if (!before) loadConfigs();
+    const change = mergeJob(j);
+    if (!change) return;
+    if (change.moved) refetchResults();
+    if (change.added) loadConfigs();
     if (detail && detail.jobId === j.id) detail.onJob(jobs.get(j.id));
     flush();
   }
@@ -444,15 +457,12 @@ export function mountMatrixView(root, route) {
   async function loadMatrix() {
     const res = await api.matrix(matrixId);
     matrix = { ...matrix, ...res.matrix };
-    let changed = false;
+    let moved = false;
     for (const j of res.jobs) {
-      const before = jobs.get(j.id);
-      if (before && before.attempts !== j.attempts) store.invalidate(j.id);
-      if (before && (before.status !== j.status || before.final_val_loss !== j.final_val_loss)) changed = true;
-      jobs.set(j.id, { ...before, ...j, matrix_id: j.matrix_id ?? matrixId });
-      dirty.add(j.id);
+      const change = mergeJob(j);
+      if (change && change.moved) moved = true;
     }
-    if (changed) refetchResults();
+    if (moved) refetchResults();
     flush();
   }
 

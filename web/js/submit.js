@@ -6,6 +6,7 @@ import { api } from './api.js';
 import { el, setText, fmtCount } from './util.js';
 
 const PREVIEW_DELAY_MS = 600;
+const MAX_SHOWN = 5;  // problems listed under the editor
 
 export function mountSubmit(root) {
   const presetPick = el('select', { id: 'preset', 'aria-label': 'Preset', onchange: loadPreset },
@@ -42,7 +43,7 @@ export function mountSubmit(root) {
 
   let timer = null;
   let generation = 0;  // drops answers to outdated previews
-  let errorLine = null;
+  let errorLines = new Set();  // 1-based lines marked in the gutter
 
   function onEdit() {
     renderGutter();
@@ -56,7 +57,7 @@ export function mountSubmit(root) {
     if (gutter.childElementCount !== lines) {
       gutter.replaceChildren(...Array.from({ length: lines }, (_, i) => el('div', {}, String(i + 1))));
     }
-    for (const [i, div] of [...gutter.children].entries()) div.classList.toggle('error-line', i + 1 === errorLine);
+    for (const [i, div] of [...gutter.children].entries()) div.classList.toggle('error-line', errorLines.has(i + 1));
     syncGutter();
   }
 
@@ -113,34 +114,41 @@ export function mountSubmit(root) {
     jobsTable.hidden = false;
   }
 
-  // Shows the message, the offending line with a caret under the column, and marks the gutter.
+  // Shows every problem ratiod found (the primary first, at most MAX_SHOWN): its message, the offending
+  // line with a caret under the column, and a mark in the gutter.
   function showError(body) {
-    errorLine = Number.isInteger(body.line) && body.line > 0 ? body.line : null;
-    // The message may start with its own "file:line:column: " location; the heading already says it.
-    const located = `${body.file}:${body.line}:${body.column}: `;
-    const message = body.file && body.error.startsWith(located) ? body.error.slice(located.length) : body.error;
-    const parts = [el('strong', {}, errorLine ? `Line ${errorLine}${body.column ? `, column ${body.column}` : ''}: ` : 'Error: '),
-      message];
-
-    const box = [el('p', {}, ...parts)];
-    if (errorLine) {
-      const lines = editor.value.split('\n');
-      const text = lines[errorLine - 1] ?? '';
-      const col = Math.max(1, Number(body.column) || 1);
-      box.push(el('pre', { class: 'excerpt', 'aria-label': `Line ${errorLine}` },
-        el('span', { class: 'ln' }, String(errorLine).padStart(4) + ' │ '), text, '\n',
-        el('span', { class: 'ln' }, '     │ '), ' '.repeat(col - 1), el('span', { class: 'caret' }, '^')));
-      box.push(el('button', { type: 'button', class: 'link', onclick: () => goToLine(errorLine, col) }, `Go to line ${errorLine}`));
-    }
-    errorBox.replaceChildren(...box);
+    const problems = (Array.isArray(body.errors) && body.errors.length ? body.errors : [body]).slice(0, MAX_SHOWN);
+    errorLines = new Set(problems.map((p) => p.line).filter((l) => Number.isInteger(l) && l > 0));
+    errorBox.replaceChildren(...problems.map(renderProblem));
+    const more = (body.errors || []).length - problems.length;
+    if (more > 0) errorBox.append(el('p', { class: 'muted' }, `… and ${more} more.`));
     errorBox.hidden = false;
     editor.setAttribute('aria-invalid', 'true');
     submitBtn.disabled = true;
     renderGutter();
   }
 
+  function renderProblem(p) {
+    const line = Number.isInteger(p.line) && p.line > 0 ? p.line : null;
+    // The message may start with its own "file:line:column: " location; the heading already says it.
+    const located = `${p.file}:${p.line}:${p.column}: `;
+    const message = p.file && p.error.startsWith(located) ? p.error.slice(located.length) : p.error;
+    const div = el('div', { class: 'problem' },
+      el('p', {}, el('strong', {}, line ? `Line ${line}${p.column ? `, column ${p.column}` : ''}: ` : 'Error: '), message));
+    if (line) {
+      const text = editor.value.split('\n')[line - 1] ?? '';
+      const col = Math.max(1, Number(p.column) || 1);
+      div.append(
+        el('pre', { class: 'excerpt', 'aria-label': `Line ${line}` },
+          el('span', { class: 'ln' }, String(line).padStart(4) + ' │ '), text, '\n',
+          el('span', { class: 'ln' }, '     │ '), ' '.repeat(col - 1), el('span', { class: 'caret' }, '^')),
+        el('button', { type: 'button', class: 'link', onclick: () => goToLine(line, col) }, `Go to line ${line}`));
+    }
+    return div;
+  }
+
   function clearError() {
-    errorLine = null;
+    errorLines = new Set();
     errorBox.hidden = true;
     editor.removeAttribute('aria-invalid');
     renderGutter();

@@ -521,19 +521,32 @@ std::optional<std::string> Store::current_log_path(int64_t job_id) {
   return st.get_text(0);
 }
 
-json Store::list_matrices() {
-  // Counts and build ids for every matrix in two grouped queries (no per-matrix round trips).
+json Store::list_matrices() { return matrices_where(std::nullopt); }
+
+std::optional<json> Store::matrix_summary(int64_t matrix_id) {
+  json found = matrices_where(matrix_id);
+  if (found.empty()) return std::nullopt;
+  return found[0];
+}
+
+json Store::matrices_where(std::optional<int64_t> only) {
+  // Counts and build ids in two grouped queries (no per-matrix round trips).
   std::map<int64_t, json> counts;
-  Statement c = conn_.prepare("SELECT matrix_id, status, COUNT(*) FROM jobs GROUP BY matrix_id, status");
+  Statement c = conn_.prepare(
+      "SELECT matrix_id, status, COUNT(*) FROM jobs WHERE ?1 IS NULL OR matrix_id = ?1 GROUP BY matrix_id, status");
+  c.bind(1, only);
   while (c.step()) counts[c.get_int(0)][c.get_text(1)] = c.get_int(2);
   std::map<int64_t, json> builds;
   Statement b = conn_.prepare(
       "SELECT DISTINCT j.matrix_id, a.build_id FROM attempts a JOIN jobs j ON j.id = a.job_id "
-      "WHERE a.build_id != '' ORDER BY a.build_id");
+      "WHERE a.build_id != '' AND (?1 IS NULL OR j.matrix_id = ?1) ORDER BY a.build_id");
+  b.bind(1, only);
   while (b.step()) builds[b.get_int(0)].push_back(b.get_text(1));
 
   json out = json::array();
-  Statement st = conn_.prepare("SELECT id, name, created_at, finished_at FROM matrices ORDER BY id");
+  Statement st = conn_.prepare(
+      "SELECT id, name, created_at, finished_at FROM matrices WHERE ?1 IS NULL OR id = ?1 ORDER BY id");
+  st.bind(1, only);
   while (st.step()) {
     int64_t id = st.get_int(0);
     json matrix_counts = json::object();
@@ -552,13 +565,6 @@ json Store::list_matrices() {
                    {"build_ids", builds.count(id) ? builds[id] : json::array()}});
   }
   return out;
-}
-
-std::optional<json> Store::matrix_summary(int64_t matrix_id) {
-  for (const json& m : list_matrices()) {
-    if (m["id"] == matrix_id) return m;
-  }
-  return std::nullopt;
 }
 
 std::optional<json> Store::matrix_detail(int64_t matrix_id) {

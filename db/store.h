@@ -155,6 +155,7 @@ class Store {
 
  private:
   json read_job_summary(Statement& st);
+  json matrices_where(std::optional<int64_t> only);  // every matrix, or just one
   void refresh_matrix_finished(int64_t matrix_id);
   void upsert_metric(Statement& st, int64_t job_id, const std::string& name, int64_t iter, double value,
                      int attempt_n);

@@ -9,7 +9,7 @@ import { api, subscribe } from './api.js';
 import { el, setText, setAttr, fmtLoss, fmtSigned, fmtCount, fmtSci, fmtTime, isNum, throttle,
   statusText, PALETTE } from './util.js';
 import { progressBar, updateProgressBar, countsText } from './matrix_list.js';
-import { buildGrid, meanStd } from './grid.js';
+import { buildGrid, meanStd, baseOf, mechanismsOf } from './grid.js';
 import { MetricStore, LineChart } from './charts.js';
 import { mountJobDetail } from './job_detail.js';
 
@@ -55,7 +55,8 @@ export function mountMatrixView(root, route) {
   const dirty = new Set();
   const store = new MetricStore();
   let matrix = null;
-  let baselineStep = null;
+  let baselineStep = null;     // ratiod's baseline step, else the plain GPT-2 step found in the configs
+  let apiBaselineStep = null;
   let sort = { key: null, dir: 1 };
   let order = [];              // job ids in table order
   let detail = null;           // the open job panel
@@ -469,7 +470,8 @@ export function mountMatrixView(root, route) {
   async function loadResults() {
     try {
       const res = await api.results(matrixId);
-      baselineStep = res.baseline_step ?? baselineStep;
+      apiBaselineStep = res.baseline_step ?? null;
+      updateBaseline();
       const plain = res.plain_scaling;
       plainLine.hidden = !(plain && plain.step !== undefined && plain.step !== null);
       if (!plainLine.hidden) {
@@ -494,7 +496,7 @@ export function mountMatrixView(root, route) {
     const missing = () => [...jobs.values()].some((j) => !configs.has(j.config_hash));
     const stored = matrix.expanded && Array.isArray(matrix.expanded.jobs) ? matrix.expanded.jobs : [];
     for (const job of stored) configs.set(job.config_hash, job.config);
-    if (!missing() || !matrix.yaml) { flush(); return; }
+    if (!missing() || !matrix.yaml) { updateBaseline(); flush(); return; }
     configsLoading = true;
     try {
       const res = await api.expand(matrix.yaml);
@@ -504,6 +506,24 @@ export function mountMatrixView(root, route) {
     } finally {
       configsLoading = false;
     }
+    updateBaseline();
+    flush();
+  }
+
+  // Until ratiod names a baseline (it needs results), the step whose config adds nothing to GPT-2.
+  function updateBaseline() {
+    let step = apiBaselineStep;
+    if (step === null) {
+      const plain = [...jobs.values()].filter((j) => {
+        const c = configs.get(j.config_hash);
+        return c && c.model && baseOf(c.model).key === 'baseline' && mechanismsOf(c.model, c.train || {}).key === 'none';
+      }).sort((a, b) => compareSteps(a.step, b.step))[0];
+      step = plain ? plain.step : null;
+    }
+    if (step === baselineStep) return;
+    baselineStep = step;
+    for (const id of jobs.keys()) dirty.add(id);
+    drawCurves();
     flush();
   }
 
@@ -511,10 +531,6 @@ export function mountMatrixView(root, route) {
     try {
       await loadMatrix();
       await loadResults();
-      if (baselineStep === null) {  // no results yet: the first step in order is the baseline
-        const first = [...jobs.values()].sort((a, b) => compareSteps(a.step, b.step))[0];
-        baselineStep = first ? first.step : null;
-      }
       if (!plotted.size) {
         const ids = [...jobs.values()].sort((a, b) => compareSteps(a.step, b.step)).map((j) => j.id);
         for (const id of ids.slice(0, DEFAULT_PLOTTED + 1)) plotted.add(id);

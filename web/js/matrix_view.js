@@ -26,15 +26,20 @@ function compareSteps(a, b) {
   return ka[0] - kb[0] || ka[1] - kb[1] || ka[2].localeCompare(kb[2]);
 }
 
-// The comparison table's columns. value() feeds sorting; cell() fills the <td>.
-function columns(view) {
+// The final val loss from the results row when ratiod has one, else from the live job summary.
+function finalLoss(j, r) {
+  return r && isNum(r.final_val_loss) ? r.final_val_loss : j.final_val_loss;
+}
+
+// The comparison table's columns; value(job, resultsRow) is what sorting compares (null sorts last).
+function columns() {
   const num = (v) => (isNum(v) ? v : null);
   return [
     { key: 'plot', label: 'Plot', sortable: false },
     { key: 'step', label: 'Step', value: (j) => j.step, compare: compareSteps },
     { key: 'name', label: 'Name', value: (j) => j.name || '' },
     { key: 'status', label: 'Status', value: (j) => j.status || '' },
-    { key: 'val', label: 'Val loss', title: 'Final validation loss', value: (j, r) => num(view.finalLoss(j, r)) },
+    { key: 'val', label: 'Val loss', title: 'Final validation loss', value: (j, r) => num(finalLoss(j, r)) },
     { key: 'best', label: 'Best', title: 'Best validation loss', value: (j, r) => num(r ? r.best_val_loss : j.best_val_loss) },
     { key: 'delta', label: 'Δ vs baseline', title: 'Final val loss minus the baseline step\'s (negative is better)', value: (j, r) => num(r && r.delta) },
     { key: 'params', label: 'Params', value: (j, r) => num(r && r.params_total) },
@@ -65,10 +70,7 @@ export function mountMatrixView(root, route) {
   let lastBaselineLoss = null;
   let destroyed = false;
 
-  const view = {
-    finalLoss: (j, r) => (r && isNum(r.final_val_loss) ? r.final_val_loss : j.final_val_loss),
-  };
-  const cols = columns(view);
+  const cols = columns();
 
   // ---- layout ------------------------------------------------------------------------------------
   const title = el('h1');
@@ -183,7 +185,7 @@ export function mountMatrixView(root, route) {
     badge.className = `badge status-${j.status}`;
     setText(badge, statusText(j) + (j.attempts > 1 ? ` · attempt ${j.attempts}` : '') + (isNum(j.reused_from) ? ' · cached' : ''));
     setAttr(cells.status, 'title', j.reason || null);
-    numCell(cells.val, view.finalLoss(j, r), fmtLoss);
+    numCell(cells.val, finalLoss(j, r), fmtLoss);
     numCell(cells.best, r ? r.best_val_loss : j.best_val_loss, fmtLoss);
     deltaCell(cells.delta, r);
     numCell(cells.params, r && r.params_total, fmtCount);
@@ -269,14 +271,14 @@ export function mountMatrixView(root, route) {
 
   function baselineLoss() {
     const base = [...jobs.values()].filter((j) => j.step === baselineStep);
-    const s = meanStd(base.map((j) => view.finalLoss(j, results.get(j.id))));
+    const s = meanStd(base.map((j) => finalLoss(j, results.get(j.id))));
     return s ? s.mean : null;
   }
 
   function renderGridCell({ td, jobIds }) {
     const members = jobIds.map((id) => jobs.get(id)).filter(Boolean);
     const done = members.filter((j) => j.status === 'succeeded');
-    const stats = meanStd(done.map((j) => view.finalLoss(j, results.get(j.id))));
+    const stats = meanStd(done.map((j) => finalLoss(j, results.get(j.id))));
     const others = members.filter((j) => j.status !== 'succeeded');
     td.replaceChildren();
     const first = members[0];

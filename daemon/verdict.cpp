@@ -211,6 +211,25 @@ void decide(ResultRow& row, const Noise& noise, const PlainScaling& plain, const
     row.verdict_reason = "within noise: " + delta_text;
 }
 
+// "forced_gates_twin_of:12" -> "12"; empty when the step is no forced-open-gates twin.
+std::string twin_of(const StepGroup& g) {
+  const std::string prefix = "forced_gates_twin_of:";
+  for (const std::string& tag : g.jobs.front()->spec.tags)
+    if (tag.rfind(prefix, 0) == 0) return tag.substr(prefix.size());
+  return "";
+}
+
+// A forced-open twin isolates whether learning the gates helps: its reason also compares it with
+// the step whose gates are learned, under the same noise rule.
+void add_twin_comparison(ResultRow& twin, const ResultRow& gated, const Noise& noise) {
+  if (!twin.final_val_loss || !gated.final_val_loss) return;
+  const double delta = *twin.final_val_loss - *gated.final_val_loss;
+  twin.verdict_reason += "; vs step " + gated.step + " with learned gates: " + fmt("%+.4f", delta) +
+                         (std::abs(delta) < noise.threshold ? " (within noise: learning the gates shows no effect)"
+                          : delta > 0 ? " (learned gates help)"
+                                      : " (forcing the gates open is better)");
+}
+
 std::string resolve_baseline(const std::vector<StepGroup>& groups, const std::string& declared) {
   const std::string wanted = declared.empty() ? "0" : declared;
   for (const StepGroup& g : groups)
@@ -285,6 +304,16 @@ ResultsTable judge_matrix(const std::vector<JobOutcome>& jobs, const std::string
       continue;
     }
     decide(row, noises[i], plain, options);
+  }
+  for (size_t i = 0; i < groups.size(); ++i) {
+    const std::string gated_step = twin_of(groups[i]);
+    if (gated_step.empty() || table.rows[i].verdict.empty()) continue;
+    for (size_t k = 0; k < groups.size(); ++k)
+      if (groups[k].step == gated_step) {
+        const Noise noise =
+            noise_threshold(stats_of(final_losses(groups[i])), stats_of(final_losses(groups[k])), options);
+        add_twin_comparison(table.rows[i], table.rows[k], noise);
+      }
   }
   return table;
 }

@@ -231,6 +231,21 @@ TEST(Verdict, FewerParametersHaveNoEfficiency) {
   EXPECT_EQ(r.verdict, "INVESTIGATE");
 }
 
+TEST(Verdict, ForcedGatesTwinIsComparedWithItsGatedStep) {
+  JobOutcome gated = job(2, "12", 3.50, 1000);
+  JobOutcome twin = job(3, "17", 3.51, 900);
+  twin.spec.tags.push_back("forced_gates_twin_of:12");
+  JobOutcome worse_twin = job(4, "18", 3.58, 900);
+  worse_twin.spec.tags.push_back("forced_gates_twin_of:12");
+  ResultsTable t = judge_matrix({job(1, "0", 3.60), gated, twin, worse_twin});
+  EXPECT_NE(row_of(t, "17").verdict_reason.find("vs step 12 with learned gates: +0.0100 (within noise"),
+            std::string::npos)
+      << row_of(t, "17").verdict_reason;
+  EXPECT_NE(row_of(t, "18").verdict_reason.find("+0.0800 (learned gates help)"), std::string::npos)
+      << row_of(t, "18").verdict_reason;
+  EXPECT_EQ(row_of(t, "12").verdict_reason.find("learned gates"), std::string::npos);
+}
+
 TEST(Verdict, JsonRowHasEveryApiField) {
   nlohmann::json j = to_json(judge_matrix({job(1, "0", 3.60), job(2, "5", 3.50, 12)}));
   EXPECT_EQ(j["baseline_step"], "0");

@@ -24,12 +24,14 @@ torch::Tensor causal_mask(int64_t Tq, int64_t Tk, const torch::Device& device) {
   return kpos <= qpos;
 }
 
-// Where the reciprocal term applies: j <= i and i - j <= window. [T, T]
-torch::Tensor ra_band(int64_t T, int window, const torch::Device& device) {
+// Where the reciprocal term applies: j <= i and i - j <= window (window 0: every j <= i), query i at
+// position Tk - Tq + i. [Tq, Tk]
+torch::Tensor ra_band(int64_t Tq, int64_t Tk, int window, const torch::Device& device) {
   auto opts = torch::TensorOptions().dtype(torch::kLong).device(device);
-  auto i = torch::arange(T, opts).unsqueeze(1);
-  auto j = torch::arange(T, opts).unsqueeze(0);
-  return (j <= i).logical_and(i - j <= window);
+  auto i = torch::arange(Tk - Tq, Tk, opts).unsqueeze(1);
+  auto j = torch::arange(Tk, opts).unsqueeze(0);
+  auto band = j <= i;
+  return window > 0 ? band.logical_and(i - j <= window) : band;
 }
 
 // Number of visible keys per query row, as fp32 [Tq, 1] (for the rms statistic).
@@ -151,18 +153,19 @@ torch::Tensor AttentionImpl::ct_gate(const torch::Tensor& weights) const {
 }
 
 torch::Tensor AttentionImpl::attend_materialised(const torch::Tensor& q, const torch::Tensor& k,
-                                                 const torch::Tensor& v, AttentionOutput* out,
-                                                 bool keep_weights) {
+                                                 const torch::Tensor& v, const torch::Tensor& all_q,
+                                                 AttentionOutput* out, bool keep_weights) {
   const int64_t Tq = q.size(2), Tk = k.size(2);
   // Scores and softmax in fp32: bf16 logits lose the small differences softmax depends on.
   auto scores = torch::matmul(q, k.transpose(-2, -1)).to(torch::kFloat32) * score_scale();  // [B, H, Tq, Tk]
   if (keep_weights) out->raw_scores = scores.detach();
   if (config_.ra.enabled) {
-    if (Tq != Tk) throw std::logic_error("reciprocal attention needs every query of the sequence");
-    // S'[i, j] = S[i, j] + alpha·S[j, i] inside the band; S[j, i] = q_j·k_i is the transposed score.
-    auto recip = scores.transpose(-2, -1) * ra_alpha.to(torch::kFloat32);
-    if (ra_band_limited(Tq)) recip = recip.masked_fill(ra_band(Tq, config_.ra.window, q.device()).logical_not(), 0.0);
-    scores = scores + recip;
+    // S'[i, j] = S[i, j] + alpha·S[j, i] inside the band, S[j, i] = q_j·k_i: the keys of the queried
+    // positions against the queries of every visible position.
+    auto k_at_queries = k.narrow(2, Tk - Tq, Tq);                                       // [B, H|1, Tq, Dk]
+    auto transposed = torch::matmul(k_at_queries, all_q.transpose(-2, -1)).to(torch::kFloat32) * score_scale();
+    auto band = ra_band(Tq, Tk, config_.ra.window, q.device());
+    scores = scores + (transposed * ra_alpha.to(torch::kFloat32)).masked_fill(band.logical_not(), 0.0);
   }
   scores = scores.masked_fill(causal_mask(Tq, Tk, q.device()).logical_not(), kNegInf);
   auto weights = torch::softmax(scores, -1);  // [B, H, Tq, Tk] fp32
@@ -195,7 +198,7 @@ torch::Tensor AttentionImpl::attend_fused(const torch::Tensor& q, const torch::T
   auto k_plain = torch::cat({k, torch::zeros_like(q)}, -1);
   auto keys = torch::cat({k_ra, k_plain}, 2);  // [B, H, 2T, 2Dk]
   auto values = torch::cat({v, v}, 2);         // [B, H, 2T, D]
-  auto band = ra_band(T, config_.ra.window, q.device());
+  auto band = ra_band(T, T, config_.ra.window, q.device());
   auto mask = torch::cat({band, causal_mask(T, T, q.device()).logical_and(band.logical_not())}, 1);  // [T, 2T]
   return compat::sdpa(q_ra, keys, values, /*is_causal=*/false, score_scale(), mask, dropout_p);
 }
@@ -218,7 +221,7 @@ AttentionOutput AttentionImpl::forward(const torch::Tensor& a, const torch::Tens
   const bool need_weights = keep_weights || ct_ || config_.mlp_cross.enabled;
   torch::Tensor y;  // [B, H, T, D]
   if (need_weights) {
-    y = attend_materialised(p.q, p.k, p.v, &out, keep_weights);
+    y = attend_materialised(p.q, p.k, p.v, p.q, &out, keep_weights);
   } else {
     y = attend_fused(p.q, p.k.expand_as(p.q), p.v);  // MLA: one latent key shared by all heads
   }
@@ -227,29 +230,38 @@ AttentionOutput AttentionImpl::forward(const torch::Tensor& a, const torch::Tens
   return out;
 }
 
-torch::Tensor AttentionImpl::forward_cached(const torch::Tensor& a, const torch::Tensor& latent_ctx,
-                                            LayerCache& cache, std::optional<torch::ScalarType> storage) {
+torch::Tensor append_cached(const torch::Tensor& cached, const torch::Tensor& fresh, int64_t time_dim,
+                            std::optional<torch::ScalarType> storage) {
+  auto stored = storage ? fresh.to(*storage) : fresh;
+  return cached.defined() ? torch::cat({cached, stored}, time_dim) : stored;
+}
+
+AttentionOutput AttentionImpl::forward_cached(const torch::Tensor& a, const torch::Tensor& head_gate,
+                                              const torch::Tensor& latent_ctx, LayerCache& cache,
+                                              std::optional<torch::ScalarType> storage) {
   auto p = project(a, latent_ctx);
-  auto append = [&](const torch::Tensor& cached, const torch::Tensor& fresh, int64_t time_dim) {
-    auto stored = storage ? fresh.to(*storage) : fresh;
-    return cached.defined() ? torch::cat({cached, stored}, time_dim) : stored;
-  };
   const auto compute = p.q.scalar_type();
-  torch::Tensor k, v;
+  AttentionOutput out;
+  torch::Tensor k, v, all_q;
   if (mla_) {  // the cache holds only the latents; values are expanded from all of them
-    cache.k = append(cache.k, p.k_lat, 1);  // [B, t, L]
-    cache.v = append(cache.v, p.v_lat, 1);
+    cache.k = append_cached(cache.k, p.k_lat, 1, storage);  // [B, t, L]
+    cache.v = append_cached(cache.v, p.v_lat, 1, storage);
     k = cache.k.to(compute).unsqueeze(1);                // [B, 1, t, L]
     v = heads_from_latent_values(cache.v.to(compute));  // [B, H, t, D]
+    out.v_lat = cache.v.narrow(1, cache.v.size(1) - a.size(1), a.size(1)).to(compute);  // as the next layer sees it
   } else {
-    cache.k = append(cache.k, p.k, 2);  // [B, H, t, D]
-    cache.v = append(cache.v, p.v, 2);
+    cache.k = append_cached(cache.k, p.k, 2, storage);  // [B, H, t, D]
+    cache.v = append_cached(cache.v, p.v, 2, storage);
     k = cache.k.to(compute);
     v = cache.v.to(compute);
   }
-  AttentionOutput unused;
-  auto y = attend_materialised(p.q, k, v, &unused, false);
-  return merge_heads_and_project(y, torch::Tensor());
+  if (config_.ra.enabled) {
+    cache.q = append_cached(cache.q, p.q, 2, storage);  // [B, H, t, Dk]
+    all_q = cache.q.to(compute);
+  }
+  auto y = attend_materialised(p.q, k, v, all_q, &out, false);
+  out.y = merge_heads_and_project(y, head_gate_ ? head_gate : torch::Tensor());
+  return out;
 }
 
 }  // namespace ratio::model

@@ -59,24 +59,36 @@ int64_t MlpImpl::effective_width() const {
   return std::clamp<int64_t>(w, 0, M);
 }
 
-MlpOutput MlpImpl::forward(const torch::Tensor& m, const torch::Tensor& extra, const torch::Tensor& mean_weights) {
+MlpOutput MlpImpl::forward(const torch::Tensor& m, const torch::Tensor& extra, const torch::Tensor& mean_weights,
+                           LayerCache* cache, std::optional<torch::ScalarType> storage) {
   auto h = torch::gelu(c_fc(m), "tanh");  // [B, T, M]
   if (extra.defined()) h = h + extra;     // mechanism 3: the attention latent enters the hidden state
   if (cross_proj) {
     // mechanism 2: every token mixes in the hidden states of the tokens it attends to most.
-    auto mixed = torch::matmul(mean_weights.to(h.scalar_type()), h);  // [B, T, T]·[B, T, M] = [B, T, M]
+    auto visible = h;  // [B, Tk, M]: with a cache, every position so far
+    if (cache) {
+      cache->hidden = append_cached(cache->hidden, h, 1, storage);
+      visible = cache->hidden.to(h.scalar_type());
+    }
+    auto mixed = torch::matmul(mean_weights.to(h.scalar_type()), visible);  // [B, T, Tk]·[B, Tk, M] = [B, T, M]
     h = h + cross_alpha.to(h.scalar_type()) * cross_proj(mixed);
   }
   if (ratio.defined()) h = h * width_mask().to(h.scalar_type());
   return {drop(c_proj(h)), h};
 }
 
-torch::Tensor MlpImpl::head_gate(const torch::Tensor& hidden) {
+torch::Tensor MlpImpl::head_gate(const torch::Tensor& hidden, LayerCache* cache, int64_t start_pos) {
   const int64_t T = hidden.size(1);
   auto z = gate_proj(hidden);  // [B, T, G]
   // Causal prefix mean: position t averages positions <= t (a full-sequence mean leaks the future).
-  auto counts = torch::arange(1, T + 1, torch::TensorOptions().dtype(torch::kFloat32).device(z.device()));
-  auto prefix = (z.to(torch::kFloat32).cumsum(1) / counts.view({1, T, 1})).to(z.scalar_type());
+  auto sums = z.to(torch::kFloat32).cumsum(1);  // [B, T, G]
+  if (cache) {
+    if (cache->gate_sum.defined()) sums = sums + cache->gate_sum;
+    cache->gate_sum = sums.narrow(1, T - 1, 1);  // [B, 1, G] through the newest position
+  }
+  auto counts = torch::arange(start_pos + 1, start_pos + T + 1,
+                              torch::TensorOptions().dtype(torch::kFloat32).device(z.device()));
+  auto prefix = (sums / counts.view({1, T, 1})).to(z.scalar_type());
   auto g = torch::sigmoid(gate_to_heads(prefix));  // [B, T, H]
   return g.transpose(1, 2).unsqueeze(-1);          // [B, H, T, 1]
 }
@@ -152,9 +164,9 @@ torch::Tensor BlockImpl::coupler_extra(const torch::Tensor& a, const torch::Tens
   return coupler->to_mlp(lat);
 }
 
-CrossLayerContext BlockImpl::outgoing(const torch::Tensor& hidden) {
+CrossLayerContext BlockImpl::outgoing(const torch::Tensor& hidden, LayerCache* cache, int64_t start_pos) {
   CrossLayerContext next;
-  if (mlp->produces_head_gate()) next.head_gate = mlp->head_gate(hidden);
+  if (mlp->produces_head_gate()) next.head_gate = mlp->head_gate(hidden, cache, start_pos);
   if (coupler && coupler->produces()) next.latent = coupler->to_attn(hidden);
   return next;
 }
@@ -176,18 +188,17 @@ BlockOutput BlockImpl::forward(const torch::Tensor& x, const CrossLayerContext& 
 
 BlockOutput BlockImpl::forward_cached(const torch::Tensor& x, const CrossLayerContext& incoming, LayerCache& cache,
                                       std::optional<torch::ScalarType> storage) {
+  const int64_t start_pos = cache.k.defined() ? cache.k.size(config_.mla.enabled ? 1 : 2) : 0;
   auto a = ln_1(x);
   torch::Tensor latent_ctx;
   if (coupler && incoming.latent.defined()) latent_ctx = coupler->scale_incoming(incoming.latent);
-  auto y = attn->forward_cached(a, config_.mla.enabled ? latent_ctx : torch::Tensor(), cache, storage);
-  // MLA's v_lat for the new positions is the tail of the cache (ctx3 already added).
-  torch::Tensor v_lat;
-  if (config_.mla.enabled) v_lat = cache.v.narrow(1, cache.v.size(1) - x.size(1), x.size(1)).to(y.scalar_type());
+  auto att = attn->forward_cached(a, incoming.head_gate, config_.mla.enabled ? latent_ctx : torch::Tensor(), cache,
+                                  storage);
   BlockOutput out;
-  out.x = x + y;
-  auto mo = mlp(ln_2(out.x), coupler_extra(a, v_lat, latent_ctx), torch::Tensor());
+  out.x = x + att.y;
+  auto mo = mlp->forward(ln_2(out.x), coupler_extra(a, att.v_lat, latent_ctx), att.mean_weights, &cache, storage);
   out.x = out.x + mo.out;
-  out.context = outgoing(mo.hidden);
+  out.context = outgoing(mo.hidden, &cache, start_pos);
   return out;
 }
 
@@ -196,8 +207,9 @@ BlockOutput BlockImpl::forward_cached(const torch::Tensor& x, const CrossLayerCo
 int64_t KVCache::bytes() const {
   int64_t total = 0;
   for (const auto& layer : layers) {
-    if (layer.k.defined()) total += layer.k.numel() * layer.k.element_size();
-    if (layer.v.defined()) total += layer.v.numel() * layer.v.element_size();
+    for (const auto* t : {&layer.k, &layer.v, &layer.q, &layer.gate_sum, &layer.hidden}) {
+      if (t->defined()) total += t->numel() * t->element_size();
+    }
   }
   return total;
 }
@@ -294,17 +306,6 @@ ForwardOutput GPTImpl::forward(const torch::Tensor& idx, const torch::Tensor& ta
 }
 
 torch::Tensor GPTImpl::forward_cached(const torch::Tensor& idx, KVCache& cache) {
-  std::vector<std::string> unsupported;
-  if (config_.ra.enabled) unsupported.push_back("RA (needs the cached positions' queries)");
-  if (config_.mlp_gate.enabled && !config_.force_gates_open) {
-    unsupported.push_back("mechanism 1 (needs the running prefix mean of the gate context)");
-  }
-  if (config_.mlp_cross.enabled) unsupported.push_back("mechanism 2 (needs the cached positions' MLP hidden states)");
-  if (!unsupported.empty()) {
-    std::string msg = "forward_cached: not supported for";
-    for (const auto& u : unsupported) msg += " " + u + ";";
-    throw std::invalid_argument(msg + " use forward() on the whole sequence");
-  }
   if (cache.layers.empty()) cache.layers.resize(blocks_.size());
   if (cache.layers.size() != blocks_.size()) throw std::invalid_argument("forward_cached: cache has the wrong layer count");
   auto x = embed(idx, cache.length());

@@ -29,10 +29,13 @@ struct LayerAttentionStats {
 };
 
 // One layer's cache for incremental decoding. MLA keeps only k_lat/v_lat [B, t, L];
-// standard attention keeps k/v [B, H, t, D].
+// standard attention keeps k/v [B, H, t, D]. Mechanisms that look at earlier positions add theirs.
 struct LayerCache {
-  torch::Tensor k;  // standard k, or MLA k_lat
-  torch::Tensor v;  // standard v, or MLA v_lat
+  torch::Tensor k;         // standard k, or MLA k_lat
+  torch::Tensor v;         // standard v, or MLA v_lat
+  torch::Tensor q;         // RA: queries [B, H, t, Dk] (the reciprocal term q_j·k_i needs earlier queries)
+  torch::Tensor gate_sum;  // mechanism 1 producer: fp32 Σ_{s<t} gate_proj(h_s) [B, 1, G] (the prefix mean)
+  torch::Tensor hidden;    // mechanism 2: MLP hidden before the cross term [B, t, M] (Ā mixes earlier ones)
 };
 struct KVCache {
   std::vector<LayerCache> layers;
@@ -50,9 +53,8 @@ class GPTImpl : public torch::nn::Module {
   ForwardOutput forward(const torch::Tensor& idx, const torch::Tensor& targets = {});
 
   // Incremental decoding: feeds idx [B, t_new] after the cached positions; returns logits
-  // [B, t_new, V_padded] and extends `cache`. Must equal the full forward at those positions.
-  // Not for RA, mechanism 1 or mechanism 2 (they need earlier positions' queries or hidden
-  // states, which a k/v cache does not hold): throws std::invalid_argument naming the mechanism.
+  // [B, t_new, V_padded] and extends `cache`. Equals the full forward at those positions, for
+  // every mechanism (RA, mechanisms 1 and 2 keep their extra state in LayerCache).
   torch::Tensor forward_cached(const torch::Tensor& idx, KVCache& cache);
 
   const ModelConfig& config() const { return config_; }

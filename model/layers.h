@@ -12,6 +12,10 @@ namespace ratio::model {
 
 struct LayerCache;
 
+// Appends `fresh` to a cache tensor along `time_dim`, stored in `storage` when set.
+torch::Tensor append_cached(const torch::Tensor& cached, const torch::Tensor& fresh, int64_t time_dim,
+                            std::optional<torch::ScalarType> storage);
+
 // What block i hands to block i+1 inside ONE forward call. Never stored on a module: a context
 // kept between calls would leak one batch into the next (the study's defect 3).
 struct CrossLayerContext {
@@ -38,8 +42,9 @@ class AttentionImpl : public torch::nn::Module {
 
   // Incremental decoding: a [B, t_new, C] after the positions held in `cache`, which it extends
   // (stored in `storage`, or the compute dtype when unset).
-  torch::Tensor forward_cached(const torch::Tensor& a, const torch::Tensor& latent_ctx, LayerCache& cache,
-                               std::optional<torch::ScalarType> storage);
+  AttentionOutput forward_cached(const torch::Tensor& a, const torch::Tensor& head_gate,
+                                 const torch::Tensor& latent_ctx, LayerCache& cache,
+                                 std::optional<torch::ScalarType> storage);
 
 
  private:
@@ -56,10 +61,11 @@ class AttentionImpl : public torch::nn::Module {
   double score_scale() const;
   bool ra_band_limited(int64_t T) const;
 
-  // softmax path with the T×T weights: RA band, RA-CT, weights for mechanism 2 / stats.
+  // softmax path with the T×T weights: RA, RA-CT, weights for mechanism 2 / stats.
   // q [B, H, Tq, Dk], k [B, H|1, Tk, Dk], v [B, H, Tk, D]; query i sits at position Tk - Tq + i.
+  // all_q [B, H, Tk, Dk]: the queries of every visible position (RA's S[j, i] = q_j·k_i).
   torch::Tensor attend_materialised(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
-                                    AttentionOutput* out, bool keep_weights);
+                                    const torch::Tensor& all_q, AttentionOutput* out, bool keep_weights);
   // SDPA path (no T×T tensor on GPU): plain, full-range RA, or band RA over 2T keys. [B, H, T, D]
   torch::Tensor attend_fused(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v);
   torch::Tensor ct_gate(const torch::Tensor& weights) const;  // [B, H, Tq]
@@ -87,11 +93,14 @@ class MlpImpl : public torch::nn::Module {
   MlpImpl(const ModelConfig& config, int layer);
 
   // m = ln_2(x) [B, T, C]; extra [B, T, M] is mechanism 3's alpha_mlp·attn_to_mlp(lat) (or undefined);
-  // mean_weights [B, T, T] is mechanism 2's Ā (or undefined).
-  MlpOutput forward(const torch::Tensor& m, const torch::Tensor& extra, const torch::Tensor& mean_weights);
+  // mean_weights [B, T, Tk] is mechanism 2's Ā (or undefined). With a cache, Ā mixes the cached
+  // hidden states of earlier positions too, and the new ones are appended.
+  MlpOutput forward(const torch::Tensor& m, const torch::Tensor& extra, const torch::Tensor& mean_weights,
+                    LayerCache* cache = nullptr, std::optional<torch::ScalarType> storage = std::nullopt);
 
   // Mechanism 1 producer: per-head gates for the next layer from the causal prefix mean. [B, H, T, 1]
-  torch::Tensor head_gate(const torch::Tensor& hidden);
+  // With a cache, the prefix continues from the positions already cached (start_pos of them).
+  torch::Tensor head_gate(const torch::Tensor& hidden, LayerCache* cache = nullptr, int64_t start_pos = 0);
   bool produces_head_gate() const { return !gate_proj.is_empty(); }
 
   // Learned ratio: the soft width mask [M] and the effective width round(ratio·C) clamped to [0, M].
@@ -148,7 +157,7 @@ class BlockImpl : public torch::nn::Module {
  private:
   torch::Tensor coupler_extra(const torch::Tensor& a, const torch::Tensor& v_lat,
                               const torch::Tensor& latent_ctx);
-  CrossLayerContext outgoing(const torch::Tensor& hidden);
+  CrossLayerContext outgoing(const torch::Tensor& hidden, LayerCache* cache = nullptr, int64_t start_pos = 0);
 
   ModelConfig config_;
   torch::nn::LayerNorm ln_1{nullptr}, ln_2{nullptr};

@@ -37,11 +37,31 @@ std::vector<Named> cacheable_configs() {
   ct.mla.enabled = true;
   ct.learned_ratio.enabled = true;
   out.push_back({"mla_ra_ct_learned_ratio", ct});
-  auto forced = all_on();
-  forced.ra.enabled = false;
-  forced.mlp_cross.enabled = false;
-  forced.force_gates_open = true;  // mechanism 1 disappears when its gates are forced open
-  out.push_back({"forced_gates", forced});
+  // Mechanisms that read earlier positions: RA (earlier queries), 1 (prefix sums), 2 (hidden states).
+  for (bool mla : {false, true}) {
+    for (int window : {0, 3}) {
+      auto ra = tiny();
+      ra.mla.enabled = mla;
+      ra.ra.enabled = true;
+      ra.ra.window = window;
+      out.push_back({std::string("ra_window") + std::to_string(window) + (mla ? "_mla" : ""), ra});
+    }
+  }
+  auto m1 = tiny();
+  m1.mlp_gate.enabled = true;
+  out.push_back({"m1", m1});
+  for (const std::string sparsify : {"topk", "rms", "none"}) {
+    auto m2 = tiny();
+    m2.mlp_cross.enabled = true;
+    m2.mlp_cross.sparsify = sparsify;
+    out.push_back({"m2_" + sparsify, m2});
+  }
+  for (const std::string tying : {"untied", "tied_transpose", "per_head_scalar"}) {
+    out.push_back({"all_on_" + tying, all_on(tying)});
+    auto forced = all_on(tying);
+    forced.force_gates_open = true;
+    out.push_back({"all_on_forced_" + tying, forced});
+  }
   return out;
 }
 
@@ -64,9 +84,16 @@ TEST_P(CachedDecoding, EqualsFullForward) {
     auto cached = torch::cat(pieces, 1);
     EXPECT_LT(max_abs_diff(full, cached), t.bf16 ? t.tol : 1e-5) << t.name();
     EXPECT_EQ(cache.length(), T);
-    const int64_t per_token = c.mla.enabled ? 2 * c.mla.latent_dim : 2 * c.n_embd;
+    // Bytes per position and layer: k and v (latents under MLA), RA's queries, mechanism 2's hidden state;
+    // plus mechanism 1's running sum [B, 1, G] in fp32 per producer layer.
+    const int64_t Dk = c.mla.enabled ? c.mla.latent_dim : c.head_dim();
+    int64_t per_token = c.mla.enabled ? 2 * c.mla.latent_dim : 2 * c.n_embd;
+    if (c.ra.enabled) per_token += c.n_head * Dk;
+    if (c.mlp_cross.enabled) per_token += c.mlp_hidden();
     const int64_t element = cache.layers[0].k.element_size();  // 4 in fp32, 2 under bf16 autocast
-    EXPECT_EQ(cache.bytes(), c.n_layer * B * T * per_token * element) << t.name();
+    int64_t expected = c.n_layer * B * T * per_token * element;
+    if (c.mlp_gate.enabled && !c.force_gates_open) expected += (c.n_layer - 1) * B * c.mlp_gate.gate_dim * 4;
+    EXPECT_EQ(cache.bytes(), expected) << t.name();
   }
 }
 
@@ -87,23 +114,6 @@ TEST(CachedDecoding, LowPrecisionStorage) {
     EXPECT_EQ(cache.layers[0].k.scalar_type(), torch::kBFloat16);
     EXPECT_EQ(cache.bytes(), c.n_layer * 9 * (mla ? 2 * c.mla.latent_dim : 2 * c.n_embd) * 2);
     EXPECT_LT(max_abs_diff(cached, model->forward(idx).logits), 5e-2);
-  }
-}
-
-TEST(CachedDecoding, MechanismsNeedingEarlierStatesAreRefused) {
-  for (auto edit : std::vector<void (*)(ModelConfig&)>{
-           [](ModelConfig& c) { c.ra.enabled = true; }, [](ModelConfig& c) { c.mlp_gate.enabled = true; },
-           [](ModelConfig& c) { c.mlp_cross.enabled = true; }}) {
-    auto c = tiny();
-    edit(c);
-    auto model = make_model(c);
-    KVCache cache;
-    try {
-      model->forward_cached(random_tokens(c, 1, 3, 1), cache);
-      FAIL() << "expected forward_cached to refuse";
-    } catch (const std::invalid_argument& e) {
-      EXPECT_NE(std::string(e.what()).find("use forward()"), std::string::npos) << e.what();
-    }
   }
 }
 

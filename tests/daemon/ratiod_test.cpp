@@ -480,6 +480,18 @@ TEST_F(RatiodTest, MatrixSucceedsResultsMatchTheWorkerAndAFailedJobRerunsAlone) 
     EXPECT_FALSE(metrics["series"]["val_loss"].empty());
   }
   EXPECT_EQ(results["rows"][0]["verdict"], "BASELINE");
+  // Workers deliver every event twice (stdout and POST /api/report); each is stored once.
+  auto prometheus = d.client().Get("/metrics");
+  ASSERT_TRUE(prometheus);
+  EXPECT_EQ(prometheus->body.find("ratio_reports_total{answer=\"accepted\"} 0\n"), std::string::npos)
+      << "no report reached the daemon over HTTP:\n" << prometheus->body;
+  std::string first_log = d.job(jobs[0]["id"].get<int64_t>())["attempts"][0]["log_path"].get<std::string>();
+  std::istringstream log_lines(read_file(first_log));
+  int64_t event_lines = 0;
+  for (std::string line; std::getline(log_lines, line);) event_lines += line.rfind("{\"", 0) == 0;
+  EXPECT_EQ(count_rows("SELECT COUNT(*) FROM events e JOIN attempts a ON a.id = e.attempt_id WHERE a.job_id = " +
+                       jobs[0]["id"].dump()),
+            event_lines);
   auto log = d.client().Get(("/api/jobs/" + jobs[2]["id"].dump() + "/log?tail=50").c_str());
   ASSERT_TRUE(log);
   EXPECT_EQ(log->status, 200);

@@ -20,6 +20,7 @@ using nlohmann::json;
 namespace {
 
 constexpr double kTickSeconds = 0.5;
+const db::AttemptEnd kShutdownEnd = {"interrupted", "the daemon shut down", std::nullopt, db::Retry::kAlways};
 
 // 128 random bits as hex: the attempt's bearer token for POST /api/report.
 std::string new_token() {
@@ -94,11 +95,8 @@ void Scheduler::start() { thread_ = std::thread([this] { loop(); }); }
 void Scheduler::shutdown() {
   {
     std::lock_guard<std::mutex> lock(mu_);
-    if (stopping_ && !thread_.joinable()) return;
     stopping_ = true;
-    for (auto& [slot, live] : by_slot_) {
-      stop_live(*live, {"interrupted", "the daemon shut down", std::nullopt, db::Retry::kAlways}, SIGTERM);
-    }
+    for (auto& [slot, live] : by_slot_) stop_live(*live, kShutdownEnd, SIGTERM);
   }
   cv_.notify_all();
   if (thread_.joinable()) thread_.join();
@@ -184,6 +182,8 @@ void Scheduler::launch(const Slot& slot, const db::ClaimedAttempt& claim, const 
     std::lock_guard<std::mutex> lock(mu_);
     by_slot_[slot.name] = live;
     ++attempt_threads_;
+    // Shutdown began while this worker was starting: it checkpoints and goes back to the queue too.
+    if (stopping_) stop_live(*live, kShutdownEnd, SIGTERM);
   }
   publish_job(claim.job_id);
   std::thread([this, live, spawned, log_fd] { run_attempt(live, spawned, log_fd); }).detach();
@@ -298,17 +298,24 @@ void Scheduler::check_liveness() {
   }
 }
 
-std::string Scheduler::cancel(int64_t job_id) {
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    for (auto& [slot, live] : by_slot_) {
-      if (live->job_id != job_id) continue;
-      stop_live(*live, {"cancelled", "cancelled by request", std::nullopt, db::Retry::kNever}, SIGTERM);
-      return "running";
-    }
+bool Scheduler::stop_if_live(int64_t job_id, const db::AttemptEnd& end) {
+  std::lock_guard<std::mutex> lock(mu_);
+  for (auto& [slot, live] : by_slot_) {
+    if (live->job_id != job_id) continue;
+    stop_live(*live, end, SIGTERM);
+    return true;
   }
+  return false;
+}
+
+std::string Scheduler::cancel(int64_t job_id) {
+  const db::AttemptEnd cancelled = {"cancelled", "cancelled by request", std::nullopt, db::Retry::kNever};
+  if (stop_if_live(job_id, cancelled)) return "running";
   std::string status = writer_.run([&](db::Store& s) { return s.cancel_queued_job(job_id); });
   if (status == "cancelled") publish_job(job_id);
+  // Running without a live process: the dispatcher claimed it a moment ago and is starting the
+  // worker. Wait for it to appear (launch registers it within milliseconds) and stop it.
+  for (int i = 0; status == "running" && i < 40 && !stop_if_live(job_id, cancelled); ++i) sleep_s(0.05);
   return status;
 }
 

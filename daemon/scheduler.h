@@ -93,6 +93,7 @@ class Scheduler {
   void run_attempt(std::shared_ptr<Live> live, Spawned spawned, int log_fd);
   void end_attempt(int64_t attempt_id, int64_t job_id, const db::AttemptEnd& end);
   void stop_live(Live& live, const db::AttemptEnd& end, int sig);  // with mu_ held
+  bool stop_if_live(int64_t job_id, const db::AttemptEnd& end);  // SIGTERM to the job's worker, if one runs
   void publish_job(int64_t job_id);
 
   SchedulerConfig config_;

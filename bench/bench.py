@@ -77,8 +77,10 @@ def run_worker(worker, variant, data, work, steps, warmup, spam):
     tokens_per_interval = 16 * 1024 * LOG_EVERY
     seconds = sum(tokens_per_interval / r for r in rates)
     result = next(e["result"] for e in events if e["type"] == "finished")
-    return {"tokens_per_s": len(rates) * tokens_per_interval / seconds, "peak_memory_bytes": result["peak_memory_bytes"],
-            "mfu": result["mfu"]}
+    steady = len(rates) * tokens_per_interval / seconds
+    # finished.result's MFU covers every iteration, warm-up included; rescale it to the timed ones.
+    mfu = result["mfu"] * steady / result["tokens_per_s"] if result["mfu"] else None
+    return {"tokens_per_s": steady, "peak_memory_bytes": result["peak_memory_bytes"], "mfu": mfu}
 
 
 def run_reference(variant, compiled, steps):

@@ -1,0 +1,178 @@
+// AdamW + SPAM, magnitude pruning and the checkpoint file, on small CPU tensors.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <filesystem>
+
+#include <unistd.h>
+
+#include "worker/checkpoint.h"
+#include "worker/optimizer.h"
+
+namespace fs = std::filesystem;
+using namespace ratio;
+using namespace ratio::worker;
+
+namespace {
+
+TrainConfig plain_adamw() {
+  TrainConfig t;
+  t.spam.enabled = false;
+  t.grad_clip = 0;
+  t.weight_decay = 0.1;
+  return t;
+}
+
+// A weight matrix (decayed) and a bias (not decayed) with a fixed quadratic loss.
+struct Problem {
+  torch::Tensor w = torch::randn({4, 3}, torch::kFloat64).set_requires_grad(true);
+  torch::Tensor b = torch::randn({4}, torch::kFloat64).set_requires_grad(true);
+  void backward(int step) const {
+    auto x = torch::linspace(-1, 1, 3, torch::kFloat64) * (1 + step);
+    ((torch::matmul(w, x) + b).pow(2).sum()).backward();
+  }
+};
+
+}  // namespace
+
+TEST(SpamAdamW, WithoutSpamEqualsTorchAdamW) {
+  torch::manual_seed(0);
+  Problem ours, ref;
+  ref.w = ours.w.detach().clone().set_requires_grad(true);
+  ref.b = ours.b.detach().clone().set_requires_grad(true);
+  SpamAdamW opt({{"w", ours.w}, {"b", ours.b}}, plain_adamw());
+  std::vector<torch::optim::OptimizerParamGroup> groups;
+  groups.emplace_back(std::vector<torch::Tensor>{ref.w},
+                      std::make_unique<torch::optim::AdamWOptions>(torch::optim::AdamWOptions(1e-2).betas({0.9, 0.95}).weight_decay(0.1)));
+  groups.emplace_back(std::vector<torch::Tensor>{ref.b},
+                      std::make_unique<torch::optim::AdamWOptions>(torch::optim::AdamWOptions(1e-2).betas({0.9, 0.95}).weight_decay(0.0)));
+  torch::optim::AdamW torch_opt(groups);
+  for (int step = 0; step < 20; ++step) {
+    ours.backward(step);
+    opt.step(1e-2);
+    opt.zero_grad();
+    ref.backward(step);
+    torch_opt.step();
+    torch_opt.zero_grad();
+  }
+  EXPECT_TRUE(torch::allclose(ours.w, ref.w, 1e-10, 1e-12));
+  EXPECT_TRUE(torch::allclose(ours.b, ref.b, 1e-10, 1e-12));
+}
+
+TEST(SpamAdamW, ReturnsPreClipNormAndClipsGlobally) {
+  auto p = torch::zeros({2}, torch::kFloat64).set_requires_grad(true);
+  TrainConfig t = plain_adamw();
+  t.grad_clip = 1.0;
+  SpamAdamW opt({{"p", p}}, t);
+  p.mutable_grad() = torch::tensor({3.0, 4.0}, torch::kFloat64);
+  EXPECT_NEAR(opt.step(1e-3).item<double>(), 5.0, 1e-6);
+  // After clipping to norm 1 the first moment holds (1 - b1) * g / 5.
+  auto m = opt.state()[0].second;
+  EXPECT_NEAR(m[0].item<double>(), 0.1 * 0.6, 1e-6);
+  EXPECT_NEAR(m[1].item<double>(), 0.1 * 0.8, 1e-6);
+}
+
+TEST(SpamAdamW, ClipsEntriesAboveSqrtThetaV) {
+  auto p = torch::zeros({3}, torch::kFloat64).set_requires_grad(true);
+  TrainConfig t = plain_adamw();
+  t.spam.enabled = true;
+  t.spam.theta = 4.0;
+  t.spam.reset_interval = 0;
+  SpamAdamW opt({{"p", p}}, t);
+  p.mutable_grad() = torch::tensor({1.0, 1.0, 0.0}, torch::kFloat64);
+  opt.step(0.0);  // v = 0.05 * g^2 = {0.05, 0.05, 0}
+  p.mutable_grad() = torch::tensor({-100.0, 0.1, 7.0}, torch::kFloat64);
+  opt.step(0.0);
+  // Entry 0 clipped to -sqrt(4 * 0.05); entry 1 below the bound; entry 2 had v = 0 and is left alone.
+  auto v = opt.state()[1].second;
+  const double bound = std::sqrt(4 * 0.05);
+  EXPECT_NEAR(v[0].item<double>(), 0.95 * 0.05 + 0.05 * bound * bound, 1e-9);
+  EXPECT_NEAR(v[1].item<double>(), 0.95 * 0.05 + 0.05 * 0.01, 1e-9);
+  EXPECT_NEAR(v[2].item<double>(), 0.05 * 49.0, 1e-9);
+}
+
+TEST(SpamAdamW, SpikeSoftlyResetsMoments) {
+  auto p = torch::zeros({1}, torch::kFloat64).set_requires_grad(true);
+  TrainConfig t = plain_adamw();
+  t.spam.enabled = true;
+  t.spam.theta = 1e12;  // no element clipping in this test
+  t.spam.spike_z = 2.0;
+  SpamAdamW opt({{"p", p}}, t);
+  for (int i = 0; i < 12; ++i) {  // steady norms 1.0 / 1.1 build the history
+    p.mutable_grad() = torch::full({1}, i % 2 ? 1.1 : 1.0, torch::kFloat64);
+    opt.step(0.0);
+  }
+  EXPECT_EQ(opt.spikes().item<double>(), 0.0);
+  const double m_before = opt.state()[0].second.item<double>(), v_before = opt.state()[1].second.item<double>();
+  p.mutable_grad() = torch::full({1}, 10.0, torch::kFloat64);  // z far above 2
+  opt.step(0.0);
+  EXPECT_EQ(opt.spikes().item<double>(), 1.0);
+  // The spike factors are fp32 device scalars (like the norm history): compare to fp32 precision.
+  EXPECT_NEAR(opt.state()[0].second.item<double>(), 0.9 * (0.5 * m_before) + 0.1 * 10.0, 1e-6);
+  EXPECT_NEAR(opt.state()[1].second.item<double>(), 0.95 * (0.9 * v_before) + 0.05 * 100.0, 1e-6);
+}
+
+TEST(SpamAdamW, ResetZeroesMomentsAndRestartsBiasCorrection) {
+  auto p = torch::zeros({1}, torch::kFloat64).set_requires_grad(true);
+  TrainConfig t = plain_adamw();
+  t.weight_decay = 0;
+  SpamAdamW opt({{"p", p}}, t);
+  for (int i = 0; i < 5; ++i) {
+    p.mutable_grad() = torch::ones({1}, torch::kFloat64);
+    opt.step(0.1);
+  }
+  opt.reset();
+  EXPECT_EQ(opt.steps_since_reset(), 0);
+  EXPECT_EQ(opt.state()[0].second.item<double>(), 0.0);
+  const double before = p.item<double>();
+  p.mutable_grad() = torch::ones({1}, torch::kFloat64);
+  opt.step(0.1);
+  // First step after a reset: bias-corrected m/sqrt(v) = 1, so the parameter moves by exactly lr.
+  EXPECT_NEAR(before - p.item<double>(), 0.1, 1e-6);
+}
+
+TEST(MagnitudePruner, KeepsLargestLinearWeightsOnly) {
+  auto w = torch::arange(1, 9, torch::kFloat32).reshape({2, 4}).set_requires_grad(true);  // |w| = 1..8
+  auto emb = torch::ones({3, 2}).set_requires_grad(true);
+  auto bias = torch::ones({4}).set_requires_grad(true);
+  MagnitudePruner pruner({{"h.0.mlp.c_fc.weight", w}, {"wte.weight", emb}, {"h.0.mlp.c_fc.bias", bias}});
+  pruner.update_masks(0.5);
+  EXPECT_TRUE(torch::equal(w, torch::tensor({0.f, 0.f, 0.f, 0.f, 5.f, 6.f, 7.f, 8.f}).reshape({2, 4})));
+  EXPECT_EQ(pruner.pruned(), 4);
+  EXPECT_EQ(emb.sum().item<float>(), 6.f);  // embeddings and biases are not pruned
+  {
+    torch::NoGradGuard no_grad;
+    w.fill_(1.0);  // an optimizer step revives pruned weights...
+  }
+  pruner.apply();  // ...and the masks zero them again
+  EXPECT_EQ(w.sum().item<float>(), 4.f);
+  ASSERT_EQ(pruner.state().size(), 1u);
+  EXPECT_EQ(pruner.state()[0].first, "prune_mask/h.0.mlp.c_fc.weight");
+}
+
+TEST(Checkpoint, RoundTripAndMismatches) {
+  const std::string path = (fs::temp_directory_path() / ("ratio_ckpt_test_" + std::to_string(::getpid()) + ".bin")).string();
+  auto a = torch::randn({3, 5});
+  auto b = torch::randint(0, 100, {7}, torch::kInt64);
+  auto c = torch::rand({4}) > 0.5;
+  auto d = torch::randn({2, 2}).to(torch::kBFloat16);
+  save_checkpoint(path, {{"iter", 42}}, {{"a", a}, {"b", b}, {"c", c}, {"d", d}});
+  EXPECT_FALSE(fs::exists(path + ".tmp"));
+
+  auto a2 = torch::zeros({3, 5}), b2 = torch::zeros({7}, torch::kInt64), c2 = torch::zeros({4}, torch::kBool),
+       d2 = torch::zeros({2, 2}, torch::kBFloat16);
+  nlohmann::json meta = load_checkpoint(path, {{"a", a2}, {"b", b2}, {"c", c2}, {"d", d2}});
+  EXPECT_EQ(meta["iter"], 42);
+  EXPECT_TRUE(torch::equal(a, a2));
+  EXPECT_TRUE(torch::equal(b, b2));
+  EXPECT_TRUE(torch::equal(c, c2));
+  EXPECT_TRUE(torch::equal(d, d2));
+
+  auto wrong_shape = torch::zeros({5, 3});
+  EXPECT_THROW(load_checkpoint(path, {{"a", wrong_shape}}), CheckpointError);
+  auto missing = torch::zeros({1});
+  EXPECT_THROW(load_checkpoint(path, {{"zzz", missing}}), CheckpointError);
+  fs::resize_file(path, fs::file_size(path) - 4);
+  EXPECT_THROW(load_checkpoint(path, {{"d", d2}}), CheckpointError);
+  fs::remove(path);
+}

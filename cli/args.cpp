@@ -56,7 +56,8 @@ void take_positionals(Command& cmd, const std::vector<std::string>& pos) {
   };
   const std::string& n = cmd.name;
   if (n == "submit" || n == "expand") {
-    const char* usage = n == "submit" ? "submit FILE|--preset NAME [--force] [--watch]" : "expand FILE|--preset NAME [--json]";
+    const char* usage =
+        n == "submit" ? "submit FILE|--preset NAME [--force] [--watch]" : "expand FILE|--preset NAME [--json]";
     want(cmd.preset.empty() ? 1 : 0, cmd.preset.empty() ? 1 : 0, usage);
     if (!pos.empty()) cmd.file = pos[0];
   } else if (n == "status") {
@@ -68,7 +69,8 @@ void take_positionals(Command& cmd, const std::vector<std::string>& pos) {
   } else if (n == "rerun") {
     want(cmd.job.empty() ? 1 : 0, cmd.job.empty() ? 1 : 0, "rerun MATRIX [--failed] | rerun --job ID");
     if (!pos.empty()) cmd.matrix = pos[0];
-    if (!cmd.job.empty() && cmd.failed_only) throw UsageError("rerun --job ID reruns one job; --failed applies to a MATRIX");
+    if (!cmd.job.empty() && cmd.failed_only)
+      throw UsageError("rerun --job ID reruns one job; --failed applies to a MATRIX");
   } else if (n == "cancel") {
     want(cmd.matrix.empty() ? 1 : 0, cmd.matrix.empty() ? 1 : 0, "cancel JOB | cancel --matrix ID");
     if (!pos.empty()) cmd.job = pos[0];
@@ -127,6 +129,7 @@ Command parse_args(const std::vector<std::string>& args, const char* env_server,
     }
     flags_seen.push_back(arg);
 
+    // clang-format off
     if (arg == "--server") cmd.server = value;
     else if (arg == "--token") cmd.token = value;
     else if (arg == "--preset") cmd.preset = value;
@@ -141,6 +144,7 @@ Command parse_args(const std::vector<std::string>& args, const char* env_server,
     else if (arg == "--json") cmd.format = "json";
     else if (arg == "--csv") cmd.format = "csv";
     else throw UsageError("unknown option '" + arg + "' (ratio --help)");
+    // clang-format on
   }
 
   if (cmd.name.empty()) throw UsageError("no command given; try `ratio --help`");
@@ -149,8 +153,10 @@ Command parse_args(const std::vector<std::string>& args, const char* env_server,
     if (!command_flags().at(cmd.name).count(flag))
       throw UsageError("option " + flag + " does not apply to `ratio " + cmd.name + "` (ratio --help)");
   }
-  if (std::count(flags_seen.begin(), flags_seen.end(), "--json") + std::count(flags_seen.begin(), flags_seen.end(), "--csv") > 1)
-    throw UsageError("choose one output format: --json or --csv");
+  const auto seen = [&](const char* flag) {
+    return std::find(flags_seen.begin(), flags_seen.end(), flag) != flags_seen.end();
+  };
+  if (seen("--json") && seen("--csv")) throw UsageError("choose one output format: --json or --csv");
   if (cmd.server.rfind("http://", 0) != 0 && cmd.server.rfind("https://", 0) != 0)
     throw UsageError("--server must be a URL like http://127.0.0.1:8080, got '" + cmd.server + "'");
   while (cmd.server.size() > 8 && cmd.server.back() == '/') cmd.server.pop_back();

@@ -27,21 +27,21 @@ class UsageError : public std::runtime_error {
 };
 
 struct Command {
-  std::string name;  // submit | status | results | rerun | cancel | logs | expand | presets | export | help
-  std::string server;  // base URL of ratiod
-  std::string token;   // bearer token for mutating calls; empty = none
-  std::string file;    // submit/expand: matrix file
-  std::string preset;  // submit/expand: --preset NAME
-  std::string matrix;  // status/results/rerun/export, cancel --matrix
-  std::string job;     // logs, cancel, rerun --job
-  std::string dir;     // export
+  std::string name;              // submit | status | results | rerun | cancel | logs | expand | presets | export | help
+  std::string server;            // base URL of ratiod
+  std::string token;             // bearer token for mutating calls; empty = none
+  std::string file;              // submit/expand: matrix file
+  std::string preset;            // submit/expand: --preset NAME
+  std::string matrix;            // status/results/rerun/export, cancel --matrix
+  std::string job;               // logs, cancel, rerun --job
+  std::string dir;               // export
   std::string format = "table";  // results: table | json | csv; expand: table | json
-  bool force = false;   // submit --force
-  bool watch = false;   // submit/status --watch
-  bool failed_only = false;  // rerun --failed
-  bool follow = false;  // logs -f
-  int tail = 200;       // logs --tail N
-  double interval_s = 2.0;  // --watch / -f poll interval
+  bool force = false;            // submit --force
+  bool watch = false;            // submit/status --watch
+  bool failed_only = false;      // rerun --failed
+  bool follow = false;           // logs -f
+  int tail = 200;                // logs --tail N
+  double interval_s = 2.0;       // --watch / -f poll interval
 };
 
 // Parses argv (without the program name). `env_server`/`env_token` are $RATIO_SERVER/$RATIO_TOKEN

@@ -10,10 +10,14 @@ namespace {
 
 std::string describe(httplib::Error error) {
   switch (error) {
-    case httplib::Error::Connection: return "connection refused";
-    case httplib::Error::ConnectionTimeout: return "connection timed out";
-    case httplib::Error::Read: return "no answer (read failed)";
-    default: return "HTTP client error: " + httplib::to_string(error);
+    case httplib::Error::Connection:
+      return "connection refused";
+    case httplib::Error::ConnectionTimeout:
+      return "connection timed out";
+    case httplib::Error::Read:
+      return "no answer (read failed)";
+    default:
+      return "HTTP client error: " + httplib::to_string(error);
   }
 }
 
@@ -28,7 +32,8 @@ std::string unreachable_message(const std::string& server, httplib::Error error)
 std::string server_error_message(const std::string& method, const std::string& path, const httplib::Response& res) {
   std::string detail = res.body;
   const nlohmann::json body = nlohmann::json::parse(res.body, nullptr, false);
-  if (body.is_object() && body.contains("error") && body["error"].is_string()) detail = body["error"].get<std::string>();
+  if (body.is_object() && body.contains("error") && body["error"].is_string())
+    detail = body["error"].get<std::string>();
   if (detail.empty()) detail = "(no body)";
   if (detail.back() == '\n') detail.pop_back();
   std::string hint;
@@ -59,7 +64,8 @@ std::string ApiClient::request(const std::string& method, const std::string& pat
 nlohmann::json ApiClient::get(const std::string& path) {
   const std::string text = request("GET", path, nullptr, "");
   nlohmann::json j = nlohmann::json::parse(text, nullptr, false);
-  if (j.is_discarded()) throw ApiError("GET " + path + ": the answer is not JSON; is " + server_ + " ratiod?", kServerError);
+  if (j.is_discarded())
+    throw ApiError("GET " + path + ": the answer is not JSON; is " + server_ + " ratiod?", kServerError);
   return j;
 }
 
@@ -73,7 +79,8 @@ nlohmann::json ApiClient::post_text(const std::string& path, const std::string& 
   const std::string text = request("POST", path, &body, content_type);
   if (text.empty()) return nlohmann::json::object();
   nlohmann::json j = nlohmann::json::parse(text, nullptr, false);
-  if (j.is_discarded()) throw ApiError("POST " + path + ": the answer is not JSON; is " + server_ + " ratiod?", kServerError);
+  if (j.is_discarded())
+    throw ApiError("POST " + path + ": the answer is not JSON; is " + server_ + " ratiod?", kServerError);
   return j;
 }
 

@@ -79,7 +79,6 @@ int terminal_columns(int fd) {
   return ::ioctl(fd, TIOCGWINSZ, &size) == 0 ? size.ws_col : 0;
 }
 
-
 // Shows a matrix's jobs with the last train loss of the running ones, once (poll) or until every
 // job has ended (run): redrawn in place on a terminal, one summary line per change otherwise.
 class MatrixWatcher {
@@ -136,8 +135,8 @@ class MatrixWatcher {
       const json iter = job.value("iter", json());
       const bool started = iter.is_number() && iter.get<int64_t>() > 0;
       if (!running && (!started || last_loss_.count(id))) continue;
-      const std::string path = "/api/jobs/" + std::to_string(id) + "/metrics?names=train_loss&after=" +
-                               std::to_string(after_[id]);
+      const std::string path =
+          "/api/jobs/" + std::to_string(id) + "/metrics?names=train_loss&after=" + std::to_string(after_[id]);
       const json metrics = api_.get(path);
       if (!metrics.contains("series") || !metrics["series"].contains("train_loss")) continue;
       const json& points = metrics["series"]["train_loss"];
@@ -170,8 +169,8 @@ int cmd_submit(const Command& cmd, ApiClient& api, std::ostream& out, std::ostre
   int reused = 0;
   for (const json& job : answer.value("jobs", json::array()))
     if (job.contains("reused_from") && !job["reused_from"].is_null()) ++reused;
-  err << "submitted matrix " << answer.value("name", "") << " as id " << id << ": " << answer.value("jobs", json::array()).size()
-      << " jobs";
+  err << "submitted matrix " << answer.value("name", "") << " as id " << id << ": "
+      << answer.value("jobs", json::array()).size() << " jobs";
   if (reused) err << " (" << reused << " reuse cached results; --force reruns them)";
   err << "\n";
   for (const json& warning : answer.value("warnings", json::array()))
@@ -195,9 +194,12 @@ int cmd_status(const Command& cmd, ApiClient& api, std::ostream& out, bool out_i
 
 int cmd_results(const Command& cmd, ApiClient& api, std::ostream& out) {
   const json results = api.get("/api/matrices/" + cmd.matrix + "/results");
-  if (cmd.format == "json") out << results.dump(2) << '\n';
-  else if (cmd.format == "csv") out << render_results_csv(results);
-  else out << render_results_table(results);
+  if (cmd.format == "json")
+    out << results.dump(2) << '\n';
+  else if (cmd.format == "csv")
+    out << render_results_csv(results);
+  else
+    out << render_results_table(results);
   return kOk;
 }
 
@@ -267,7 +269,8 @@ int cmd_logs(const Command& cmd, ApiClient& api, std::ostream& out) {
 // Step ids may hold '/', '=' or spaces ("2/mlp_ratio=3"): keep file names portable.
 std::string file_safe(const std::string& name) {
   std::string safe;
-  for (char c : name) safe += (std::isalnum(static_cast<unsigned char>(c)) || c == '-' || c == '.' || c == '_') ? c : '_';
+  for (char c : name)
+    safe += (std::isalnum(static_cast<unsigned char>(c)) || c == '-' || c == '.' || c == '_') ? c : '_';
   return safe.empty() ? "_" : safe;
 }
 
@@ -295,7 +298,8 @@ int cmd_export(const Command& cmd, ApiClient& api, std::ostream& out) {
       if (summary.value("step", "") != row.value("step", "")) continue;
       const std::string id = summary.at("id").dump();
       json detail = api.get("/api/jobs/" + id);
-      detail["metrics"] = api.get("/api/jobs/" + id + "/metrics?names=train_loss,val_loss&max_points=1000").value("series", json::object());
+      detail["metrics"] = api.get("/api/jobs/" + id + "/metrics?names=train_loss,val_loss&max_points=1000")
+                              .value("series", json::object());
       jobs.push_back(detail);
     }
     const json step_file = {{"matrix", results.value("matrix", json::object())}, {"row", row}, {"jobs", jobs}};

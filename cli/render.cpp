@@ -69,13 +69,13 @@ std::string alphas_summary(const json& row) {
   if (!row.contains("alphas") || !row["alphas"].is_object() || row["alphas"].empty()) return "-";
   double sum = 0.0;
   for (const auto& entry : row["alphas"].items()) sum += entry.value().get<double>();
-  return fmt("%.3f", sum / static_cast<double>(row["alphas"].size())) + " (" + std::to_string(row["alphas"].size()) + ")";
+  return fmt("%.3f", sum / static_cast<double>(row["alphas"].size())) + " (" + std::to_string(row["alphas"].size()) +
+         ")";
 }
 
 std::string verdict_cell(const json& row) {
   std::string verdict = str(row, "verdict");
-  if (row.contains("dead_params") && row["dead_params"].is_array() && !row["dead_params"].empty())
-    verdict += " !grad";
+  if (row.contains("dead_params") && row["dead_params"].is_array() && !row["dead_params"].empty()) verdict += " !grad";
   return verdict;
 }
 
@@ -108,7 +108,8 @@ std::string format_table(const std::vector<std::string>& header, const std::vect
                          const std::vector<bool>& right_aligned) {
   std::vector<size_t> widths(header.size(), 0);
   auto measure = [&](const std::vector<std::string>& cells) {
-    for (size_t c = 0; c < cells.size() && c < widths.size(); ++c) widths[c] = std::max(widths[c], display_width(cells[c]));
+    for (size_t c = 0; c < cells.size() && c < widths.size(); ++c)
+      widths[c] = std::max(widths[c], display_width(cells[c]));
   };
   measure(header);
   for (const auto& row : rows) measure(row);
@@ -167,8 +168,8 @@ std::string render_results_table(const json& results) {
       out << " (its gain is within noise: no efficiency yardstick)";
   }
   out << "\n\n";
-  out << format_table({"step", "name", "status", "val_loss", "best", "delta", "delta%", "params", "added",
-                       "eff/M", "tok/s", "seeds", "alpha", "verdict"},
+  out << format_table({"step", "name", "status", "val_loss", "best", "delta", "delta%", "params", "added", "eff/M",
+                       "tok/s", "seeds", "alpha", "verdict"},
                       cells, {false, false, false, true, true, true, true, true, true, true, true, true, true, false});
   out << '\n';
   for (const json& row : rows) {
@@ -188,9 +189,9 @@ std::string render_results_table(const json& results) {
 
 std::string render_results_csv(const json& results) {
   const std::vector<std::string> columns = {
-      "job_id", "step", "name", "status", "final_val_loss", "best_val_loss", "val_loss_std", "seeds",
-      "delta", "delta_pct", "within_noise", "params_total", "params_added", "efficiency", "tokens_per_s",
-      "verdict", "verdict_reason", "alphas", "dead_params"};
+      "job_id",       "step",    "name",           "status",       "final_val_loss", "best_val_loss", "val_loss_std",
+      "seeds",        "delta",   "delta_pct",      "within_noise", "params_total",   "params_added",  "efficiency",
+      "tokens_per_s", "verdict", "verdict_reason", "alphas",       "dead_params"};
   std::ostringstream out;
   for (size_t c = 0; c < columns.size(); ++c) out << (c ? "," : "") << columns[c];
   out << '\n';
@@ -241,8 +242,8 @@ std::string render_matrix_status(const json& matrix, const std::map<int64_t, dou
   for (const char* status : {"succeeded", "running", "queued", "failed", "cancelled"})
     if (counts[status]) out << ", " << counts[status] << ' ' << status;
   out << '\n';
-  out << format_table({"job", "step", "name", "status", "iter", "train_loss", "val_loss", "attempts", "reason"},
-                      cells, {true, false, false, false, true, true, true, true, false});
+  out << format_table({"job", "step", "name", "status", "iter", "train_loss", "val_loss", "attempts", "reason"}, cells,
+                      {true, false, false, false, true, true, true, true, false});
   return out.str();
 }
 

@@ -38,8 +38,7 @@ Stats stats_of(const std::vector<double>& values) {
 std::vector<StepGroup> group_by_step(const std::vector<JobOutcome>& jobs) {
   std::vector<StepGroup> groups;
   for (const JobOutcome& job : jobs) {
-    auto it = std::find_if(groups.begin(), groups.end(),
-                           [&](const StepGroup& g) { return g.step == job.spec.step; });
+    auto it = std::find_if(groups.begin(), groups.end(), [&](const StepGroup& g) { return g.step == job.spec.step; });
     if (it == groups.end()) {
       groups.push_back({job.spec.step, {}});
       it = groups.end() - 1;
@@ -49,9 +48,7 @@ std::vector<StepGroup> group_by_step(const std::vector<JobOutcome>& jobs) {
   return groups;
 }
 
-bool finished(const JobOutcome& job) {
-  return job.status == "succeeded" && job.final_val_loss.has_value();
-}
+bool finished(const JobOutcome& job) { return job.status == "succeeded" && job.final_val_loss.has_value(); }
 
 std::vector<double> final_losses(const StepGroup& g) {
   std::vector<double> losses;
@@ -69,9 +66,7 @@ std::string step_status(const StepGroup& g) {
 }
 
 // Mixing alphas only: learned ratios and gate scale/bias means are reported but are not "alphas".
-bool is_mixing_alpha(const std::string& name) {
-  return name.find("alpha") != std::string::npos;
-}
+bool is_mixing_alpha(const std::string& name) { return name.find("alpha") != std::string::npos; }
 
 std::string fmt(const char* format, double value) {
   char buffer[64];
@@ -226,8 +221,8 @@ void add_twin_comparison(ResultRow& twin, const ResultRow& gated, const Noise& n
   const double delta = *twin.final_val_loss - *gated.final_val_loss;
   twin.verdict_reason += "; vs step " + gated.step + " with learned gates: " + fmt("%+.4f", delta) +
                          (std::abs(delta) < noise.threshold ? " (within noise: learning the gates shows no effect)"
-                          : delta > 0 ? " (learned gates help)"
-                                      : " (forcing the gates open is better)");
+                          : delta > 0                       ? " (learned gates help)"
+                                                            : " (forcing the gates open is better)");
 }
 
 std::string resolve_baseline(const std::vector<StepGroup>& groups, const std::string& declared) {
@@ -346,9 +341,10 @@ nlohmann::json to_json(const ResultsTable& table) {
   nlohmann::json plain = nullptr;
   if (!table.plain_scaling_step.empty())
     plain = {{"step", table.plain_scaling_step}, {"efficiency", or_null(table.plain_scaling_efficiency)}};
-  return {{"baseline_step", table.baseline_step.empty() ? nlohmann::json(nullptr) : nlohmann::json(table.baseline_step)},
-          {"plain_scaling", plain},
-          {"rows", rows}};
+  return {
+      {"baseline_step", table.baseline_step.empty() ? nlohmann::json(nullptr) : nlohmann::json(table.baseline_step)},
+      {"plain_scaling", plain},
+      {"rows", rows}};
 }
 
 }  // namespace ratio

@@ -28,14 +28,14 @@ namespace ratio {
 // What the daemon knows about one job of the matrix.
 struct JobOutcome {
   int64_t job_id = 0;
-  JobSpec spec;         // step, name, tags (seed:N), model and train config
-  std::string status;   // queued | running | succeeded | failed | cancelled
-  std::string reason;   // why the last attempt failed, when it did
+  JobSpec spec;                          // step, name, tags (seed:N), model and train config
+  std::string status;                    // queued | running | succeeded | failed | cancelled
+  std::string reason;                    // why the last attempt failed, when it did
   std::optional<double> final_val_loss;  // from the `finished` result
   std::optional<double> best_val_loss;
   std::optional<double> tokens_per_s;
-  int64_t params_total = 0;  // ParamCounts.total of the job
-  int64_t params_added = 0;  // ParamCounts.added (negative when the step removes parameters)
+  int64_t params_total = 0;                  // ParamCounts.total of the job
+  int64_t params_added = 0;                  // ParamCounts.added (negative when the step removes parameters)
   std::map<std::string, double> alphas;      // the last `alphas` event: full name -> value
   std::map<std::string, double> grad_norms;  // the last `grad_norms` event: parameter -> L2 norm of its gradient
 };
@@ -59,9 +59,9 @@ struct ResultRow {
   std::optional<double> delta_pct;       // delta as % of the baseline's final val loss
   int64_t params_total = 0;
   int64_t params_added = 0;
-  std::optional<double> efficiency;  // loss improvement per million added parameters (null when added <= 0)
+  std::optional<double> efficiency;    // loss improvement per million added parameters (null when added <= 0)
   std::optional<double> tokens_per_s;  // mean over finished seeds
-  std::string verdict;  // KEEP | REMOVE | INVESTIGATE | BASELINE; empty (JSON null) while results are missing
+  std::string verdict;         // KEEP | REMOVE | INVESTIGATE | BASELINE; empty (JSON null) while results are missing
   std::string verdict_reason;  // one sentence with the numbers behind the verdict
   std::map<std::string, double> alphas;  // final mixing alphas (mean over seeds)
   int seeds = 0;                         // finished runs aggregated into this row
@@ -71,10 +71,10 @@ struct ResultRow {
 };
 
 struct ResultsTable {
-  std::string baseline_step;            // empty when the matrix has no baseline step
-  std::string plain_scaling_step;       // the wider-MLP reference step, empty when none
+  std::string baseline_step;       // empty when the matrix has no baseline step
+  std::string plain_scaling_step;  // the wider-MLP reference step, empty when none
   std::optional<double> plain_scaling_efficiency;
-  std::vector<ResultRow> rows;          // in order of first appearance of each step in `jobs`
+  std::vector<ResultRow> rows;  // in order of first appearance of each step in `jobs`
 };
 
 // baseline_step: the matrix's declared baseline; empty = step "0".

@@ -79,8 +79,9 @@ TEST(CliBinary, UnreachableDaemonSaysHowToStartIt) {
 TEST(CliBinary, UsageErrorsExitTwo) {
   const Ran ran = run_ratio({"sumbit", "x.yaml"});
   EXPECT_EQ(ran.code, 2);
-  EXPECT_EQ(ran.err, "ratio: unknown command 'sumbit'; commands: submit status results rerun cancel logs expand "
-                     "presets export (ratio --help)\n");
+  EXPECT_EQ(ran.err,
+            "ratio: unknown command 'sumbit'; commands: submit status results rerun cancel logs expand "
+            "presets export (ratio --help)\n");
   EXPECT_EQ(ran.out, "");
 }
 

@@ -2,9 +2,9 @@
 // Helpers for tests that run the real binaries of build/bin: run a command and capture its exit
 // code, stdout and stderr.
 
+#include <netinet/in.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
-#include <netinet/in.h>
 #include <unistd.h>
 
 #include <cstdio>

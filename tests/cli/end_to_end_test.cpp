@@ -46,8 +46,8 @@ class Daemon {
   Daemon(const fs::path& dir, int port) {
     const std::string ratiod = bin_dir() + "/ratiod";
     const std::string listen = "127.0.0.1:" + std::to_string(port);
-    const std::string db = (dir / "ratio.db").string(), work = (dir / "work").string(),
-                      data = (dir / "data").string(), log = (dir / "ratiod.log").string();
+    const std::string db = (dir / "ratio.db").string(), work = (dir / "work").string(), data = (dir / "data").string(),
+                      log = (dir / "ratiod.log").string();
     pid_ = ::fork();
     if (pid_ == 0) {
       const int fd = ::open(log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);

@@ -75,10 +75,12 @@ TEST(CliRender, ResultsTable) {
   EXPECT_EQ(lines[0], "matrix 4 (demo), baseline step 0");
   json with_plain = results_answer();
   with_plain["plain_scaling"] = {{"step", "2"}, {"efficiency", 0.0512}};
-  EXPECT_EQ(lines_of(render_results_table(with_plain))[0], "matrix 4 (demo), baseline step 0, plain scaling step 2 (efficiency 0.0512)");
+  EXPECT_EQ(lines_of(render_results_table(with_plain))[0],
+            "matrix 4 (demo), baseline step 0, plain scaling step 2 (efficiency 0.0512)");
   with_plain["plain_scaling"]["efficiency"] = nullptr;
   EXPECT_EQ(lines_of(render_results_table(with_plain))[0],
-            "matrix 4 (demo), baseline step 0, plain scaling step 2 (its gain is within noise: no efficiency yardstick)");
+            "matrix 4 (demo), baseline step 0, plain scaling step 2 "
+            "(its gain is within noise: no efficiency yardstick)");
   // Header, rule, three rows: the verdict column starts at the same screen column in each (a UTF-8 "±" is 2 bytes).
   const size_t verdict_col = screen_column(lines[2], lines[2].find("verdict"));
   EXPECT_EQ(screen_column(lines[4], lines[4].find("BASELINE")), verdict_col);
@@ -88,7 +90,8 @@ TEST(CliRender, ResultsTable) {
   EXPECT_NE(lines[5].find("+1.75%"), std::string::npos);
   EXPECT_NE(lines[5].find("0.300 (2)"), std::string::npos);  // mean of the two alphas
   EXPECT_NE(lines[6].find("-1.44M"), std::string::npos);
-  EXPECT_NE(text.find("step 5: REMOVE: worse than baseline beyond noise: +0.0627\n  no gradient: h.0.coupler.mlp_down.weight"),
+  EXPECT_NE(text.find("step 5: REMOVE: worse than baseline beyond noise: +0.0627\n"
+                      "  no gradient: h.0.coupler.mlp_down.weight"),
             std::string::npos);
   EXPECT_NE(text.find("step 8: pending: waiting for results"), std::string::npos);
 }
@@ -97,7 +100,8 @@ TEST(CliRender, ResultsCsvQuotesAndJoins) {
   const std::vector<std::string> lines = lines_of(render_results_csv(results_answer()));
   ASSERT_EQ(lines.size(), 4u);
   EXPECT_EQ(lines[0], "job_id,step,name,status,final_val_loss,best_val_loss,val_loss_std,seeds,delta,delta_pct,"
-                      "within_noise,params_total,params_added,efficiency,tokens_per_s,verdict,verdict_reason,alphas,dead_params");
+                      "within_noise,params_total,params_added,efficiency,tokens_per_s,verdict,verdict_reason,"
+                      "alphas,dead_params");
   EXPECT_EQ(lines[2],
             "2,5,\"+ RA, \"\"banded\"\"\",succeeded,3.6367,3.63,0.011,2,0.0627,1.754,false,124439820,12,-5225,70000,"
             "REMOVE,worse than baseline beyond noise: +0.0627,h.0.attn.ra_alpha=0.2;h.1.attn.ra_alpha=0.4,"
@@ -152,7 +156,8 @@ TEST(CliRender, Expansion) {
                      {{{"step", "0"}, {"name", "base"}, {"config_hash", "0123456789abcdef"},
                        {"config", {{"tags", json::array()}}}, {"params", {{"total", 800000}, {"added", 0}}}},
                       {{"step", "19"}, {"name", "3 forced open"}, {"config_hash", "fedcba9876543210"},
-                       {"config", {{"tags", {"forced_gates_twin_of:3"}}}}, {"params", {{"total", 812000}, {"added", 12000}}}}}},
+                       {"config", {{"tags", {"forced_gates_twin_of:3"}}}},
+                       {"params", {{"total", 812000}, {"added", 12000}}}}}},
                     {"warnings", {{{"rule", "same_model"}, {"steps", {"2", "8"}}, {"message", "same architecture"}}}}};
   const std::string text = render_expansion(expansion);
   EXPECT_NE(text.find("matrix tiny: 2 jobs"), std::string::npos);

@@ -250,9 +250,9 @@ TEST(Verdict, JsonRowHasEveryApiField) {
   nlohmann::json j = to_json(judge_matrix({job(1, "0", 3.60), job(2, "5", 3.50, 12)}));
   EXPECT_EQ(j["baseline_step"], "0");
   ASSERT_EQ(j["rows"].size(), 2u);
-  for (const char* key : {"job_id", "step", "name", "status", "final_val_loss", "best_val_loss", "delta",
-                          "delta_pct", "params_total", "params_added", "efficiency", "tokens_per_s", "verdict",
-                          "verdict_reason", "alphas", "seeds", "val_loss_std", "within_noise", "dead_params"})
+  for (const char* key : {"job_id", "step", "name", "status", "final_val_loss", "best_val_loss", "delta", "delta_pct",
+                          "params_total", "params_added", "efficiency", "tokens_per_s", "verdict", "verdict_reason",
+                          "alphas", "seeds", "val_loss_std", "within_noise", "dead_params"})
     EXPECT_TRUE(j["rows"][1].contains(key)) << key;
   EXPECT_TRUE(j["rows"][0]["delta"].is_number());  // baseline vs itself: 0
   EXPECT_TRUE(j["rows"][0]["within_noise"].is_null());

@@ -4,6 +4,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cctype>
 #include <cerrno>
 #include <chrono>
 #include <cstring>
@@ -158,7 +159,7 @@ class MatrixWatcher {
 
 int cmd_submit(const Command& cmd, ApiClient& api, std::ostream& out, std::ostream& err, bool err_is_tty) {
   // Expand locally first: a bad file fails here with file:line:column, before anything is queued.
-  std::string text = cmd.preset.empty() ? read_file(cmd.file) : preset_text(cmd.preset);
+  const std::string text = cmd.preset.empty() ? read_file(cmd.file) : preset_text(cmd.preset);
   const std::string source = cmd.preset.empty() ? cmd.file : "preset " + cmd.preset;
   expand_matrix(text, source);
   const bool is_json = cmd.file.size() > 5 && cmd.file.compare(cmd.file.size() - 5, 5, ".json") == 0;
@@ -243,10 +244,9 @@ int cmd_logs(const Command& cmd, ApiClient& api, std::ostream& out) {
     out << api.get_text(log_path + std::to_string(cmd.tail)) << std::flush;
     return kOk;
   }
-  // Follow: print the last --tail lines, then whatever the log grows by; a shorter or different
-  // log means a new attempt started, which is printed whole after a marker.
-  std::string shown = api.get_text(log_path + std::to_string(cmd.tail));
-  out << shown << std::flush;
+  // Follow: print the last --tail lines, then whatever the log grows by. The log is the current
+  // attempt's, so when it gets shorter a new attempt started; it is then printed whole after a marker.
+  out << api.get_text(log_path + std::to_string(cmd.tail)) << std::flush;
   std::string full = api.get_text(log_path + "100000000");
   size_t printed = full.size();
   while (true) {

@@ -314,8 +314,14 @@ void install_job_routes(httplib::Server& server, ApiContext& ctx) {
   server.Get(R"(/api/jobs/(\d+)/log)", [&ctx](const Request& req, Response& res) {
     int64_t id = path_id(req);
     int64_t lines = std::max<int64_t>(1, query_int(req, "tail", 200));
-    auto path = ctx.reader.run([&](db::Store& s) { return s.current_log_path(id); });
-    if (!path) return error(res, 404, "job " + std::to_string(id) + " has no attempt yet (or does not exist)");
+    std::optional<int64_t> attempt;
+    if (req.has_param("attempt")) attempt = query_int(req, "attempt", 0);
+    auto path = ctx.reader.run([&](db::Store& s) { return s.log_path(id, attempt); });
+    if (!path) {
+      return error(res, 404, "job " + std::to_string(id) + " has no " +
+                                 (attempt ? "attempt " + std::to_string(*attempt) : std::string("attempt yet")) +
+                                 " (or does not exist)");
+    }
     res.set_content(tail_file(*path, lines), "text/plain; charset=utf-8");
   });
 

@@ -514,9 +514,10 @@ std::optional<json> Store::job_detail(int64_t job_id) {
   return json{{"job", job}, {"attempts", attempts}};
 }
 
-std::optional<std::string> Store::current_log_path(int64_t job_id) {
-  Statement st = conn_.prepare("SELECT log_path FROM attempts WHERE job_id = ? ORDER BY n DESC LIMIT 1");
-  st.bind(1, job_id);
+std::optional<std::string> Store::log_path(int64_t job_id, std::optional<int64_t> n) {
+  Statement st = conn_.prepare(
+      "SELECT log_path FROM attempts WHERE job_id = ?1 AND (?2 IS NULL OR n = ?2) ORDER BY n DESC LIMIT 1");
+  st.bind(1, job_id).bind(2, n);
   if (!st.step()) return std::nullopt;
   return st.get_text(0);
 }

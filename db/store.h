@@ -132,7 +132,8 @@ class Store {
   std::optional<json> job_summary(int64_t job_id);
   json list_jobs(std::optional<int64_t> matrix_id, const std::string& status);
   std::optional<json> job_detail(int64_t job_id);  // {"job": ..., "attempts": [...]}
-  std::optional<std::string> current_log_path(int64_t job_id);
+  // Log file of attempt n of the job, or of its latest attempt when n is not given.
+  std::optional<std::string> log_path(int64_t job_id, std::optional<int64_t> n);
 
   json list_matrices();
   std::optional<json> matrix_summary(int64_t matrix_id);

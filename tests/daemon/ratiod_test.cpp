@@ -8,6 +8,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cstring>
 #include <chrono>
@@ -258,6 +259,24 @@ TEST_F(RatiodTest, HealthPresetsAndExpandDryRun) {
   EXPECT_EQ(d.stop(), 0);
 }
 
+TEST_F(RatiodTest, IdempotencyKeyReplaysTheFirstSubmission) {
+  Daemon& d = start_daemon({"--drain"});
+  const std::string matrix = tiny_matrix("idem", 30, "  - {id: 0}\n  - {id: 5, ra: true}\n");
+  auto [first_status, first] = d.post("/api/matrices", matrix, {{"Idempotency-Key", "client-42"}});
+  auto [again_status, again] = d.post("/api/matrices", matrix, {{"Idempotency-Key", "client-42"}});
+  EXPECT_EQ(first_status, 201);
+  EXPECT_EQ(again_status, 200);
+  EXPECT_EQ(again["id"], first["id"]);
+  EXPECT_EQ(again["jobs"], first["jobs"]);
+  EXPECT_EQ(count_rows("SELECT COUNT(*) FROM jobs"), 2);
+  EXPECT_EQ(d.post("/api/matrices", matrix, {{"Idempotency-Key", "client-43"}}).first, 201);
+  EXPECT_EQ(count_rows("SELECT COUNT(*) FROM jobs"), 4);
+  json health = d.get("/api/health");
+  EXPECT_EQ(health["queued"], 4);
+  EXPECT_EQ(health["draining"], true);
+  d.get("/api/jobs/1/log", 404);  // no attempt yet
+}
+
 TEST_F(RatiodTest, FiftyMalformedBodiesAre400WithALocationAndLeaveTheDatabaseUnchanged) {
   Daemon& d = start_daemon();
   const std::string good = tiny_matrix("bad", 30, "  - {id: 0, name: baseline}\n");
@@ -495,7 +514,10 @@ TEST_F(RatiodTest, MatrixSucceedsResultsMatchTheWorkerAndAFailedJobRerunsAlone) 
   auto log = d.client().Get(("/api/jobs/" + jobs[2]["id"].dump() + "/log?tail=50").c_str());
   ASSERT_TRUE(log);
   EXPECT_EQ(log->status, 200);
-  EXPECT_FALSE(log->body.empty());
+  EXPECT_NE(log->body.find("\"type\":\"failed\""), std::string::npos) << log->body;
+  auto tail = d.client().Get(("/api/jobs/" + jobs[0]["id"].dump() + "/log?tail=1&attempt=1").c_str());
+  ASSERT_TRUE(tail);
+  EXPECT_EQ(std::count(tail->body.begin(), tail->body.end(), '\n'), 1) << tail->body;
 
   // rerun --failed: only the failed job gets a new attempt; earlier attempts stay.
   auto [rerun_status, rerun] = d.post("/api/matrices/" + std::to_string(matrix_id) + "/rerun", R"({"status": ["failed"]})");

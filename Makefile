@@ -3,7 +3,7 @@ BUILD   ?= build
 JOBS    ?= $(shell nproc)
 CMAKE_FLAGS ?=
 
-.PHONY: all setup configure build test demo gpu gpu-bundle clean
+.PHONY: all setup configure build test demo gpu gpu-bundle clean presets
 
 all: build
 
@@ -23,6 +23,14 @@ test: build
 
 demo: build
 	scripts/demo.sh $(BUILD)
+
+# Submit a built-in preset to the running ratiod ($$RATIO_SERVER, default http://127.0.0.1:8080), as the
+# study did with its defconfigs: make defconfig-gpt2-ratio-ablation-reciprocal, make defconfig-demo, ...
+defconfig-%: build
+	$(BUILD)/bin/ratio submit --preset $*
+
+presets: build
+	$(BUILD)/bin/ratio presets
 
 # GPU machines: PyTorch's LibTorch plus the Debian libraries unpacked by scripts/gpu-bundle.sh.
 gpu-bundle:

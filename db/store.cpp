@@ -17,6 +17,13 @@ const char* kJobColumns =
 
 const char* kJobStatuses[] = {"queued", "running", "succeeded", "failed", "cancelled"};
 
+// A rerun is a new attempt of the same job with a fresh failure budget. It resumes from the job's
+// checkpoint, except after a success: rerunning a finished job means training it again.
+// (UPDATE reads the old row, so `status` in the CASE is the status before the rerun.)
+const char* kRequeueForRerun =
+    "UPDATE jobs SET status = 'queued', resume = CASE WHEN status = 'succeeded' THEN 0 ELSE 1 END, failures = 0, "
+    "reason = 'rerun requested', reused_from = NULL, updated_at = ? WHERE id = ?";
+
 json opt_json(const std::optional<double>& v) { return v ? json(*v) : json(nullptr); }
 json opt_json(const std::optional<int64_t>& v) { return v ? json(*v) : json(nullptr); }
 
@@ -360,9 +367,7 @@ std::vector<int64_t> Store::rerun_matrix(int64_t matrix_id, const std::set<std::
     std::string status = st.get_text(1);
     if (status != "running" && status != "queued" && statuses.count(status)) ids.push_back(st.get_int(0));
   }
-  Statement requeue = conn_.prepare(
-      "UPDATE jobs SET status = 'queued', resume = 1, failures = 0, reason = 'rerun requested', reused_from = NULL, "
-      "updated_at = ? WHERE id = ?");
+  Statement requeue = conn_.prepare(kRequeueForRerun);
   double now = now_seconds();
   for (int64_t id : ids) {
     requeue.bind(1, now).bind(2, id);
@@ -379,9 +384,7 @@ bool Store::rerun_job(int64_t job_id) {
   st.bind(1, job_id);
   if (!st.step() || st.get_text(0) == "running") return false;
   int64_t matrix_id = st.get_int(1);
-  conn_.prepare(
-           "UPDATE jobs SET status = 'queued', resume = 1, failures = 0, reason = 'rerun requested', reused_from = NULL, "
-           "updated_at = ? WHERE id = ?")
+  conn_.prepare(kRequeueForRerun)
       .bind(1, now_seconds())
       .bind(2, job_id)
       .run();

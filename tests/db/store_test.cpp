@@ -298,6 +298,14 @@ TEST_F(StoreTest, RerunKeepsAttemptsAndRequeuesOnlyMatchingStatuses) {
   EXPECT_EQ(b->n, 2);
   EXPECT_EQ(store.job_detail(a->job_id).value()["attempts"].size(), 2u);
   EXPECT_FALSE(store.rerun_job(a->job_id));  // running
+  EXPECT_TRUE(b->resume);                     // a failed job continues from its checkpoint
+
+  store.ingest(b->attempt_id, json::array({{{"type", "finished"}, {"seq", 0}, {"result", {{"final_val_loss", 2.0}}}}}));
+  store.end_attempt(b->attempt_id, {"succeeded", "", 0, Retry::kNever});
+  EXPECT_TRUE(store.rerun_job(a->job_id));
+  auto c = store.claim_next_job("cpu:0", "t3", dir_.string());
+  EXPECT_EQ(c->job_id, a->job_id);
+  EXPECT_FALSE(c->resume);  // a finished job trains again from scratch
 }
 
 TEST_F(StoreTest, CancelQueuedJobAndDownsampling) {

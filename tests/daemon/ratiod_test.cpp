@@ -605,7 +605,7 @@ TEST_F(RatiodTest, KilledDaemonRestartsAndTheMatrixCompletesWithoutLostOrDuplica
 
 TEST_F(RatiodTest, SilentWorkerLosesItsLeaseAndIsRetried) {
   REQUIRE_WORKER();
-  Daemon& d = start_daemon({"--lease-s", "4"});
+  Daemon& d = start_daemon({"--lease-s", "8"});  // well above a loaded CI machine's worker start-up
   auto [status, created] = d.post("/api/matrices", tiny_matrix("lease", 300, "  - {id: 0}\n"));
   ASSERT_EQ(status, 201);
   int64_t job = created["jobs"][0]["id"].get<int64_t>();

@@ -160,3 +160,51 @@ TEST(EventBus, FansOutToEverySubscriberAndFormatsSse) {
   bus.close();
   EXPECT_TRUE(a->closed());
 }
+
+TEST(Scheduler, RecoveryStopsASurvivingProcessAndRequeuesItsJob) {
+  fs::path dir = fs::temp_directory_path() / ("ratio-recover-" + std::to_string(getpid()));
+  fs::remove_all(dir);
+  fs::create_directories(dir);
+  const std::string token = "0123456789abcdef0123456789abcdef";
+  pid_t survivor = -1;
+  {
+    WriteQueue writer((dir / "ratio.db").string());
+    ratio::db::NewMatrix m;
+    m.name = "recover";
+    m.source = "name: recover";
+    m.expanded = nlohmann::json::object();
+    m.jobs.push_back({"0", "baseline", nlohmann::json::object(), "hash", nlohmann::json::object(), 10});
+    writer.run([&](ratio::db::Store& s) { return s.create_matrix(m); });
+    auto claim = writer.run([&](ratio::db::Store& s) { return s.claim_next_job("cpu:0", token, dir.string()); });
+    ASSERT_TRUE(claim);
+    // A process left running by a "previous daemon": its command line carries the attempt token.
+    Spawned p = spawn_process({"/bin/sh", "-c", "sleep 60", token}, {});
+    close(p.stdout_fd);
+    close(p.stderr_fd);
+    survivor = p.pid;
+    writer.run([&](ratio::db::Store& s) {
+      s.set_attempt_pid(claim->attempt_id, p.pid);
+      return 0;
+    });
+    ASSERT_TRUE(process_alive_with(survivor, token));
+
+    EventBus bus;
+    SchedulerConfig config;
+    config.slots = parse_slots("cpu:1");
+    config.workdir = dir.string();
+    config.grace_s = 5;
+    Scheduler scheduler(config, writer, bus);
+    scheduler.recover();
+
+    ExitStatus exit = wait_exit(survivor);
+    EXPECT_TRUE(exit.signaled);
+    EXPECT_EQ(exit.code, SIGTERM);
+    auto detail = writer.run([](ratio::db::Store& s) { return s.job_detail(1); });
+    ASSERT_TRUE(detail);
+    EXPECT_EQ((*detail)["attempts"][0]["status"], "lost");
+    EXPECT_NE((*detail)["attempts"][0]["reason"].get<std::string>().find("daemon restarted"), std::string::npos);
+    EXPECT_EQ((*detail)["job"]["status"], "queued");
+    EXPECT_TRUE(writer.run([](ratio::db::Store& s) { return s.running_attempts(); }).empty());
+  }
+  fs::remove_all(dir);
+}

@@ -2,7 +2,7 @@
 # One command on the GPU machine: builds ratio-worker (scripts/gpu-build.sh's recipe, this target
 # only), then times it against bench/reference.py (eager and torch.compile) for baseline, MLA, RA,
 # RA+MLA and full RATIO. Table on stdout and in runs/bench.md (or $1).
-#   bench/run.sh [OUT.md]     env: BUILD (default build-gpu), STEPS (20), WARMUP (10),
+#   bench/run.sh [OUT.md | --build-only]     env: BUILD (default build-gpu), STEPS (20), WARMUP (10),
 #                             VARIANTS (default baseline,mla,ra,ra_mla,ratio)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,5 +18,6 @@ if [ ! -x "$BUILD/bin/ratio-worker" ]; then
     -DCMAKE_BUILD_RPATH="$DEPS/lib/x86_64-linux-gnu" >/dev/null
   cmake --build "$BUILD" -j "$(nproc)" --target ratio-worker
 fi
+[ "$OUT" = "--build-only" ] && exit 0
 python3 bench/bench.py --worker "$BUILD/bin/ratio-worker" --out "$OUT" --steps "${STEPS:-20}" --warmup "${WARMUP:-10}" \
   --variants "${VARIANTS:-baseline,mla,ra,ra_mla,ratio}"

@@ -64,16 +64,14 @@ torch::Tensor SpamAdamW::global_norm() const {
   return torch::stack(norms).norm().to(torch::kFloat32);  // [] on the device, no sync
 }
 
-void SpamAdamW::soft_reset_on_spike(const torch::Tensor& norm) {
+SpamAdamW::MomentFactors SpamAdamW::spike_factors(const torch::Tensor& norm) {
+  MomentFactors factors;
   if (norms_seen_ >= kMinSpikeHistory) {
     auto std = (norm_m2_ / static_cast<double>(norms_seen_ - 1)).sqrt();
     auto spike = ((norm - norm_mean_) / (std + 1e-12)) > train_.spam.spike_z;  // [] bool
-    auto m_factor = torch::where(spike, torch::full({}, 0.5, norm.options()), torch::ones({}, norm.options()));
-    auto v_factor = torch::where(spike, torch::full({}, 0.9, norm.options()), torch::ones({}, norm.options()));
-    for (size_t i = 0; i < m_.size(); ++i) {
-      m_[i].mul_(m_factor);
-      v_[i].mul_(v_factor);
-    }
+    auto one = torch::ones({}, norm.options());
+    factors.m = torch::where(spike, torch::full({}, 0.5, norm.options()), one);
+    factors.v = torch::where(spike, torch::full({}, 0.9, norm.options()), one);
     spikes_.add_(spike.to(torch::kFloat32));
   }
   // Welford update of the norm history (every norm, spikes included).
@@ -81,6 +79,7 @@ void SpamAdamW::soft_reset_on_spike(const torch::Tensor& norm) {
   auto delta = norm - norm_mean_;
   norm_mean_.add_(delta / static_cast<double>(norms_seen_));
   norm_m2_.add_(delta * (norm - norm_mean_));
+  return factors;
 }
 
 void SpamAdamW::clip_to_second_moment() {
@@ -93,7 +92,7 @@ void SpamAdamW::clip_to_second_moment() {
   at::_foreach_maximum_(grads_, bound);
 }
 
-void SpamAdamW::adamw_update(double lr) {
+void SpamAdamW::adamw_update(double lr, const MomentFactors& spike) {
   ++steps_since_reset_;
   const double b1 = train_.beta1, b2 = train_.beta2;
   const double bc1 = 1.0 - std::pow(b1, static_cast<double>(steps_since_reset_));
@@ -104,10 +103,19 @@ void SpamAdamW::adamw_update(double lr) {
     params.push_back(params_[i].second);
     if (decay_[i]) decayed.push_back(params_[i].second);
   }
-  at::_foreach_mul_(m_, b1);
-  at::_foreach_add_(m_, grads_, 1.0 - b1);                 // m = b1·m + (1 − b1)·g
-  at::_foreach_mul_(v_, b2);
-  at::_foreach_addcmul_(v_, grads_, grads_, 1.0 - b2);     // v = b2·v + (1 − b2)·g²
+  if (spike.m.defined()) {
+    // The spike's soft reset rides on the moments' decay: one pass over m and v, no host sync.
+    auto m_decay = spike.m * b1, v_decay = spike.v * b2;
+    for (size_t i = 0; i < m_.size(); ++i) {
+      m_[i].mul_(m_decay);
+      v_[i].mul_(v_decay);
+    }
+  } else {
+    at::_foreach_mul_(m_, b1);
+    at::_foreach_mul_(v_, b2);
+  }
+  at::_foreach_add_(m_, grads_, 1.0 - b1);                 // m = b1·(spike factor)·m + (1 − b1)·g
+  at::_foreach_addcmul_(v_, grads_, grads_, 1.0 - b2);     // v = b2·(spike factor)·v + (1 − b2)·g²
   if (train_.weight_decay > 0 && !decayed.empty()) at::_foreach_mul_(decayed, 1.0 - lr * train_.weight_decay);
   std::vector<torch::Tensor> denom = at::_foreach_sqrt(v_);
   at::_foreach_div_(denom, std::sqrt(bc2));
@@ -124,13 +132,14 @@ torch::Tensor SpamAdamW::step(double lr) {
     grads_.push_back(p.grad());
   }
   torch::Tensor norm = global_norm();
-  if (train_.spam.enabled) soft_reset_on_spike(norm);
+  MomentFactors spike;
+  if (train_.spam.enabled) spike = spike_factors(norm);
   if (train_.grad_clip > 0) {
     auto coef = (train_.grad_clip / (norm + 1e-6)).clamp_max(1.0);
     for (auto& g : grads_) g.mul_(coef);
   }
   if (train_.spam.enabled) clip_to_second_moment();
-  adamw_update(lr);
+  adamw_update(lr, spike);
   grads_.clear();
   return norm;
 }

@@ -5,10 +5,11 @@
 // One step, given gradients already accumulated:
 //   1. norm = global L2 norm of the gradients (pre-clip, reported as grad_norm);
 //   2. spike: z = (norm − mean)/std against every earlier norm of this run (Welford, kept on the
-//      device: no host sync); when z > spike_z the moments are softly reset, m ×0.5, v ×0.9;
+//      device: no host sync); when z > spike_z the moments are softly reset, m ×0.5, v ×0.9
+//      (applied in step 5, folded into the moments' decay);
 //   3. global clipping to grad_clip;
-//   4. SPAM clipping: each entry with |g| > sqrt(θ·v) is clipped to that bound (entries with v = 0,
-//      which have never seen a gradient, are left alone);
+//   4. SPAM clipping: each entry with |g| > sqrt(θ·v) is clipped to that bound, v being the second
+//      moment before this step (entries with v = 0, which have never seen a gradient, are left alone);
 //   5. the AdamW update (decoupled weight decay on tensors with dim >= 2), bias correction counted
 //      from the last periodic reset.
 // Periodic resets (reset()) zero m, v and the step count; the lr warm-up after them is the
@@ -45,10 +46,13 @@ class SpamAdamW {
   void set_counters(int64_t steps_since_reset, int64_t norms_seen);
 
  private:
+  struct MomentFactors {  // device scalars: 0.5 and 0.9 on a spike, else 1; undefined before enough history
+    torch::Tensor m, v;
+  };
   torch::Tensor global_norm() const;
-  void soft_reset_on_spike(const torch::Tensor& norm);
+  MomentFactors spike_factors(const torch::Tensor& norm);
   void clip_to_second_moment();
-  void adamw_update(double lr);
+  void adamw_update(double lr, const MomentFactors& spike);
 
   NamedTensors params_;
   std::vector<torch::Tensor> grads_, m_, v_;  // m_, v_ in fp32, like the parameters

@@ -178,7 +178,8 @@ TEST(Scheduler, RecoveryStopsASurvivingProcessAndRequeuesItsJob) {
     auto claim = writer.run([&](ratio::db::Store& s) { return s.claim_next_job("cpu:0", token, dir.string()); });
     ASSERT_TRUE(claim);
     // A process left running by a "previous daemon": its command line carries the attempt token.
-    Spawned p = spawn_process({"/bin/sh", "-c", "sleep 60", token}, {});
+    // `& wait` keeps the shell (whose command line has the token) alive instead of exec-ing sleep.
+    Spawned p = spawn_process({"/bin/sh", "-c", "sleep 60 & wait", token}, {});
     close(p.stdout_fd);
     close(p.stderr_fd);
     survivor = p.pid;
@@ -186,6 +187,10 @@ TEST(Scheduler, RecoveryStopsASurvivingProcessAndRequeuesItsJob) {
       s.set_attempt_pid(claim->attempt_id, p.pid);
       return 0;
     });
+    // posix_spawn returns while exec may still be setting up the new command line: poll for it.
+    for (int i = 0; i < 100 && !process_alive_with(survivor, token); ++i) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
     ASSERT_TRUE(process_alive_with(survivor, token));
 
     EventBus bus;

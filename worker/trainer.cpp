@@ -251,13 +251,13 @@ void Trainer::train_iteration(int64_t iter) {
   if (train_.grad_norm_interval > 0 && iter % train_.grad_norm_interval == 0) log_grad_norms(iter);
   if (spam_resets_at(train_.spam, iter)) optimizer_->reset();
   torch::Tensor norm = optimizer_->step(lr_at(train_, iter));
-  if (autocast_) compat::clear_autocast_cache();  // the bf16 weight copies are stale after the update
   if (pruner_) {
     if (prune_updates_at(train_.prune, train_.max_iters, iter))
       pruner_->update_masks(prune_sparsity_at(train_.prune, train_.max_iters, iter));
     else
       pruner_->apply();
   }
+  if (autocast_) compat::clear_autocast_cache();  // the bf16 weight copies are stale after the update
   optimizer_->zero_grad();
   nonfinite_.logical_or_(loss_sum_.isfinite().logical_not()).logical_or_(norm.isfinite().logical_not());
   ++iters_since_log_;

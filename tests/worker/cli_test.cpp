@@ -339,13 +339,22 @@ TEST_F(WorkerCli, ReportsEveryEventOverHttp) {
   });
   const int port = server.bind_to_any_port("127.0.0.1");
   std::thread listener([&] { server.listen_after_bind(); });
-  WorkerRun r = run(tiny_job(), "report", {"--report", "http://127.0.0.1:" + std::to_string(port) + "/api/report", "--token", "s3cret"});
+  json job = tiny_job();
+  job["model"]["ra"] = {{"enabled", true}, {"alpha", 0.3}, {"learnable", true}, {"window", 16}};
+  WorkerRun r = run(job, "report", {"--report", "http://127.0.0.1:" + std::to_string(port) + "/api/report", "--token", "s3cret"});
   server.stop();
   listener.join();
   ASSERT_EQ(r.exit_code, 0) << r.stderr_text;
   EXPECT_EQ(auth, "Bearer s3cret");
   ASSERT_EQ(received.size(), r.events.size());
   for (size_t i = 0; i < received.size(); ++i) EXPECT_EQ(received[i].dump(), r.events[i].dump());
+  // The learnable RA alpha is reported at every eval, and its gradient norm every grad_norm_interval.
+  const json* alphas = r.last("alphas");
+  ASSERT_NE(alphas, nullptr);
+  EXPECT_TRUE((*alphas)["values"].contains("h.1.attn.ra_alpha")) << alphas->dump();
+  const json* grads = r.last("grad_norms");
+  ASSERT_NE(grads, nullptr);
+  EXPECT_GT((*grads)["values"]["h.1.attn.ra_alpha"].get<double>(), 0.0) << grads->dump();
 }
 
 TEST_F(WorkerCli, PrepareWritesGpt2Shards) {

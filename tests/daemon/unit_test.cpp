@@ -165,6 +165,10 @@ TEST(Scheduler, RecoveryStopsASurvivingProcessAndRequeuesItsJob) {
   fs::path dir = fs::temp_directory_path() / ("ratio-recover-" + std::to_string(getpid()));
   fs::remove_all(dir);
   fs::create_directories(dir);
+  struct RemoveAtExit {
+    fs::path path;
+    ~RemoveAtExit() { fs::remove_all(path); }
+  } cleanup{dir};
   const std::string token = "0123456789abcdef0123456789abcdef";
   pid_t survivor = -1;
   {
@@ -211,5 +215,4 @@ TEST(Scheduler, RecoveryStopsASurvivingProcessAndRequeuesItsJob) {
     EXPECT_EQ((*detail)["job"]["status"], "queued");
     EXPECT_TRUE(writer.run([](ratio::db::Store& s) { return s.running_attempts(); }).empty());
   }
-  fs::remove_all(dir);
 }

@@ -409,6 +409,8 @@ TEST_F(RatiodTest, ServesTheDashboardWithContentTypes) {
 TEST_F(RatiodTest, ServerSentEventsAnnounceNewJobsAndMatrices) {
   Daemon& d = start_daemon({"--drain"});  // nothing runs: only submission events
   std::atomic<bool> saw_job{false}, saw_matrix{false};
+  // Keep-alive comments reach the callback every 15 s, so it can give up at the deadline.
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
   std::string received;
   std::thread listener([&] {
     httplib::Client sse("127.0.0.1", d.port());
@@ -417,7 +419,7 @@ TEST_F(RatiodTest, ServerSentEventsAnnounceNewJobsAndMatrices) {
       received.append(data, size);
       if (received.find("event: job\ndata: ") != std::string::npos) saw_job = true;
       if (received.find("event: matrix\ndata: ") != std::string::npos) saw_matrix = true;
-      return !(saw_job && saw_matrix);
+      return !(saw_job && saw_matrix) && std::chrono::steady_clock::now() < deadline;
     });
   });
   // Submit once the stream is open (the subscriber count shows it in /metrics).
@@ -541,6 +543,35 @@ TEST_F(RatiodTest, MatrixSucceedsResultsMatchTheWorkerAndAFailedJobRerunsAlone) 
   d.post("/api/matrices/" + again["id"].dump() + "/cancel", "");
   ASSERT_TRUE(d.wait_for([&] { return d.matrix_done(forced["id"].get<int64_t>()); }, 60, "the cancel"));
   EXPECT_EQ(d.job(forced["jobs"][1]["id"].get<int64_t>())["job"]["status"], "cancelled");
+}
+
+TEST_F(RatiodTest, LiveViewsReceiveMetricAndJobEventsWhileAJobRuns) {
+  REQUIRE_WORKER();
+  Daemon& d = start_daemon();
+  std::atomic<bool> saw_metric{false}, saw_success{false};
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(180);  // see the test above
+  std::string received;
+  std::thread listener([&] {
+    httplib::Client sse("127.0.0.1", d.port());
+    sse.set_read_timeout(120);
+    sse.Get("/api/events", [&](const char* data, size_t size) {
+      received.append(data, size);
+      if (received.find("event: metric\ndata: ") != std::string::npos &&
+          received.find("\"train_loss\"") != std::string::npos) {
+        saw_metric = true;
+      }
+      if (received.find("\"status\":\"succeeded\"") != std::string::npos) saw_success = true;
+      return !(saw_metric && saw_success) && std::chrono::steady_clock::now() < deadline;
+    });
+  });
+  d.wait_for([&] {
+    auto res = d.client().Get("/metrics");
+    return res && res->body.find("ratio_sse_subscribers 1") != std::string::npos;
+  }, 10, "the SSE subscriber");
+  EXPECT_EQ(d.post("/api/matrices", tiny_matrix("live", 30, "  - {id: 0}\n")).first, 201);
+  listener.join();
+  EXPECT_TRUE(saw_metric) << received.substr(0, 2000);
+  EXPECT_TRUE(saw_success) << received.substr(0, 2000);
 }
 
 TEST_F(RatiodTest, KilledWorkerIsRetriedAndResumesFromItsCheckpoint) {

@@ -215,8 +215,13 @@ DatasetFiles find_dataset(const std::string& dir) {
 }
 
 std::vector<std::string> fortune_files() {
+  // $RATIO_FORTUNES_DIR, else Debian's package, else the copy scripts/gpu-bundle.sh unpacks for GPU
+  // machines (which run distributions without the package).
   const char* env = std::getenv("RATIO_FORTUNES_DIR");
-  const std::string dir = env && *env ? env : "/usr/share/games/fortunes";
+  std::string dir = env && *env ? env : "/usr/share/games/fortunes";
+  const std::string bundled = std::string(RATIO_SOURCE_DIR) + "/.deps/root/usr/share/games/fortunes";
+  std::error_code exists_ec;
+  if (!(env && *env) && !fs::is_directory(dir, exists_ec) && fs::is_directory(bundled, exists_ec)) dir = bundled;
   std::vector<std::string> files;
   std::error_code ec;
   if (fs::is_directory(dir, ec)) {
@@ -262,7 +267,11 @@ void build_fortunes(const std::string& dir, const std::string& tokenizer_name) {
 }  // namespace
 
 DatasetFiles resolve_dataset(const std::string& dataset, const std::string& tokenizer, const std::string& data_dir) {
+  // A name like "fineweb-edu" is a folder under --data-dir (the presets' convention); an absolute
+  // path, or a relative one that exists from here, is used as given.
   std::string dir = dataset;
+  std::error_code ec;
+  if (fs::path(dataset).is_relative() && !fs::is_directory(dataset, ec)) dir = data_dir + "/" + dataset;
   if (dataset == "fortunes") {
     dir = data_dir + "/fortunes-" + tokenizer;
     if (!fs::exists(dir + "/meta.json")) {

@@ -137,6 +137,17 @@ TEST_F(DataTest, PrepareTextAndTokenizerCheck) {
   EXPECT_THROW(resolve_dataset(path("missing"), "byte", path("cache")), DataError);
 }
 
+// The presets name their corpus ("fineweb-edu"): a bare name is a folder under --data-dir.
+TEST_F(DataTest, DatasetNameResolvesUnderTheDataDir) {
+  write_bytes("in.txt", std::string(4000, 'a') + std::string(4000, 'b'));
+  prepare_text(path("in.txt"), path("cache/my-corpus"), "byte", 0.1);
+  DatasetFiles by_name = resolve_dataset("my-corpus", "byte", path("cache"));
+  DatasetFiles by_path = resolve_dataset(path("cache/my-corpus"), "byte", path("elsewhere"));
+  EXPECT_EQ(by_name.train, by_path.train);
+  EXPECT_EQ(by_name.val, by_path.val);
+  EXPECT_THROW(resolve_dataset("my-corpus", "byte", path("elsewhere")), DataError);
+}
+
 TEST_F(DataTest, FortunesPreparedOnceEvenWithConcurrentWorkers) {
   fs::create_directories(path("fortunes"));
   std::string corpus;

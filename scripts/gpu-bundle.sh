@@ -5,7 +5,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PKGS=(libyaml-cpp-dev libyaml-cpp0.7 libspdlog-dev libspdlog1.10 libfmt-dev libfmt9
       libcpp-httplib-dev libcpp-httplib0.11 nlohmann-json3-dev libsqlite3-dev libsqlite3-0
-      libbrotli1 libbrotli-dev libssl-dev libssl3 zlib1g-dev libgtest-dev googletest)
+      libbrotli1 libbrotli-dev libssl-dev libssl3 zlib1g-dev libgtest-dev googletest
+      fortunes fortunes-min)  # the demo corpus: GPU machines run Ubuntu without it
 mkdir -p .deps/debs .deps/root
 if [ -z "$(ls .deps/debs/*.deb 2>/dev/null)" ]; then
   apt-get update -qq || true

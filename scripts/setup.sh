@@ -26,7 +26,7 @@ if ((${#missing[@]})); then
   echo "setup: installing Debian packages: ${missing[*]}" >&2
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
   $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >&2
 fi
 
 if [ -f web/package.json ] && [ ! -f web/node_modules/.package-lock.json ] ; then

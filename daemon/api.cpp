@@ -266,7 +266,7 @@ void install_matrix_routes(httplib::Server& server, ApiContext& ctx) {
       return s.rerun_matrix(id, statuses);
     });
     if (!requeued) return error(res, 404, "no matrix " + std::to_string(id));
-    ctx.scheduler.wake();
+    ctx.scheduler.requeued(*requeued);
     reply(res, 200, {{"requeued", *requeued}});
   });
 
@@ -332,7 +332,7 @@ void install_job_routes(httplib::Server& server, ApiContext& ctx) {
     if (!ctx.writer.run([&](db::Store& s) { return s.rerun_job(id); })) {
       return error(res, 409, "job " + std::to_string(id) + " is running; cancel it first or wait for it to end");
     }
-    ctx.scheduler.wake();
+    ctx.scheduler.requeued({id});
     reply(res, 200, {{"requeued", {id}}});
   });
 

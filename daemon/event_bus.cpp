@@ -4,13 +4,15 @@
 
 namespace ratio::daemon {
 
-namespace {
-constexpr size_t kMaxQueued = 1000;  // per subscriber
-}
-
 std::optional<BusEvent> EventBus::Subscription::next(double timeout_s) {
   std::unique_lock<std::mutex> lock(mu_);
-  cv_.wait_for(lock, std::chrono::duration<double>(timeout_s), [this] { return closed_ || !queue_.empty(); });
+  cv_.wait_for(lock, std::chrono::duration<double>(timeout_s),
+               [this] { return closed_ || dropped_ > 0 || !queue_.empty(); });
+  if (dropped_ > 0) {
+    BusEvent resync{"resync", {{"dropped", dropped_}}};
+    dropped_ = 0;
+    return resync;
+  }
   if (queue_.empty()) return std::nullopt;
   BusEvent event = std::move(queue_.front());
   queue_.pop_front();
@@ -39,7 +41,10 @@ void EventBus::publish(const std::string& type, const nlohmann::json& data) {
   for (const auto& sub : subs_) {
     {
       std::lock_guard<std::mutex> sub_lock(sub->mu_);
-      if (sub->queue_.size() >= kMaxQueued) sub->queue_.pop_front();
+      if (sub->queue_.size() >= kMaxQueued) {
+        sub->queue_.pop_front();
+        ++sub->dropped_;
+      }
       sub->queue_.push_back({type, data});
     }
     sub->cv_.notify_one();

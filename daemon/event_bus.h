@@ -1,7 +1,8 @@
 #pragma once
 // Fan-out of live events to GET /api/events (server-sent events) subscribers. Each subscriber has
-// its own bounded queue; a subscriber that falls far behind loses its oldest events (the dashboard
-// re-reads state on reconnect), so a slow client never holds the daemon back.
+// its own bounded queue; a subscriber that falls far behind loses its oldest events, so a slow
+// client never holds the daemon back. It is told: its next event is `resync` with {"dropped": n},
+// and it re-reads the state it shows.
 
 #include <condition_variable>
 #include <deque>
@@ -16,7 +17,7 @@
 namespace ratio::daemon {
 
 struct BusEvent {
-  std::string type;  // job | matrix | metric
+  std::string type;  // job | matrix | metric | resync
   nlohmann::json data;
 };
 
@@ -24,7 +25,8 @@ class EventBus {
  public:
   class Subscription {
    public:
-    // Waits up to timeout_s for the next event; nullopt on timeout or when the bus closed.
+    // Waits up to timeout_s for the next event; nullopt on timeout or when the bus closed. After
+    // events were dropped, the next event is {"resync", {"dropped": n}}, then the queue goes on.
     std::optional<BusEvent> next(double timeout_s);
     bool closed();
 
@@ -33,6 +35,7 @@ class EventBus {
     std::mutex mu_;
     std::condition_variable cv_;
     std::deque<BusEvent> queue_;
+    size_t dropped_ = 0;  // events dropped from the full queue since the last resync
     bool closed_ = false;
   };
 
@@ -40,6 +43,7 @@ class EventBus {
   void unsubscribe(const std::shared_ptr<Subscription>& sub);
   void publish(const std::string& type, const nlohmann::json& data);
   void close();  // wakes every subscriber for shutdown
+  static constexpr size_t kMaxQueued = 1000;  // events per subscriber
   size_t subscribers();
 
  private:

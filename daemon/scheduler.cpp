@@ -308,6 +308,11 @@ bool Scheduler::stop_if_live(int64_t job_id, const db::AttemptEnd& end) {
   return false;
 }
 
+void Scheduler::requeued(const std::vector<int64_t>& job_ids) {
+  for (int64_t job_id : job_ids) publish_job(job_id);
+  wake();
+}
+
 std::string Scheduler::cancel(int64_t job_id) {
   const db::AttemptEnd cancelled = {"cancelled", "cancelled by request", std::nullopt, db::Retry::kNever};
   if (stop_if_live(job_id, cancelled)) return "running";

@@ -69,6 +69,10 @@ class Scheduler {
   // publishes live events. Returns the store's outcome (stale = attempt no longer current).
   db::IngestOutcome ingest(int64_t attempt_id, const nlohmann::json& events);
 
+  // After a rerun: publishes each requeued job and its reopened matrix (finished_at back to null),
+  // so live views see the requeue even while nothing can start, then wakes the dispatcher.
+  void requeued(const std::vector<int64_t>& job_ids);
+
   // [{"name", "job"}] for /api/health.
   nlohmann::json slots_json();
   void wake();

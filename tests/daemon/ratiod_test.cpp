@@ -16,6 +16,7 @@
 #include <filesystem>
 #include <fstream>
 #include <functional>
+#include <mutex>
 #include <set>
 #include <sstream>
 #include <thread>
@@ -432,6 +433,70 @@ TEST_F(RatiodTest, ServerSentEventsAnnounceNewJobsAndMatrices) {
   EXPECT_TRUE(saw_job);
   EXPECT_TRUE(saw_matrix);
   EXPECT_NE(received.find("\"status\":\"queued\""), std::string::npos) << received;
+}
+
+// The `data` of every `event: matrix` in a server-sent event stream, in order.
+std::vector<json> matrix_events(const std::string& stream) {
+  const std::string marker = "event: matrix\ndata: ";
+  std::vector<json> out;
+  for (size_t at = stream.find(marker); at != std::string::npos; at = stream.find(marker, at + 1)) {
+    size_t end = stream.find("\n\n", at);
+    if (end == std::string::npos) break;  // not fully received yet
+    out.push_back(json::parse(stream.substr(at + marker.size(), end - at - marker.size()), nullptr, false));
+  }
+  return out;
+}
+
+TEST_F(RatiodTest, RerunReopensAFinishedMatrixAndAnnouncesIt) {
+  Daemon& d = start_daemon({"--drain"});  // nothing runs: cancel finishes the matrix, rerun reopens it
+  auto [status, created] = d.post("/api/matrices", tiny_matrix("reopen", 30, "  - {id: 0}\n  - {id: 5, ra: true}\n"));
+  ASSERT_EQ(status, 201);
+  const std::string matrix = "/api/matrices/" + created["id"].dump();
+  const std::string job = "/api/jobs/" + created["jobs"][0]["id"].dump();
+  auto finished_at = [&] { return d.get(matrix)["matrix"]["finished_at"]; };
+
+  // A live view sees the matrix finish, then reopen with the rerun (while draining nothing starts,
+  // so only the rerun itself can announce it). Keep-alives every 15 s let it give up at the deadline.
+  std::mutex mu;
+  std::string received;
+  std::atomic<bool> saw_reopen{false};
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+  std::thread listener([&] {
+    httplib::Client sse("127.0.0.1", d.port());
+    sse.set_read_timeout(20);
+    sse.Get("/api/events", [&](const char* data, size_t size) {
+      std::lock_guard<std::mutex> lock(mu);
+      received.append(data, size);
+      bool finished = false;
+      for (const json& m : matrix_events(received)) {
+        if (!m["finished_at"].is_null()) finished = true;
+        else if (finished) saw_reopen = true;
+      }
+      return !saw_reopen && std::chrono::steady_clock::now() < deadline;
+    });
+  });
+  d.wait_for([&] {
+    auto res = d.client().Get("/metrics");
+    return res && res->body.find("ratio_sse_subscribers 1") != std::string::npos;
+  }, 10, "the SSE subscriber");
+
+  EXPECT_EQ(d.post(matrix + "/cancel", "").first, 200);
+  ASSERT_TRUE(finished_at().is_number());
+  auto [rerun_status, rerun] = d.post(job + "/rerun", "");
+  EXPECT_EQ(rerun_status, 200);
+  EXPECT_TRUE(finished_at().is_null()) << "a job rerun must reopen its matrix";
+  EXPECT_EQ(d.get("/api/matrices")["matrices"][0]["finished_at"], nullptr);
+  listener.join();
+  EXPECT_TRUE(saw_reopen) << "no matrix event with finished_at null after it finished:\n" << received;
+
+  EXPECT_EQ(d.post(matrix + "/cancel", "").first, 200);
+  double first_finish = finished_at().get<double>();
+  auto [matrix_rerun_status, matrix_rerun] = d.post(matrix + "/rerun", R"({"status": ["cancelled"]})");
+  EXPECT_EQ(matrix_rerun_status, 200);
+  EXPECT_EQ(matrix_rerun["requeued"].size(), 2u);
+  EXPECT_TRUE(finished_at().is_null()) << "a matrix rerun must reopen it";
+  EXPECT_EQ(d.post(matrix + "/cancel", "").first, 200);
+  EXPECT_GE(finished_at().get<double>(), first_finish);  // set again when it finishes again
 }
 
 TEST_F(RatiodTest, ReportsNeedAKnownAttemptTokenAndStaleOnesGet409) {

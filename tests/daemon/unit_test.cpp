@@ -161,6 +161,44 @@ TEST(EventBus, FansOutToEverySubscriberAndFormatsSse) {
   EXPECT_TRUE(a->closed());
 }
 
+TEST(EventBus, ASubscriberThatFellBehindIsToldToResync) {
+  EventBus bus;
+  auto slow = bus.subscribe();
+  auto fast = bus.subscribe();
+  const size_t extra = 5;
+  for (size_t i = 0; i < EventBus::kMaxQueued + extra; ++i) {
+    bus.publish("metric", {{"iter", i}});
+    if (i == 0) EXPECT_EQ(fast->next(1)->data["iter"], 0);  // reads as it goes, then stops reading
+  }
+  // slow never read: the oldest `extra` events are gone, and the first thing it hears says so.
+  auto resync = slow->next(1);
+  ASSERT_TRUE(resync);
+  EXPECT_EQ(format_sse(*resync), "event: resync\ndata: {\"dropped\":5}\n\n");
+  for (size_t i = extra; i < EventBus::kMaxQueued + extra; ++i) {
+    auto event = slow->next(1);
+    ASSERT_TRUE(event);
+    ASSERT_EQ(event->type, "metric");
+    ASSERT_EQ(event->data["iter"], i);
+  }
+  EXPECT_FALSE(slow->next(0.01));  // one resync per loss, not one per event
+
+  // fast read the first event before its queue filled: it lost only what came after the limit.
+  auto fast_first = fast->next(1);
+  ASSERT_TRUE(fast_first);
+  EXPECT_EQ(fast_first->type, "resync");
+  EXPECT_EQ(fast_first->data["dropped"], extra - 1);
+  EXPECT_EQ(fast->next(1)->data["iter"], extra);
+
+  // A subscriber that keeps up never gets a resync.
+  auto steady = bus.subscribe();
+  for (int i = 0; i < 3 * static_cast<int>(EventBus::kMaxQueued); ++i) {
+    bus.publish("job", {{"id", i}});
+    auto event = steady->next(1);
+    ASSERT_TRUE(event);
+    ASSERT_EQ(event->type, "job");
+  }
+}
+
 TEST(Scheduler, RecoveryStopsASurvivingProcessAndRequeuesItsJob) {
   fs::path dir = fs::temp_directory_path() / ("ratio-recover-" + std::to_string(getpid()));
   fs::remove_all(dir);

@@ -252,6 +252,43 @@ TEST_F(StoreTest, DaemonInterruptionsDoNotUseUpAttemptsAndRerunResetsTheBudget) 
   EXPECT_TRUE(c->resume);
 }
 
+TEST_F(StoreTest, RerunReopensAFinishedMatrixAndItsFinishTimeIsSetAgain) {
+  Store store(path_, false);
+  int64_t matrix = store.create_matrix(matrix_with(1)).id;
+  auto finished_at = [&] { return store.matrix_summary(matrix).value()["finished_at"]; };
+  auto run_to_success = [&](const std::string& token) {
+    auto a = store.claim_next_job("cpu:0", token, dir_.string());
+    EXPECT_TRUE(finished_at().is_null());  // running
+    store.ingest(a->attempt_id, json::array({{{"type", "finished"}, {"seq", 0}, {"result", {{"final_val_loss", 2.0}}}}}));
+    store.end_attempt(a->attempt_id, {"succeeded", "", 0, Retry::kNever});
+    return a->job_id;
+  };
+  int64_t job = run_to_success("t1");
+  ASSERT_FALSE(finished_at().is_null());
+  double first_finish = finished_at().get<double>();
+
+  // A job-level rerun reopens the matrix; finishing it again sets a new finish time.
+  ASSERT_TRUE(store.rerun_job(job));
+  EXPECT_TRUE(finished_at().is_null());
+  run_to_success("t2");
+  ASSERT_FALSE(finished_at().is_null());
+  double second_finish = finished_at().get<double>();
+  EXPECT_GE(second_finish, first_finish);
+
+  // So does a matrix-level rerun.
+  EXPECT_EQ(store.rerun_matrix(matrix, {"succeeded"}), std::vector<int64_t>{job});
+  EXPECT_TRUE(finished_at().is_null());
+  EXPECT_EQ(store.list_matrices()[0]["finished_at"], nullptr);
+  run_to_success("t3");
+  ASSERT_FALSE(finished_at().is_null());
+  EXPECT_GE(finished_at().get<double>(), second_finish);
+
+  // A matrix rerun that requeues nothing leaves the finish time alone.
+  json before = finished_at();
+  EXPECT_TRUE(store.rerun_matrix(matrix, {"failed"}).empty());
+  EXPECT_EQ(finished_at(), before);
+}
+
 TEST_F(StoreTest, IdenticalConfigReusesResultUnlessForced) {
   Store store(path_, false);
   store.create_matrix(matrix_with(1));

@@ -210,6 +210,15 @@ test('the matrix finishes live and the table shows the API values', async () => 
   const failedId = byStep['9'].job_id;
   const reason = await page.locator(`tr[data-job-id="${failedId}"] [data-col="status"]`).getAttribute('title');
   assert.ok(reason && reason.length > 0, 'the failed job shows its reason on hover');
+  // The ablation grid: step 9 has the baseline's architecture but other data, so it gets a row of
+  // its own; the baseline's cell shows the baseline alone, never step 9's failure.
+  const gridCell = (row, col) => page.locator(`table[aria-label="Ablation grid"] td[data-row="${row}"][data-col="${col}"]`);
+  await eventually('the ablation grid with its own row for step 9',
+    async () => (await gridCell('Baseline · step 9 missing data', 'none').count()) === 1, 10000);
+  const baselineCell = (await gridCell('Baseline', 'none').textContent()) || '';
+  assert.ok(baselineCell.startsWith(byStep['0'].final_val_loss.toFixed(4)), `baseline cell: "${baselineCell}"`);
+  assert.ok(!baselineCell.includes('failed'), `the baseline cell must not show step 9's status: "${baselineCell}"`);
+  assert.ok(((await gridCell('Baseline · step 9 missing data', 'none').textContent()) || '').includes('failed'));
   await shot('matrix-finished');
 });
 

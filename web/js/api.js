@@ -47,8 +47,10 @@ export const api = {
 };
 
 // One EventSource for the whole page; views subscribe to 'job', 'matrix' and 'metric' and
-// must unsubscribe when they unmount (the returned function does it).
-const listeners = { job: new Set(), matrix: new Set(), metric: new Set(), open: new Set() };
+// must unsubscribe when they unmount (the returned function does it). 'refetch' listeners re-read
+// their whole view: on every (re)connect, and when ratiod says this client missed events
+// (`event: resync`, docs/api.md).
+const listeners = { job: new Set(), matrix: new Set(), metric: new Set(), refetch: new Set() };
 let source = null;
 
 export function connectEvents(onState) {
@@ -56,8 +58,11 @@ export function connectEvents(onState) {
   source = new EventSource('/api/events');
   source.onopen = () => {
     onState('live');
-    for (const fn of listeners.open) fn();  // views refetch what they may have missed
+    for (const fn of listeners.refetch) fn();  // views refetch what they may have missed
   };
+  source.addEventListener('resync', () => {
+    for (const fn of listeners.refetch) fn();
+  });
   source.onerror = () => onState(source.readyState === EventSource.CLOSED ? 'offline' : 'reconnecting');
   for (const type of ['job', 'matrix', 'metric']) {
     source.addEventListener(type, (e) => {

@@ -36,24 +36,42 @@ export function mechanismsOf(model, train = {}) {
   return { key: label, label, rank: parts.length * 10 + (gatesOpen ? 5 : 0) };
 }
 
-// entries: [{jobId, config}] where config is a full job spec ({model, train, ...}).
+// entries: [{jobId, step, name, config}] where config is a full job spec ({model, train, ...}).
 // Returns {rows: [{key, label}], cols: [{key, label}], cells: Map("row\tcol" -> [jobId])}.
+// A cell holds one step (its seeds share it, never other steps): when a later step has the same
+// architecture and mechanisms as an earlier one but other settings (data, training, a grid axis),
+// it gets a row of its own, labelled with the base and the step, right below the base's row.
 export function buildGrid(entries) {
   const rows = new Map();
   const cols = new Map();
   const cells = new Map();
-  for (const { jobId, config } of entries) {
+  const stepInCell = new Map();  // "base\tcol" -> the first step placed there
+  for (const { jobId, step, name, config } of entries) {
     if (!config || !config.model) continue;
-    const row = baseOf(config.model);
+    const stepId = step ?? `job ${jobId}`;  // without a step, a job is a step of its own
+    const base = baseOf(config.model);
     const col = mechanismsOf(config.model, config.train || {});
-    if (!rows.has(row.key)) rows.set(row.key, row);
+    const baseCell = `${base.key}\t${col.key}`;
+    if (!stepInCell.has(baseCell)) stepInCell.set(baseCell, stepId);
+    const row = stepInCell.get(baseCell) === stepId ? base : stepRow(base, stepId, name);
+    if (!rows.has(row.key)) rows.set(row.key, { ...row, base: base.label, order: rows.size });
     if (!cols.has(col.key)) cols.set(col.key, col);
     const key = `${row.key}\t${col.key}`;
     if (!cells.has(key)) cells.set(key, []);
     cells.get(key).push(jobId);
   }
   const byRank = (a, b) => a.rank - b.rank || a.label.localeCompare(b.label);
-  return { rows: [...rows.values()].sort(byRank), cols: [...cols.values()].sort(byRank), cells };
+  // A step's own row sorts with its base (same rank and base label), after the base's row.
+  const byBase = (a, b) => a.rank - b.rank || a.base.localeCompare(b.base) || a.order - b.order;
+  const sortedRows = [...rows.values()].sort(byBase).map(({ key, label }) => ({ key, label }));
+  return { rows: sortedRows, cols: [...cols.values()].sort(byRank), cells };
+}
+
+// The row of a step that shares its base and mechanisms with an earlier step. The name loses its
+// seed suffix: the row stands for every seed of the step.
+function stepRow(base, step, name) {
+  const stepName = (name || '').replace(/ \(seed \d+\)$/, '');
+  return { key: `${base.key}#${step}`, label: `${base.label} · step ${step}${stepName ? ` ${stepName}` : ''}`, rank: base.rank };
 }
 
 // Mean and (sample) standard deviation of the finite values; null when there are none.

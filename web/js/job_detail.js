@@ -215,6 +215,7 @@ export function mountJobDetail(root, jobId, { store, metricsId, result, closeHre
     onMetric: (ev) => {
       if ((ev.names || []).some((n) => n.startsWith('alpha/') || n.startsWith('grad/'))) refreshMechanisms();
     },
+    refresh: () => { refreshJob(); refreshMechanisms(); },
     unmount: () => {
       destroyed = true;
       clearInterval(logTimer);

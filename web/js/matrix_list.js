@@ -95,8 +95,9 @@ export function mountMatrixList(root) {
     }
   }
 
-  const unsubs = [subscribe('matrix', (m) => upsert(m, true)), subscribe('open', load)];
-  // ratiod may drop events for a client that falls behind: refresh while anything is active.
+  const unsubs = [subscribe('matrix', (m) => upsert(m, true)), subscribe('refetch', load)];
+  // Dropped events come with a `resync`; a slow poll while anything is active also covers a stream
+  // that stalls silently (a buffering proxy, a suspended tab).
   const safetyNet = setInterval(() => {
     if ([...rows.values()].some((r) => (r.data.counts || {}).queued || (r.data.counts || {}).running)) load();
   }, 15000);

@@ -236,7 +236,9 @@ export function mountMatrixView(root, route) {
   // Rebuilds the grid's structure only when jobs or configs were added; otherwise re-renders just
   // the cells holding changed jobs (all cells when the baseline's loss moved: their colours depend on it).
   function renderGrid(changedIds) {
-    const entries = [...jobs.values()].map((j) => ({ jobId: j.id, config: configs.get(j.config_hash) }));
+    // In step order, so the first of two steps with the same architecture keeps the base's row.
+    const entries = [...jobs.values()].sort((a, b) => compareSteps(a.step, b.step) || a.id - b.id)
+      .map((j) => ({ jobId: j.id, step: j.step, name: j.name, config: configs.get(j.config_hash) }));
     const known = entries.filter((e) => e.config);
     if (!known.length) {
       gridBox.replaceChildren(el('p', { class: 'muted' }, configs.size || !jobs.size ? 'No job configs.' : 'Loading configs…'));
@@ -546,6 +548,13 @@ export function mountMatrixView(root, route) {
     }
   }
 
+  // After a reconnect or a resync (events were missed): re-read everything this view shows.
+  function refetch() {
+    loadMatrix().then(loadResults).catch(() => {});
+    fetchCurves([...plotted]);
+    if (detail) detail.refresh();
+  }
+
   function openDetail(jobId) {
     if (detail && detail.jobId === jobId) return;
     if (detail) detail.unmount();
@@ -564,7 +573,7 @@ export function mountMatrixView(root, route) {
   }
 
   const unsubs = [subscribe('job', onJob), subscribe('matrix', onMatrix), subscribe('metric', onMetric),
-    subscribe('open', () => { loadMatrix().then(loadResults).catch(() => {}); })];
+    subscribe('refetch', refetch)];
   setSort('step');
   load();
   openDetail(route.jobId);

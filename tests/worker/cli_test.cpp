@@ -1,5 +1,6 @@
 // The real ratio-worker binary on CPU: learning on the fortunes corpus, kill -9 / SIGTERM and resume,
-// every failure's exit code and one-line reason, and --report delivery to a real HTTP server.
+// init_from a Hugging Face GPT-2 file, every failure's exit code and one-line reason, and --report
+// delivery to a real HTTP server.
 #include <gtest/gtest.h>
 
 #include <chrono>
@@ -19,6 +20,7 @@
 #include <httplib.h>
 #include <nlohmann/json.hpp>
 
+#include "model/safetensors.h"
 #include "worker/data.h"
 
 namespace fs = std::filesystem;
@@ -216,6 +218,7 @@ TEST_F(WorkerCli, TinyModelLearnsFortunesBelowUnigramEntropy) {
 TEST_F(WorkerCli, KillNineThenResumeEqualsUninterruptedRun) {
   json job = tiny_job();
   job["train"]["max_iters"] = 100;
+  job["train"]["checkpoint_interval"] = 7;  // mid log interval: the first resumed metric averages all 5 iterations
   WorkerRun straight = run(job, "straight");
   ASSERT_EQ(straight.exit_code, 0) << straight.stderr_text;
 
@@ -274,6 +277,90 @@ TEST_F(WorkerCli, SigtermCheckpointsExitsSixAndResumes) {
   // Pruning (50 % of the Linear weights by the end) shows in the effective count.
   EXPECT_LT(a["params"]["effective"].get<int64_t>(), a["params"]["total"].get<int64_t>());
   EXPECT_EQ(a["params"]["effective"], b["params"]["effective"]);
+  std::vector<double> straight_losses = series(straight, "metric", "train_loss");
+  std::vector<double> resumed_losses = series(resumed, "metric", "train_loss");
+  ASSERT_LE(resumed_losses.size(), straight_losses.size());
+  EXPECT_TRUE(std::equal(resumed_losses.rbegin(), resumed_losses.rend(), straight_losses.rbegin()));
+}
+
+// A GPT-2 model.safetensors in Hugging Face's layout (Conv1D weights [in, out], causal-mask buffers) for
+// tiny_job()'s shape, whose every prediction is the same distribution: blocks and ln_f's weight are
+// zero, so the final features are ln_f's bias e_0 and the logits are wte[:, 0] = log p.
+void write_unigram_gpt2(const std::string& path, const std::vector<double>& log_p, int64_t n_embd) {
+  const int64_t C = n_embd, V = static_cast<int64_t>(log_p.size()), T = 64;
+  std::map<std::string, torch::Tensor> t;
+  t["wte.weight"] = torch::zeros({V, C});
+  for (int64_t v = 0; v < V; ++v) t["wte.weight"][v][0] = log_p[v];
+  t["wpe.weight"] = torch::zeros({T, C});
+  for (int layer = 0; layer < 2; ++layer) {
+    const std::string h = "h." + std::to_string(layer) + ".";
+    for (const char* ln : {"ln_1.", "ln_2."}) {
+      t[h + ln + "weight"] = torch::ones({C});
+      t[h + ln + "bias"] = torch::zeros({C});
+    }
+    t[h + "attn.bias"] = torch::ones({1, 1, T, T}).tril();  // older exports carry the mask; it is skipped
+    t[h + "attn.c_attn.weight"] = torch::zeros({C, 3 * C});
+    t[h + "attn.c_attn.bias"] = torch::zeros({3 * C});
+    t[h + "attn.c_proj.weight"] = torch::zeros({C, C});
+    t[h + "attn.c_proj.bias"] = torch::zeros({C});
+    t[h + "mlp.c_fc.weight"] = torch::zeros({C, 4 * C});
+    t[h + "mlp.c_fc.bias"] = torch::zeros({4 * C});
+    t[h + "mlp.c_proj.weight"] = torch::zeros({4 * C, C});
+    t[h + "mlp.c_proj.bias"] = torch::zeros({C});
+  }
+  t["ln_f.weight"] = torch::zeros({C});
+  t["ln_f.bias"] = torch::zeros({C});
+  t["ln_f.bias"][0] = 1.0;
+  ratio::model::write_safetensors(path, t);
+}
+
+TEST_F(WorkerCli, InitFromGpt2SafetensorsLoadsTheWeights) {
+  // p puts 51 times more mass on letters and space than on other bytes.
+  std::vector<double> log_p(256);
+  double z = 0;
+  for (int v = 0; v < 256; ++v) z += (v == ' ' || (v >= 'a' && v <= 'z')) ? 51.0 : 1.0;
+  for (int v = 0; v < 256; ++v) log_p[v] = std::log(((v == ' ' || (v >= 'a' && v <= 'z')) ? 51.0 : 1.0) / z);
+  write_unigram_gpt2(path("gpt2.safetensors"), log_p, 64);
+  json job = tiny_job();
+  job["train"]["max_iters"] = 1;
+  job["train"]["warmup_iters"] = 1;
+  job["train"]["init_from"] = path("gpt2.safetensors");
+  WorkerRun r = run(job, "init");
+  ASSERT_EQ(r.exit_code, 0) << r.stderr_text;
+  EXPECT_NE(r.stderr_text.find("init_from " + path("gpt2.safetensors") + ": 28 copied, 0 resized, 0 derived, 0 fresh"),
+            std::string::npos) << r.stderr_text;
+
+  // The loss of the loaded model at iter 0, before any update: −log p of every target of the fixed
+  // validation batches, as the worker draws them.
+  const json& tj = job["train"];
+  const int B = tj["batch_size"], T = job["model"]["block_size"], batches = tj["eval_batches"];
+  const ratio::worker::DatasetFiles files = ratio::worker::resolve_dataset("fortunes", "byte", data_dir());
+  const ratio::worker::TokenSplit val(files.val, T + 1);
+  const ratio::worker::BatchOrder order{tj["seed"].get<uint64_t>()};
+  std::vector<int64_t> x(B * T), y(B * T);
+  double nll = 0;
+  for (int k = 0; k < batches; ++k) {
+    val.fill(order.val_draws(k, B), B, T, 256, x.data(), y.data());
+    for (int64_t target : y) nll -= log_p[target];
+  }
+  const double expected = nll / (static_cast<double>(batches) * B * T);
+  ASSERT_GT(std::abs(expected - std::log(256.0)), 0.5) << "p must differ from what a random init predicts";
+  std::vector<double> val_losses = series(r, "eval", "val_loss");
+  ASSERT_FALSE(val_losses.empty());
+  EXPECT_NEAR(val_losses.front(), expected, 1e-4);
+}
+
+TEST_F(WorkerCli, InitFromMissingFileIsDataError) {
+  json job = tiny_job();
+  job["train"]["init_from"] = path("no_such.safetensors");
+  expect_failure(run(job, "init_missing"), 3, "train.init_from: " + path("no_such.safetensors") + ": cannot open");
+}
+
+TEST_F(WorkerCli, InitFromOtherWidthIsDataError) {
+  write_unigram_gpt2(path("narrow.safetensors"), std::vector<double>(256, -std::log(256.0)), 32);
+  json job = tiny_job();
+  job["train"]["init_from"] = path("narrow.safetensors");
+  expect_failure(run(job, "init_narrow"), 3, "n_embd 32 in the file, 64 in the model; set model.n_embd");
 }
 
 TEST_F(WorkerCli, MissingDatasetIsDataError) {

@@ -98,6 +98,10 @@ class Trainer {
   void log_grad_norms(int64_t iter);
   double evaluate(int64_t iter);
   void check_finite(int64_t iter);
+  ParamCounts param_counts() const { return model_->param_report(pruner_ ? pruner_->pruned() : 0); }
+  double tokens_per_iter() const {
+    return static_cast<double>(train_.batch_size) * train_.grad_accum * spec_.model.block_size;
+  }
   json result(double wall_s);
 
   JobSpec spec_;
@@ -202,6 +206,8 @@ void Trainer::save(int64_t next_iter) {
                {"best_iter", best_iter_},
                {"steps_since_reset", optimizer_->steps_since_reset()},
                {"norms_seen", optimizer_->norms_seen()},
+               {"loss_sum", loss_sum_.item<double>()},  // the next metric averages over its whole log interval
+               {"iters_since_log", iters_since_log_},
                {"build_id", build_id()}};
   save_checkpoint(ckpt_path(options_), meta, checkpoint_tensors());
   events_.emit("checkpoint", {{"iter", next_iter}, {"path", ckpt_path(options_)}});
@@ -218,6 +224,8 @@ void Trainer::resume_if_asked() {
                                                        : meta.at("best_val_loss").get<double>();
   best_iter_ = meta.at("best_iter").get<int64_t>();
   optimizer_->set_counters(meta.at("steps_since_reset").get<int64_t>(), meta.at("norms_seen").get<int64_t>());
+  loss_sum_.fill_(meta.value("loss_sum", 0.0));  // absent from checkpoints of earlier builds
+  iters_since_log_ = meta.value("iters_since_log", int64_t{0});
   std::cerr << "ratio-worker: resumed from " << ckpt_path(options_) << " at iter " << start_iter_ << "\n";
 }
 
@@ -274,8 +282,7 @@ void Trainer::check_finite(int64_t iter) {
 void Trainer::log_metric(int64_t iter, const torch::Tensor& norm) {
   const double loss = loss_sum_.item<double>() / static_cast<double>(iters_since_log_);
   const double elapsed = seconds_since(log_clock_);
-  const double tokens = static_cast<double>(iters_since_log_) * train_.batch_size * train_.grad_accum * spec_.model.block_size;
-  const double tokens_per_s = elapsed > 0 ? tokens / elapsed : 0.0;
+  const double tokens_per_s = elapsed > 0 ? static_cast<double>(iters_since_log_) * tokens_per_iter() / elapsed : 0.0;
   const double lr = lr_at(train_, iter);
   const double grad_norm = norm.item<double>();
   events_.emit("metric", {{"iter", iter}, {"train_loss", loss}, {"lr", lr}, {"tokens_per_s", tokens_per_s},
@@ -335,10 +342,8 @@ int64_t peak_host_memory_bytes() {
 }
 
 json Trainer::result(double wall_s) {
-  const int64_t pruned = pruner_ ? pruner_->pruned() : 0;
-  const ParamCounts params = model_->param_report(pruned);
-  const double tokens = static_cast<double>(trained_iters_) * train_.batch_size * train_.grad_accum * spec_.model.block_size;
-  const double tokens_per_s = train_seconds_ > 0 ? tokens / train_seconds_ : 0.0;
+  const ParamCounts params = param_counts();
+  const double tokens_per_s = train_seconds_ > 0 ? static_cast<double>(trained_iters_) * tokens_per_iter() / train_seconds_ : 0.0;
   json mfu = nullptr;
   if (device_.is_cuda()) {
     const ModelConfig& m = spec_.model;
@@ -375,7 +380,7 @@ int Trainer::run() {
 
   events_.emit("started", {{"iter", start_iter_}, {"max_iters", train_.max_iters}, {"device", device_.str()},
                            {"dtype", autocast_ ? "bf16" : "fp32"}, {"build_id", build_id()},
-                           {"config_hash", config_hash_}, {"params", params_json(model_->param_report(pruner_ ? pruner_->pruned() : 0))}});
+                           {"config_hash", config_hash_}, {"params", params_json(param_counts())}});
   log_clock_ = std::chrono::steady_clock::now();
   for (int64_t iter = start_iter_; iter < train_.max_iters; ++iter) {
     if (train_.eval_interval > 0 && iter % train_.eval_interval == 0) {

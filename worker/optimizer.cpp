@@ -22,7 +22,10 @@ std::vector<torch::Tensor> zeros_like_all(const NamedTensors& params) {
 SpamAdamW::SpamAdamW(NamedTensors params, const TrainConfig& train) : params_(std::move(params)), train_(train) {
   m_ = zeros_like_all(params_);
   v_ = zeros_like_all(params_);
-  for (const auto& [name, p] : params_) decay_.push_back(p.dim() >= 2);  // matrices decay; biases, norms, alphas do not
+  for (const auto& [name, p] : params_) {
+    tensors_.push_back(p);
+    if (p.dim() >= 2) decayed_.push_back(p);  // matrices decay; biases, norms, alphas do not
+  }
   const auto scalar = params_.front().second.options().dtype(torch::kFloat32);
   norm_mean_ = torch::zeros({}, scalar);
   norm_m2_ = torch::zeros({}, scalar);
@@ -69,10 +72,10 @@ SpamAdamW::MomentFactors SpamAdamW::spike_factors(const torch::Tensor& norm) {
   if (norms_seen_ >= kMinSpikeHistory) {
     auto std = (norm_m2_ / static_cast<double>(norms_seen_ - 1)).sqrt();
     auto spike = ((norm - norm_mean_) / (std + 1e-12)) > train_.spam.spike_z;  // [] bool
-    auto one = torch::ones({}, norm.options());
-    factors.m = torch::where(spike, torch::full({}, 0.5, norm.options()), one);
-    factors.v = torch::where(spike, torch::full({}, 0.9, norm.options()), one);
-    spikes_.add_(spike.to(torch::kFloat32));
+    auto spiked = spike.to(torch::kFloat32);  // 1 on a spike, else 0
+    factors.m = 1.0 - 0.5 * spiked;
+    factors.v = 1.0 - 0.1 * spiked;
+    spikes_.add_(spiked);
   }
   // Welford update of the norm history (every norm, spikes included).
   ++norms_seen_;
@@ -98,11 +101,6 @@ void SpamAdamW::adamw_update(double lr, const MomentFactors& spike) {
   const double bc1 = 1.0 - std::pow(b1, static_cast<double>(steps_since_reset_));
   const double bc2 = 1.0 - std::pow(b2, static_cast<double>(steps_since_reset_));
 
-  std::vector<torch::Tensor> params, decayed;
-  for (size_t i = 0; i < params_.size(); ++i) {
-    params.push_back(params_[i].second);
-    if (decay_[i]) decayed.push_back(params_[i].second);
-  }
   if (spike.m.defined()) {
     // The spike's soft reset rides on the moments' decay: one pass over m and v, no host sync.
     auto m_decay = spike.m * b1, v_decay = spike.v * b2;
@@ -116,11 +114,11 @@ void SpamAdamW::adamw_update(double lr, const MomentFactors& spike) {
   }
   at::_foreach_add_(m_, grads_, 1.0 - b1);                 // m = b1·(spike factor)·m + (1 − b1)·g
   at::_foreach_addcmul_(v_, grads_, grads_, 1.0 - b2);     // v = b2·(spike factor)·v + (1 − b2)·g²
-  if (train_.weight_decay > 0 && !decayed.empty()) at::_foreach_mul_(decayed, 1.0 - lr * train_.weight_decay);
+  if (train_.weight_decay > 0 && !decayed_.empty()) at::_foreach_mul_(decayed_, 1.0 - lr * train_.weight_decay);
   std::vector<torch::Tensor> denom = at::_foreach_sqrt(v_);
   at::_foreach_div_(denom, std::sqrt(bc2));
   at::_foreach_add_(denom, kAdamEps);                      // sqrt(v̂) + eps
-  at::_foreach_addcdiv_(params, m_, denom, -lr / bc1);     // p −= lr·m̂/(sqrt(v̂) + eps)
+  at::_foreach_addcdiv_(tensors_, m_, denom, -lr / bc1);    // p −= lr·m̂/(sqrt(v̂) + eps)
 }
 
 torch::Tensor SpamAdamW::step(double lr) {

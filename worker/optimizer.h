@@ -55,8 +55,8 @@ class SpamAdamW {
   void adamw_update(double lr, const MomentFactors& spike);
 
   NamedTensors params_;
-  std::vector<torch::Tensor> grads_, m_, v_;  // m_, v_ in fp32, like the parameters
-  std::vector<bool> decay_;
+  std::vector<torch::Tensor> tensors_, decayed_;  // params_'s tensors, and those with dim >= 2 (for the foreach ops)
+  std::vector<torch::Tensor> grads_, m_, v_;     // m_, v_ in fp32, like the parameters
   TrainConfig train_;
   int64_t steps_since_reset_ = 0;
   int64_t norms_seen_ = 0;

@@ -8,13 +8,6 @@
 namespace ratio::model::testing {
 namespace {
 
-struct Named {
-  std::string name;
-  ModelConfig config;
-};
-void PrintTo(const Named& v, std::ostream* os) { *os << v.name; }
-
-
 std::vector<Named> cacheable_configs() {
   std::vector<Named> out;
   auto c = tiny();

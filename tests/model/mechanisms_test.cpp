@@ -9,13 +9,6 @@
 namespace ratio::model::testing {
 namespace {
 
-struct Named {
-  std::string name;
-  ModelConfig config;
-};
-void PrintTo(const Named& v, std::ostream* os) { *os << v.name; }
-
-
 // One config per mechanism and mode, plus combinations.
 std::vector<Named> mechanism_configs() {
   std::vector<Named> out;

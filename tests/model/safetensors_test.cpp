@@ -53,6 +53,25 @@ GPT pretrained_baseline(const ModelConfig& c) {
   return model;
 }
 
+// A model of `config` (seed 5) initialised from `source` saved as a Hugging Face file.
+struct Loaded {
+  GPT model;
+  PretrainedLoad report;
+};
+Loaded load_pretrained(GPT& source, const ModelConfig& config) {
+  TempFile file("pretrained");
+  write_safetensors(file.path(), as_hf(source, "", torch::kFloat32));
+  auto model = make_model(config, 5);
+  auto report = load_hf_gpt2(*model, file.path());
+  return {model, report};
+}
+
+ModelConfig with_mla(ModelConfig c, int latent_dim) {
+  c.mla.enabled = true;
+  c.mla.latent_dim = latent_dim;
+  return c;
+}
+
 TEST(Safetensors, HuggingFaceBaselineLoadsExactly) {
   const auto c = tiny();
   auto source = pretrained_baseline(c);
@@ -106,12 +125,9 @@ TEST(Safetensors, CheckpointRoundTripGivesIdenticalLogits) {
 TEST(Safetensors, WiderMlpCopiesPretrainedUnits) {
   const auto c = tiny();
   auto source = pretrained_baseline(c);
-  TempFile file("wide");
-  write_safetensors(file.path(), as_hf(source, "", torch::kFloat32));
   auto wide_config = c;
   wide_config.mlp_ratio = 5.0;  // 80 units, 64 pretrained
-  auto model = make_model(wide_config, 5);
-  auto report = load_hf_gpt2(*model, file.path());
+  auto [model, report] = load_pretrained(source, wide_config);
   std::set<std::string> resized(report.resized.begin(), report.resized.end());
   EXPECT_TRUE(resized.count("h.0.mlp.c_fc.weight"));
   EXPECT_TRUE(resized.count("h.0.mlp.c_proj.weight"));
@@ -126,13 +142,7 @@ TEST(Safetensors, WiderMlpCopiesPretrainedUnits) {
 TEST(Safetensors, MlaAtFullRankReproducesThePretrainedModel) {
   const auto c = tiny();
   auto source = pretrained_baseline(c);
-  TempFile file("mla");
-  write_safetensors(file.path(), as_hf(source, "", torch::kFloat32));
-  auto mla_config = c;
-  mla_config.mla.enabled = true;
-  mla_config.mla.latent_dim = c.n_embd;  // rank C: the factorisation is exact
-  auto model = make_model(mla_config, 5);
-  auto report = load_hf_gpt2(*model, file.path());
+  auto [model, report] = load_pretrained(source, with_mla(c, c.n_embd));  // rank C: the factorisation is exact
   EXPECT_EQ(report.derived.size(), 9u * c.n_layer);
   auto idx = random_tokens(c, 2, 9, 3);
   EXPECT_LT(max_abs_diff(model->forward(idx).logits, source->forward(idx).logits), 1e-4);
@@ -141,13 +151,7 @@ TEST(Safetensors, MlaAtFullRankReproducesThePretrainedModel) {
 TEST(Safetensors, MlaLatentIsTheBestRankLApproximation) {
   const auto c = tiny();
   auto source = pretrained_baseline(c);
-  TempFile file("mla_low");
-  write_safetensors(file.path(), as_hf(source, "", torch::kFloat32));
-  auto mla_config = c;
-  mla_config.mla.enabled = true;
-  mla_config.mla.latent_dim = 4;
-  auto model = make_model(mla_config, 5);
-  load_hf_gpt2(*model, file.path());
+  auto model = load_pretrained(source, with_mla(c, 4)).model;
   auto params = model->named_parameters();
   auto wv = source->named_parameters()["h.0.attn.c_attn.weight"].slice(0, 2 * c.n_embd, 3 * c.n_embd);
   auto approx = torch::matmul(params["h.0.attn.v_up.weight"], params["h.0.attn.v_down.weight"]);

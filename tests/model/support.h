@@ -1,6 +1,7 @@
 #pragma once
 // Shared pieces of the model tests: tiny configurations and the devices to run on.
 
+#include <ostream>
 #include <string>
 #include <vector>
 
@@ -43,6 +44,13 @@ inline ModelConfig all_on(const std::string& tying = "per_head_scalar") {
   c.learned_ratio.enabled = true;
   return c;
 }
+
+// A configuration with the name its parameterised test instance is shown under.
+struct Named {
+  std::string name;
+  ModelConfig config;
+};
+inline void PrintTo(const Named& v, std::ostream* os) { *os << v.name; }
 
 // Where to run: CPU fp32 always; CUDA with bf16 autocast when a GPU is present.
 struct Target {

@@ -363,6 +363,23 @@ TEST_F(WorkerCli, InitFromOtherWidthIsDataError) {
   expect_failure(run(job, "init_narrow"), 3, "n_embd 32 in the file, 64 in the model; set model.n_embd");
 }
 
+// Model init depends on the seed alone, so runs that differ only in dropout start from the same weights:
+// the iter-0 evaluation (dropout off) agrees to the bit, the training step after it (dropout on) does not.
+TEST_F(WorkerCli, EvalTurnsDropoutOffAndTrainingBackOn) {
+  std::map<double, WorkerRun> runs;
+  for (double dropout : {0.0, 0.5}) {
+    json job = tiny_job();
+    job["model"]["dropout"] = dropout;
+    job["train"]["max_iters"] = 1;
+    job["train"]["warmup_iters"] = 1;
+    job["train"]["log_interval"] = 1;
+    runs[dropout] = run(job, "dropout" + std::to_string(static_cast<int>(dropout * 10)));
+    ASSERT_EQ(runs[dropout].exit_code, 0) << runs[dropout].stderr_text;
+  }
+  EXPECT_EQ(series(runs[0.0], "eval", "val_loss").front(), series(runs[0.5], "eval", "val_loss").front());
+  EXPECT_GT(std::abs(series(runs[0.0], "metric", "train_loss").front() - series(runs[0.5], "metric", "train_loss").front()), 1e-3);
+}
+
 TEST_F(WorkerCli, MissingDatasetIsDataError) {
   json job = tiny_job();
   job["data"]["dataset"] = path("no_such_dataset");

@@ -378,6 +378,9 @@ TEST_F(WorkerCli, EvalTurnsDropoutOffAndTrainingBackOn) {
   }
   EXPECT_EQ(series(runs[0.0], "eval", "val_loss").front(), series(runs[0.5], "eval", "val_loss").front());
   EXPECT_GT(std::abs(series(runs[0.0], "metric", "train_loss").front() - series(runs[0.5], "metric", "train_loss").front()), 1e-3);
+  // grad_accum 2: the loss of a step is the mean over its micro-batches, near an untrained model's
+  // val loss (about ln 256), not their sum.
+  EXPECT_NEAR(series(runs[0.0], "metric", "train_loss").front(), series(runs[0.0], "eval", "val_loss").front(), 0.1);
 }
 
 TEST_F(WorkerCli, MissingDatasetIsDataError) {

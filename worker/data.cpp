@@ -154,8 +154,11 @@ std::vector<uint64_t> BatchOrder::train_draws(int64_t iter, int micro, int B) co
 }
 
 std::vector<uint64_t> BatchOrder::val_draws(int k, int B) const {
+  // Not the job's seed: every job, whatever its seed, is judged on the same validation batches, so
+  // the spread over seeds measures the models and not which text they happened to be scored on.
+  constexpr uint64_t kValidationSeed = 0;
   std::vector<uint64_t> d(B);
-  for (int b = 0; b < B; ++b) d[b] = draw(seed, 2, static_cast<uint64_t>(k), 0, b);
+  for (int b = 0; b < B; ++b) d[b] = draw(kValidationSeed, 2, static_cast<uint64_t>(k), 0, b);
   return d;
 }
 

@@ -65,7 +65,8 @@ class TokenSplit {
 };
 
 // The batches a job sees, drawn from its seed alone: micro-batch `micro` of iteration `iter` is the
-// same for every step of a matrix and after a resume. Validation batch k is fixed per seed.
+// same for every step of a matrix and after a resume. Validation batch k is the same for every job,
+// whatever its seed, so seeds vary the training and never the yardstick.
 struct BatchOrder {
   uint64_t seed;
   std::vector<uint64_t> train_draws(int64_t iter, int micro, int B) const;

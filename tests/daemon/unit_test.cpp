@@ -168,7 +168,9 @@ TEST(EventBus, ASubscriberThatFellBehindIsToldToResync) {
   const size_t extra = 5;
   for (size_t i = 0; i < EventBus::kMaxQueued + extra; ++i) {
     bus.publish("metric", {{"iter", i}});
-    if (i == 0) EXPECT_EQ(fast->next(1)->data["iter"], 0);  // reads as it goes, then stops reading
+    if (i == 0) {  // fast reads as it goes, then stops reading
+      EXPECT_EQ(fast->next(1)->data["iter"], 0);
+    }
   }
   // slow never read: the oldest `extra` events are gone, and the first thing it hears says so.
   auto resync = slow->next(1);

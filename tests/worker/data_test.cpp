@@ -74,7 +74,7 @@ TEST_F(DataTest, OddRawShardAndMissingShardAreErrors) {
   EXPECT_THROW(MappedShard{path("nope.bin")}, DataError);
 }
 
-TEST_F(DataTest, BatchOrderDependsOnlyOnSeedAndPosition) {
+TEST_F(DataTest, TrainOrderDependsOnSeedAndPositionValidationOnPositionOnly) {
   write_shard(path("train.bin"), ramp(10000, 256));
   TokenSplit split({path("train.bin")}, 17);
   BatchOrder a{1337}, b{1337}, other{7};
@@ -84,6 +84,9 @@ TEST_F(DataTest, BatchOrderDependsOnlyOnSeedAndPosition) {
   EXPECT_NE(a.train_draws(5, 2, 4), other.train_draws(5, 2, 4));
   EXPECT_EQ(a.val_draws(3, 4), b.val_draws(3, 4));
   EXPECT_NE(a.val_draws(3, 4), a.train_draws(3, 0, 4));
+  // Seeds change the training data order, never the validation batches every job is judged on.
+  EXPECT_EQ(a.val_draws(3, 4), other.val_draws(3, 4));
+  EXPECT_NE(a.val_draws(3, 4), a.val_draws(4, 4));
 
   std::vector<int64_t> x1(4 * 16), y1(4 * 16), x2(4 * 16), y2(4 * 16);
   split.fill(a.train_draws(5, 2, 4), 4, 16, 256, x1.data(), y1.data());

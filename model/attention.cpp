@@ -72,15 +72,15 @@ AttentionImpl::AttentionImpl(const ModelConfig& config, int layer)
   const int64_t C = config.n_embd, H = config.n_head, D = config.head_dim();
   if (mla_) {
     const int64_t L = config.mla.latent_dim;
-    q_proj = register_module("q_proj", torch::nn::Linear(C, C));
-    k_down = register_module("k_down", torch::nn::Linear(C, L));
-    v_down = register_module("v_down", torch::nn::Linear(C, L));
-    v_up = register_module("v_up", torch::nn::Linear(L, C));
+    q_proj = register_module("q_proj", Linear(C, C));
+    k_down = register_module("k_down", Linear(C, L));
+    v_down = register_module("v_down", Linear(C, L));
+    v_up = register_module("v_up", Linear(L, C));
     q_to_latent = register_parameter("q_to_latent", torch::randn({H, D, L}) * 0.02);  // GPT-2 scale
   } else {
-    c_attn = register_module("c_attn", torch::nn::Linear(C, 3 * C));
+    c_attn = register_module("c_attn", Linear(C, 3 * C));
   }
-  c_proj = register_module("c_proj", torch::nn::Linear(C, C));
+  c_proj = register_module("c_proj", Linear(C, C));
   if (config.ra.enabled) {
     auto alpha = torch::full({1}, config.ra.alpha);
     ra_alpha = config.ra.learnable ? register_parameter("ra_alpha", alpha) : register_buffer("ra_alpha", alpha);

@@ -21,8 +21,8 @@ bool ends_with(const std::string& s, const std::string& suffix) {
 int64_t linear_count(int64_t in, int64_t out) { return in * out + out; }
 int64_t mlp_count(int64_t C, int64_t M) { return linear_count(C, M) + linear_count(M, C); }
 
-torch::nn::Linear linear_no_bias(int64_t in, int64_t out) {
-  return torch::nn::Linear(torch::nn::LinearOptions(in, out).bias(false));
+Linear linear_no_bias(int64_t in, int64_t out) {
+  return Linear(torch::nn::LinearOptions(in, out).bias(false));
 }
 
 }  // namespace
@@ -32,15 +32,15 @@ torch::nn::Linear linear_no_bias(int64_t in, int64_t out) {
 MlpImpl::MlpImpl(const ModelConfig& config, int layer) : config_(config) {
   const int64_t C = config.n_embd, M = config.mlp_hidden(), H = config.n_head, G = config.mlp_gate.gate_dim;
   const bool producer = layer < config.n_layer - 1;
-  c_fc = register_module("c_fc", torch::nn::Linear(C, M));
-  c_proj = register_module("c_proj", torch::nn::Linear(M, C));
+  c_fc = register_module("c_fc", Linear(C, M));
+  c_proj = register_module("c_proj", Linear(M, C));
   if (config.learned_ratio.enabled) ratio = register_parameter("ratio", torch::full({1}, config.learned_ratio.init));
   if (config.mlp_gate.enabled && !config.force_gates_open && producer) {
-    gate_proj = register_module("gate_proj", torch::nn::Linear(M, G));
-    gate_to_heads = register_module("gate_to_heads", torch::nn::Linear(G, H));
+    gate_proj = register_module("gate_proj", Linear(M, G));
+    gate_to_heads = register_module("gate_to_heads", Linear(G, H));
   }
   if (config.mlp_cross.enabled) {
-    cross_proj = register_module("cross_proj", torch::nn::Linear(M, M));
+    cross_proj = register_module("cross_proj", Linear(M, M));
     cross_alpha = register_parameter("cross_alpha", torch::full({1}, config.mlp_cross.alpha));
   }
   drop = register_module("drop", torch::nn::Dropout(config.dropout));
@@ -99,7 +99,7 @@ CouplerImpl::CouplerImpl(const ModelConfig& config, int layer)
     : config_(config), producer_(layer < config.n_layer - 1) {
   const int64_t C = config.n_embd, M = config.mlp_hidden(), L = config.attn_latent_dim(), H = config.n_head;
   const auto& tying = config.mlp_latent.tying;
-  if (!config.mla.enabled) latent_down = register_module("latent_down", torch::nn::Linear(C, L));
+  if (!config.mla.enabled) latent_down = register_module("latent_down", Linear(C, L));
   if (tying == "tied_transpose") {
     tied = register_module("tied", linear_no_bias(L, M));  // weight [M, L], used as W and Wᵀ
   } else if (tying == "untied" || tying == "per_head_scalar") {

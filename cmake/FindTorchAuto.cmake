@@ -19,7 +19,10 @@ find_package(Torch REQUIRED)
 message(STATUS "LibTorch ${Torch_VERSION} (${TORCH_INSTALL_PREFIX})")
 
 # Every LibTorch user links this target: flags, includes and the precompiled header.
+# libstdc++ comes first: the PyTorch wheel's libtorch.so exports its own std::filesystem symbols, and
+# a binary that found them there first called into them (std::filesystem::remove_all jumped to
+# address 0 on the GPU machine). Linked ahead, libstdc++ defines them for every binary here.
 add_library(ratio_torch INTERFACE)
-target_link_libraries(ratio_torch INTERFACE ${TORCH_LIBRARIES})
+target_link_libraries(ratio_torch INTERFACE stdc++ ${TORCH_LIBRARIES})
 separate_arguments(RATIO_TORCH_CXX_FLAGS UNIX_COMMAND "${TORCH_CXX_FLAGS}")
 target_compile_options(ratio_torch INTERFACE ${RATIO_TORCH_CXX_FLAGS})

@@ -93,6 +93,35 @@ def run_reference(variant, compiled, steps):
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def run_phases(worker, variant, data, work, steps, warmup):
+    """Forward / backward / optimizer medians: ratio-bench-step (beside the worker) and reference.py."""
+    spec_path = os.path.join(work, f"{variant}-phases.json")
+    with open(spec_path, "w") as f:
+        json.dump(job_spec(variant, data, warmup + steps, warmup, spam=False), f)
+    tool = os.path.join(os.path.dirname(worker), "ratio-bench-step")
+    proc = subprocess.run([tool, "--job", spec_path, "--steps", str(steps), "--warmup", str(warmup)],
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    ours = json.loads(proc.stdout) if proc.returncode == 0 else {"error": proc.stderr.strip()[-200:]}
+    cmd = [sys.executable, os.path.join(HERE, "reference.py"), "--variant", variant, "--steps", str(steps), "--phases"]
+    proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    eager = json.loads(proc.stdout.strip().splitlines()[-1]) if proc.returncode == 0 else {"error": proc.stderr[-200:]}
+    return ours, eager
+
+
+def phase_table(phases):
+    lines = ["", "Where a step's time goes (median ms, device synchronised between phases; step = whole step without them)",
+             "", "| variant | | forward | backward | optimizer | step |", "| --- | --- | --- | --- | --- | --- |"]
+    for variant, ours, eager in phases:
+        for name, r in (("ratio-worker", ours), ("PyTorch eager", eager)):
+            if "error" in r:
+                lines.append(f"| {variant} | {name} | {r['error'][:80]} | | | |")
+                continue
+            step = r.get("step_ms", r.get("ms_per_step"))
+            lines.append(f"| {variant} | {name} | {r['forward_ms']:.2f} | {r['backward_ms']:.2f} | "
+                         f"{r['optimizer_ms']:.2f} | {step:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
 def fmt_rate(r):
     return f"{r['tokens_per_s'] / 1000:.0f}k" if "tokens_per_s" in r else r["error"][:60]
 
@@ -110,6 +139,7 @@ def main():
     ap.add_argument("--warmup", type=int, default=10)
     ap.add_argument("--variants", default=",".join(VARIANTS))
     ap.add_argument("--no-reference", action="store_true", help="time ratio-worker only")
+    ap.add_argument("--phases", default="baseline", help="variants to split into forward/backward/optimizer ('' for none)")
     args = ap.parse_args()
 
     work = tempfile.mkdtemp(prefix="ratio-bench-")
@@ -138,6 +168,9 @@ def main():
         lines.append(f"| {variant} | {fmt_rate(worker)} | {fmt_rate(spam) if spam else '–'} | {mfu} | {fmt_rate(eager)} | "
                      f"{fmt_rate(compiled)} | {fmt_mem(worker)} / {fmt_mem(eager)} / {fmt_mem(compiled)} |")
     table = "\n".join(lines) + "\n"
+    phases = [(v, *run_phases(args.worker, v, data, work, args.steps, args.warmup)) for v in args.phases.split(",") if v]
+    if phases:
+        table += phase_table(phases)
     print(table)
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, "w") as f:

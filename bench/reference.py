@@ -2,11 +2,14 @@
 """PyTorch reference for the ratio-worker benchmark: GPT-2 124M with the RATIO attention variants,
 trained on random tokens with fused AdamW under bf16 autocast, eager or torch.compile.
 
-Prints one JSON line: {"variant", "mode", "tokens_per_s", "ms_per_step", "peak_memory_bytes"}.
+Prints one JSON line: {"variant", "mode", "tokens_per_s", "ms_per_step", "peak_memory_bytes"}; with
+--phases also forward_ms, backward_ms and optimizer_ms (medians, the device synchronised between
+phases), the fields ratio-worker's bench/step_phases.cpp prints.
 Same definitions as docs/architecture.md, written plainly (materialised T x T scores wherever RA,
 RA-CT or mechanism 2 need them, SDPA otherwise).
 
-  python3 bench/reference.py --variant baseline|mla|ra|ra_mla|ratio [--compile] [--steps 20]
+  python3 bench/reference.py --variant baseline|mla|ra|ra_mla|ratio [--compile] [--steps 20] [--phases]
+                             [--trace TRACE.json]
 """
 import argparse
 import json
@@ -167,6 +170,8 @@ def main():
     ap.add_argument("--block", type=int, default=1024)
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--warmup", type=int, default=5)
+    ap.add_argument("--phases", action="store_true", help="also time forward, backward and optimizer apart")
+    ap.add_argument("--trace", help="record one more step with torch.profiler into this Chrome trace")
     args = ap.parse_args()
 
     torch.manual_seed(1337)
@@ -183,13 +188,18 @@ def main():
     x = torch.randint(0, 50257, (args.batch, args.block), device=dev)
     y = torch.randint(0, 50257, (args.batch, args.block), device=dev)
 
-    def step():
+    def forward():
         with torch.autocast("cuda", dtype=torch.bfloat16):
-            loss = step_model(x, y)
-        loss.backward()
+            return step_model(x, y)
+
+    def optimize():
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
+
+    def step():
+        forward().backward()
+        optimize()
 
     for _ in range(args.warmup):
         step()
@@ -202,9 +212,37 @@ def main():
         torch.cuda.synchronize()
         times.append(time.perf_counter() - t0)
     ms = sorted(times)[len(times) // 2] * 1000
-    print(json.dumps({"variant": args.variant, "mode": "compile" if args.compile else "eager",
-                      "tokens_per_s": args.batch * args.block / (ms / 1000), "ms_per_step": ms,
-                      "peak_memory_bytes": torch.cuda.max_memory_allocated()}))
+    out = {"variant": args.variant, "mode": "compile" if args.compile else "eager",
+           "tokens_per_s": args.batch * args.block / (ms / 1000), "ms_per_step": ms,
+           "peak_memory_bytes": torch.cuda.max_memory_allocated()}
+    if args.phases:
+        out.update(time_phases(forward, optimize, args.steps))
+    if args.trace:
+        activities = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
+        with torch.profiler.profile(activities=activities) as prof:
+            step()
+            torch.cuda.synchronize()
+        prof.export_chrome_trace(args.trace)
+    print(json.dumps(out))
+
+
+def time_phases(forward, optimize, steps):
+    """Median milliseconds of forward, backward and optimizer, synchronising between them."""
+    phase_ms = {"forward_ms": [], "backward_ms": [], "optimizer_ms": []}
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        loss = forward()
+        torch.cuda.synchronize()
+        t1 = time.perf_counter()
+        loss.backward()
+        torch.cuda.synchronize()
+        t2 = time.perf_counter()
+        optimize()
+        torch.cuda.synchronize()
+        t3 = time.perf_counter()
+        for key, seconds in zip(phase_ms, (t1 - t0, t2 - t1, t3 - t2)):
+            phase_ms[key].append(seconds * 1000)
+    return {key: sorted(v)[len(v) // 2] for key, v in phase_ms.items()}
 
 
 if __name__ == "__main__":

@@ -8,12 +8,56 @@
 #include <torch/torch.h>
 #include <torch/version.h>
 
+#if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 9)
+#define RATIO_HAS_DEVICE_ALLOCATOR_STATS 1  // c10::getDeviceAllocator(...)->getDeviceStats(), from 2.9
+#include <c10/core/CachingDeviceAllocator.h>
+#endif
+
 namespace ratio::compat {
 
 constexpr bool kTorch2 = TORCH_VERSION_MAJOR >= 2;
 
 // at::_fused_adamw_ (one kernel for the whole AdamW update) exists from 2.0; 1.13 has only _fused_adam_.
 constexpr bool kHasFusedAdamW = kTorch2;
+
+// One AdamW step over lists of fp32 tensors on one CUDA device, in a single fused kernel (2.x):
+//   p ← p·(1 − lr·wd);  m ← β1·m + (1 − β1)·g;  v ← β2·v + (1 − β2)·g²;
+//   p ← p − lr/(1 − β1^t) · m / (sqrt(v/(1 − β2^t)) + eps),   t read from `step` (fp32 [] on the device).
+// Only callable when kHasFusedAdamW; the same update written with _foreach ops is SpamAdamW's fallback.
+inline void fused_adamw_(std::vector<torch::Tensor>& params, std::vector<torch::Tensor>& grads,
+                         std::vector<torch::Tensor>& m, std::vector<torch::Tensor>& v, const torch::Tensor& step,
+                         double lr, double beta1, double beta2, double weight_decay, double eps) {
+#if TORCH_VERSION_MAJOR >= 2
+  const std::vector<torch::Tensor> steps(params.size(), step);  // the kernel only reads them
+  at::_fused_adamw_(params, grads, m, v, /*max_exp_avg_sqs=*/{}, steps, lr, beta1, beta2, weight_decay, eps,
+                    /*amsgrad=*/false, /*maximize=*/false);
+#else
+  (void)params, (void)grads, (void)m, (void)v, (void)step, (void)lr, (void)beta1, (void)beta2, (void)weight_decay,
+      (void)eps;
+  TORCH_CHECK(false, "fused AdamW needs LibTorch 2.x");
+#endif
+}
+
+// tensors[i] *= factor for every i, `factor` a device scalar (no host sync). One launch on 2.x.
+inline void foreach_mul_(std::vector<torch::Tensor>& tensors, const torch::Tensor& factor) {
+#if TORCH_VERSION_MAJOR >= 2
+  at::_foreach_mul_(tensors, factor);
+#else
+  for (auto& t : tensors) t.mul_(factor);
+#endif
+}
+
+// Peak bytes the CUDA caching allocator has handed out on `device` since the process started, or
+// nothing where this LibTorch does not expose the allocator's statistics.
+inline std::optional<int64_t> cuda_peak_allocated_bytes(int device) {
+#ifdef RATIO_HAS_DEVICE_ALLOCATOR_STATS
+  const auto stats = c10::getDeviceAllocator(c10::DeviceType::CUDA)->getDeviceStats(static_cast<c10::DeviceIndex>(device));
+  return stats.allocated_bytes[0].peak;  // [0]: StatType::AGGREGATE, both pools
+#else
+  (void)device;
+  return std::nullopt;
+#endif
+}
 
 // Causal (or masked) attention: softmax(q·kᵀ·scale + mask)·v.
 //   q [B, H, Tq, Dk], k [B, H, Tk, Dk], v [B, H, Tk, Dv]; returns [B, H, Tq, Dv].

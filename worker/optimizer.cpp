@@ -3,6 +3,8 @@
 #include <cmath>
 #include <limits>
 
+#include "model/torch_compat.h"
+
 namespace ratio::worker {
 
 namespace {
@@ -22,20 +24,28 @@ std::vector<torch::Tensor> zeros_like_all(const NamedTensors& params) {
 SpamAdamW::SpamAdamW(NamedTensors params, const TrainConfig& train) : params_(std::move(params)), train_(train) {
   m_ = zeros_like_all(params_);
   v_ = zeros_like_all(params_);
-  for (const auto& [name, p] : params_) {
+  const auto& first = params_.front().second;
+  fused_ = compat::kHasFusedAdamW && first.is_cuda();
+  for (size_t i = 0; i < params_.size(); ++i) {
+    const torch::Tensor& p = params_[i].second;
     tensors_.push_back(p);
-    if (p.dim() >= 2) decayed_.push_back(p);  // matrices decay; biases, norms, alphas do not
+    const bool decays = p.dim() >= 2;  // matrices decay; biases, norms, alphas do not
+    if (decays) decayed_.push_back(p);
+    (decays ? decayed_index_ : plain_index_).push_back(i);
+    // The fused kernel takes one device and one dtype per call.
+    fused_ = fused_ && p.device() == first.device() && p.scalar_type() == first.scalar_type();
   }
-  const auto scalar = params_.front().second.options().dtype(torch::kFloat32);
+  const auto scalar = first.options().dtype(torch::kFloat32);
+  step_ = torch::zeros({}, scalar);
   norm_mean_ = torch::zeros({}, scalar);
   norm_m2_ = torch::zeros({}, scalar);
   spikes_ = torch::zeros({}, scalar);
 }
 
 void SpamAdamW::zero_grad() {
-  for (auto& [name, p] : params_) {
-    if (p.grad().defined()) p.mutable_grad().zero_();
-  }
+  // Dropped rather than zeroed: the next backward then hands its gradient over instead of adding
+  // it to zeros (one kernel per parameter saved), as PyTorch's set_to_none does.
+  for (auto& [name, p] : params_) p.mutable_grad() = torch::Tensor();
 }
 
 void SpamAdamW::reset() {
@@ -97,17 +107,22 @@ void SpamAdamW::clip_to_second_moment() {
 
 void SpamAdamW::adamw_update(double lr, const MomentFactors& spike) {
   ++steps_since_reset_;
+  if (fused_) {
+    if (spike.m.defined()) {  // the spike's soft reset, then the usual decay inside the kernel
+      compat::foreach_mul_(m_, spike.m);
+      compat::foreach_mul_(v_, spike.v);
+    }
+    fused_adamw_update(lr);
+    return;
+  }
   const double b1 = train_.beta1, b2 = train_.beta2;
   const double bc1 = 1.0 - std::pow(b1, static_cast<double>(steps_since_reset_));
   const double bc2 = 1.0 - std::pow(b2, static_cast<double>(steps_since_reset_));
-
   if (spike.m.defined()) {
     // The spike's soft reset rides on the moments' decay: one pass over m and v, no host sync.
-    auto m_decay = spike.m * b1, v_decay = spike.v * b2;
-    for (size_t i = 0; i < m_.size(); ++i) {
-      m_[i].mul_(m_decay);
-      v_[i].mul_(v_decay);
-    }
+    const auto moments = m_.front().scalar_type();  // the factors in the moments' precision, as b1 and b2 are
+    compat::foreach_mul_(m_, spike.m.to(moments) * b1);
+    compat::foreach_mul_(v_, spike.v.to(moments) * b2);
   } else {
     at::_foreach_mul_(m_, b1);
     at::_foreach_mul_(v_, b2);
@@ -119,6 +134,21 @@ void SpamAdamW::adamw_update(double lr, const MomentFactors& spike) {
   at::_foreach_div_(denom, std::sqrt(bc2));
   at::_foreach_add_(denom, kAdamEps);                      // sqrt(v̂) + eps
   at::_foreach_addcdiv_(tensors_, m_, denom, -lr / bc1);    // p −= lr·m̂/(sqrt(v̂) + eps)
+}
+
+void SpamAdamW::fused_adamw_update(double lr) {
+  step_.fill_(static_cast<double>(steps_since_reset_));  // a launch, not a sync
+  for (const auto& [indices, weight_decay] : {std::pair{&decayed_index_, train_.weight_decay}, std::pair{&plain_index_, 0.0}}) {
+    if (indices->empty()) continue;
+    std::vector<torch::Tensor> p, g, m, v;
+    for (size_t i : *indices) {
+      p.push_back(tensors_[i]);
+      g.push_back(grads_[i]);
+      m.push_back(m_[i]);
+      v.push_back(v_[i]);
+    }
+    compat::fused_adamw_(p, g, m, v, step_, lr, train_.beta1, train_.beta2, weight_decay, kAdamEps);
+  }
 }
 
 torch::Tensor SpamAdamW::step(double lr) {
@@ -134,7 +164,7 @@ torch::Tensor SpamAdamW::step(double lr) {
   if (train_.spam.enabled) spike = spike_factors(norm);
   if (train_.grad_clip > 0) {
     auto coef = (train_.grad_clip / (norm + 1e-6)).clamp_max(1.0);
-    for (auto& g : grads_) g.mul_(coef);
+    compat::foreach_mul_(grads_, coef);
   }
   if (train_.spam.enabled) clip_to_second_moment();
   adamw_update(lr, spike);

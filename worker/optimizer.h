@@ -11,7 +11,8 @@
 //   4. SPAM clipping: each entry with |g| > sqrt(θ·v) is clipped to that bound, v being the second
 //      moment before this step (entries with v = 0, which have never seen a gradient, are left alone);
 //   5. the AdamW update (decoupled weight decay on tensors with dim >= 2), bias correction counted
-//      from the last periodic reset.
+//      from the last periodic reset. On CUDA with LibTorch 2.x this is PyTorch's fused AdamW kernel,
+//      one launch per weight-decay group; elsewhere the same arithmetic in _foreach ops.
 // Periodic resets (reset()) zero m, v and the step count; the lr warm-up after them is the
 // schedule's (worker/schedule.h).
 
@@ -35,7 +36,7 @@ class SpamAdamW {
   // Runs steps 1–5 with learning rate `lr`; returns the pre-clip global gradient norm (a device scalar).
   torch::Tensor step(double lr);
   void reset();  // SPAM's periodic reset
-  void zero_grad();
+  void zero_grad();  // drops the gradients (set to none)
 
   // Count of spikes seen so far (a device scalar, for logging).
   const torch::Tensor& spikes() const { return spikes_; }
@@ -53,9 +54,13 @@ class SpamAdamW {
   MomentFactors spike_factors(const torch::Tensor& norm);
   void clip_to_second_moment();
   void adamw_update(double lr, const MomentFactors& spike);
+  void fused_adamw_update(double lr);
 
   NamedTensors params_;
   std::vector<torch::Tensor> tensors_, decayed_;  // params_'s tensors, and those with dim >= 2 (for the foreach ops)
+  std::vector<size_t> decayed_index_, plain_index_;  // positions in params_ with and without weight decay
+  bool fused_ = false;                               // one fused kernel per group (CUDA, LibTorch 2.x)
+  torch::Tensor step_;                               // fp32 device scalar: steps since reset, for the fused kernel
   std::vector<torch::Tensor> grads_, m_, v_;     // m_, v_ in fp32, like the parameters
   TrainConfig train_;
   int64_t steps_since_reset_ = 0;

@@ -350,9 +350,12 @@ json Trainer::result(double wall_s) {
     const int64_t non_embedding = params.total - static_cast<int64_t>(m.block_size) * m.n_embd;  // nanoGPT leaves out wpe
     mfu = flops_per_token(non_embedding, m.n_layer, m.n_head, m.head_dim(), m.block_size) * tokens_per_s / kH100PeakBf16Flops;
   }
-  // On CUDA the device's peak needs the caching allocator's statistics, which this build does not
-  // reach; the host's peak RSS is reported on CPU only.
-  json peak = device_.is_cuda() ? json(nullptr) : json(peak_host_memory_bytes());
+  // On CUDA the caching allocator's peak (null where this LibTorch hides it), on CPU the peak RSS.
+  json peak = peak_host_memory_bytes();
+  if (device_.is_cuda()) {
+    const auto device_peak = compat::cuda_peak_allocated_bytes(device_.index());
+    peak = device_peak ? json(*device_peak) : json(nullptr);
+  }
   return {{"final_val_loss", number_or_null(final_val_loss_)},
           {"best_val_loss", number_or_null(best_val_loss_)},
           {"best_iter", best_iter_},
@@ -379,6 +382,7 @@ int Trainer::run() {
   if (autocast_) compat::set_cuda_autocast(true, torch::kBFloat16);
 
   events_.emit("started", {{"iter", start_iter_}, {"max_iters", train_.max_iters}, {"device", device_.str()},
+                           {"threads", at::get_num_threads()},
                            {"dtype", autocast_ ? "bf16" : "fp32"}, {"build_id", build_id()},
                            {"config_hash", config_hash_}, {"params", params_json(param_counts())}});
   log_clock_ = std::chrono::steady_clock::now();

@@ -131,6 +131,50 @@ TEST(SpamAdamW, ResetZeroesMomentsAndRestartsBiasCorrection) {
   EXPECT_NEAR(before - p.item<double>(), 0.1, 1e-6);
 }
 
+// On CUDA with LibTorch 2.x the AdamW update runs in PyTorch's fused kernel, elsewhere in _foreach
+// ops: both must give the same parameters (to fp32 rounding of the norm statistics, which both keep in fp32), with global clipping, SPAM's element clipping, a spike
+// and a periodic reset all exercised. (Skipped without a GPU; CI has none, the device run has one.)
+TEST(SpamAdamW, CudaUpdateEqualsCpuUpdate) {
+  if (!torch::cuda::is_available()) GTEST_SKIP() << "needs a CUDA device";
+  TrainConfig t = plain_adamw();
+  t.grad_clip = 1.0;
+  t.spam.enabled = true;
+  t.spam.theta = 5.0;
+  t.spam.spike_z = 2.0;
+  torch::manual_seed(0);
+  auto w_cpu = torch::randn({64, 48}, torch::kFloat64).set_requires_grad(true);
+  auto b_cpu = torch::randn({64}, torch::kFloat64).set_requires_grad(true);
+  auto w_gpu = w_cpu.detach().to(torch::kCUDA).set_requires_grad(true);
+  auto b_gpu = b_cpu.detach().to(torch::kCUDA).set_requires_grad(true);
+  SpamAdamW on_cpu({{"w", w_cpu}, {"b", b_cpu}}, t), on_gpu({{"w", w_gpu}, {"b", b_gpu}}, t);
+  for (int step = 0; step < 40; ++step) {
+    const double scale = step == 25 ? 40.0 : 1.0;  // one spike in the gradient norm
+    auto gw = torch::randn({64, 48}, torch::kFloat64) * scale, gb = torch::randn({64}, torch::kFloat64) * scale;
+    w_cpu.mutable_grad() = gw.clone();
+    b_cpu.mutable_grad() = gb.clone();
+    w_gpu.mutable_grad() = gw.to(torch::kCUDA);
+    b_gpu.mutable_grad() = gb.to(torch::kCUDA);
+    if (step == 30) {
+      on_cpu.reset();
+      on_gpu.reset();
+    }
+    const double norm_cpu = on_cpu.step(1e-2).item<double>(), norm_gpu = on_gpu.step(1e-2).item<double>();
+    ASSERT_NEAR(norm_cpu, norm_gpu, 1e-6 * norm_cpu) << "step " << step;
+    // Stop at the first step that differs, naming the tensor and by how much.
+    const auto state_cpu = on_cpu.state(), state_gpu = on_gpu.state();
+    ASSERT_TRUE(torch::allclose(w_gpu.cpu(), w_cpu, 1e-6, 1e-9))
+        << "step " << step << ": w differs by " << (w_gpu.cpu() - w_cpu).abs().max().item<double>();
+    for (size_t i = 0; i < state_cpu.size(); ++i)
+      ASSERT_TRUE(torch::allclose(state_gpu[i].second.cpu(), state_cpu[i].second, 1e-6, 1e-12))
+          << "step " << step << ": " << state_cpu[i].first << " differs by "
+          << (state_gpu[i].second.cpu() - state_cpu[i].second).abs().max().item<double>() << " (max |value| "
+          << state_cpu[i].second.abs().max().item<double>() << ")";
+  }
+  EXPECT_EQ(on_cpu.spikes().item<double>(), 1.0);
+  EXPECT_EQ(on_gpu.spikes().item<double>(), 1.0);
+  EXPECT_TRUE(torch::allclose(b_gpu.cpu(), b_cpu, 1e-6, 1e-9));
+}
+
 TEST(MagnitudePruner, KeepsLargestLinearWeightsOnly) {
   auto w = torch::arange(1, 9, torch::kFloat32).reshape({2, 4}).set_requires_grad(true);  // |w| = 1..8
   auto emb = torch::ones({3, 2}).set_requires_grad(true);

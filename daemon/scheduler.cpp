@@ -156,7 +156,9 @@ void Scheduler::launch(const Slot& slot, const db::ClaimedAttempt& claim, const 
                                      "--token",           token};
     if (!config_.data_dir.empty()) argv.insert(argv.end(), {"--data-dir", config_.data_dir});
     if (claim.resume) argv.push_back("--resume");
-    spawned = spawn_process(argv, {{"CUDA_VISIBLE_DEVICES", slot.cuda_devices}});
+    std::map<std::string, std::string> env = {{"CUDA_VISIBLE_DEVICES", slot.cuda_devices}};
+    if (!std::getenv("OMP_NUM_THREADS")) env["OMP_NUM_THREADS"] = std::to_string(slot.threads);  // the user's wins
+    spawned = spawn_process(argv, env);
   } catch (const std::exception& e) {
     if (log_fd >= 0) close(log_fd);
     spdlog::error("job {}: {}", claim.job_id, e.what());

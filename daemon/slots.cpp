@@ -1,9 +1,11 @@
 #include "daemon/slots.h"
 
+#include <algorithm>
 #include <cstdio>
 #include <filesystem>
 #include <sstream>
 #include <stdexcept>
+#include <thread>
 
 namespace ratio::daemon {
 
@@ -45,7 +47,9 @@ int count_gpus() {
   return gpus;
 }
 
-std::vector<Slot> parse_slots(const std::string& spec) {
+namespace {
+
+std::vector<Slot> parse_slot_list(const std::string& spec) {
   std::vector<Slot> slots;
   if (spec == "auto") {
     int gpus = count_gpus();
@@ -70,6 +74,15 @@ std::vector<Slot> parse_slots(const std::string& spec) {
     return slots;
   }
   throw std::invalid_argument("--slots '" + spec + "': expected auto, gpu:0,1 or cpu:N");
+}
+
+}  // namespace
+
+std::vector<Slot> parse_slots(const std::string& spec) {
+  std::vector<Slot> slots = parse_slot_list(spec);
+  const int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  for (Slot& slot : slots) slot.threads = std::max(1, cores / static_cast<int>(slots.size()));
+  return slots;
 }
 
 }  // namespace ratio::daemon

@@ -5,6 +5,7 @@
 #include <signal.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cstdio>
@@ -72,6 +73,13 @@ TEST(Slots, ParsesCpuAndGpuLists) {
   EXPECT_THROW(parse_slots("tpu:1"), std::invalid_argument);
   auto detected = parse_slots("auto");  // this machine's GPUs, else one CPU slot
   EXPECT_EQ(detected.size(), count_gpus() > 0 ? static_cast<size_t>(count_gpus()) : 1u);
+}
+
+TEST(Slots, ShareTheCoresBetweenThem) {
+  const int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  EXPECT_EQ(parse_slots("cpu:1")[0].threads, cores);
+  for (const Slot& slot : parse_slots("cpu:2")) EXPECT_EQ(slot.threads, std::max(1, cores / 2));
+  for (const Slot& slot : parse_slots("cpu:" + std::to_string(4 * cores))) EXPECT_EQ(slot.threads, 1);
 }
 
 TEST(RetryPolicy, FollowsTheExitCodesOfTheJobContract) {

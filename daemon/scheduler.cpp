@@ -4,6 +4,7 @@
 #include <signal.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstring>
 #include <filesystem>
@@ -156,6 +157,8 @@ void Scheduler::launch(const Slot& slot, const db::ClaimedAttempt& claim, const 
                                      "--token",           token};
     if (!config_.data_dir.empty()) argv.insert(argv.end(), {"--data-dir", config_.data_dir});
     if (claim.resume) argv.push_back("--resume");
+    // Four beats per lease: a live process never loses its lease to one late beat.
+    argv.insert(argv.end(), {"--heartbeat-s", std::to_string(std::max(0.5, config_.lease_s / 4))});
     std::map<std::string, std::string> env = {{"CUDA_VISIBLE_DEVICES", slot.cuda_devices}};
     if (!std::getenv("OMP_NUM_THREADS")) env["OMP_NUM_THREADS"] = std::to_string(slot.threads);  // the user's wins
     spawned = spawn_process(argv, env);

@@ -3,8 +3,9 @@
 // ingests their stdout events, watches liveness, and ends each attempt by its termination reason.
 //
 // Liveness, per attempt: (1) the process exit status; (2) a heartbeat lease: any event, from stdout
-// or POST /api/report, renews it, and an attempt silent for lease_s is killed and marked lost;
-// (3) a no-progress watchdog: an iteration counter that has not advanced for stall_s is a hang.
+// or POST /api/report, renews it (the worker beats every lease_s / 4 with --heartbeat-s), and an
+// attempt silent for lease_s is killed and marked lost; (3) a no-progress watchdog: a process that
+// keeps beating but whose metric/eval iteration has not advanced for stall_s is hung: killed, lost.
 // Retries follow docs/job-spec.md's exit codes (retry_policy below).
 
 #include <sys/types.h>

@@ -13,6 +13,7 @@ double unix_time() {
 }
 
 nlohmann::json EventSink::emit(const std::string& type, nlohmann::json fields) {
+  std::lock_guard<std::mutex> lock(mu_);
   fields["type"] = type;
   fields["seq"] = seq_++;
   fields["time"] = unix_time();

@@ -53,9 +53,11 @@ class EventSink {
   HttpReporter* reporter() { return reporter_.get(); }
 
   // Adds type, seq and time to `fields`, writes the line, forwards it; returns the event.
+  // Thread-safe: the heartbeat thread emits beside the training loop.
   nlohmann::json emit(const std::string& type, nlohmann::json fields = nlohmann::json::object());
 
  private:
+  std::mutex mu_;
   std::ostream& out_;
   int64_t seq_ = 0;
   std::unique_ptr<HttpReporter> reporter_;

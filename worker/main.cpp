@@ -17,6 +17,7 @@ namespace {
 const char* kUsage =
     "usage:\n"
     "  ratio-worker run --job JOB.json --workdir DIR [--data-dir DIR] [--report URL --token T] [--resume]\n"
+    "                   [--heartbeat-s S]\n"
     "  ratio-worker prepare --input TEXT --out DIR --tokenizer byte|gpt2 [--val-frac 0.1]\n"
     "  ratio-worker kv-report [--contexts 1024,2048,4096]\n"
     "exit codes: 0 done, 1 crashed, 2 invalid spec/arguments, 3 data error, 4 diverged, 5 out of memory, 6 interrupted\n";
@@ -55,7 +56,8 @@ std::string required(const std::map<std::string, std::string>& flags, const std:
 }
 
 int run_command(int argc, char** argv) {
-  auto flags = parse_flags(argc, argv, 2, {"--job", "--workdir", "--data-dir", "--report", "--token"}, {"--resume"});
+  auto flags = parse_flags(argc, argv, 2, {"--job", "--workdir", "--data-dir", "--report", "--token", "--heartbeat-s"},
+                           {"--resume"});
   ratio::worker::RunOptions options;
   options.job_path = required(flags, "--job");
   options.workdir = required(flags, "--workdir");
@@ -63,6 +65,14 @@ int run_command(int argc, char** argv) {
   options.report_url = flags.count("--report") ? flags["--report"] : "";
   options.token = flags.count("--token") ? flags["--token"] : "";
   options.resume = flags.count("--resume") > 0;
+  if (flags.count("--heartbeat-s")) {
+    try {
+      options.heartbeat_s = std::stod(flags["--heartbeat-s"]);
+    } catch (const std::exception&) {
+      options.heartbeat_s = -1;
+    }
+    if (!(options.heartbeat_s > 0)) throw UsageError("--heartbeat-s needs a positive number of seconds");
+  }
   if (!options.report_url.empty() && options.token.empty()) throw UsageError("--report needs --token");
   return ratio::worker::run_job(options);
 }

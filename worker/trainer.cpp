@@ -2,6 +2,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <condition_variable>
 #include <cmath>
 #include <csignal>
 #include <cstdlib>
@@ -9,6 +10,7 @@
 #include <fstream>
 #include <iostream>
 #include <sstream>
+#include <thread>
 
 #include <sys/resource.h>
 
@@ -78,6 +80,36 @@ json params_json(const ParamCounts& p) {
 
 json number_or_null(double v) { return std::isfinite(v) ? json(v) : json(nullptr); }
 
+// Emits {"type": "heartbeat", "iter": N} every interval from its own thread, N being the iteration
+// the loop is on. ratiod's lease then sees a live process through long steps, evals and checkpoints,
+// and its watchdog can tell a live process that stopped advancing (a hang) from a dead one.
+class Heartbeat {
+ public:
+  Heartbeat(EventSink& events, const std::atomic<int64_t>& iter, double interval_s) {
+    if (interval_s <= 0) return;
+    thread_ = std::thread([this, &events, &iter, interval_s] {
+      std::unique_lock<std::mutex> lock(mu_);
+      const auto interval = std::chrono::duration<double>(interval_s);
+      while (!cv_.wait_for(lock, interval, [this] { return stopping_; })) events.emit("heartbeat", {{"iter", iter.load()}});
+    });
+  }
+  ~Heartbeat() {
+    if (!thread_.joinable()) return;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      stopping_ = true;
+    }
+    cv_.notify_all();
+    thread_.join();
+  }
+
+ private:
+  std::mutex mu_;
+  std::condition_variable cv_;
+  bool stopping_ = false;
+  std::thread thread_;
+};
+
 class Trainer {
  public:
   Trainer(JobSpec spec, const RunOptions& options, EventSink& events)
@@ -123,6 +155,8 @@ class Trainer {
   int64_t best_iter_ = -1;
   double final_val_loss_ = std::numeric_limits<double>::quiet_NaN();
   int64_t nan_at_iter_ = -1;
+  int64_t hang_at_iter_ = -1;
+  std::atomic<int64_t> current_iter_{0};  // read by the heartbeat thread
 
   torch::Tensor loss_sum_;     // sum of micro-batch losses since the last log point (device)
   torch::Tensor nonfinite_;    // became true when a loss or gradient norm was NaN/Inf (device)
@@ -374,6 +408,9 @@ int Trainer::run() {
   const auto t0 = std::chrono::steady_clock::now();
   config_hash_ = config_hash(spec_);
   if (const char* nan_iter = std::getenv("RATIO_DEBUG_NAN_AT_ITER")) nan_at_iter_ = std::atoll(nan_iter);
+  if (const char* hang_iter = std::getenv("RATIO_DEBUG_HANG_AT_ITER"); hang_iter && !options_.resume)
+    hang_at_iter_ = std::atoll(hang_iter);
+  Heartbeat heartbeat(events_, current_iter_, options_.heartbeat_s);
   fs::create_directories(options_.workdir);
   choose_device();
   load_data();
@@ -387,6 +424,8 @@ int Trainer::run() {
                            {"config_hash", config_hash_}, {"params", params_json(param_counts())}});
   log_clock_ = std::chrono::steady_clock::now();
   for (int64_t iter = start_iter_; iter < train_.max_iters; ++iter) {
+    current_iter_ = iter;
+    while (iter == hang_at_iter_ && g_stop_signal.load() == 0) std::this_thread::sleep_for(std::chrono::milliseconds(100));
     if (train_.eval_interval > 0 && iter % train_.eval_interval == 0) {
       evaluate(iter);
       log_clock_ = std::chrono::steady_clock::now();  // tokens/s counts training only

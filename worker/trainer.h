@@ -24,13 +24,16 @@ struct RunOptions {
   std::string report_url;  // empty: stdout only
   std::string token;
   bool resume = false;
+  double heartbeat_s = 0;  // > 0: a `heartbeat` event this often, whatever training is doing
 };
 
 // Runs the job; every outcome ends with events on stdout (and --report), a one-line reason on
 // stderr for failures, and the exit code it returns. Installs SIGTERM/SIGINT handlers.
 //
-// Test hook: RATIO_DEBUG_NAN_AT_ITER=N multiplies the loss of iteration N by NaN, to exercise the
-// divergence path (exit 4). It is read only from the environment, never from a job spec.
+// Test hooks, read only from the environment, never from a job spec:
+//   RATIO_DEBUG_NAN_AT_ITER=N multiplies the loss of iteration N by NaN (the divergence path, exit 4);
+//   RATIO_DEBUG_HANG_AT_ITER=N makes a run started without --resume stop before iteration N and wait
+//   for a signal while its heartbeat goes on (a hang, for ratiod's watchdog).
 int run_job(const RunOptions& options);
 
 }  // namespace ratio::worker

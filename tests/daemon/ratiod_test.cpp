@@ -716,6 +716,27 @@ TEST_F(RatiodTest, SilentWorkerLosesItsLeaseAndIsRetried) {
   EXPECT_NE(attempts[0]["reason"].get<std::string>().find("heartbeat lease"), std::string::npos) << attempts[0];
 }
 
+TEST_F(RatiodTest, HungWorkerThatStillBeatsIsCaughtByTheWatchdogAndResumes) {
+  REQUIRE_WORKER();
+  // The first attempt stops before iteration 16 (its last metric is at 14) while its heartbeat goes
+  // on (every 2 s): the lease holds, so only the watchdog can end it. A resumed attempt does not hang.
+  ::setenv("RATIO_DEBUG_HANG_AT_ITER", "16", 1);
+  Daemon& d = start_daemon({"--lease-s", "8", "--stall-s", "12"});
+  ::unsetenv("RATIO_DEBUG_HANG_AT_ITER");
+  auto [status, created] = d.post("/api/matrices", tiny_matrix("hang", 40, "  - {id: 0}\n"));
+  ASSERT_EQ(status, 201);
+  int64_t job = created["jobs"][0]["id"].get<int64_t>();
+  ASSERT_TRUE(d.wait_for([&] { return d.job_status(job) == "succeeded"; }, 300, "the job to succeed after the hang"));
+  json attempts = d.job(job)["attempts"];
+  ASSERT_EQ(attempts.size(), 2u) << attempts;
+  EXPECT_EQ(attempts[0]["status"], "lost");
+  EXPECT_NE(attempts[0]["reason"].get<std::string>().find("watchdog"), std::string::npos) << attempts[0];
+  EXPECT_NE(attempts[0]["reason"].get<std::string>().find("no progress past iteration 14"), std::string::npos)
+      << attempts[0];
+  EXPECT_EQ(attempts[1]["status"], "succeeded");
+  EXPECT_GT(attempts[1]["start_iter"].get<int64_t>(), 0) << "the retry resumes from the checkpoint at iteration 10";
+}
+
 TEST_F(RatiodTest, CancelStopsARunningJobAndGracefulShutdownRequeuesTheRest) {
   REQUIRE_WORKER();
   Daemon& d = start_daemon();

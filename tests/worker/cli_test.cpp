@@ -424,6 +424,9 @@ TEST_F(WorkerCli, BadArgumentsAreInvalid) {
   ASSERT_FALSE(r.events.empty());
   EXPECT_EQ(r.events.back()["type"], "failed");
   EXPECT_NE(r.stderr_text.find("missing --job"), std::string::npos);
+  WorkerRun beat = collect(start({"run", "--job", "j.json", "--workdir", path("w"), "--heartbeat-s", "0"}, "beat"), "beat");
+  EXPECT_EQ(beat.exit_code, 2);
+  EXPECT_NE(beat.stderr_text.find("--heartbeat-s needs a positive number"), std::string::npos) << beat.stderr_text;
 }
 
 TEST_F(WorkerCli, NanLossIsDiverged) {

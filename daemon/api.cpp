@@ -289,7 +289,22 @@ void install_job_routes(httplib::Server& server, ApiContext& ctx) {
     std::optional<int64_t> matrix;
     if (req.has_param("matrix")) matrix = query_int(req, "matrix", 0);
     std::string status = req.get_param_value("status");
-    reply(res, 200, {{"jobs", ctx.reader.run([&](db::Store& s) { return s.list_jobs(matrix, status); })}});
+    const int64_t after_id = query_int(req, "after_id", 0);
+    std::optional<int64_t> limit;
+    if (req.has_param("limit")) {
+      limit = query_int(req, "limit", 0);
+      if (*limit < 1 || *limit > 10000) return error(res, 400, "limit must be between 1 and 10000; page with after_id");
+    }
+    // One row past the page tells whether another page follows, without a count.
+    json jobs = ctx.reader.run([&](db::Store& s) {
+      return s.list_jobs(matrix, status, after_id, limit ? std::optional<int64_t>(*limit + 1) : std::nullopt);
+    });
+    json next = nullptr;
+    if (limit && static_cast<int64_t>(jobs.size()) > *limit) {
+      jobs.erase(jobs.end() - 1);
+      next = jobs.back()["id"];
+    }
+    reply(res, 200, {{"jobs", jobs}, {"next_after_id", next}});
   });
 
   server.Get(R"(/api/jobs/(\d+))", [&ctx](const Request& req, Response& res) {

@@ -473,11 +473,12 @@ std::optional<json> Store::job_summary(int64_t job_id) {
   return read_job_summary(st);
 }
 
-json Store::list_jobs(std::optional<int64_t> matrix_id, const std::string& status) {
+json Store::list_jobs(std::optional<int64_t> matrix_id, const std::string& status, int64_t after_id,
+                      std::optional<int64_t> limit) {
   Statement st = conn_.prepare(std::string("SELECT ") + kJobColumns +
                                " FROM jobs WHERE (?1 IS NULL OR matrix_id = ?1) AND (?2 = '' OR status = ?2) "
-                               "ORDER BY id");
-  st.bind(1, matrix_id).bind(2, status);
+                               "AND id > ?3 ORDER BY id LIMIT ?4");
+  st.bind(1, matrix_id).bind(2, status).bind(3, after_id).bind(4, limit.value_or(-1));  // LIMIT -1: all
   json jobs = json::array();
   while (st.step()) jobs.push_back(read_job_summary(st));
   return jobs;

@@ -130,7 +130,10 @@ class Store {
   std::optional<RunningAttempt> running_attempt_of_job(int64_t job_id);
 
   std::optional<json> job_summary(int64_t job_id);
-  json list_jobs(std::optional<int64_t> matrix_id, const std::string& status);
+  // Jobs by id; with a limit, at most `limit` of them with id > after_id (a keyset page: stable while
+  // jobs are added). Empty status / no matrix: all.
+  json list_jobs(std::optional<int64_t> matrix_id, const std::string& status, int64_t after_id = 0,
+                 std::optional<int64_t> limit = std::nullopt);
   std::optional<json> job_detail(int64_t job_id);  // {"job": ..., "attempts": [...]}
   // Log file of attempt n of the job, or of its latest attempt when n is not given.
   std::optional<std::string> log_path(int64_t job_id, std::optional<int64_t> n);

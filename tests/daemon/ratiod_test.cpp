@@ -278,6 +278,31 @@ TEST_F(RatiodTest, IdempotencyKeyReplaysTheFirstSubmission) {
   d.get("/api/jobs/1/log", 404);  // no attempt yet
 }
 
+TEST_F(RatiodTest, JobListPagesWithAKeysetCursor) {
+  Daemon& d = start_daemon({"--drain"});
+  const std::string steps = "  - {id: 0}\n  - {id: 5, ra: true}\n  - {id: 6, mla: {enabled: true}}\n";
+  ASSERT_EQ(d.post("/api/matrices", tiny_matrix("page-a", 30, steps)).first, 201);
+  ASSERT_EQ(d.post("/api/matrices", tiny_matrix("page-b", 30, steps)).first, 201);
+  std::vector<int64_t> seen;
+  std::string url = "/api/jobs?limit=4";
+  for (int page = 0; page < 10; ++page) {
+    json body = d.get(url);
+    for (const json& job : body["jobs"]) seen.push_back(job["id"].get<int64_t>());
+    if (page == 0) {
+      EXPECT_EQ(body["jobs"].size(), 4u);
+      // A job submitted between pages shows up on a later one.
+      ASSERT_EQ(d.post("/api/matrices", tiny_matrix("page-c", 30, "  - {id: 0}\n")).first, 201);
+    }
+    if (body["next_after_id"].is_null()) break;
+    url = "/api/jobs?limit=4&after_id=" + std::to_string(body["next_after_id"].get<int64_t>());
+  }
+  EXPECT_EQ(seen, (std::vector<int64_t>{1, 2, 3, 4, 5, 6, 7}));
+  EXPECT_EQ(d.get("/api/jobs?matrix=2&limit=2&after_id=4")["jobs"].size(), 2u);  // jobs 5 and 6
+  EXPECT_TRUE(d.get("/api/jobs")["next_after_id"].is_null());
+  d.get("/api/jobs?limit=0", 400);
+  d.get("/api/jobs?limit=x", 400);
+}
+
 TEST_F(RatiodTest, FiftyMalformedBodiesAre400WithALocationAndLeaveTheDatabaseUnchanged) {
   Daemon& d = start_daemon();
   const std::string good = tiny_matrix("bad", 30, "  - {id: 0, name: baseline}\n");

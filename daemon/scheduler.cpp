@@ -159,9 +159,8 @@ void Scheduler::launch(const Slot& slot, const db::ClaimedAttempt& claim, const 
     if (claim.resume) argv.push_back("--resume");
     // Four beats per lease: a live process never loses its lease to one late beat.
     argv.insert(argv.end(), {"--heartbeat-s", std::to_string(std::max(0.5, config_.lease_s / 4))});
-    std::map<std::string, std::string> env = {{"CUDA_VISIBLE_DEVICES", slot.cuda_devices}};
-    if (!std::getenv("OMP_NUM_THREADS")) env["OMP_NUM_THREADS"] = std::to_string(slot.threads);  // the user's wins
-    spawned = spawn_process(argv, env);
+    argv.insert(argv.end(), {"--max-threads", std::to_string(slot.threads)});
+    spawned = spawn_process(argv, {{"CUDA_VISIBLE_DEVICES", slot.cuda_devices}});
   } catch (const std::exception& e) {
     if (log_fd >= 0) close(log_fd);
     spdlog::error("job {}: {}", claim.job_id, e.what());

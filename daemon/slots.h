@@ -10,12 +10,13 @@ namespace ratio::daemon {
 struct Slot {
   std::string name;          // "gpu:0", "cpu:1"
   std::string cuda_devices;  // value of CUDA_VISIBLE_DEVICES for the worker ("" hides GPUs)
-  int threads = 1;           // the worker's CPU threads (OMP_NUM_THREADS): the cores shared by all slots
+  int threads = 1;           // at most this many CPU threads for its worker: the cores shared by all slots
 };
 
 // "auto": one slot per GPU found by `nvidia-smi -L` (or /proc/driver/nvidia/gpus), else one CPU
-// slot (a CPU worker uses every core). "gpu:0,2": those GPUs. "cpu:N": N CPU slots. Each slot gets
-// cores / slots threads: workers that each took every core ran many times slower side by side.
+// slot (a CPU worker uses every core). "gpu:0,2": those GPUs. "cpu:N": N CPU slots. Each slot's
+// worker is capped at cores / slots threads: workers that each took every core ran many times
+// slower side by side.
 // Throws std::invalid_argument for a malformed spec.
 std::vector<Slot> parse_slots(const std::string& spec);
 

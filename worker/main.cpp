@@ -17,7 +17,7 @@ namespace {
 const char* kUsage =
     "usage:\n"
     "  ratio-worker run --job JOB.json --workdir DIR [--data-dir DIR] [--report URL --token T] [--resume]\n"
-    "                   [--heartbeat-s S]\n"
+    "                   [--heartbeat-s S] [--max-threads N]\n"
     "  ratio-worker prepare --input TEXT --out DIR --tokenizer byte|gpt2 [--val-frac 0.1]\n"
     "  ratio-worker kv-report [--contexts 1024,2048,4096]\n"
     "exit codes: 0 done, 1 crashed, 2 invalid spec/arguments, 3 data error, 4 diverged, 5 out of memory, 6 interrupted\n";
@@ -56,7 +56,8 @@ std::string required(const std::map<std::string, std::string>& flags, const std:
 }
 
 int run_command(int argc, char** argv) {
-  auto flags = parse_flags(argc, argv, 2, {"--job", "--workdir", "--data-dir", "--report", "--token", "--heartbeat-s"},
+  auto flags = parse_flags(argc, argv, 2, {"--job", "--workdir", "--data-dir", "--report", "--token", "--heartbeat-s",
+                                          "--max-threads"},
                            {"--resume"});
   ratio::worker::RunOptions options;
   options.job_path = required(flags, "--job");
@@ -72,6 +73,14 @@ int run_command(int argc, char** argv) {
       options.heartbeat_s = -1;
     }
     if (!(options.heartbeat_s > 0)) throw UsageError("--heartbeat-s needs a positive number of seconds");
+  }
+  if (flags.count("--max-threads")) {
+    try {
+      options.max_threads = std::stoi(flags["--max-threads"]);
+    } catch (const std::exception&) {
+      options.max_threads = 0;
+    }
+    if (options.max_threads < 1) throw UsageError("--max-threads needs a positive integer");
   }
   if (!options.report_url.empty() && options.token.empty()) throw UsageError("--report needs --token");
   return ratio::worker::run_job(options);

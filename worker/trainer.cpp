@@ -411,6 +411,9 @@ int Trainer::run() {
   if (const char* hang_iter = std::getenv("RATIO_DEBUG_HANG_AT_ITER"); hang_iter && !options_.resume)
     hang_at_iter_ = std::atoll(hang_iter);
   Heartbeat heartbeat(events_, current_iter_, options_.heartbeat_s);
+  // Only ever lowers LibTorch's default: on a 2-core machine it picks 1 thread, and 2 ran a small
+  // model 2.4× slower; side by side, workers that each took every core thrashed.
+  if (options_.max_threads > 0 && at::get_num_threads() > options_.max_threads) at::set_num_threads(options_.max_threads);
   fs::create_directories(options_.workdir);
   choose_device();
   load_data();

@@ -25,6 +25,7 @@ struct RunOptions {
   std::string token;
   bool resume = false;
   double heartbeat_s = 0;  // > 0: a `heartbeat` event this often, whatever training is doing
+  int max_threads = 0;     // > 0: at most this many CPU threads (LibTorch's own default when lower)
 };
 
 // Runs the job; every outcome ends with events on stdout (and --report), a one-line reason on

@@ -13,6 +13,13 @@ namespace {
 constexpr int64_t kMinSpikeHistory = 10;
 constexpr double kAdamEps = 1e-8;
 
+// tensors[i] for each i in `indices`, in that order.
+std::vector<torch::Tensor> pick(const std::vector<torch::Tensor>& tensors, const std::vector<size_t>& indices) {
+  std::vector<torch::Tensor> out;
+  for (size_t i : indices) out.push_back(tensors[i]);
+  return out;
+}
+
 std::vector<torch::Tensor> zeros_like_all(const NamedTensors& params) {
   std::vector<torch::Tensor> out;
   for (const auto& [name, p] : params) out.push_back(torch::zeros_like(p, torch::MemoryFormat::Contiguous));
@@ -29,9 +36,7 @@ SpamAdamW::SpamAdamW(NamedTensors params, const TrainConfig& train) : params_(st
   for (size_t i = 0; i < params_.size(); ++i) {
     const torch::Tensor& p = params_[i].second;
     tensors_.push_back(p);
-    const bool decays = p.dim() >= 2;  // matrices decay; biases, norms, alphas do not
-    if (decays) decayed_.push_back(p);
-    (decays ? decayed_index_ : plain_index_).push_back(i);
+    (p.dim() >= 2 ? decayed_index_ : plain_index_).push_back(i);  // matrices decay; biases, norms, alphas do not
     // The fused kernel takes one device and one dtype per call.
     fused_ = fused_ && p.device() == first.device() && p.scalar_type() == first.scalar_type();
   }
@@ -129,7 +134,10 @@ void SpamAdamW::adamw_update(double lr, const MomentFactors& spike) {
   }
   at::_foreach_add_(m_, grads_, 1.0 - b1);                 // m = b1·(spike factor)·m + (1 − b1)·g
   at::_foreach_addcmul_(v_, grads_, grads_, 1.0 - b2);     // v = b2·(spike factor)·v + (1 − b2)·g²
-  if (train_.weight_decay > 0 && !decayed_.empty()) at::_foreach_mul_(decayed_, 1.0 - lr * train_.weight_decay);
+  if (train_.weight_decay > 0 && !decayed_index_.empty()) {
+    std::vector<torch::Tensor> decayed = pick(tensors_, decayed_index_);
+    at::_foreach_mul_(decayed, 1.0 - lr * train_.weight_decay);
+  }
   std::vector<torch::Tensor> denom = at::_foreach_sqrt(v_);
   at::_foreach_div_(denom, std::sqrt(bc2));
   at::_foreach_add_(denom, kAdamEps);                      // sqrt(v̂) + eps
@@ -140,13 +148,8 @@ void SpamAdamW::fused_adamw_update(double lr) {
   step_.fill_(static_cast<double>(steps_since_reset_));  // a launch, not a sync
   for (const auto& [indices, weight_decay] : {std::pair{&decayed_index_, train_.weight_decay}, std::pair{&plain_index_, 0.0}}) {
     if (indices->empty()) continue;
-    std::vector<torch::Tensor> p, g, m, v;
-    for (size_t i : *indices) {
-      p.push_back(tensors_[i]);
-      g.push_back(grads_[i]);
-      m.push_back(m_[i]);
-      v.push_back(v_[i]);
-    }
+    std::vector<torch::Tensor> p = pick(tensors_, *indices), g = pick(grads_, *indices), m = pick(m_, *indices),
+                               v = pick(v_, *indices);
     compat::fused_adamw_(p, g, m, v, step_, lr, train_.beta1, train_.beta2, weight_decay, kAdamEps);
   }
 }

@@ -57,8 +57,8 @@ class SpamAdamW {
   void fused_adamw_update(double lr);
 
   NamedTensors params_;
-  std::vector<torch::Tensor> tensors_, decayed_;  // params_'s tensors, and those with dim >= 2 (for the foreach ops)
-  std::vector<size_t> decayed_index_, plain_index_;  // positions in params_ with and without weight decay
+  std::vector<torch::Tensor> tensors_;               // params_'s tensors, as one list for the foreach ops
+  std::vector<size_t> decayed_index_, plain_index_;  // positions in params_ with (dim >= 2) and without weight decay
   bool fused_ = false;                               // one fused kernel per group (CUDA, LibTorch 2.x)
   torch::Tensor step_;                               // fp32 device scalar: steps since reset, for the fused kernel
   std::vector<torch::Tensor> grads_, m_, v_;     // m_, v_ in fp32, like the parameters

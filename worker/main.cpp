@@ -3,6 +3,7 @@
 
 #include <cstdlib>
 #include <iostream>
+#include <limits>
 #include <map>
 #include <string>
 #include <vector>
@@ -55,6 +56,15 @@ std::string required(const std::map<std::string, std::string>& flags, const std:
   return it->second;
 }
 
+// A flag's number, NaN when it is not one (so every range check rejects it).
+double number_or_nan(const std::string& text) {
+  try {
+    return std::stod(text);
+  } catch (const std::exception&) {
+    return std::numeric_limits<double>::quiet_NaN();
+  }
+}
+
 int run_command(int argc, char** argv) {
   auto flags = parse_flags(argc, argv, 2, {"--job", "--workdir", "--data-dir", "--report", "--token", "--heartbeat-s",
                                           "--max-threads"},
@@ -67,20 +77,14 @@ int run_command(int argc, char** argv) {
   options.token = flags.count("--token") ? flags["--token"] : "";
   options.resume = flags.count("--resume") > 0;
   if (flags.count("--heartbeat-s")) {
-    try {
-      options.heartbeat_s = std::stod(flags["--heartbeat-s"]);
-    } catch (const std::exception&) {
-      options.heartbeat_s = -1;
-    }
+    options.heartbeat_s = number_or_nan(flags["--heartbeat-s"]);
     if (!(options.heartbeat_s > 0)) throw UsageError("--heartbeat-s needs a positive number of seconds");
   }
   if (flags.count("--max-threads")) {
-    try {
-      options.max_threads = std::stoi(flags["--max-threads"]);
-    } catch (const std::exception&) {
-      options.max_threads = 0;
-    }
-    if (options.max_threads < 1) throw UsageError("--max-threads needs a positive integer");
+    const double threads = number_or_nan(flags["--max-threads"]);
+    if (!(threads >= 1 && threads <= std::numeric_limits<int>::max()))
+      throw UsageError("--max-threads needs a positive integer");
+    options.max_threads = static_cast<int>(threads);
   }
   if (!options.report_url.empty() && options.token.empty()) throw UsageError("--report needs --token");
   return ratio::worker::run_job(options);

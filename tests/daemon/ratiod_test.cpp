@@ -149,6 +149,14 @@ class Daemon {
     return false;
   }
 
+  // Until one GET /api/events stream is open (the subscriber count in /metrics shows it).
+  void wait_for_sse_subscriber() {
+    wait_for([&] {
+      auto res = client_->Get("/metrics");
+      return res && res->body.find("ratio_sse_subscribers 1") != std::string::npos;
+    }, 10, "the SSE subscriber");
+  }
+
   json job(int64_t id) { return get("/api/jobs/" + std::to_string(id)); }
   std::string job_status(int64_t id) { return job(id)["job"]["status"].get<std::string>(); }
   bool matrix_done(int64_t id) {
@@ -449,10 +457,7 @@ TEST_F(RatiodTest, ServerSentEventsAnnounceNewJobsAndMatrices) {
     });
   });
   // Submit once the stream is open (the subscriber count shows it in /metrics).
-  d.wait_for([&] {
-    auto res = d.client().Get("/metrics");
-    return res && res->body.find("ratio_sse_subscribers 1") != std::string::npos;
-  }, 10, "the SSE subscriber");
+  d.wait_for_sse_subscriber();
   EXPECT_EQ(d.post("/api/matrices", tiny_matrix("sse", 30, "  - {id: 0}\n")).first, 201);
   listener.join();
   EXPECT_TRUE(saw_job);
@@ -500,10 +505,7 @@ TEST_F(RatiodTest, RerunReopensAFinishedMatrixAndAnnouncesIt) {
       return !saw_reopen && std::chrono::steady_clock::now() < deadline;
     });
   });
-  d.wait_for([&] {
-    auto res = d.client().Get("/metrics");
-    return res && res->body.find("ratio_sse_subscribers 1") != std::string::npos;
-  }, 10, "the SSE subscriber");
+  d.wait_for_sse_subscriber();
 
   EXPECT_EQ(d.post(matrix + "/cancel", "").first, 200);
   ASSERT_TRUE(finished_at().is_number());
@@ -654,10 +656,7 @@ TEST_F(RatiodTest, LiveViewsReceiveMetricAndJobEventsWhileAJobRuns) {
       return !(saw_metric && saw_success) && std::chrono::steady_clock::now() < deadline;
     });
   });
-  d.wait_for([&] {
-    auto res = d.client().Get("/metrics");
-    return res && res->body.find("ratio_sse_subscribers 1") != std::string::npos;
-  }, 10, "the SSE subscriber");
+  d.wait_for_sse_subscriber();
   EXPECT_EQ(d.post("/api/matrices", tiny_matrix("live", 30, "  - {id: 0}\n")).first, 201);
   listener.join();
   EXPECT_TRUE(saw_metric) << received.substr(0, 2000);

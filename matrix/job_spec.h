@@ -129,6 +129,10 @@ struct TrainConfig {
   uint64_t seed = 1337;     // model init and data order
   std::string device = "auto";  // auto | cpu | cuda
   std::string dtype = "auto";   // auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16
+  // auto: the fused CUDA kernels (model/kernels/) where the build has them and the job runs on CUDA;
+  // reference: ATen's ops everywhere (the same function, to compare against); fused: auto, but an
+  // error where the kernels cannot run.
+  std::string kernels = "auto";  // auto | fused | reference
   SpamConfig spam;
   PruneConfig prune;
   std::string init_from;  // optional Hugging Face GPT-2 model.safetensors

@@ -26,3 +26,30 @@ add_library(ratio_torch INTERFACE)
 target_link_libraries(ratio_torch INTERFACE stdc++ ${TORCH_LIBRARIES})
 separate_arguments(RATIO_TORCH_CXX_FLAGS UNIX_COMMAND "${TORCH_CXX_FLAGS}")
 target_compile_options(ratio_torch INTERFACE ${RATIO_TORCH_CXX_FLAGS})
+
+# model/kernels/ (fused CUDA kernels) build only against a CUDA LibTorch and with nvcc present; Debian's
+# CPU LibTorch has no c10_cuda, so the CPU build never enables CUDA. RATIO_CUDA_KERNELS says which.
+set(RATIO_CUDA_KERNELS OFF)
+find_library(RATIO_C10_CUDA_LIBRARY c10_cuda PATHS "${TORCH_INSTALL_PREFIX}/lib" NO_DEFAULT_PATH)
+if(RATIO_C10_CUDA_LIBRARY)
+  include(CheckLanguage)
+  check_language(CUDA)
+  if(CMAKE_CUDA_COMPILER)
+    # The GPU's compute capability, as scripts/gpu-build.sh passes it for LibTorch ("9.0" -> 90).
+    # LibTorch's CMake sets CMAKE_CUDA_ARCHITECTURES to OFF, so model/kernels/ sets it per target.
+    set(RATIO_CUDA_ARCH 90)
+    if(TORCH_CUDA_ARCH_LIST MATCHES "^([0-9]+)\\.([0-9]+)$")
+      set(RATIO_CUDA_ARCH "${CMAKE_MATCH_1}${CMAKE_MATCH_2}")
+    endif()
+    set(CMAKE_CUDA_STANDARD 17)
+    set(CMAKE_CUDA_STANDARD_REQUIRED ON)
+    set(CMAKE_CUDA_RUNTIME_LIBRARY Shared)  # the libcudart LibTorch itself uses
+    enable_language(CUDA)
+    set(RATIO_CUDA_KERNELS ON)
+    message(STATUS "CUDA kernels: on (nvcc ${CMAKE_CUDA_COMPILER_VERSION}, sm_${RATIO_CUDA_ARCH})")
+  else()
+    message(STATUS "CUDA kernels: off (LibTorch has CUDA, but no nvcc was found)")
+  endif()
+else()
+  message(STATUS "CUDA kernels: off (CPU LibTorch)")
+endif()

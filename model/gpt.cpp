@@ -6,6 +6,7 @@
 #include <cmath>
 #include <stdexcept>
 
+#include "model/fused.h"
 #include "model/layers.h"
 
 namespace ratio::model {
@@ -61,7 +62,8 @@ int64_t MlpImpl::effective_width() const {
 
 MlpOutput MlpImpl::forward(const torch::Tensor& m, const torch::Tensor& extra, const torch::Tensor& mean_weights,
                            LayerCache* cache, std::optional<torch::ScalarType> storage) {
-  auto h = torch::gelu(c_fc(m), "tanh");  // [B, T, M]
+  auto h = fused_kernels_ && fused::supports_linear_gelu(m) ? fused::linear_gelu(m, c_fc->weight, c_fc->bias)
+                                                            : torch::gelu(c_fc(m), "tanh");  // [B, T, M]
   if (extra.defined()) h = h + extra;     // mechanism 3: the attention latent enters the hidden state
   if (cross_proj) {
     // mechanism 2: every token mixes in the hidden states of the tokens it attends to most.
@@ -142,6 +144,13 @@ torch::Tensor CouplerImpl::scale_incoming(const torch::Tensor& ctx3) const {
 
 // ---- block --------------------------------------------------------------------------------------
 
+std::pair<torch::Tensor, torch::Tensor> add_and_norm(bool fused, const torch::Tensor& x, const torch::Tensor& addend,
+                                                     torch::nn::LayerNorm& ln) {
+  if (fused && fused::supports_layer_norm(x, ln)) return fused::add_layer_norm(x, addend, ln);
+  auto sum = addend.defined() ? x + addend : x;
+  return {sum, ln(sum)};
+}
+
 BlockImpl::BlockImpl(const ModelConfig& config, int layer) : config_(config) {
   const int64_t C = config.n_embd;
   ln_1 = register_module("ln_1", torch::nn::LayerNorm(torch::nn::LayerNormOptions({C})));
@@ -171,15 +180,17 @@ CrossLayerContext BlockImpl::outgoing(const torch::Tensor& hidden, LayerCache* c
   return next;
 }
 
-BlockOutput BlockImpl::forward(const torch::Tensor& x, const CrossLayerContext& incoming, bool keep_weights) {
-  auto a = ln_1(x);  // [B, T, C]
+BlockOutput BlockImpl::forward(const torch::Tensor& x_in, const torch::Tensor& pending,
+                               const CrossLayerContext& incoming, bool keep_weights) {
+  auto [x, a] = add_and_norm(fused_kernels_, x_in, pending, ln_1);  // x = x_in + pending, a = ln_1(x) [B, T, C]
   torch::Tensor latent_ctx;  // alpha_attn·ctx3 [B, T, L]
   if (coupler && incoming.latent.defined()) latent_ctx = coupler->scale_incoming(incoming.latent);
   auto att = attn(a, incoming.head_gate, config_.mla.enabled ? latent_ctx : torch::Tensor(), keep_weights);
+  auto [x_attn, m] = add_and_norm(fused_kernels_, x, att.y, ln_2);  // x + y_attn, ln_2 of it [B, T, C]
+  auto mo = mlp(m, coupler_extra(a, att.v_lat, latent_ctx), att.mean_weights);
   BlockOutput out;
-  out.x = x + att.y;
-  auto mo = mlp(ln_2(out.x), coupler_extra(a, att.v_lat, latent_ctx), att.mean_weights);
-  out.x = out.x + mo.out;
+  out.x = x_attn;
+  out.pending = mo.out;  // added by the next norm
   out.context = outgoing(mo.hidden);
   out.weights = att.weights;
   out.raw_scores = att.raw_scores;
@@ -287,16 +298,36 @@ torch::Tensor GPTImpl::logits_from(const torch::Tensor& x) {
   return F::linear(ln_f(x), wte->weight);  // tied head: [B, T, V_padded]
 }
 
+bool fused_kernels_built() {
+#ifdef RATIO_WITH_CUDA_KERNELS
+  return true;
+#else
+  return false;
+#endif
+}
+
+void GPTImpl::set_fused_kernels(bool on) {
+  fused_kernels_ = on;
+  for (auto& block : blocks_) block->set_fused_kernels(on);
+}
+
 ForwardOutput GPTImpl::forward(const torch::Tensor& idx, const torch::Tensor& targets) {
   auto x = embed(idx, 0);
+  torch::Tensor pending;      // the last MLP output, added by the next norm
   CrossLayerContext context;  // passed block to block within this call only
   for (auto& block : blocks_) {
-    auto out = block->forward(x, context);
+    auto out = block->forward(x, pending, context);
     x = out.x;
+    pending = out.pending;
     context = out.context;
   }
+  const torch::Tensor normed = add_and_norm(fused_kernels_, x, pending, ln_f).second;  // [B, T, C]
   ForwardOutput result;
-  result.logits = logits_from(x);
+  if (targets.defined() && fused_kernels_ && fused::supports_classifier(normed)) {
+    result.loss = fused::classifier_loss(normed, wte->weight, targets);  // tied head; no logits tensor at all
+    return result;
+  }
+  result.logits = F::linear(normed, wte->weight);  // tied head: [B, T, V_padded]
   if (targets.defined()) {
     const int64_t V = result.logits.size(-1);
     result.loss = F::cross_entropy(result.logits.view({-1, V}).to(torch::kFloat32), targets.reshape({-1}),
@@ -420,11 +451,13 @@ std::vector<LayerAttentionStats> GPTImpl::attention_stats(const torch::Tensor& i
   const bool was_training = is_training();
   eval();  // dropout would perturb the weights
   auto x = embed(idx, 0);
+  torch::Tensor pending;
   CrossLayerContext context;
   std::vector<LayerAttentionStats> stats;
   for (auto& block : blocks_) {
-    auto out = block->forward(x, context, /*keep_weights=*/true);
+    auto out = block->forward(x, pending, context, /*keep_weights=*/true);
     x = out.x;
+    pending = out.pending;
     context = out.context;
     const auto& A = out.weights;  // [B, H, T, T] fp32
     LayerAttentionStats s;

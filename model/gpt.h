@@ -16,8 +16,11 @@ namespace ratio::model {
 
 class BlockImpl;
 
+// Whether this build has the fused CUDA kernels of model/kernels/ (GPTImpl::set_fused_kernels).
+bool fused_kernels_built();
+
 struct ForwardOutput {
-  torch::Tensor logits;  // [B, T, V_padded]
+  torch::Tensor logits;  // [B, T, V_padded]; undefined where the fused classifier computed the loss
   torch::Tensor loss;    // scalar mean cross-entropy over targets (undefined when no targets)
 };
 
@@ -59,6 +62,13 @@ class GPTImpl : public torch::nn::Module {
 
   const ModelConfig& config() const { return config_; }
 
+  // The fused CUDA kernels (model/fused.h) for residual add + layer norm, the MLP's c_fc + GELU (its
+  // backward with the bias gradient) and, with targets under bf16 autocast, the classifier's loss
+  // (forward then returns no logits). Off by default; where the
+  // kernels do not support the inputs (CPU, a build without them) ATen's ops run as before.
+  void set_fused_kernels(bool on);
+  bool fused_kernels() const { return fused_kernels_; }
+
   // Parameter counts from the real tensors, in the same categories as matrix/params.h's formula.
   // `pruned` is the number of weights currently masked to zero by pruning (worker-owned).
   ParamCounts param_report(int64_t pruned = 0) const;
@@ -80,6 +90,7 @@ class GPTImpl : public torch::nn::Module {
   void init_weights();
 
   ModelConfig config_;
+  bool fused_kernels_ = false;
   torch::nn::Embedding wte{nullptr}, wpe{nullptr};
   torch::nn::Dropout drop{nullptr};
   torch::nn::ModuleList h{nullptr};

@@ -3,6 +3,7 @@
 // the tests use model/gpt.h. Module and parameter names are the contract's paths.
 
 #include <optional>
+#include <utility>
 
 #include <torch/torch.h>
 
@@ -22,6 +23,12 @@ class LinearImpl : public torch::nn::LinearImpl {
   torch::Tensor forward(const torch::Tensor& input) { return torch::linear(input, weight, bias); }
 };
 TORCH_MODULE(Linear);
+
+// {x + addend, ln(x + addend)} (addend may be undefined: {x, ln(x)}). With `fused`, one CUDA kernel
+// where model/fused.h supports the inputs (its normalised output is then bf16 under autocast, which
+// the next linear would cast to anyway); otherwise ATen's add and layer_norm.
+std::pair<torch::Tensor, torch::Tensor> add_and_norm(bool fused, const torch::Tensor& x, const torch::Tensor& addend,
+                                                     torch::nn::LayerNorm& ln);
 
 // Appends `fresh` to a cache tensor along `time_dim`, stored in `storage` when set.
 torch::Tensor append_cached(const torch::Tensor& cached, const torch::Tensor& fresh, int64_t time_dim,
@@ -113,6 +120,7 @@ class MlpImpl : public torch::nn::Module {
   // With a cache, the prefix continues from the positions already cached (start_pos of them).
   torch::Tensor head_gate(const torch::Tensor& hidden, LayerCache* cache = nullptr, int64_t start_pos = 0);
   bool produces_head_gate() const { return !gate_proj.is_empty(); }
+  void set_fused_kernels(bool on) { fused_kernels_ = on; }
 
   // Learned ratio: the soft width mask [M] and the effective width round(ratio·C) clamped to [0, M].
   torch::Tensor width_mask() const;
@@ -120,6 +128,7 @@ class MlpImpl : public torch::nn::Module {
 
  private:
   ModelConfig config_;
+  bool fused_kernels_ = false;
   Linear c_fc{nullptr}, c_proj{nullptr}, gate_proj{nullptr}, gate_to_heads{nullptr};
   Linear cross_proj{nullptr};
   torch::Tensor ratio, cross_alpha;
@@ -150,8 +159,11 @@ class CouplerImpl : public torch::nn::Module {
 };
 TORCH_MODULE(Coupler);
 
+// Between blocks the residual stream travels as x plus `pending`, the last MLP output not yet added:
+// the next layer norm (the next block's ln_1, or ln_f) adds it, in the same kernel on the fused path.
 struct BlockOutput {
   torch::Tensor x;            // [B, T, C]
+  torch::Tensor pending;      // [B, T, C] to add to x, or undefined (forward_cached adds it itself)
   CrossLayerContext context;  // for the next block
   torch::Tensor weights;      // [B, H, T, T] when asked for
   torch::Tensor raw_scores;   // [B, H, T, T] when asked for
@@ -160,10 +172,16 @@ struct BlockOutput {
 class BlockImpl : public torch::nn::Module {
  public:
   BlockImpl(const ModelConfig& config, int layer);
-  BlockOutput forward(const torch::Tensor& x, const CrossLayerContext& incoming, bool keep_weights = false);
+  // The stream arrives as x + pending (pending undefined before the first block).
+  BlockOutput forward(const torch::Tensor& x, const torch::Tensor& pending, const CrossLayerContext& incoming,
+                      bool keep_weights = false);
   // Incremental decoding (no mechanism that needs earlier positions' queries or hidden states).
   BlockOutput forward_cached(const torch::Tensor& x, const CrossLayerContext& incoming, LayerCache& cache,
                              std::optional<torch::ScalarType> storage);
+  void set_fused_kernels(bool on) {
+    fused_kernels_ = on;
+    mlp->set_fused_kernels(on);
+  }
 
  private:
   torch::Tensor coupler_extra(const torch::Tensor& a, const torch::Tensor& v_lat,
@@ -171,6 +189,7 @@ class BlockImpl : public torch::nn::Module {
   CrossLayerContext outgoing(const torch::Tensor& hidden, LayerCache* cache = nullptr, int64_t start_pos = 0);
 
   ModelConfig config_;
+  bool fused_kernels_ = false;
   torch::nn::LayerNorm ln_1{nullptr}, ln_2{nullptr};
   Attention attn{nullptr};
   Mlp mlp{nullptr};

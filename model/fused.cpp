@@ -1,0 +1,278 @@
+// Autograd wrappers of the fused CUDA kernels (model/fused.h, model/kernels/kernels.h).
+#include "model/fused.h"
+
+#ifdef RATIO_WITH_CUDA_KERNELS
+#include <algorithm>
+
+#include <c10/cuda/CUDAStream.h>
+
+#include "model/kernels/kernels.h"
+#include "model/torch_compat.h"
+#endif
+
+namespace ratio::model::fused {
+
+#ifdef RATIO_WITH_CUDA_KERNELS
+
+namespace {
+
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+
+kernels::DType kernel_dtype(const torch::Tensor& t) {
+  TORCH_CHECK(t.scalar_type() == torch::kFloat32 || t.scalar_type() == torch::kBFloat16,
+              "fused kernels take fp32 or bf16 tensors, got ", t.scalar_type());
+  return t.scalar_type() == torch::kBFloat16 ? kernels::DType::kBFloat16 : kernels::DType::kFloat32;
+}
+
+void check_launch(cudaError_t err, const char* kernel) {
+  TORCH_CHECK(err == cudaSuccess, "CUDA kernel ", kernel, " failed: ", cudaGetErrorString(err));
+}
+
+cudaStream_t current_stream() { return c10::cuda::getCurrentCUDAStream(); }
+
+float* f32(const torch::Tensor& t) { return t.defined() ? t.data_ptr<float>() : nullptr; }
+
+// ---- residual add + layer norm ---------------------------------------------------------------------
+
+struct NormStats {
+  torch::Tensor mean, rstd;  // [N] fp32
+};
+
+// Runs the forward kernel; `sum` is written only when addend is defined.
+NormStats layer_norm_forward(const torch::Tensor& x, const torch::Tensor& addend, const torch::Tensor& sum,
+                             const torch::Tensor& y, const torch::Tensor& weight, const torch::Tensor& bias,
+                             double eps) {
+  const int64_t C = x.size(-1), N = x.numel() / C;
+  NormStats stats{at::empty({N}, x.options()), at::empty({N}, x.options())};
+  check_launch(kernels::add_layernorm_forward(f32(x), addend.defined() ? addend.data_ptr() : nullptr,
+                                              addend.defined() ? kernel_dtype(addend) : kernels::DType::kFloat32,
+                                              addend.defined() ? f32(sum) : nullptr, y.data_ptr(), kernel_dtype(y),
+                                              f32(stats.mean), f32(stats.rstd), f32(weight), f32(bias), N, C,
+                                              static_cast<float>(eps), current_stream()),
+               "add_layernorm_forward");
+  return stats;
+}
+
+struct NormGrads {
+  torch::Tensor dx, daddend, dweight, dbias;
+};
+
+// dy: gradient of the normalised output; dsum: of the sum (the residual stream), or undefined.
+NormGrads layer_norm_backward(torch::Tensor dy, torch::Tensor dsum, const torch::Tensor& sum, const torch::Tensor& mean,
+                              const torch::Tensor& rstd, const torch::Tensor& weight, bool bf16_addend) {
+  const int64_t C = sum.size(-1), N = sum.numel() / C;
+  dy = dy.contiguous();
+  if (dsum.defined()) dsum = dsum.to(torch::kFloat32).contiguous();
+  NormGrads g;
+  g.dx = at::empty_like(sum);
+  if (bf16_addend) g.daddend = at::empty(sum.sizes(), sum.options().dtype(torch::kBFloat16));
+  g.dweight = at::empty({C}, weight.options());
+  g.dbias = at::empty({C}, weight.options());
+  auto partial = at::empty({kernels::layernorm_backward_partial_floats(N, C)}, sum.options());
+  check_launch(kernels::add_layernorm_backward(dy.data_ptr(), kernel_dtype(dy), f32(dsum), f32(sum), f32(mean),
+                                               f32(rstd), f32(weight), f32(g.dx),
+                                               g.daddend.defined() ? g.daddend.data_ptr() : nullptr, f32(g.dweight),
+                                               f32(g.dbias), f32(partial), N, C, current_stream()),
+               "add_layernorm_backward");
+  if (!bf16_addend) g.daddend = g.dx;
+  return g;
+}
+
+torch::Tensor normalised_output(const torch::Tensor& x) {
+  const bool bf16 = compat::cuda_autocast_enabled();
+  return at::empty(x.sizes(), x.options().dtype(bf16 ? torch::kBFloat16 : torch::kFloat32));
+}
+
+// y = LayerNorm(x).
+struct LayerNormFunction : torch::autograd::Function<LayerNormFunction> {
+  static variable_list forward(AutogradContext* ctx, const torch::Tensor& x_in, const torch::Tensor& weight,
+                               const torch::Tensor& bias, double eps) {
+    auto x = x_in.contiguous();
+    auto y = normalised_output(x);
+    NormStats stats = layer_norm_forward(x, {}, {}, y, weight, bias, eps);
+    ctx->save_for_backward({x, stats.mean, stats.rstd, weight});
+    return {y};
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const auto saved = ctx->get_saved_variables();
+    if (!grads[0].defined()) return {torch::Tensor(), torch::Tensor(), torch::Tensor(), torch::Tensor()};
+    NormGrads g = layer_norm_backward(grads[0], {}, saved[0], saved[1], saved[2], saved[3], /*bf16_addend=*/false);
+    return {g.dx, g.dweight, g.dbias, torch::Tensor()};
+  }
+};
+
+// {sum, y} = {x + addend, LayerNorm(x + addend)}.
+struct AddLayerNormFunction : torch::autograd::Function<AddLayerNormFunction> {
+  static variable_list forward(AutogradContext* ctx, const torch::Tensor& x_in, const torch::Tensor& addend_in,
+                               const torch::Tensor& weight, const torch::Tensor& bias, double eps) {
+    auto x = x_in.contiguous(), addend = addend_in.contiguous();
+    auto sum = at::empty_like(x);
+    auto y = normalised_output(x);
+    NormStats stats = layer_norm_forward(x, addend, sum, y, weight, bias, eps);
+    ctx->save_for_backward({sum, stats.mean, stats.rstd, weight});
+    ctx->saved_data["bf16_addend"] = addend.scalar_type() == torch::kBFloat16;
+    return {sum, y};
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const auto saved = ctx->get_saved_variables();
+    const bool bf16_addend = ctx->saved_data["bf16_addend"].toBool();
+    const torch::Tensor& dsum = grads[0];
+    const torch::Tensor& dy = grads[1];
+    if (!dy.defined()) {
+      // Only the residual stream carries a gradient: it passes through the add unchanged.
+      if (!dsum.defined()) return {torch::Tensor(), torch::Tensor(), torch::Tensor(), torch::Tensor(), torch::Tensor()};
+      return {dsum, bf16_addend ? dsum.to(torch::kBFloat16) : dsum, torch::Tensor(), torch::Tensor(), torch::Tensor()};
+    }
+    NormGrads g = layer_norm_backward(dy, dsum, saved[0], saved[1], saved[2], saved[3], bf16_addend);
+    return {g.dx, g.daddend, g.dweight, g.dbias, torch::Tensor()};
+  }
+};
+
+// ---- classifier -------------------------------------------------------------------------------------
+
+// Rows per chunk: by default at most 1 GiB of bf16 logits alive at once (16 · 1024 rows of GPT-2's
+// 50304 take two chunks), so the head's memory does not grow with the batch.
+int64_t classifier_chunk_rows(int64_t N, int64_t V, int64_t asked) {
+  const int64_t budget_rows = (int64_t(1) << 29) / std::max<int64_t>(V, 1);
+  return std::clamp<int64_t>(asked > 0 ? asked : budget_rows, 1, std::max<int64_t>(N, 1));
+}
+
+struct ClassifierLossFunction : torch::autograd::Function<ClassifierLossFunction> {
+  static variable_list forward(AutogradContext* ctx, const torch::Tensor& x, const torch::Tensor& weight,
+                               const torch::Tensor& targets, bool want_grad, int64_t chunk_rows) {
+    const int64_t C = x.size(-1), N = x.numel() / C, V = weight.size(0);
+    auto x_rows = x.reshape({N, C}).to(torch::kBFloat16).contiguous();  // [N, C]
+    auto w_bf16 = weight.to(torch::kBFloat16).contiguous();             // [V, C]
+    auto target_rows = targets.reshape({N}).to(torch::kLong).contiguous();
+    auto inv_count = target_rows.ne(-1).sum().to(torch::kFloat32).reciprocal();  // [] device scalar, no sync
+    auto losses = at::empty({N}, x.options().dtype(torch::kFloat32));
+    torch::Tensor dx, dweight;
+    if (want_grad) dx = at::empty({N, C}, x_rows.options());
+
+    const int64_t chunk = classifier_chunk_rows(N, V, chunk_rows);
+    for (int64_t r0 = 0; r0 < N; r0 += chunk) {
+      const int64_t n = std::min(chunk, N - r0);
+      auto x_chunk = x_rows.narrow(0, r0, n);
+      auto logits = at::mm(x_chunk, w_bf16.t());  // [n, V] bf16, becomes dlogits in place
+      check_launch(kernels::cross_entropy_forward_backward(logits.data_ptr(), V, target_rows.data_ptr<int64_t>() + r0,
+                                                           f32(losses) + r0, f32(inv_count), want_grad, n, V,
+                                                           current_stream()),
+                   "cross_entropy_forward_backward");
+      if (!want_grad) continue;
+      auto dx_chunk = dx.narrow(0, r0, n);
+      at::mm_out(dx_chunk, logits, w_bf16);                // [n, V]·[V, C]
+      auto dweight_chunk = at::mm(logits.t(), x_chunk);   // [V, n]·[n, C] bf16
+      if (r0 == 0) {
+        dweight = dweight_chunk.to(torch::kFloat32);
+      } else {
+        dweight.add_(dweight_chunk);
+      }
+    }
+    if (want_grad) {
+      ctx->saved_data["dx"] = dx;
+      ctx->saved_data["dweight"] = dweight;
+      ctx->saved_data["x_sizes"] = x.sizes().vec();
+      ctx->saved_data["x_dtype"] = x.scalar_type();
+    }
+    return {(losses.sum() * inv_count)};
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const torch::Tensor g = grads[0].to(torch::kFloat32);  // [] scale of the loss (1, or 1/grad_accum)
+    auto dx = ctx->saved_data["dx"].toTensor();
+    auto dweight = ctx->saved_data["dweight"].toTensor();
+    const auto x_sizes = ctx->saved_data["x_sizes"].toIntVector();
+    const auto x_dtype = ctx->saved_data["x_dtype"].toScalarType();
+    auto dx_out = (dx.to(torch::kFloat32) * g).to(x_dtype).view(x_sizes);
+    return {dx_out, dweight * g, torch::Tensor(), torch::Tensor(), torch::Tensor()};
+  }
+};
+
+// ---- linear + gelu ---------------------------------------------------------------------------------
+
+struct LinearGeluFunction : torch::autograd::Function<LinearGeluFunction> {
+  static variable_list forward(AutogradContext* ctx, const torch::Tensor& x, const torch::Tensor& weight,
+                               const torch::Tensor& bias) {
+    auto x_bf16 = x.to(torch::kBFloat16);
+    auto w_bf16 = weight.to(torch::kBFloat16);
+    auto pre = at::linear(x_bf16, w_bf16, bias.to(torch::kBFloat16));  // [.., M] bf16
+    ctx->save_for_backward({x_bf16, w_bf16, pre});
+    ctx->saved_data["x_dtype"] = x.scalar_type();
+    return {at::gelu(pre, "tanh")};
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const auto saved = ctx->get_saved_variables();
+    const torch::Tensor &x_bf16 = saved[0], &w_bf16 = saved[1], &pre = saved[2];
+    if (!grads[0].defined()) return {torch::Tensor(), torch::Tensor(), torch::Tensor()};
+    auto dh = grads[0].to(torch::kBFloat16).contiguous();
+    const int64_t M = pre.size(-1), N = pre.numel() / M, C = x_bf16.size(-1);
+    auto dpre = at::empty_like(pre);
+    auto dbias = at::empty({M}, pre.options().dtype(torch::kFloat32));
+    auto partial = at::empty({kernels::gelu_backward_partial_floats(N, M)}, dbias.options());
+    check_launch(kernels::gelu_backward_bias_grad(dh.data_ptr(), pre.data_ptr(), dpre.data_ptr(), f32(dbias),
+                                                  f32(partial), N, M, current_stream()),
+                 "gelu_backward_bias_grad");
+    auto dpre_rows = dpre.view({N, M});
+    auto dx = at::mm(dpre_rows, w_bf16).view(x_bf16.sizes());                        // [N, M]·[M, C]
+    auto dweight = at::mm(dpre_rows.t(), x_bf16.reshape({N, C})).to(torch::kFloat32);  // [M, N]·[N, C]
+    return {dx.to(ctx->saved_data["x_dtype"].toScalarType()), dweight, dbias};
+  }
+};
+
+}  // namespace
+
+bool supports_linear_gelu(const torch::Tensor& x) {
+  return x.is_cuda() && compat::cuda_autocast_enabled();
+}
+
+torch::Tensor linear_gelu(const torch::Tensor& x, const torch::Tensor& weight, const torch::Tensor& bias) {
+  return LinearGeluFunction::apply(x, weight, bias)[0];
+}
+
+bool supports_layer_norm(const torch::Tensor& x, const torch::nn::LayerNorm& ln) {
+  const auto& w = ln->weight;
+  return x.is_cuda() && x.scalar_type() == torch::kFloat32 && x.size(-1) <= kernels::kLayerNormMaxC &&
+         w.defined() && ln->bias.defined() && w.scalar_type() == torch::kFloat32 &&
+         ln->bias.scalar_type() == torch::kFloat32 && w.dim() == 1;
+}
+
+bool supports_classifier(const torch::Tensor& x) {
+  return x.is_cuda() && compat::cuda_autocast_enabled() && compat::kTorch2;
+}
+
+std::pair<torch::Tensor, torch::Tensor> add_layer_norm(const torch::Tensor& x, const torch::Tensor& addend,
+                                                       const torch::nn::LayerNorm& ln) {
+  const double eps = ln->options.eps();
+  if (!addend.defined()) return {x, LayerNormFunction::apply(x, ln->weight, ln->bias, eps)[0]};
+  auto out = AddLayerNormFunction::apply(x, addend, ln->weight, ln->bias, eps);
+  return {out[0], out[1]};
+}
+
+torch::Tensor classifier_loss(const torch::Tensor& x, const torch::Tensor& weight, const torch::Tensor& targets,
+                              int64_t chunk_rows) {
+  const bool want_grad = torch::GradMode::is_enabled() && (x.requires_grad() || weight.requires_grad());
+  return ClassifierLossFunction::apply(x, weight, targets, want_grad, chunk_rows)[0];
+}
+
+#else  // built without the CUDA kernels: nothing is supported, and the model never calls the ops.
+
+bool supports_layer_norm(const torch::Tensor&, const torch::nn::LayerNorm&) { return false; }
+bool supports_linear_gelu(const torch::Tensor&) { return false; }
+
+torch::Tensor linear_gelu(const torch::Tensor&, const torch::Tensor&, const torch::Tensor&) {
+  TORCH_CHECK(false, "fused::linear_gelu: this build has no CUDA kernels");
+}
+bool supports_classifier(const torch::Tensor&) { return false; }
+
+std::pair<torch::Tensor, torch::Tensor> add_layer_norm(const torch::Tensor&, const torch::Tensor&,
+                                                       const torch::nn::LayerNorm&) {
+  TORCH_CHECK(false, "fused::add_layer_norm: this build has no CUDA kernels");
+}
+
+torch::Tensor classifier_loss(const torch::Tensor&, const torch::Tensor&, const torch::Tensor&, int64_t) {
+  TORCH_CHECK(false, "fused::classifier_loss: this build has no CUDA kernels");
+}
+
+#endif
+
+}  // namespace ratio::model::fused

@@ -1,0 +1,44 @@
+#pragma once
+// The fused CUDA kernels of model/kernels/ as autograd operations (issue 10). Each replaces a
+// composite of ATen ops and computes the same function; tests/model/fused_ops_test.cpp holds the
+// composite beside it and compares forward and every gradient on CUDA. Built with the kernels only
+// where CMake found CUDA and a CUDA LibTorch; elsewhere `supported` is false and the model keeps its
+// ATen path (the CPU build behaves exactly as before).
+//
+// Private to model/ (the worker switches the path with GPT::set_fused_kernels).
+
+#include <utility>
+
+#include <torch/torch.h>
+
+namespace ratio::model::fused {
+
+// True where the kernels can take this residual stream: built with them, x fp32 on CUDA, width within
+// the kernels' limit, layer-norm parameters fp32.
+bool supports_layer_norm(const torch::Tensor& x, const torch::nn::LayerNorm& ln);
+// True where the fused classifier can take x [.., C]: built with the kernels, on CUDA, under bf16 autocast.
+bool supports_classifier(const torch::Tensor& x);
+
+// True where linear_gelu can take x: built with the kernels, on CUDA, under bf16 autocast.
+bool supports_linear_gelu(const torch::Tensor& x);
+
+// gelu_tanh(x·weightᵀ + bias) under bf16 autocast, as ATen computes it (cuBLASLt's bias epilogue,
+// then gelu); its backward runs gelu's derivative and the bias gradient in one kernel.
+// x [.., C]; weight [M, C] and bias [M] fp32. Returns bf16 [.., M].
+torch::Tensor linear_gelu(const torch::Tensor& x, const torch::Tensor& weight, const torch::Tensor& bias);
+
+// {x + addend, LayerNorm(x + addend)} in one kernel (and one in the backward); with addend
+// undefined, {x, LayerNorm(x)}. x fp32 [.., C]; addend fp32 or bf16 [.., C]. The normalised output is
+// bf16 under CUDA autocast (what the next linear would cast it to), else fp32.
+std::pair<torch::Tensor, torch::Tensor> add_layer_norm(const torch::Tensor& x, const torch::Tensor& addend,
+                                                       const torch::nn::LayerNorm& ln);
+
+// Mean cross-entropy of logits = x·weightᵀ over targets ≠ −1, as F::cross_entropy on fp32 logits
+// computes it, without fp32 [N, V] logits: bf16 logits in row chunks, softmax, loss and dlogits in
+// one kernel, and (when a gradient is wanted) dx and dweight from the chunk before it is freed.
+// x [.., C]; weight [V, C] fp32; targets [..] int64 with x's leading shape. Returns a scalar fp32.
+// chunk_rows: rows of logits per chunk; 0 = as many as fit in 1 GiB of bf16.
+torch::Tensor classifier_loss(const torch::Tensor& x, const torch::Tensor& weight, const torch::Tensor& targets,
+                              int64_t chunk_rows = 0);
+
+}  // namespace ratio::model::fused

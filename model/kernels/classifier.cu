@@ -1,0 +1,106 @@
+// Cross-entropy and its gradient from bf16 logits in one pass per row (kernels.h), llm.c's fused
+// classifier. Replaces the composite the model ran under autocast: the bf16 logits cast to fp32
+// [N, V], log_softmax (another fp32 [N, V] kept for the backward), nll_loss, and in the backward
+// nll_loss_backward, log_softmax_backward and the cast back to bf16: five full passes over fp32
+// [N, V] became one read and one write of bf16 [N, V]. Reference op: tests/model/fused_ops_test.cpp.
+#include <cmath>
+
+#include "model/kernels/kernels.h"
+#include "model/kernels/vec.cuh"
+
+namespace ratio::kernels {
+
+namespace {
+
+constexpr int kThreads = 512;
+
+// Running (max, Σ exp(v − max)) pairs, merged without overflow.
+struct SoftmaxState {
+  float max;
+  float sum;
+};
+
+__device__ inline SoftmaxState merge(SoftmaxState a, SoftmaxState b) {
+  const float m = fmaxf(a.max, b.max);
+  if (m == -INFINITY) return {m, 0.f};
+  return {m, a.sum * __expf(a.max - m) + b.sum * __expf(b.max - m)};
+}
+
+__device__ inline SoftmaxState block_merge(SoftmaxState s) {
+  __shared__ SoftmaxState per_warp[kThreads / kWarpSize];
+  for (int offset = kWarpSize / 2; offset > 0; offset /= 2) {
+    SoftmaxState other{__shfl_xor_sync(0xffffffffu, s.max, offset), __shfl_xor_sync(0xffffffffu, s.sum, offset)};
+    s = merge(s, other);
+  }
+  const int warp = threadIdx.x / kWarpSize, lane = threadIdx.x % kWarpSize;
+  if (lane == 0) per_warp[warp] = s;
+  __syncthreads();
+  SoftmaxState total{-INFINITY, 0.f};
+  for (int w = 0; w < int(blockDim.x / kWarpSize); ++w) total = merge(total, per_warp[w]);  // same order in every thread
+  return total;
+}
+
+// One block per row. Pass 1: the row's max and Σ exp, online. Pass 2 (write_grad): overwrite the
+// row with its gradient; each thread rewrites only the elements it read, after every thread has
+// read the target's logit (block_merge's barrier).
+template <int VEC>
+__global__ void cross_entropy_kernel(__nv_bfloat16* __restrict__ logits, int64_t ld, const int64_t* __restrict__ targets,
+                                     float* __restrict__ losses, const float* __restrict__ grad_scale, bool write_grad,
+                                     int64_t V) {
+  const int64_t row = blockIdx.x;
+  __nv_bfloat16* row_logits = logits + row * ld;
+  const int64_t target = targets[row];
+  const bool counted = target >= 0 && target < V;
+  const float target_logit = counted ? __bfloat162float(row_logits[target]) : 0.f;
+
+  SoftmaxState state{-INFINITY, 0.f};
+  for (int64_t j = int64_t(threadIdx.x) * VEC; j < V; j += int64_t(blockDim.x) * VEC) {
+    float v[VEC];
+    load_vec<VEC>(row_logits + j, v);
+    float chunk_max = v[0];
+#pragma unroll
+    for (int i = 1; i < VEC; ++i) chunk_max = fmaxf(chunk_max, v[i]);
+    float chunk_sum = 0.f;
+#pragma unroll
+    for (int i = 0; i < VEC; ++i) chunk_sum += __expf(v[i] - chunk_max);
+    state = merge(state, {chunk_max, chunk_sum});
+  }
+  state = block_merge(state);
+  const float lse = state.max + logf(state.sum);
+  if (threadIdx.x == 0) {
+    // An id outside [−1, V) is a data bug: NaN makes the trainer's finite-loss check report it.
+    losses[row] = target == -1 ? 0.f : counted ? lse - target_logit : NAN;
+  }
+  if (!write_grad) return;
+
+  const float scale = counted ? *grad_scale : 0.f;
+  for (int64_t j = int64_t(threadIdx.x) * VEC; j < V; j += int64_t(blockDim.x) * VEC) {
+    float v[VEC];
+    load_vec<VEC>(row_logits + j, v);
+#pragma unroll
+    for (int i = 0; i < VEC; ++i) {
+      const float onehot = (j + i == target) ? 1.f : 0.f;
+      v[i] = (__expf(v[i] - lse) - onehot) * scale;
+    }
+    store_vec<VEC>(row_logits + j, v);
+  }
+}
+
+}  // namespace
+
+cudaError_t cross_entropy_forward_backward(void* logits, int64_t ld, const int64_t* targets, float* losses,
+                                           const float* grad_scale, bool write_grad, int64_t N, int64_t V,
+                                           cudaStream_t stream) {
+  if (V < 1 || ld < V) return cudaErrorInvalidValue;
+  if (N == 0) return cudaSuccess;
+  auto* data = static_cast<__nv_bfloat16*>(logits);
+  const bool vec8 = V % 8 == 0 && ld % 8 == 0 && aligned16(data);
+  if (vec8) {
+    cross_entropy_kernel<8><<<unsigned(N), kThreads, 0, stream>>>(data, ld, targets, losses, grad_scale, write_grad, V);
+  } else {
+    cross_entropy_kernel<1><<<unsigned(N), kThreads, 0, stream>>>(data, ld, targets, losses, grad_scale, write_grad, V);
+  }
+  return cudaGetLastError();
+}
+
+}  // namespace ratio::kernels

@@ -1,0 +1,65 @@
+#pragma once
+// Fused CUDA kernels for the dense GPT-2 step (issue 10), one file per kernel family beside this
+// header: layernorm.cu, classifier.cu, gelu.cu. Plain CUDA C++ without LibTorch: model/fused.cpp wraps each
+// launch in an autograd function and holds the reference op it replaces. Compiled only when CMake
+// finds CUDA and a CUDA LibTorch (RATIO_WITH_CUDA_KERNELS); the CPU build never sees this file.
+//
+// Element types: activations are fp32 or bf16 (`DType`), statistics and parameters fp32.
+// Every launch is asynchronous on `stream` and returns the launch's cudaError_t.
+
+#include <cstdint>
+
+#include <cuda_runtime_api.h>
+
+namespace ratio::kernels {
+
+enum class DType { kFloat32, kBFloat16 };
+
+// ---- layernorm.cu ---------------------------------------------------------------------------------
+
+// Residual add + LayerNorm over the last dimension, one warp per row:
+//   sum = x + addend (when addend is given; else sum = x, and `sum_out` is not written)
+//   y = (sum − mean) · rstd · weight + bias,   rstd = 1/sqrt(var + eps)
+// x, sum_out: [N, C] fp32; addend: [N, C] `addend_type`; y: [N, C] `y_type`; weight, bias: [C] fp32;
+// mean, rstd: [N] fp32 (saved for the backward).
+cudaError_t add_layernorm_forward(const float* x, const void* addend, DType addend_type, float* sum_out, void* y,
+                                  DType y_type, float* mean, float* rstd, const float* weight, const float* bias,
+                                  int64_t N, int64_t C, float eps, cudaStream_t stream);
+
+// Its backward. dy: [N, C] `dy_type` (gradient of y); dsum: [N, C] fp32 gradient that reached `sum`
+// from its other uses (the residual stream), or null. sum: [N, C] fp32 the forward's sum (or x).
+//   dx = dsum + rstd · (g − mean(g) − x̂ · mean(g·x̂)),   g = dy·weight, x̂ = (sum − mean)·rstd
+// dx: [N, C] fp32; daddend: [N, C] bf16 copy of dx, or null (an fp32 addend shares dx).
+// dweight = Σ_rows dy·x̂, dbias = Σ_rows dy: [C] fp32, overwritten. Deterministic: each block sums
+// its rows into `partial` (layernorm_backward_partial_floats(N, C) floats), then one pass over blocks.
+// The grid is as many blocks as are resident at once (one wave), each warp looping over rows.
+cudaError_t add_layernorm_backward(const void* dy, DType dy_type, const float* dsum, const float* sum,
+                                   const float* mean, const float* rstd, const float* weight, float* dx,
+                                   void* daddend_bf16, float* dweight, float* dbias, float* partial, int64_t N,
+                                   int64_t C, cudaStream_t stream);
+int64_t layernorm_backward_partial_floats(int64_t N, int64_t C);
+// Widest C the layernorm kernels take (their per-warp shared-memory accumulators).
+constexpr int64_t kLayerNormMaxC = 4096;
+
+// ---- classifier.cu --------------------------------------------------------------------------------
+
+// Cross-entropy from bf16 logits in place, one block per row (llm.c's fused classifier):
+//   lse = log Σ_j exp(logits[i, j]),  losses[i] = lse − logits[i, targets[i]]   (0 where target = −1)
+// With write_grad, logits[i] is overwritten by its gradient scaled by *grad_scale (a device scalar:
+// 1/number of counted targets), (softmax(logits[i]) − onehot(target)) · scale, zero on ignored rows.
+// logits: [N, V] bf16, rows `ld` elements apart; targets: [N] int64; losses: [N] fp32.
+cudaError_t cross_entropy_forward_backward(void* logits, int64_t ld, const int64_t* targets, float* losses,
+                                           const float* grad_scale, bool write_grad, int64_t N, int64_t V,
+                                           cudaStream_t stream);
+
+// ---- gelu.cu --------------------------------------------------------------------------------------
+
+// Backward of h = gelu_tanh(pre) fused with the bias gradient of the linear that produced pre:
+//   dpre = dh · gelu_tanh'(pre),   dbias[m] = Σ_rows dpre[:, m]
+// dh, pre, dpre: [N, M] bf16; dbias: [M] fp32, overwritten. Deterministic: row blocks write partial
+// column sums to `partial` (gelu_backward_partial_floats(N, M) floats), then one pass sums them in order.
+cudaError_t gelu_backward_bias_grad(const void* dh, const void* pre, void* dpre, float* dbias, float* partial,
+                                    int64_t N, int64_t M, cudaStream_t stream);
+int64_t gelu_backward_partial_floats(int64_t N, int64_t M);
+
+}  // namespace ratio::kernels

@@ -1,0 +1,300 @@
+// The fused CUDA kernels (model/fused.h, model/kernels/) against the composite ATen ops they replace:
+// forward and every gradient, on widths that are and are not multiples of the kernels' 8-wide
+// vectors, in fp32 (tight) and under bf16 autocast (bf16 tolerances). CUDA only; on a CPU build
+// the model must ignore the fused switch, which the last test checks here too.
+#include <gtest/gtest.h>
+
+#include <torch/torch.h>
+
+#include "model/fused.h"
+#include "support.h"
+
+namespace ratio::model {
+namespace {
+
+namespace F = torch::nn::functional;
+using testing::all_on;
+using testing::tiny;
+
+bool have_kernels() { return torch::cuda::is_available() && fused_kernels_built(); }
+
+// ‖a − b‖ / ‖b‖ in fp64.
+double rel_err(const torch::Tensor& a, const torch::Tensor& b) {
+  auto a64 = a.detach().to(torch::kCPU, torch::kFloat64), b64 = b.detach().to(torch::kCPU, torch::kFloat64);
+  EXPECT_TRUE(a64.isfinite().all().item<bool>()) << "non-finite values";
+  return (a64 - b64).norm().item<double>() / std::max(b64.norm().item<double>(), 1e-30);
+}
+
+class Autocast {
+ public:
+  explicit Autocast(bool on) : on_(on) {
+    if (on_) compat::set_cuda_autocast(true, torch::kBFloat16);
+  }
+  ~Autocast() {
+    if (on_) {
+      compat::set_cuda_autocast(false);
+      compat::clear_autocast_cache();
+    }
+  }
+
+ private:
+  bool on_;
+};
+
+// ---- residual add + layer norm ---------------------------------------------------------------------
+
+struct NormCase {
+  int64_t C;
+  bool with_addend;
+  bool bf16;  // autocast on, addend bf16
+};
+
+void PrintTo(const NormCase& c, std::ostream* os) {
+  *os << "C" << c.C << (c.with_addend ? "_add" : "_noadd") << (c.bf16 ? "_bf16" : "_fp32");
+}
+
+class FusedAddLayerNorm : public ::testing::TestWithParam<NormCase> {};
+
+TEST_P(FusedAddLayerNorm, MatchesComposite) {
+  if (!have_kernels()) GTEST_SKIP() << "no CUDA kernels in this build or no GPU";
+  const NormCase p = GetParam();
+  const auto dev = torch::TensorOptions().device(torch::kCUDA);
+  torch::manual_seed(7);
+  torch::nn::LayerNorm ln(torch::nn::LayerNormOptions({p.C}));
+  ln->to(torch::kCUDA);
+  {
+    torch::NoGradGuard no_grad;
+    ln->weight.normal_(1.0, 0.3);
+    ln->bias.normal_(0.0, 0.3);
+  }
+  // 3·37 rows: not a multiple of the 8 rows of a forward block or of the backward's grid.
+  const auto x0 = torch::randn({3, 37, p.C}, dev) * 2 + 0.5;
+  const auto a0 = torch::randn({3, 37, p.C}, dev).to(p.bf16 ? torch::kBFloat16 : torch::kFloat32);
+  const auto g_sum = torch::randn({3, 37, p.C}, dev), g_y = torch::randn({3, 37, p.C}, dev);
+
+  struct Result {
+    torch::Tensor sum, y, dx, da, dw, db;
+  };
+  auto run = [&](bool fused) {
+    auto x = x0.clone().requires_grad_(true);
+    auto a = a0.clone().requires_grad_(true);
+    ln->zero_grad();
+    Autocast autocast(p.bf16);
+    torch::Tensor sum, y;
+    const torch::Tensor addend = p.with_addend ? a : torch::Tensor();
+    if (fused) {
+      std::tie(sum, y) = fused::add_layer_norm(x, addend, ln);
+    } else {
+      sum = p.with_addend ? x + a : x;
+      y = F::layer_norm(sum, F::LayerNormFuncOptions({p.C}).weight(ln->weight).bias(ln->bias).eps(1e-5));
+    }
+    auto loss = (y.to(torch::kFloat32) * g_y).sum();
+    if (p.with_addend) loss = loss + (sum * g_sum).sum();
+    loss.backward();
+    return Result{sum.detach(), y.detach().to(torch::kFloat32), x.grad(),
+                  p.with_addend ? a.grad().to(torch::kFloat32) : torch::Tensor(), ln->weight.grad().clone(),
+                  ln->bias.grad().clone()};
+  };
+  const Result ref = run(false), got = run(true);
+  // fp32: rounding only. bf16: y is stored in bf16 (2^-8 relative), and its gradient arrives in bf16.
+  const double tol = p.bf16 ? 1e-2 : 1e-5;
+  EXPECT_EQ(fused::add_layer_norm(x0, {}, ln).second.scalar_type(), torch::kFloat32) << "autocast is off here";
+  EXPECT_LT(rel_err(got.sum, ref.sum), 1e-6);
+  EXPECT_LT(rel_err(got.y, ref.y), tol);
+  EXPECT_LT(rel_err(got.dx, ref.dx), tol);
+  if (p.with_addend) {
+    EXPECT_LT(rel_err(got.da, ref.da), tol);
+  }
+  EXPECT_LT(rel_err(got.dw, ref.dw), tol);
+  EXPECT_LT(rel_err(got.db, ref.db), tol);
+}
+
+INSTANTIATE_TEST_SUITE_P(Widths, FusedAddLayerNorm,
+                         ::testing::Values(NormCase{768, true, false}, NormCase{768, true, true},
+                                           NormCase{768, false, false}, NormCase{768, false, true},
+                                           NormCase{100, true, false}, NormCase{100, true, true},
+                                           NormCase{20, false, false}, NormCase{1600, true, true}));
+
+TEST(FusedAddLayerNorm, OutputIsBf16UnderAutocastAndWrittenEverywhere) {
+  if (!have_kernels()) GTEST_SKIP() << "no CUDA kernels in this build or no GPU";
+  torch::nn::LayerNorm ln(torch::nn::LayerNormOptions({64}));
+  ln->to(torch::kCUDA);
+  auto x = torch::randn({5, 64}, torch::TensorOptions().device(torch::kCUDA));
+  Autocast autocast(true);
+  auto [sum, y] = fused::add_layer_norm(x, x.to(torch::kBFloat16), ln);
+  EXPECT_EQ(y.scalar_type(), torch::kBFloat16);
+  EXPECT_EQ(sum.scalar_type(), torch::kFloat32);
+  EXPECT_TRUE(y.isfinite().all().item<bool>());
+  // Each row of y has mean 0 and variance 1 (weight 1, bias 0).
+  auto y32 = y.to(torch::kFloat32);
+  EXPECT_LT(y32.mean(-1).abs().max().item<double>(), 2e-2);
+  EXPECT_NEAR(y32.var(-1, /*unbiased=*/false).mean().item<double>(), 1.0, 2e-2);
+}
+
+// ---- c_fc + gelu ------------------------------------------------------------------------------------
+
+class FusedLinearGelu : public ::testing::TestWithParam<int64_t> {};  // M, the hidden width
+
+TEST_P(FusedLinearGelu, MatchesLinearThenGeluUnderAutocast) {
+  if (!have_kernels()) GTEST_SKIP() << "no CUDA kernels in this build or no GPU";
+  const int64_t M = GetParam(), C = 96;
+  const auto dev = torch::TensorOptions().device(torch::kCUDA);
+  torch::manual_seed(13);
+  const auto x0 = torch::randn({3, 41, C}, dev).to(torch::kBFloat16);  // what the fused layer norm hands over
+  const auto w0 = torch::randn({M, C}, dev) * 0.1, b0 = torch::randn({M}, dev) * 0.5;
+  const auto g = torch::randn({3, 41, M}, dev);
+  auto run = [&](bool fused) {
+    auto x = x0.clone().requires_grad_(true), w = w0.clone().requires_grad_(true), b = b0.clone().requires_grad_(true);
+    Autocast autocast(true);
+    auto h = fused ? fused::linear_gelu(x, w, b) : torch::gelu(F::linear(x, w, b), "tanh");
+    (h.to(torch::kFloat32) * g).sum().backward();
+    return std::make_tuple(h.detach(), x.grad(), w.grad(), b.grad());
+  };
+  auto [h_ref, dx_ref, dw_ref, db_ref] = run(false);
+  auto [h, dx, dw, db] = run(true);
+  EXPECT_EQ(h.scalar_type(), h_ref.scalar_type());
+  EXPECT_EQ(dx.scalar_type(), torch::kBFloat16);
+  EXPECT_EQ(dw.scalar_type(), torch::kFloat32);
+  EXPECT_LT(rel_err(h, h_ref), 1e-2);
+  EXPECT_LT(rel_err(dx, dx_ref), 1e-2);
+  EXPECT_LT(rel_err(dw, dw_ref), 1e-2);
+  EXPECT_LT(rel_err(db, db_ref), 1e-2);
+}
+
+// 3072: GPT-2's MLP (8-wide vectors); 2048: the golden-ratio width; 100: neither (scalar path).
+INSTANTIATE_TEST_SUITE_P(Widths, FusedLinearGelu, ::testing::Values(3072, 2048, 100));
+
+// ---- classifier -----------------------------------------------------------------------------------
+
+struct ClassifierCase {
+  int64_t V, C, chunk_rows;
+};
+
+void PrintTo(const ClassifierCase& c, std::ostream* os) { *os << "V" << c.V << "_C" << c.C << "_chunk" << c.chunk_rows; }
+
+class FusedClassifier : public ::testing::TestWithParam<ClassifierCase> {};
+
+TEST_P(FusedClassifier, MatchesCrossEntropyOnFp32Logits) {
+  if (!have_kernels()) GTEST_SKIP() << "no CUDA kernels in this build or no GPU";
+  const ClassifierCase p = GetParam();
+  const auto dev = torch::TensorOptions().device(torch::kCUDA);
+  torch::manual_seed(11);
+  const int64_t B = 3, T = 45;
+  const auto x0 = torch::randn({B, T, p.C}, dev);
+  const auto w0 = torch::randn({p.V, p.C}, dev) * 0.2;
+  auto targets = torch::randint(p.V, {B, T}, dev.dtype(torch::kLong));
+  targets.index_put_({0, torch::indexing::Slice(0, 7)}, -1);  // ignored positions
+
+  auto run = [&](bool fused, double scale) {
+    auto x = x0.clone().requires_grad_(true), w = w0.clone().requires_grad_(true);
+    Autocast autocast(true);
+    torch::Tensor loss;
+    if (fused) {
+      loss = fused::classifier_loss(x, w, targets, p.chunk_rows);
+    } else {
+      auto logits = F::linear(x, w).to(torch::kFloat32);  // what GPT::forward computes without the kernels
+      loss = F::cross_entropy(logits.view({-1, p.V}), targets.view({-1}), F::CrossEntropyFuncOptions().ignore_index(-1));
+    }
+    (loss * scale).backward();  // a grad_accum-style scale reaches both gradients
+    return std::make_tuple(loss.detach(), x.grad(), w.grad());
+  };
+  for (double scale : {1.0, 0.25}) {
+    auto [loss_ref, dx_ref, dw_ref] = run(false, scale);
+    auto [loss, dx, dw] = run(true, scale);
+    EXPECT_EQ(loss.scalar_type(), torch::kFloat32);
+    EXPECT_LT(rel_err(loss, loss_ref), 1e-4) << "loss " << loss.item<double>() << " vs " << loss_ref.item<double>();
+    EXPECT_LT(rel_err(dx, dx_ref), 1e-2);
+    EXPECT_LT(rel_err(dw, dw_ref), 1e-2);
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Shapes, FusedClassifier,
+                         ::testing::Values(ClassifierCase{512, 64, 0}, ClassifierCase{1003, 72, 0},
+                                           ClassifierCase{1003, 72, 40}, ClassifierCase{50304, 96, 64}));
+
+TEST(FusedClassifier, EvaluationWithoutGradientGivesTheSameLoss) {
+  if (!have_kernels()) GTEST_SKIP() << "no CUDA kernels in this build or no GPU";
+  const auto dev = torch::TensorOptions().device(torch::kCUDA);
+  auto x = torch::randn({4, 33, 48}, dev).requires_grad_(true);
+  auto w = (torch::randn({260, 48}, dev) * 0.2).requires_grad_(true);
+  auto targets = torch::randint(260, {4, 33}, dev.dtype(torch::kLong));
+  Autocast autocast(true);
+  const double with_grad = fused::classifier_loss(x, w, targets).item<double>();
+  torch::NoGradGuard no_grad;
+  EXPECT_DOUBLE_EQ(fused::classifier_loss(x, w, targets).item<double>(), with_grad);
+}
+
+TEST(FusedClassifier, TargetOutsideTheVocabularyGivesNaN) {
+  if (!have_kernels()) GTEST_SKIP() << "no CUDA kernels in this build or no GPU";
+  const auto dev = torch::TensorOptions().device(torch::kCUDA);
+  auto x = torch::randn({2, 5, 16}, dev);
+  auto w = torch::randn({40, 16}, dev);
+  auto targets = torch::randint(40, {2, 5}, dev.dtype(torch::kLong));
+  targets.index_put_({1, 3}, 40);
+  Autocast autocast(true);
+  EXPECT_TRUE(std::isnan(fused::classifier_loss(x, w, targets).item<double>()));
+}
+
+// ---- the model --------------------------------------------------------------------------------------
+
+// One forward and backward of the same model, fused and not: same loss and every gradient.
+void expect_model_paths_agree(const ModelConfig& config, torch::Device device, bool bf16, double tol) {
+  torch::manual_seed(3);
+  GPT model(config);
+  model->to(device);
+  const auto ids = torch::TensorOptions().dtype(torch::kLong).device(device);
+  auto idx = torch::randint(config.vocab_size, {2, config.block_size}, ids);
+  auto targets = torch::randint(config.vocab_size, {2, config.block_size}, ids);
+  auto run = [&](bool fused) {
+    model->set_fused_kernels(fused);
+    model->zero_grad();
+    Autocast autocast(bf16);
+    auto out = model->forward(idx, targets);
+    out.loss.backward();
+    std::vector<torch::Tensor> grads;
+    for (const auto& p : model->parameters()) grads.push_back(p.grad().defined() ? p.grad().clone() : torch::Tensor());
+    return std::make_pair(out.loss.detach(), grads);
+  };
+  auto [loss_ref, grads_ref] = run(false);
+  auto [loss, grads] = run(true);
+  EXPECT_LT(rel_err(loss, loss_ref), tol);
+  const auto names = model->named_parameters().keys();
+  for (size_t i = 0; i < grads.size(); ++i) {
+    ASSERT_EQ(grads[i].defined(), grads_ref[i].defined()) << names[i];
+    if (!grads[i].defined()) continue;
+    // Gradients of order 1e-9 (a mixing scalar at init) are rounding; compare where there is signal.
+    if (grads_ref[i].abs().max().item<double>() < 1e-6) continue;
+    EXPECT_LT(rel_err(grads[i], grads_ref[i]), bf16 ? 5e-2 : 1e-4) << names[i];
+  }
+}
+
+TEST(FusedModel, CudaGptBaselineAndEveryMechanismMatchTheReferencePath) {
+  if (!have_kernels()) GTEST_SKIP() << "no CUDA kernels in this build or no GPU";
+  auto baseline = tiny();
+  baseline.n_embd = 64;
+  baseline.n_head = 4;
+  expect_model_paths_agree(baseline, torch::kCUDA, /*bf16=*/false, 1e-5);
+  expect_model_paths_agree(baseline, torch::kCUDA, /*bf16=*/true, 2e-3);
+  auto every = all_on();
+  every.n_embd = 64;
+  every.n_head = 4;
+  every.mla.latent_dim = 16;
+  every.mlp_latent.latent_dim = 16;
+  expect_model_paths_agree(every, torch::kCUDA, /*bf16=*/false, 1e-5);
+  expect_model_paths_agree(every, torch::kCUDA, /*bf16=*/true, 2e-3);
+}
+
+TEST(FusedModel, CpuIgnoresTheSwitchBitForBit) {
+  // The CPU build has no kernels, and a CUDA build on CPU tensors must not take them either.
+  torch::manual_seed(5);
+  GPT model(all_on());
+  auto idx = torch::randint(37, {2, 16}, torch::kLong), targets = torch::randint(37, {2, 16}, torch::kLong);
+  const double off = model->forward(idx, targets).loss.item<double>();
+  model->set_fused_kernels(true);
+  auto out = model->forward(idx, targets);
+  EXPECT_EQ(out.loss.item<double>(), off);
+  EXPECT_TRUE(out.logits.defined());
+}
+
+}  // namespace
+}  // namespace ratio::model

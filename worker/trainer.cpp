@@ -119,6 +119,7 @@ class Trainer {
 
  private:
   void choose_device();
+  void choose_kernels();
   void load_data();
   void build_model();
   void resume_if_asked();
@@ -144,6 +145,7 @@ class Trainer {
 
   torch::Device device_ = torch::kCPU;
   bool autocast_ = false;
+  bool fused_kernels_ = false;  // model/kernels/ on this job (train.kernels)
   std::unique_ptr<TokenSplit> train_split_, val_split_;
   BatchOrder order_{0};
   model::GPT model_{nullptr};
@@ -183,6 +185,17 @@ void Trainer::choose_device() {
   }
 }
 
+void Trainer::choose_kernels() {
+  const bool can_fuse = device_.is_cuda() && model::fused_kernels_built();
+  if (train_.kernels == "fused" && !can_fuse) {
+    throw Failure(kExitInvalid, std::string("train.kernels is fused, but ") +
+                                    (device_.is_cuda() ? "this ratio-worker was built without the CUDA kernels"
+                                                       : "the job runs on the CPU") +
+                                    "; use auto or reference");
+  }
+  fused_kernels_ = can_fuse && train_.kernels != "reference";
+}
+
 void Trainer::load_data() {
   const std::string data_dir = options_.data_dir.empty() ? default_data_dir() : options_.data_dir;
   const int tokenizer_vocab = spec_.data.tokenizer == "byte" ? 256 : spec_.data.tokenizer == "gpt2" ? 50257 : -1;
@@ -213,6 +226,7 @@ void Trainer::build_model() {
     }
   }
   model_->to(device_);
+  model_->set_fused_kernels(fused_kernels_);
   NamedTensors params;
   for (const auto& item : model_->named_parameters()) params.emplace_back(item.key(), item.value());
   optimizer_ = std::make_unique<SpamAdamW>(params, train_);
@@ -416,6 +430,7 @@ int Trainer::run() {
   if (options_.max_threads > 0 && at::get_num_threads() > options_.max_threads) at::set_num_threads(options_.max_threads);
   fs::create_directories(options_.workdir);
   choose_device();
+  choose_kernels();
   load_data();
   build_model();
   resume_if_asked();
@@ -423,7 +438,8 @@ int Trainer::run() {
 
   events_.emit("started", {{"iter", start_iter_}, {"max_iters", train_.max_iters}, {"device", device_.str()},
                            {"threads", at::get_num_threads()},
-                           {"dtype", autocast_ ? "bf16" : "fp32"}, {"build_id", build_id()},
+                           {"dtype", autocast_ ? "bf16" : "fp32"}, {"kernels", fused_kernels_ ? "fused" : "reference"},
+                           {"build_id", build_id()},
                            {"config_hash", config_hash_}, {"params", params_json(param_counts())}});
   log_clock_ = std::chrono::steady_clock::now();
   for (int64_t iter = start_iter_; iter < train_.max_iters; ++iter) {

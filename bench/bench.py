@@ -30,16 +30,16 @@ VARIANTS = {
 LOG_EVERY = 5
 
 
-def job_spec(variant, data_dir, iters, warmup, spam):
+def job_spec(variant, data_dir, iters, warmup, spam, kernels="auto", eval_interval=1_000_000, eval_batches=1):
     model = {"n_layer": 12, "n_head": 12, "n_embd": 768, "vocab_size": 50257, "vocab_pad_to": 64, "block_size": 1024}
     model.update(VARIANTS[variant])
     return {
         "matrix": "bench", "step": variant, "name": variant,
         "model": model,
         "train": {"max_iters": iters, "batch_size": 16, "grad_accum": 1, "warmup_iters": warmup,
-                  "eval_interval": 1_000_000, "eval_batches": 1, "checkpoint_interval": 1_000_000,
+                  "eval_interval": eval_interval, "eval_batches": eval_batches, "checkpoint_interval": 1_000_000,
                   "log_interval": LOG_EVERY, "grad_norm_interval": 1_000_000, "device": "cuda", "dtype": "bf16",
-                  "spam": {"enabled": spam}},
+                  "kernels": kernels, "spam": {"enabled": spam}},
         "data": {"dataset": data_dir, "tokenizer": "byte"},
     }
 
@@ -61,12 +61,13 @@ def prepare_data(worker, work):
     return out
 
 
-def run_worker(worker, variant, data, work, steps, warmup, spam):
+def run_worker(worker, variant, data, work, steps, warmup, spam, kernels="auto"):
     iters = warmup + steps
-    spec_path = os.path.join(work, f"{variant}-{spam}.json")
+    name = f"{variant}-{spam}-{kernels}"
+    spec_path = os.path.join(work, f"{name}.json")
     with open(spec_path, "w") as f:
-        json.dump(job_spec(variant, data, iters, warmup, spam), f)
-    proc = subprocess.run([worker, "run", "--job", spec_path, "--workdir", os.path.join(work, f"w-{variant}-{spam}")],
+        json.dump(job_spec(variant, data, iters, warmup, spam, kernels), f)
+    proc = subprocess.run([worker, "run", "--job", spec_path, "--workdir", os.path.join(work, f"w-{name}")],
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     events = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
     if proc.returncode != 0:
@@ -80,7 +81,30 @@ def run_worker(worker, variant, data, work, steps, warmup, spam):
     steady = len(rates) * tokens_per_interval / seconds
     # finished.result's MFU covers every iteration, warm-up included; rescale it to the timed ones.
     mfu = result["mfu"] * steady / result["tokens_per_s"] if result["mfu"] else None
-    return {"tokens_per_s": steady, "peak_memory_bytes": result["peak_memory_bytes"], "mfu": mfu}
+    started = next(e for e in events if e["type"] == "started")
+    return {"tokens_per_s": steady, "peak_memory_bytes": result["peak_memory_bytes"], "mfu": mfu,
+            "kernels": started.get("kernels", "?")}
+
+
+def run_val_compare(worker, data, work, iters):
+    """The same GPT-2 124M job trained `iters` iterations with the fused kernels and with ATen's ops:
+    validation loss at the end (20 fixed batches) of each, same seed and data order."""
+    out = {}
+    for kernels in ("fused", "reference"):
+        spec = job_spec("baseline", data, iters, 0, spam=False, kernels=kernels, eval_interval=iters, eval_batches=20)
+        spec["train"].update({"lr": 6e-4, "min_lr": 6e-5, "warmup_iters": min(100, iters // 4)})
+        spec_path = os.path.join(work, f"val-{kernels}.json")
+        with open(spec_path, "w") as f:
+            json.dump(spec, f)
+        proc = subprocess.run([worker, "run", "--job", spec_path, "--workdir", os.path.join(work, f"val-{kernels}")],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        events = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+        if proc.returncode != 0:
+            out[kernels] = {"error": f"exit {proc.returncode}: {proc.stderr[-300:]}"}
+            continue
+        result = next(e["result"] for e in events if e["type"] == "finished")
+        out[kernels] = {"val_loss": result["final_val_loss"], "tokens_per_s": result["tokens_per_s"]}
+    return out
 
 
 def run_reference(variant, compiled, steps):
@@ -140,19 +164,26 @@ def main():
     ap.add_argument("--variants", default=",".join(VARIANTS))
     ap.add_argument("--no-reference", action="store_true", help="time ratio-worker only")
     ap.add_argument("--phases", default="baseline", help="variants to split into forward/backward/optimizer ('' for none)")
+    ap.add_argument("--reference-kernels", default="baseline,mla",
+                    help="variants also timed with train.kernels=reference ('' for none)")
+    ap.add_argument("--val-compare", type=int, default=0, metavar="ITERS",
+                    help="train GPT-2 124M ITERS iterations with fused and with reference kernels; compare val loss")
     args = ap.parse_args()
 
     work = tempfile.mkdtemp(prefix="ratio-bench-")
     data = prepare_data(args.worker, work)
     rows = []
+    with_reference = [v for v in args.reference_kernels.split(",") if v]
     for variant in args.variants.split(","):
         worker = run_worker(args.worker, variant, data, work, args.steps, args.warmup, spam=False)
         spam = run_worker(args.worker, variant, data, work, args.steps, args.warmup, spam=True) if variant == "baseline" else None
+        aten = (run_worker(args.worker, variant, data, work, args.steps, args.warmup, spam=False, kernels="reference")
+                if variant in with_reference else None)
         eager = compiled = {"error": "skipped"}
         if not args.no_reference:
             eager = run_reference(variant, False, args.steps)
             compiled = run_reference(variant, True, args.steps)
-        rows.append((variant, worker, spam, eager, compiled))
+        rows.append((variant, worker, aten, spam, eager, compiled))
         print(f"bench: {variant}: worker {fmt_rate(worker)}, eager {fmt_rate(eager)}, compile {fmt_rate(compiled)}",
               file=sys.stderr, flush=True)
 
@@ -160,17 +191,29 @@ def main():
     lines = [f"GPT-2 124M, B=16, T=1024, bf16 autocast, {args.steps} timed steps after {args.warmup} warm-up, "
              f"{torch.cuda.get_device_name(0)}, PyTorch {torch.__version__}",
              "",
-             "| variant | ratio-worker tok/s | ratio-worker + SPAM | worker MFU | PyTorch eager | PyTorch compile | "
-             "peak mem worker / eager / compile |",
-             "| --- | --- | --- | --- | --- | --- | --- |"]
-    for variant, worker, spam, eager, compiled in rows:
+             "| variant | ratio-worker tok/s (kernels) | worker, ATen ops | worker + SPAM | worker MFU | PyTorch eager | "
+             "PyTorch compile | worker / compile | peak mem worker / eager / compile |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for variant, worker, aten, spam, eager, compiled in rows:
         mfu = f"{worker['mfu'] * 100:.1f} %" if worker.get("mfu") else "–"
-        lines.append(f"| {variant} | {fmt_rate(worker)} | {fmt_rate(spam) if spam else '–'} | {mfu} | {fmt_rate(eager)} | "
-                     f"{fmt_rate(compiled)} | {fmt_mem(worker)} / {fmt_mem(eager)} / {fmt_mem(compiled)} |")
+        ratio = (f"**{worker['tokens_per_s'] / compiled['tokens_per_s']:.2f}×**"
+                 if "tokens_per_s" in worker and "tokens_per_s" in compiled else "–")
+        lines.append(f"| {variant} | {fmt_rate(worker)} ({worker.get('kernels', '?')}) | {fmt_rate(aten) if aten else '–'} | "
+                     f"{fmt_rate(spam) if spam else '–'} | {mfu} | {fmt_rate(eager)} | {fmt_rate(compiled)} | {ratio} | "
+                     f"{fmt_mem(worker)} / {fmt_mem(eager)} / {fmt_mem(compiled)} |")
     table = "\n".join(lines) + "\n"
     phases = [(v, *run_phases(args.worker, v, data, work, args.steps, args.warmup)) for v in args.phases.split(",") if v]
     if phases:
         table += phase_table(phases)
+    if args.val_compare:
+        val = run_val_compare(args.worker, data, work, args.val_compare)
+        table += (f"\nGPT-2 124M, {args.val_compare} iterations on the byte-level corpus, validation loss (20 fixed "
+                  "batches) at the end:\n\n| kernels | val loss | tok/s over the run |\n| --- | --- | --- |\n")
+        for kernels, r in val.items():
+            table += (f"| {kernels} | {r['val_loss']:.4f} | {r['tokens_per_s'] / 1000:.0f}k |\n" if "val_loss" in r
+                      else f"| {kernels} | {r['error'][:120]} | |\n")
+        if all("val_loss" in r for r in val.values()):
+            table += f"\n|Δ val loss| = {abs(val['fused']['val_loss'] - val['reference']['val_loss']):.4f}\n"
     print(table)
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, "w") as f:

@@ -84,6 +84,7 @@ int main(int argc, char** argv) {
     torch::manual_seed(spec.train.seed);
     model::GPT model(spec.model);
     model->to(device);
+    model->set_fused_kernels(cuda && spec.train.kernels != "reference" && model::fused_kernels_built());
     model->train();
     worker::NamedTensors params;
     for (const auto& item : model->named_parameters()) params.emplace_back(item.key(), item.value());
@@ -129,7 +130,8 @@ int main(int argc, char** argv) {
     const nlohmann::json out = {{"forward_ms", median(phase_ms[0])}, {"backward_ms", median(phase_ms[1])},
                                 {"optimizer_ms", median(phase_ms[2])}, {"step_ms", step},
                                 {"tokens_per_s", static_cast<double>(B * T) / (step / 1e3)},
-                                {"device", device.str()}};
+                                {"device", device.str()},
+                                {"kernels", model->fused_kernels() ? "fused" : "reference"}};
     std::printf("%s\n", out.dump().c_str());
     return 0;
   } catch (const std::exception& e) {

@@ -236,10 +236,12 @@ struct MatrixDoc {
   std::vector<YAML::Node> seed_nodes;
   std::vector<GridAxis> grid;
   ForcedGates forced;
+  std::optional<DecideConfig> decide;
+  YAML::Node decide_node;
 };
 
-const std::vector<std::string> kTopKeys = {"name",  "description",  "base",         "steps",   "seeds",
-                                           "grid",  "forced_gates", "max_attempts", "priority"};
+const std::vector<std::string> kTopKeys = {"name", "description",  "base",         "steps",    "seeds",
+                                           "grid", "forced_gates", "max_attempts", "priority", "decide"};
 
 std::vector<std::string> model_keys() {
   const json model = to_json(ModelConfig{});
@@ -345,6 +347,58 @@ void read_seeds(const YAML::Node& n, MatrixDoc& doc, Problems& problems) {
   }
 }
 
+std::optional<double> read_real(const YAML::Node& n, const std::string& path, double lo, double hi, bool open_lo,
+                                bool open_hi, Problems& problems) {
+  json v = n.IsScalar() ? scalar_value(n) : value_of(n);
+  if (!v.is_number()) {
+    problems.at(n.Mark(), path, "expected a number, got " + v.dump());
+    return std::nullopt;
+  }
+  const double x = v.get<double>();
+  if ((open_lo ? x <= lo : x < lo) || (open_hi ? x >= hi : x > hi)) {
+    problems.at(n.Mark(), path,
+                v.dump() + " is out of range " + (open_lo ? "(" : "[") + json(lo).dump() + ", " + json(hi).dump() +
+                    (open_hi ? ")" : "]"));
+    return std::nullopt;
+  }
+  return x;
+}
+
+void read_decide(const YAML::Node& n, MatrixDoc& doc, Problems& problems) {
+  if (!n.IsMap()) {
+    problems.at(n.Mark(), "decide", "expected a mapping, e.g. {max_seeds: 8, confidence: 0.95, min_effect: 0.01}");
+    return;
+  }
+  DecideConfig d;
+  for (const auto& kv : n) {
+    const std::string key = kv.first.Scalar(), path = "decide." + key;
+    if (key == "max_seeds") {
+      if (auto x = read_int(kv.second, path, 2, 64, problems)) d.max_seeds = int(*x);
+    } else if (key == "confidence") {
+      if (auto x = read_real(kv.second, path, 0.5, 1.0, false, true, problems)) d.confidence = *x;
+    } else if (key == "min_effect") {
+      if (auto x = read_real(kv.second, path, 0.0, 10.0, false, false, problems)) d.min_effect = *x;
+    } else {
+      problems.at(kv.first.Mark(), path, "unknown key; known keys: max_seeds, confidence, min_effect");
+    }
+  }
+  doc.decide = d;
+  doc.decide_node = n;
+}
+
+// decide starts from the listed seeds: at least 2 (an interval needs two), at most max_seeds.
+void check_decide_seeds(const MatrixDoc& doc, const YAML::Node& root, Problems& problems) {
+  if (!doc.decide) return;
+  if (doc.seeds.size() < 2) {
+    problems.at(doc.decide_node.Mark(), "decide",
+                "needs `seeds` with at least 2 seeds to start from (an interval needs two); add e.g. seeds: [1, 2]");
+  } else if (int(doc.seeds.size()) > doc.decide->max_seeds) {
+    problems.at(root["seeds"].Mark(), "seeds",
+                std::to_string(doc.seeds.size()) + " seeds listed but decide.max_seeds is " +
+                    std::to_string(doc.decide->max_seeds) + "; list fewer or raise max_seeds");
+  }
+}
+
 void read_grid(const YAML::Node& n, MatrixDoc& doc, Problems& problems) {
   if (!n.IsMap() || n.size() == 0) {
     problems.at(n.Mark(), "grid", "expected a mapping of key -> list of values, e.g. {mlp_ratio: [2.0, 3.0]}");
@@ -447,12 +501,15 @@ MatrixDoc read_document(const YAML::Node& root, Problems& problems) {
       if (auto x = read_int(v, key, 1, 100, problems)) doc.max_attempts = int(*x);
     } else if (key == "priority") {
       if (auto x = read_int(v, key, -1000, 1000, problems)) doc.priority = int(*x);
+    } else if (key == "decide") {
+      read_decide(v, doc, problems);
     } else {
       problems.at(kv.first.Mark(), key, "unknown key; known keys: " + list_text(kTopKeys));
     }
   }
   if (!has_name) problems.at(root.Mark(), "name", "missing; add `name: my-matrix` (letters, digits, . _ -)");
   if (!has_steps) problems.at(root.Mark(), "steps", "missing; add a list of steps, e.g. [{id: 0, name: baseline}]");
+  check_decide_seeds(doc, root, problems);
   return doc;
 }
 
@@ -925,6 +982,7 @@ Expansion expand_matrix(const std::string& text, const std::string& source) {
   e.description = doc.description;
   e.max_attempts = doc.max_attempts;
   e.priority = doc.priority;
+  e.decide = doc.decide;
   e.source = source;
   e.steps = int(steps.size());
   for (auto& w : matrix_detail::lint(resolved)) e.warnings.push_back(std::move(w));
@@ -968,7 +1026,11 @@ json to_json(const Expansion& e) {
             {"priority", e.priority},
             {"source", e.source},
             {"steps", e.steps},
-            {"jobs", e.jobs.size()}}},
+            {"jobs", e.jobs.size()},
+            {"decide", e.decide ? json{{"max_seeds", e.decide->max_seeds},
+                                       {"confidence", e.decide->confidence},
+                                       {"min_effect", e.decide->min_effect}}
+                                : json(nullptr)}}},
           {"jobs", jobs},
           {"warnings", warnings}};
 }

@@ -16,6 +16,7 @@
 //   demo.yaml:14:23: steps[2].mla.latent_dim: expected an integer, got "big"; write a value like 128
 
 #include <stdexcept>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -71,12 +72,21 @@ struct LintWarning {
   std::string message;
 };
 
+// `decide:` — ratiod adds seeds to a step until its effect on val loss against the baseline is
+// settled (daemon/decide.h has the rule). Absent: the listed seeds only.
+struct DecideConfig {
+  int max_seeds = 8;         // seeds per step at most, the listed ones included
+  double confidence = 0.95;  // for the whole sequence of looks
+  double min_effect = 0.01;  // the smallest val-loss gain (nats) that counts as better
+};
+
 struct Expansion {
   std::string name;
   std::string description;
   int max_attempts = 3;  // attempts per job before it counts as failed (retryable causes only)
   int priority = 0;      // higher runs first
   std::string source;    // the file name the matrix came from (as given to expand_matrix)
+  std::optional<DecideConfig> decide;
   int steps = 0;         // steps including derived forced-gates twins, before the seeds and grid axes
   std::vector<ExpandedJob> jobs;  // in step order; per step: grid values, then seeds
   std::vector<LintWarning> warnings;
@@ -87,7 +97,8 @@ Expansion expand_matrix(const std::string& text, const std::string& source);
 // Reads the file and expands it (source = the path as given).
 Expansion expand_matrix_file(const std::string& path);
 
-// {"matrix": {"name", "description", "max_attempts", "priority", "source", "steps", "jobs"},
+// {"matrix": {"name", "description", "max_attempts", "priority", "source", "steps", "jobs",
+//             "decide": {"max_seeds", "confidence", "min_effect"} or null},
 //  "jobs": [{"step", "name", "config": <full JobSpec JSON>, "config_hash", "params"}],
 //  "warnings": [{"rule", "steps", "message"}]}
 nlohmann::json to_json(const Expansion& expansion);

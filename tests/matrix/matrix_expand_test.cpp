@@ -119,6 +119,19 @@ TEST(Expand, SeedsGiveOneJobPerSeedPerStep) {
   EXPECT_TRUE(e.warnings.empty());
 }
 
+TEST(Expand, DecideIsCarriedWithItsDefaults) {
+  Expansion e = expand("seeds: [1, 2]\ndecide: {max_seeds: 6, min_effect: 0.02}\nsteps:\n  - {id: 0}\n  - {id: 5, ra: true}\n");
+  ASSERT_TRUE(e.decide.has_value());
+  EXPECT_EQ(e.decide->max_seeds, 6);
+  EXPECT_DOUBLE_EQ(e.decide->confidence, 0.95);
+  EXPECT_DOUBLE_EQ(e.decide->min_effect, 0.02);
+  EXPECT_EQ(e.jobs.size(), 4u);  // the listed seeds only: ratiod adds the rest while a step is open
+  const nlohmann::json j = to_json(e)["matrix"]["decide"];
+  EXPECT_EQ(j["max_seeds"], 6);
+  EXPECT_EQ(j["min_effect"], 0.02);
+  EXPECT_TRUE(to_json(expand("steps:\n  - {id: 0}\n"))["matrix"]["decide"].is_null());
+}
+
 TEST(Expand, GridGivesOneJobPerValuePerStep) {
   Expansion e = expand("grid: {mlp_ratio: [2.0, 3.0]}\nseeds: [7, 8]\nsteps:\n  - {id: 0}\n  - {id: 8, mla: true}\n");
   ASSERT_EQ(e.jobs.size(), 8u);  // 2 steps x 2 ratios x 2 seeds

@@ -10,6 +10,7 @@
 #include <nlohmann/json.hpp>
 #include <spdlog/spdlog.h>
 
+#include "daemon/seeding.h"
 #include "daemon/verdict.h"
 #include "matrix/matrix.h"
 #include "ratio/build_info.h"
@@ -232,7 +233,9 @@ void install_matrix_routes(httplib::Server& server, ApiContext& ctx) {
     auto table = ctx.reader.run([&](db::Store& s) -> std::optional<json> {
       auto summary = s.matrix_summary(id);
       if (!summary) return std::nullopt;
-      json out = to_json(judge_matrix(job_outcomes(s, id)));
+      VerdictOptions options;
+      options.decide = matrix_decide_options(s, id);
+      json out = to_json(judge_matrix(job_outcomes(s, id), "", options));
       out["matrix"] = {{"id", id}, {"name", (*summary)["name"]}};
       return out;
     });

@@ -13,6 +13,8 @@
 
 #include <spdlog/spdlog.h>
 
+#include "daemon/seeding.h"
+
 namespace ratio::daemon {
 
 namespace fs = std::filesystem;
@@ -89,6 +91,16 @@ void Scheduler::recover() {
                 {"lost", "the daemon restarted while this attempt ran", std::nullopt, db::Retry::kAlways});
   }
   if (!running.empty()) spdlog::info("recovered {} attempt(s) of a previous daemon; their jobs are requeued", running.size());
+  // A daemon that died between a seed's end and the next look would leave a `decide` step open forever.
+  const std::vector<int64_t> added = writer_.run([](db::Store& s) {
+    std::vector<int64_t> ids;
+    for (const json& matrix : s.list_matrices()) {
+      const std::vector<int64_t> more = add_decided_seeds(s, matrix["id"].get<int64_t>());
+      ids.insert(ids.end(), more.begin(), more.end());
+    }
+    return ids;
+  });
+  if (!added.empty()) spdlog::info("decide: queued {} seed(s) that open steps still needed", added.size());
 }
 
 void Scheduler::start() { thread_ = std::thread([this] { loop(); }); }
@@ -230,8 +242,13 @@ void Scheduler::run_attempt(std::shared_ptr<Live> live, Spawned spawned, int log
 }
 
 void Scheduler::end_attempt(int64_t attempt_id, int64_t job_id, const db::AttemptEnd& end) {
-  writer_.run([&](db::Store& s) { return s.end_attempt(attempt_id, end); });
+  const std::vector<int64_t> added = writer_.run([&](db::Store& s) {
+    s.end_attempt(attempt_id, end);
+    const auto matrix_id = s.matrix_of_job(job_id);
+    return matrix_id ? add_decided_seeds(s, *matrix_id) : std::vector<int64_t>{};  // `decide` matrices only
+  });
   publish_job(job_id);
+  if (!added.empty()) requeued(added);
 }
 
 void Scheduler::publish_job(int64_t job_id) {

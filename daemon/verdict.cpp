@@ -149,6 +149,22 @@ ResultRow aggregate(const StepGroup& g, const Stats* baseline, const VerdictOpti
   return row;
 }
 
+std::vector<SeedAdded> seeds_added_to(const StepGroup& g) {
+  std::vector<SeedAdded> added;
+  for (const JobOutcome* job : g.jobs)
+    for (const std::string& tag : job->spec.tags)
+      if (tag.rfind(kDecideTag, 0) == 0) added.push_back({job->job_id, job->spec.train.seed, tag.substr(kDecideTag.size())});
+  return added;
+}
+
+// Seconds one more seed of the step costs, from its measured speed; none before a seed finished.
+std::optional<double> seconds_per_seed(const StepGroup& g, const ResultRow& row) {
+  if (!row.tokens_per_s || *row.tokens_per_s <= 0) return std::nullopt;
+  const JobSpec& spec = g.jobs.front()->spec;
+  const double tokens = double(spec.train.max_iters) * spec.train.batch_size * spec.train.grad_accum * spec.model.block_size;
+  return tokens / *row.tokens_per_s;
+}
+
 std::string missing_reason(const StepGroup& g, const ResultRow& row) {
   for (const JobOutcome* job : g.jobs)
     if (job->status == "failed")
@@ -162,6 +178,40 @@ struct PlainScaling {
   std::string step;
   std::optional<double> efficiency;  // only when its gain is beyond noise: otherwise no usable reference
 };
+
+bool below_plain_scaling(const ResultRow& row, const PlainScaling& plain) {
+  return row.efficiency && plain.efficiency && row.step != plain.step && *row.efficiency < *plain.efficiency;
+}
+
+std::string plain_scaling_text(const ResultRow& row, const PlainScaling& plain) {
+  return "efficiency " + fmt("%.4f", *row.efficiency) + " loss/M params is below plain scaling (step " + plain.step +
+         ": " + fmt("%.4f", *plain.efficiency) + ")";
+}
+
+// With `decide`: the sequential decision settles better / not better; the health and efficiency
+// rules still apply on top of "better".
+void verdict_from_decision(ResultRow& row, const PlainScaling& plain) {
+  const Decision& d = *row.decision;
+  if (d.outcome == "open") {
+    row.verdict_reason = "deciding: " + d.reason;
+  } else if (d.outcome == "not_better") {
+    row.verdict = "REMOVE";
+    row.verdict_reason = "not better than the baseline: " + d.reason;
+  } else if (d.outcome == "undecided") {
+    row.verdict = "INVESTIGATE";
+    row.verdict_reason = d.reason;
+  } else if (below_plain_scaling(row, plain)) {
+    row.verdict = "REMOVE";
+    row.verdict_reason = plain_scaling_text(row, plain) + "; " + d.reason;
+  } else if (!row.dead_params.empty()) {
+    row.verdict = "INVESTIGATE";
+    row.verdict_reason = std::to_string(row.dead_params.size()) + " key parameter(s) get no gradient (" +
+                         row.dead_params.front() + (row.dead_params.size() > 1 ? ", ..." : "") + "); " + d.reason;
+  } else {
+    row.verdict = "KEEP";
+    row.verdict_reason = d.reason + ", with healthy gradients";
+  }
+}
 
 void decide(ResultRow& row, const Noise& noise, const PlainScaling& plain, const VerdictOptions& options) {
   const double delta = *row.delta;
@@ -179,6 +229,7 @@ void decide(ResultRow& row, const Noise& noise, const PlainScaling& plain, const
       return;
     }
   }
+  if (row.decision) return verdict_from_decision(row, plain);
   // REMOVE: worse beyond noise.
   if (delta >= noise.threshold) {
     row.verdict = "REMOVE";
@@ -186,10 +237,9 @@ void decide(ResultRow& row, const Noise& noise, const PlainScaling& plain, const
     return;
   }
   // REMOVE: parameters buy less than plain MLP scaling would.
-  if (row.efficiency && plain.efficiency && row.step != plain.step && *row.efficiency < *plain.efficiency) {
+  if (below_plain_scaling(row, plain)) {
     row.verdict = "REMOVE";
-    row.verdict_reason = "efficiency " + fmt("%.4f", *row.efficiency) + " loss/M params is below plain scaling (step " +
-                         plain.step + ": " + fmt("%.4f", *plain.efficiency) + "); " + delta_text;
+    row.verdict_reason = plain_scaling_text(row, plain) + "; " + delta_text;
     return;
   }
   const bool better = delta <= -noise.threshold;
@@ -256,6 +306,20 @@ nlohmann::json or_null(const std::optional<T>& value) {
 
 }  // namespace
 
+std::vector<double> paired_differences(const std::vector<const JobOutcome*>& step,
+                                       const std::vector<const JobOutcome*>& baseline) {
+  std::map<uint64_t, double> baseline_by_seed;
+  for (const JobOutcome* job : baseline)
+    if (finished(*job)) baseline_by_seed[job->spec.train.seed] = *job->final_val_loss;
+  std::vector<double> differences;
+  for (const JobOutcome* job : step) {
+    if (!finished(*job)) continue;
+    auto it = baseline_by_seed.find(job->spec.train.seed);
+    if (it != baseline_by_seed.end()) differences.push_back(*job->final_val_loss - it->second);
+  }
+  return differences;
+}
+
 ResultsTable judge_matrix(const std::vector<JobOutcome>& jobs, const std::string& baseline_step,
                           const VerdictOptions& options) {
   const std::vector<StepGroup> groups = group_by_step(jobs);
@@ -281,6 +345,9 @@ ResultsTable judge_matrix(const std::vector<JobOutcome>& jobs, const std::string
     table.plain_scaling_efficiency = plain.efficiency;
   }
 
+  table.decide = options.decide;
+  double seconds_left = 0;
+  bool seconds_known = true;
   for (size_t i = 0; i < groups.size(); ++i) {
     ResultRow& row = table.rows[i];
     if (baseline_group && row.step == table.baseline_step) {
@@ -288,6 +355,20 @@ ResultsTable judge_matrix(const std::vector<JobOutcome>& jobs, const std::string
       row.verdict_reason = "the reference every other step is compared with";
       row.within_noise.reset();
       continue;
+    }
+    if (options.decide && baseline_group) {
+      row.decision = decide_paired(paired_differences(groups[i].jobs, baseline_group->jobs), *options.decide);
+      row.seeds_added = seeds_added_to(groups[i]);
+      if (row.decision->outcome == "open") {
+        ++table.open_steps;
+        const auto per_seed = seconds_per_seed(groups[i], row);
+        seconds_known = seconds_known && per_seed.has_value();
+        if (per_seed) seconds_left += (options.decide->max_seeds - row.seeds) * *per_seed;
+        if (row.status != "succeeded" && row.status != "failed") {
+          row.verdict_reason = "deciding: " + row.decision->reason + "; the next seed is " + row.status;
+          continue;
+        }
+      }
     }
     if (row.status != "succeeded" || !row.final_val_loss) {
       row.verdict_reason = missing_reason(groups[i], row);
@@ -300,6 +381,7 @@ ResultsTable judge_matrix(const std::vector<JobOutcome>& jobs, const std::string
     }
     decide(row, noises[i], plain, options);
   }
+  if (table.open_steps > 0 && seconds_known) table.gpu_seconds_left = seconds_left;
   for (size_t i = 0; i < groups.size(); ++i) {
     const std::string gated_step = twin_of(groups[i]);
     if (gated_step.empty() || table.rows[i].verdict.empty()) continue;
@@ -312,6 +394,21 @@ ResultsTable judge_matrix(const std::vector<JobOutcome>& jobs, const std::string
   }
   return table;
 }
+
+namespace {
+
+nlohmann::json decision_json(const ResultRow& row) {
+  if (!row.decision) return nullptr;
+  const Decision& d = *row.decision;
+  nlohmann::json history = nlohmann::json::array();
+  for (const SeedAdded& s : row.seeds_added) history.push_back({{"job_id", s.job_id}, {"seed", s.seed}, {"reason", s.reason}});
+  return {{"outcome", d.outcome},   {"seeds", d.n},
+          {"mean", or_null(d.mean)}, {"lower", or_null(d.lower)},
+          {"upper", or_null(d.upper)}, {"look_confidence", d.look_confidence},
+          {"reason", d.reason},      {"history", history}};
+}
+
+}  // namespace
 
 nlohmann::json to_json(const ResultRow& row) {
   return {{"job_id", row.job_id},
@@ -332,7 +429,8 @@ nlohmann::json to_json(const ResultRow& row) {
           {"seeds", row.seeds},
           {"val_loss_std", or_null(row.val_loss_std)},
           {"within_noise", or_null(row.within_noise)},
-          {"dead_params", row.dead_params}};
+          {"dead_params", row.dead_params},
+          {"decision", decision_json(row)}};
 }
 
 nlohmann::json to_json(const ResultsTable& table) {
@@ -341,9 +439,17 @@ nlohmann::json to_json(const ResultsTable& table) {
   nlohmann::json plain = nullptr;
   if (!table.plain_scaling_step.empty())
     plain = {{"step", table.plain_scaling_step}, {"efficiency", or_null(table.plain_scaling_efficiency)}};
+  nlohmann::json decide = nullptr;
+  if (table.decide)
+    decide = {{"max_seeds", table.decide->max_seeds},
+              {"confidence", table.decide->confidence},
+              {"min_effect", table.decide->min_effect},
+              {"open_steps", table.open_steps},
+              {"gpu_seconds_left_at_most", or_null(table.gpu_seconds_left)}};
   return {
       {"baseline_step", table.baseline_step.empty() ? nlohmann::json(nullptr) : nlohmann::json(table.baseline_step)},
       {"plain_scaling", plain},
+      {"decide", decide},
       {"rows", rows}};
 }
 

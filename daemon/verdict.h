@@ -21,6 +21,7 @@
 
 #include <nlohmann/json_fwd.hpp>
 
+#include "daemon/decide.h"
 #include "matrix/job_spec.h"
 
 namespace ratio {
@@ -45,6 +46,17 @@ struct VerdictOptions {
   double noise_sigmas = 2.0;       // with seeds: within noise when |delta| < noise_sigmas * combined std
   double dead_alpha = 0.01;        // mixing alphas with mean |value| below this count as switched off
   double dead_grad_norm = 1e-8;    // a key parameter whose final gradient norm is below this gets no gradient
+  // The matrix's `decide:`: each step's Δ is then judged by the sequential rule of daemon/decide.h on
+  // seeds paired with the baseline's, and that decision replaces the noise rule above.
+  std::optional<DecideOptions> decide;
+};
+
+// A seed ratiod added to a step because its effect was still open (its job carries the tag
+// "decide:<reason>").
+struct SeedAdded {
+  int64_t job_id = 0;
+  uint64_t seed = 0;
+  std::string reason;
 };
 
 // One row per step (its seeds aggregated). Optional fields are JSON null when unknown.
@@ -68,6 +80,8 @@ struct ResultRow {
   std::optional<double> val_loss_std;    // sample std of final val loss over seeds (>= 2 seeds)
   std::optional<bool> within_noise;      // |delta| below the noise threshold
   std::vector<std::string> dead_params;  // key parameters with ~0 final gradient norm (any seed)
+  std::optional<Decision> decision;      // with `decide`: the sequential decision on the paired seeds
+  std::vector<SeedAdded> seeds_added;    // with `decide`: why each added seed was added
 };
 
 struct ResultsTable {
@@ -75,7 +89,17 @@ struct ResultsTable {
   std::string plain_scaling_step;  // the wider-MLP reference step, empty when none
   std::optional<double> plain_scaling_efficiency;
   std::vector<ResultRow> rows;  // in order of first appearance of each step in `jobs`
+  std::optional<DecideOptions> decide;
+  int open_steps = 0;                     // with `decide`: steps still deciding
+  std::optional<double> gpu_seconds_left;  // at most, for their remaining seeds, from measured tokens/s
 };
+
+// The tag ratiod puts on a seed it added: "decide:" + the reason.
+inline const std::string kDecideTag = "decide:";
+
+// Paired differences step − baseline of final val loss, over the seed numbers both finished.
+std::vector<double> paired_differences(const std::vector<const JobOutcome*>& step,
+                                       const std::vector<const JobOutcome*>& baseline);
 
 // baseline_step: the matrix's declared baseline; empty = step "0".
 ResultsTable judge_matrix(const std::vector<JobOutcome>& jobs, const std::string& baseline_step = "",

@@ -85,7 +85,14 @@ CreatedMatrix Store::create_matrix(const NewMatrix& m) {
       .bind(6, now)
       .run();
   int64_t matrix_id = conn_.last_insert_id();
+  insert_jobs(matrix_id, m.jobs, m.priority, m.max_attempts, m.force, now);
+  refresh_matrix_finished(matrix_id);
+  tx.commit();
+  return {matrix_id, false};
+}
 
+std::vector<int64_t> Store::insert_jobs(int64_t matrix_id, const std::vector<NewJob>& jobs, int priority,
+                                        int max_attempts, bool force, double now) {
   // Only original runs are reuse sources, so reused_from always points at the job that trained.
   Statement find_cached = conn_.prepare(
       "SELECT id, iter, final_val_loss, best_val_loss FROM jobs "
@@ -94,11 +101,12 @@ CreatedMatrix Store::create_matrix(const NewMatrix& m) {
       "INSERT INTO jobs(matrix_id, step, name, spec, config_hash, params, priority, status, iter, max_iters, "
       "final_val_loss, best_val_loss, reason, reused_from, created_at, updated_at, max_attempts) "
       "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)");
-  for (const NewJob& job : m.jobs) {
+  std::vector<int64_t> ids;
+  for (const NewJob& job : jobs) {
     std::optional<int64_t> reused_from;
     int64_t iter = 0;
     std::optional<double> final_loss, best_loss;
-    if (!m.force) {
+    if (!force) {
       find_cached.bind(1, job.config_hash);
       if (find_cached.step()) {
         reused_from = find_cached.get_int(0);
@@ -114,7 +122,7 @@ CreatedMatrix Store::create_matrix(const NewMatrix& m) {
         .bind(4, job.spec.dump())
         .bind(5, job.config_hash)
         .bind(6, job.params.dump())
-        .bind(7, m.priority)
+        .bind(7, priority)
         .bind(8, reused_from ? "succeeded" : "queued")
         .bind(9, iter)
         .bind(10, job.max_iters)
@@ -124,12 +132,24 @@ CreatedMatrix Store::create_matrix(const NewMatrix& m) {
         .bind(14, reused_from)
         .bind(15, now)
         .bind(16, now)
-        .bind(17, m.max_attempts);
+        .bind(17, max_attempts);
     insert_job.run();
+    ids.push_back(conn_.last_insert_id());
   }
+  return ids;
+}
+
+std::vector<int64_t> Store::add_jobs(int64_t matrix_id, const std::vector<NewJob>& jobs) {
+  Transaction tx(conn_);
+  // New jobs run like the matrix's first: same priority and attempt budget.
+  Statement first = conn_.prepare("SELECT priority, max_attempts FROM jobs WHERE matrix_id = ? ORDER BY id LIMIT 1");
+  first.bind(1, matrix_id);
+  if (!first.step()) return {};
+  const int priority = static_cast<int>(first.get_int(0)), max_attempts = static_cast<int>(first.get_int(1));
+  std::vector<int64_t> ids = insert_jobs(matrix_id, jobs, priority, max_attempts, /*force=*/false, now_seconds());
   refresh_matrix_finished(matrix_id);
   tx.commit();
-  return {matrix_id, false};
+  return ids;
 }
 
 std::optional<ClaimedAttempt> Store::claim_next_job(const std::string& slot, const std::string& token,
@@ -583,6 +603,13 @@ std::optional<json> Store::matrix_detail(int64_t matrix_id) {
   matrix["expanded"] = json::parse(st.get_text(1));
   matrix["warnings"] = json::parse(st.get_text(2));
   return json{{"matrix", matrix}, {"jobs", list_jobs(matrix_id, "")}};
+}
+
+std::optional<json> Store::matrix_expanded(int64_t matrix_id) {
+  Statement st = conn_.prepare("SELECT expanded FROM matrices WHERE id = ?");
+  st.bind(1, matrix_id);
+  if (!st.step()) return std::nullopt;
+  return json::parse(st.get_text(0));
 }
 
 std::optional<int64_t> Store::matrix_of_job(int64_t job_id) {

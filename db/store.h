@@ -102,6 +102,11 @@ class Store {
   // created already succeeded with reused_from set (unless force).
   CreatedMatrix create_matrix(const NewMatrix& m);
 
+  // Adds jobs to an existing matrix (ratiod's `decide` seeds), with the priority and attempt budget of
+  // its first job, reusing identical succeeded configs like create_matrix; reopens the matrix.
+  // Returns the new ids (none when the matrix is unknown).
+  std::vector<int64_t> add_jobs(int64_t matrix_id, const std::vector<NewJob>& jobs);
+
   // Takes the highest-priority queued job, creates its next attempt (status running) and marks
   // the job running. log_dir/<job id>/attempt-<n>.log becomes the attempt's log path.
   std::optional<ClaimedAttempt> claim_next_job(const std::string& slot, const std::string& token,
@@ -142,6 +147,7 @@ class Store {
   std::optional<json> matrix_summary(int64_t matrix_id);
   std::optional<json> matrix_detail(int64_t matrix_id);  // {"matrix": ..., "jobs": [...]}
   std::optional<int64_t> matrix_of_job(int64_t job_id);
+  std::optional<json> matrix_expanded(int64_t matrix_id);  // the resolved matrix JSON stored at submit
 
   // Every job of a matrix with its spec, result and final metric values, for the results table.
   json matrix_jobs_with_results(int64_t matrix_id);
@@ -159,6 +165,8 @@ class Store {
 
  private:
   json read_job_summary(Statement& st);
+  std::vector<int64_t> insert_jobs(int64_t matrix_id, const std::vector<NewJob>& jobs, int priority, int max_attempts,
+                                   bool force, double now);
   json matrices_where(std::optional<int64_t> only);  // every matrix, or just one
   void refresh_matrix_finished(int64_t matrix_id);
   void upsert_metric(Statement& st, int64_t job_id, const std::string& name, int64_t iter, double value,

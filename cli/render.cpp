@@ -145,8 +145,31 @@ std::string csv_cell(const std::string& cell) {
   return quoted + "\"";
 }
 
+// `decide` matrices: "better [-0.052, -0.031]", "open [-0.09, +0.04]"; "-" for the baseline.
+std::string decision_cell(const json& row) {
+  if (!row.contains("decision") || !row["decision"].is_object()) return "-";
+  const json& d = row["decision"];
+  std::string cell = str(d, "outcome");
+  if (d.contains("lower") && d["lower"].is_number())
+    cell += " [" + fmt("%+.4f", d["lower"].get<double>()) + ", " + fmt("%+.4f", d["upper"].get<double>()) + "]";
+  return cell;
+}
+
+// "decide: max_seeds 8, confidence 0.95, min_effect 0.01; 2 steps open, at most 1.4 GPU-hours to go"
+std::string decide_line(const json& decide) {
+  std::string line = "decide: max_seeds " + str(decide, "max_seeds") + ", confidence " +
+                     num(decide, "confidence", "%.4g") + ", min_effect " + num(decide, "min_effect", "%.4g") + "; ";
+  const int64_t open = int_of(decide, "open_steps");
+  if (open == 0) return line + "every step decided\n";
+  line += std::to_string(open) + (open == 1 ? " step open" : " steps open");
+  if (decide.contains("gpu_seconds_left_at_most") && decide["gpu_seconds_left_at_most"].is_number())
+    line += ", at most " + fmt("%.2f", decide["gpu_seconds_left_at_most"].get<double>() / 3600.0) + " GPU-hours to go";
+  return line + "\n";
+}
+
 std::string render_results_table(const json& results) {
   const json& rows = results.at("rows");
+  const bool deciding = results.contains("decide") && results["decide"].is_object();
   std::vector<std::vector<std::string>> cells;
   for (const json& row : rows) {
     cells.push_back({str(row, "step"), str(row, "name"), str(row, "status"), loss_with_std(row),
@@ -154,6 +177,7 @@ std::string render_results_table(const json& results) {
                      human_count(int_of(row, "params_total")), human_count(int_of(row, "params_added")),
                      num(row, "efficiency", "%.4g"), num(row, "tokens_per_s", "%.0f"), str(row, "seeds"),
                      alphas_summary(row), verdict_cell(row)});
+    if (deciding) cells.back().insert(cells.back().end() - 1, decision_cell(row));
   }
   std::ostringstream out;
   const json& matrix = results.contains("matrix") ? results["matrix"] : json::object();
@@ -167,10 +191,17 @@ std::string render_results_table(const json& results) {
     else
       out << " (its gain is within noise: no efficiency yardstick)";
   }
-  out << "\n\n";
-  out << format_table({"step", "name", "status", "val_loss", "best", "delta", "delta%", "params", "added", "eff/M",
-                       "tok/s", "seeds", "alpha", "verdict"},
-                      cells, {false, false, false, true, true, true, true, true, true, true, true, true, true, false});
+  out << "\n";
+  if (deciding) out << decide_line(results["decide"]);
+  out << "\n";
+  std::vector<std::string> header = {"step", "name",  "status", "val_loss", "best",  "delta", "delta%",
+                                     "params", "added", "eff/M",  "tok/s",    "seeds", "alpha", "verdict"};
+  std::vector<bool> right = {false, false, false, true, true, true, true, true, true, true, true, true, true, false};
+  if (deciding) {
+    header.insert(header.end() - 1, "decision [interval]");
+    right.insert(right.end() - 1, false);
+  }
+  out << format_table(header, cells, right);
   out << '\n';
   for (const json& row : rows) {
     const std::string reason = str(row, "verdict_reason");
@@ -183,6 +214,9 @@ std::string render_results_table(const json& results) {
       for (const json& name : row["dead_params"]) out << ' ' << name.get<std::string>();
       out << '\n';
     }
+    if (row.contains("decision") && row["decision"].is_object())
+      for (const json& added : row["decision"].value("history", json::array()))
+        out << "  job " << str(added, "job_id") << ": " << str(added, "reason") << '\n';
   }
   return out.str();
 }
@@ -191,7 +225,8 @@ std::string render_results_csv(const json& results) {
   const std::vector<std::string> columns = {
       "job_id",       "step",    "name",           "status",       "final_val_loss", "best_val_loss", "val_loss_std",
       "seeds",        "delta",   "delta_pct",      "within_noise", "params_total",   "params_added",  "efficiency",
-      "tokens_per_s", "verdict", "verdict_reason", "alphas",       "dead_params"};
+      "tokens_per_s", "verdict", "verdict_reason", "alphas",       "dead_params",    "decision",      "decision_lower",
+      "decision_upper"};
   std::ostringstream out;
   for (size_t c = 0; c < columns.size(); ++c) out << (c ? "," : "") << columns[c];
   out << '\n';
@@ -199,7 +234,12 @@ std::string render_results_csv(const json& results) {
     for (size_t c = 0; c < columns.size(); ++c) {
       const std::string& key = columns[c];
       std::string cell;
-      const json value = row.contains(key) ? row[key] : json(nullptr);
+      json value = row.contains(key) ? row[key] : json(nullptr);
+      if (key.rfind("decision", 0) == 0) {  // the decision object's outcome, lower and upper
+        const json& d = row.contains("decision") ? row["decision"] : json(nullptr);
+        const std::string field = key == "decision" ? "outcome" : key.substr(9);
+        value = d.is_object() && d.contains(field) ? d[field] : json(nullptr);
+      }
       if (key == "alphas" && value.is_object()) {
         for (const auto& entry : value.items())
           cell += (cell.empty() ? "" : ";") + entry.key() + "=" + fmt("%.6g", entry.value().get<double>());

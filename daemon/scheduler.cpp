@@ -243,9 +243,13 @@ void Scheduler::run_attempt(std::shared_ptr<Live> live, Spawned spawned, int log
 
 void Scheduler::end_attempt(int64_t attempt_id, int64_t job_id, const db::AttemptEnd& end) {
   const std::vector<int64_t> added = writer_.run([&](db::Store& s) {
+    // One change: a `decide` matrix is never seen finished between its last seed and the next.
+    db::Transaction tx(s.connection());
     s.end_attempt(attempt_id, end);
     const auto matrix_id = s.matrix_of_job(job_id);
-    return matrix_id ? add_decided_seeds(s, *matrix_id) : std::vector<int64_t>{};  // `decide` matrices only
+    std::vector<int64_t> ids = matrix_id ? add_decided_seeds(s, *matrix_id) : std::vector<int64_t>{};
+    tx.commit();
+    return ids;
   });
   publish_job(job_id);
   if (!added.empty()) requeued(added);

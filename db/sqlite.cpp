@@ -126,19 +126,21 @@ std::optional<double> Statement::get_opt_double(int col) const {
   return get_double(col);
 }
 
-Transaction::Transaction(Connection& conn) : conn_(conn) { conn_.exec("BEGIN IMMEDIATE"); }
+Transaction::Transaction(Connection& conn) : conn_(conn), nested_(sqlite3_get_autocommit(conn.handle()) == 0) {
+  conn_.exec(nested_ ? "SAVEPOINT nested" : "BEGIN IMMEDIATE");
+}
 
 Transaction::~Transaction() {
   if (done_) return;
   try {
-    conn_.exec("ROLLBACK");
+    conn_.exec(nested_ ? "ROLLBACK TO nested; RELEASE nested" : "ROLLBACK");
   } catch (const DbError&) {
     // Already rolled back by SQLite after an error; nothing left to undo.
   }
 }
 
 void Transaction::commit() {
-  conn_.exec("COMMIT");
+  conn_.exec(nested_ ? "RELEASE nested" : "COMMIT");
   done_ = true;
 }
 

@@ -83,6 +83,8 @@ class Statement {
 
 // BEGIN IMMEDIATE on construction (takes the write lock up front, so no deadlock upgrading a read),
 // ROLLBACK in the destructor unless commit() ran.
+// BEGIN IMMEDIATE ... COMMIT, or ROLLBACK when destroyed uncommitted. Inside another transaction
+// it is a savepoint: the outer one decides, so two store writes can be made one atomic change.
 class Transaction {
  public:
   explicit Transaction(Connection& conn);
@@ -93,6 +95,7 @@ class Transaction {
 
  private:
   Connection& conn_;
+  bool nested_ = false;
   bool done_ = false;
 };
 

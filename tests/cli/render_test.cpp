@@ -101,12 +101,31 @@ TEST(CliRender, ResultsCsvQuotesAndJoins) {
   ASSERT_EQ(lines.size(), 4u);
   EXPECT_EQ(lines[0], "job_id,step,name,status,final_val_loss,best_val_loss,val_loss_std,seeds,delta,delta_pct,"
                       "within_noise,params_total,params_added,efficiency,tokens_per_s,verdict,verdict_reason,"
-                      "alphas,dead_params");
+                      "alphas,dead_params,decision,decision_lower,decision_upper");
   EXPECT_EQ(lines[2],
             "2,5,\"+ RA, \"\"banded\"\"\",succeeded,3.6367,3.63,0.011,2,0.0627,1.754,false,124439820,12,-5225,70000,"
             "REMOVE,worse than baseline beyond noise: +0.0627,h.0.attn.ra_alpha=0.2;h.1.attn.ra_alpha=0.4,"
-            "h.0.coupler.mlp_down.weight");
-  EXPECT_EQ(lines[3], "3,8,+ MLA,queued,,,,,,,,123000000,-1439808,,,,waiting for results (0 of 1 runs finished),,");
+            "h.0.coupler.mlp_down.weight,,,");
+  EXPECT_EQ(lines[3], "3,8,+ MLA,queued,,,,,,,,123000000,-1439808,,,,waiting for results (0 of 1 runs finished),,,,,");
+}
+
+// A `decide` matrix: its line above the table, a decision column, and why each seed was added.
+TEST(CliRender, ResultsOfADecideMatrix) {
+  json results = results_answer();
+  results["decide"] = {{"max_seeds", 8}, {"confidence", 0.95}, {"min_effect", 0.01}, {"open_steps", 1},
+                       {"gpu_seconds_left_at_most", 5400.0}};
+  results["rows"][1]["decision"] = {{"outcome", "undecided"}, {"seeds", 8}, {"mean", 0.0627}, {"lower", -0.0123},
+                                    {"upper", 0.1377}, {"look_confidence", 0.99286}, {"reason", "undecided ..."},
+                                    {"history", {{{"job_id", 17}, {"seed", 3}, {"reason", "seed 3 added: open: ..."}}}}};
+  const std::string text = render_results_table(results);
+  EXPECT_NE(text.find("decide: max_seeds 8, confidence 0.95, min_effect 0.01; 1 step open, at most 1.50 GPU-hours to go"),
+            std::string::npos)
+      << text;
+  EXPECT_NE(text.find("decision [interval]"), std::string::npos);
+  EXPECT_NE(text.find("undecided [-0.0123, +0.1377]"), std::string::npos) << text;
+  EXPECT_NE(text.find("  job 17: seed 3 added: open: ..."), std::string::npos) << text;
+  const std::vector<std::string> csv = lines_of(render_results_csv(results));
+  EXPECT_NE(csv[2].find(",undecided,-0.0123,0.1377"), std::string::npos) << csv[2];
 }
 
 TEST(CliRender, ClipLinesKeepsRedrawsOnOneRowEach) {

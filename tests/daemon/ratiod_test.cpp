@@ -16,6 +16,7 @@
 #include <filesystem>
 #include <fstream>
 #include <functional>
+#include <map>
 #include <mutex>
 #include <set>
 #include <sstream>
@@ -24,6 +25,7 @@
 #include <httplib.h>
 #include <nlohmann/json.hpp>
 
+#include "../cli/cli_process.h"
 #include "db/store.h"
 
 namespace fs = std::filesystem;
@@ -635,6 +637,58 @@ TEST_F(RatiodTest, MatrixSucceedsResultsMatchTheWorkerAndAFailedJobRerunsAlone) 
   d.post("/api/matrices/" + again["id"].dump() + "/cancel", "");
   ASSERT_TRUE(d.wait_for([&] { return d.matrix_done(forced["id"].get<int64_t>()); }, 60, "the cancel"));
   EXPECT_EQ(d.job(forced["jobs"][1]["id"].get<int64_t>())["job"]["status"], "cancelled");
+}
+
+// decide: the step and the baseline start with seeds 1 and 2. A narrower MLP draws a different
+// initialisation of every later weight from the same seed, so its paired differences scatter like
+// seed-to-seed noise, and an interval from 2 seeds at 98.75 % is ±25 standard errors wide: the effect
+// is open, so ratiod adds seed 3 to both and stops there (max_seeds 3). CPU training is deterministic.
+TEST_F(RatiodTest, DecideAddsPairedSeedsToAnOpenStepAndStopsAtMaxSeeds) {
+  REQUIRE_WORKER();
+  Daemon& d = start_daemon();
+  const std::string matrix = "seeds: [1, 2]\ndecide: {max_seeds: 3, min_effect: 0.001}\n" +
+                             tiny_matrix("decide", 20,
+                                         "  - {id: 0, name: baseline}\n"
+                                         "  - {id: 5, name: narrower MLP, mlp_ratio: 3}\n");
+  auto [status, created] = d.post("/api/matrices", matrix);
+  ASSERT_EQ(status, 201) << created.dump();
+  const int64_t matrix_id = created["id"].get<int64_t>();
+  ASSERT_EQ(created["jobs"].size(), 4u);
+  ASSERT_TRUE(d.wait_for([&] { return d.matrix_done(matrix_id); }, 300, "the matrix to finish"));
+
+  const json jobs = d.get("/api/jobs?matrix=" + std::to_string(matrix_id))["jobs"];
+  ASSERT_EQ(jobs.size(), 6u) << jobs.dump();  // seed 3 of each step, never a fourth
+  std::map<std::string, std::set<std::string>> seeds_by_step;  // from the names: "baseline (seed 3)"
+  for (const json& job : jobs) {
+    EXPECT_EQ(job["status"], "succeeded") << job.dump();
+    const std::string name = job["name"].get<std::string>();
+    seeds_by_step[job["step"].get<std::string>()].insert(name.substr(name.rfind("(seed ")));
+  }
+  const std::set<std::string> three = {"(seed 1)", "(seed 2)", "(seed 3)"};
+  EXPECT_EQ(seeds_by_step["0"], three);
+  EXPECT_EQ(seeds_by_step["5"], three);
+
+  const json results = d.get("/api/matrices/" + std::to_string(matrix_id) + "/results");
+  const json& row = results["rows"][1];
+  ASSERT_TRUE(row["decision"].is_object()) << results.dump();
+  const std::string outcome = row["decision"]["outcome"].get<std::string>();
+  EXPECT_NE(outcome, "open") << "max_seeds is spent, so the step is decided or undecided";
+  EXPECT_EQ(row["decision"]["seeds"], 3);
+  EXPECT_EQ(row["seeds"], 3);
+  ASSERT_EQ(row["decision"]["history"].size(), 1u);
+  EXPECT_NE(row["decision"]["history"][0]["reason"].get<std::string>().find("seed 3 added: open"), std::string::npos);
+  EXPECT_EQ(results["decide"]["open_steps"], 0);
+  EXPECT_EQ(row["verdict"], outcome == "better" ? "KEEP" : outcome == "not_better" ? "REMOVE" : "INVESTIGATE")
+      << row["verdict_reason"];
+
+  // The CLI prints the same decision.
+  const std::string cli =
+      ratio::cli::test::run_ratio(
+          {"results", std::to_string(matrix_id), "--server", "http://127.0.0.1:" + std::to_string(d.port())})
+          .out;
+  EXPECT_NE(cli.find("decide: max_seeds 3"), std::string::npos) << cli;
+  EXPECT_NE(cli.find(outcome + " ["), std::string::npos) << cli;
+  EXPECT_NE(cli.find("seed 3 added: open"), std::string::npos) << cli;
 }
 
 TEST_F(RatiodTest, LiveViewsReceiveMetricAndJobEventsWhileAJobRuns) {

@@ -130,6 +130,26 @@ TEST_F(StoreTest, TransactionRollsBackUnlessCommitted) {
   EXPECT_EQ(count(store, "SELECT COUNT(*) FROM matrices"), 0);
 }
 
+TEST_F(StoreTest, AddedJobsJoinTheMatrixQueuedAndReopenItAndANestedTransactionIsPartOfItsOuter) {
+  Store s(path_, false);
+  const int64_t matrix_id = s.create_matrix(matrix_with(1)).id;
+  s.connection().exec("UPDATE jobs SET status = 'succeeded'");
+  s.connection().exec("UPDATE matrices SET finished_at = 1");
+  NewJob seed = matrix_with(1).jobs[0];
+  seed.config_hash = "seed-3";
+  {
+    ratio::db::Transaction outer(s.connection());
+    EXPECT_EQ(s.add_jobs(matrix_id, {seed}).size(), 1u);  // its own transaction becomes a savepoint
+  }  // the outer one rolls back: so does the add
+  EXPECT_EQ(count(s, "SELECT COUNT(*) FROM jobs"), 1);
+  const std::vector<int64_t> ids = s.add_jobs(matrix_id, {seed});
+  ASSERT_EQ(ids.size(), 1u);
+  EXPECT_EQ((*s.job_summary(ids[0]))["status"], "queued");
+  EXPECT_TRUE((*s.matrix_summary(matrix_id))["finished_at"].is_null());
+  EXPECT_TRUE(s.add_jobs(matrix_id + 1, {seed}).empty());  // no such matrix
+  EXPECT_EQ(*s.matrix_expanded(matrix_id), json({{"name", "demo"}}));
+}
+
 TEST_F(StoreTest, ReaderSeesCommittedDataWhileWriterHoldsATransaction) {
   Store writer(path_, false);
   writer.create_matrix(matrix_with(2));

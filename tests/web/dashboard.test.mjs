@@ -333,6 +333,37 @@ test('the matrix list shows the matrix with its progress', async () => {
   await shot('matrix-list');
 });
 
+// The same matrix shape as tests/daemon/ratiod_test.cpp's decide test: an open step gets seed 3
+// with its baseline pair, then max_seeds (3) ends it. The page must show the API's decision.
+const DECIDE_YAML = MATRIX_YAML.replace('name: web-e2e', 'name: web-decide\nseeds: [1, 2]\ndecide: {max_seeds: 3, min_effect: 0.001}')
+  .replace('max_iters: 40', 'max_iters: 20')
+  .replace(/steps:[\s\S]*$/, 'steps:\n  - {id: 0, name: baseline}\n  - {id: 5, name: narrower MLP, mlp_ratio: 3}\n');
+
+test('a decide matrix: the table, the grid and the line above them show the API\'s decision', async () => {
+  const { status, body: created } = await api('POST', '/api/matrices', DECIDE_YAML);
+  assert.equal(status, 201, JSON.stringify(created));
+  await eventually('the decide matrix to finish', async () => {
+    const { body } = await api('GET', `/api/matrices/${created.id}`);
+    return body.matrix.finished_at !== null && body.jobs.length === 6;
+  }, 180000, 500);
+  const { body: results } = await api('GET', `/api/matrices/${created.id}/results`);
+  const row = results.rows.find((r) => String(r.step) === '5');
+  assert.ok(row.decision && row.decision.outcome !== 'open', JSON.stringify(row));
+  await page.goto(`${base}/#/matrix/${created.id}`);
+  const cell = page.locator(`tr[data-job-id="${row.job_id}"] [data-col="decision"]`);
+  const sign = (v) => `${v > 0 ? '+' : v < 0 ? '−' : '±'}${Math.abs(v).toFixed(4)}`;
+  const expected = `${row.decision.outcome.replace('_', ' ')} [${sign(row.decision.lower)}, ${sign(row.decision.upper)}]`;
+  await eventually('the decision cell', async () => (await cell.textContent()) === expected, 15000);
+  assert.ok((await cell.getAttribute('title')).includes('seed 3 added: open'), await cell.getAttribute('title'));
+  const line = page.locator('[data-role="decide"]');
+  assert.ok((await line.textContent()).includes('up to 3 seeds per step'), await line.textContent());
+  assert.ok((await line.textContent()).includes('every step is decided'), await line.textContent());
+  assert.equal(await page.locator('table.ablation .tag[class*="decision-"]').first().textContent(), expected);
+  // Seeds added by ratiod count in the grid too: every cell holds all 3.
+  assert.equal(await page.locator('table.ablation td.cell:has-text("(n=3)")').count(), 2);
+  await shot('decide-matrix');
+});
+
 test('a bad YAML on the submit page shows the error at its line', async () => {
   await page.goto(`${base}/#/submit`);
   await page.fill('#matrix-yaml', BAD_YAML);

@@ -46,8 +46,23 @@ function columns() {
     { key: 'added', label: 'Added', title: 'Parameters added over the baseline', value: (j, r) => num(r && r.params_added) },
     { key: 'eff', label: 'Efficiency', title: 'Loss improvement per million added parameters', value: (j, r) => num(r && r.efficiency) },
     { key: 'tps', label: 'Tokens/s', value: (j, r) => num(r && r.tokens_per_s) },
+    { key: 'decision', label: 'Decision', title: 'decide: matrices: the sequential decision on paired seeds and its interval for Δ', value: (j, r) => (r && r.decision && r.decision.outcome) || '' },
     { key: 'verdict', label: 'Verdict', value: (j, r) => (r && r.verdict) || '' },
   ];
+}
+
+// "better [−0.0520, −0.0310]": a decide matrix's outcome and its interval for Δ.
+function decisionText(d) {
+  const interval = isNum(d.lower) ? ` [${fmtSigned(d.lower)}, ${fmtSigned(d.upper)}]` : '';
+  return `${d.outcome.replace('_', ' ')}${interval}`;
+}
+
+// One line above the table of a decide matrix: its settings, steps still open, GPU time at most left.
+function decideText(decide) {
+  const head = `Deciding with up to ${decide.max_seeds} seeds per step at ${(100 * decide.confidence).toFixed(3).replace(/\.?0+$/, '')} % confidence, minimum effect ${decide.min_effect}: `;
+  if (!decide.open_steps) return `${head}every step is decided.`;
+  const left = isNum(decide.gpu_seconds_left_at_most) ? `, at most ${(decide.gpu_seconds_left_at_most / 3600).toFixed(2)} GPU-hours to go` : '';
+  return `${head}${decide.open_steps} step${decide.open_steps === 1 ? '' : 's'} open${left}.`;
 }
 
 export function mountMatrixView(root, route) {
@@ -87,6 +102,7 @@ export function mountMatrixView(root, route) {
   const table = el('table', { class: 'grid-table results', 'aria-label': 'Comparison' }, el('thead', {}, thead), tbody);
   const gridBox = el('div', { class: 'scroll-x' });
   const plainLine = el('p', { class: 'muted small', hidden: true });
+  const decideLine = el('p', { class: 'muted small', hidden: true, dataset: { role: 'decide' } });
   const logX = el('input', { type: 'checkbox', id: 'logx', onchange: () => { valChart.setLogX(logX.checked); trainChart.setLogX(logX.checked); } });
   const valBox = el('div', { class: 'chart', role: 'img', 'aria-label': 'Validation loss curves' });
   const trainBox = el('div', { class: 'chart', role: 'img', 'aria-label': 'Training loss curves' });
@@ -98,7 +114,7 @@ export function mountMatrixView(root, route) {
     buildsWarn, notice, detailBox,
     el('section', { class: 'card', 'aria-labelledby': 'h-compare' },
       el('h2', { id: 'h-compare' }, 'Comparison'),
-      plainLine,
+      plainLine, decideLine,
       el('div', { class: 'scroll-x table-scroll' }, table)),
     el('section', { class: 'card', 'aria-labelledby': 'h-grid' },
       el('h2', { id: 'h-grid' }, 'Ablation grid'),
@@ -192,8 +208,18 @@ export function mountMatrixView(root, route) {
     numCell(cells.added, r && r.params_added, fmtCount);
     numCell(cells.eff, r && r.efficiency, fmtSci);
     numCell(cells.tps, r && r.tokens_per_s, (v) => (isNum(v) ? fmtCount(Math.round(v)) : '–'));
+    decisionCell(cells.decision, r);
     verdictCell(cells.verdict, r);
     cells.plotBox.checked = plotted.has(id);
+  }
+
+  function decisionCell(td, r) {
+    td.replaceChildren();
+    const d = r && r.decision;
+    if (!d) { td.textContent = '–'; setAttr(td, 'title', null); return; }
+    td.append(el('span', { class: `badge decision-${d.outcome}` }, decisionText(d)));
+    const added = (d.history || []).map((h) => `job ${h.job_id}: ${h.reason}`);
+    setAttr(td, 'title', [d.reason, ...added].join('\n'));
   }
 
   function numCell(td, v, fmt) {
@@ -237,8 +263,12 @@ export function mountMatrixView(root, route) {
   // the cells holding changed jobs (all cells when the baseline's loss moved: their colours depend on it).
   function renderGrid(changedIds) {
     // In step order, so the first of two steps with the same architecture keeps the base's row.
+    // A seed ratiod added to a decide matrix is in neither the stored expansion nor the YAML: it
+    // differs from its step's other seeds only in train.seed, so it takes their place in the grid.
+    const stepConfig = new Map();
+    for (const j of jobs.values()) if (configs.has(j.config_hash)) stepConfig.set(j.step, configs.get(j.config_hash));
     const entries = [...jobs.values()].sort((a, b) => compareSteps(a.step, b.step) || a.id - b.id)
-      .map((j) => ({ jobId: j.id, step: j.step, name: j.name, config: configs.get(j.config_hash) }));
+      .map((j) => ({ jobId: j.id, step: j.step, name: j.name, config: configs.get(j.config_hash) || stepConfig.get(j.step) }));
     const known = entries.filter((e) => e.config);
     if (!known.length) {
       gridBox.replaceChildren(el('p', { class: 'muted' }, configs.size || !jobs.size ? 'No job configs.' : 'Loading configs…'));
@@ -300,6 +330,9 @@ export function mountMatrixView(root, route) {
       td.classList.add(stats.mean < base ? 'better' : stats.mean > base ? 'worse' : 'same');
     }
     if (noise) td.append(el('span', { class: 'tag' }, 'within noise'));
+    // A decide matrix: the step's decision and interval (its results row is keyed by its first job).
+    const decided = members.map((j) => results.get(j.id)).find((r) => r && r.decision);
+    if (decided) td.append(el('span', { class: `tag decision-${decided.decision.outcome}`, title: decided.decision.reason }, decisionText(decided.decision)));
   }
 
   // ---- curves ------------------------------------------------------------------------------------
@@ -481,6 +514,8 @@ export function mountMatrixView(root, route) {
       if (!plainLine.hidden) {
         setText(plainLine, `Baseline: step ${baselineStep}. Plain scaling (step ${plain.step}, a wider MLP) has efficiency ${fmtSci(plain.efficiency)}: a mechanism below it buys less per parameter than widening.`);
       }
+      decideLine.hidden = !res.decide;
+      if (res.decide) setText(decideLine, decideText(res.decide));
       for (const r of res.rows || []) {
         const before = results.get(r.job_id);
         results.set(r.job_id, r);

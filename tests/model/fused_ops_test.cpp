@@ -14,6 +14,7 @@ namespace {
 
 namespace F = torch::nn::functional;
 using testing::all_on;
+using testing::AutocastGuard;
 using testing::tiny;
 
 bool have_kernels() { return torch::cuda::is_available() && fused_kernels_built(); }
@@ -24,22 +25,6 @@ double rel_err(const torch::Tensor& a, const torch::Tensor& b) {
   EXPECT_TRUE(a64.isfinite().all().item<bool>()) << "non-finite values";
   return (a64 - b64).norm().item<double>() / std::max(b64.norm().item<double>(), 1e-30);
 }
-
-class Autocast {
- public:
-  explicit Autocast(bool on) : on_(on) {
-    if (on_) compat::set_cuda_autocast(true, torch::kBFloat16);
-  }
-  ~Autocast() {
-    if (on_) {
-      compat::set_cuda_autocast(false);
-      compat::clear_autocast_cache();
-    }
-  }
-
- private:
-  bool on_;
-};
 
 // ---- residual add + layer norm ---------------------------------------------------------------------
 
@@ -79,7 +64,7 @@ TEST_P(FusedAddLayerNorm, MatchesComposite) {
     auto x = x0.clone().requires_grad_(true);
     auto a = a0.clone().requires_grad_(true);
     ln->zero_grad();
-    Autocast autocast(p.bf16);
+    AutocastGuard autocast(p.bf16);
     torch::Tensor sum, y;
     const torch::Tensor addend = p.with_addend ? a : torch::Tensor();
     if (fused) {
@@ -120,7 +105,7 @@ TEST(FusedAddLayerNorm, OutputIsBf16UnderAutocastAndWrittenEverywhere) {
   torch::nn::LayerNorm ln(torch::nn::LayerNormOptions({64}));
   ln->to(torch::kCUDA);
   auto x = torch::randn({5, 64}, torch::TensorOptions().device(torch::kCUDA));
-  Autocast autocast(true);
+  AutocastGuard autocast(true);
   auto [sum, y] = fused::add_layer_norm(x, x.to(torch::kBFloat16), ln);
   EXPECT_EQ(y.scalar_type(), torch::kBFloat16);
   EXPECT_EQ(sum.scalar_type(), torch::kFloat32);
@@ -145,7 +130,7 @@ TEST_P(FusedLinearGelu, MatchesLinearThenGeluUnderAutocast) {
   const auto g = torch::randn({3, 41, M}, dev);
   auto run = [&](bool fused) {
     auto x = x0.clone().requires_grad_(true), w = w0.clone().requires_grad_(true), b = b0.clone().requires_grad_(true);
-    Autocast autocast(true);
+    AutocastGuard autocast(true);
     auto h = fused ? fused::linear_gelu(x, w, b) : torch::gelu(F::linear(x, w, b), "tanh");
     (h.to(torch::kFloat32) * g).sum().backward();
     return std::make_tuple(h.detach(), x.grad(), w.grad(), b.grad());
@@ -187,7 +172,7 @@ TEST_P(FusedClassifier, MatchesCrossEntropyOnFp32Logits) {
 
   auto run = [&](bool fused, double scale) {
     auto x = x0.clone().requires_grad_(true), w = w0.clone().requires_grad_(true);
-    Autocast autocast(true);
+    AutocastGuard autocast(true);
     torch::Tensor loss;
     if (fused) {
       loss = fused::classifier_loss(x, w, targets, p.chunk_rows);
@@ -218,7 +203,7 @@ TEST(FusedClassifier, EvaluationWithoutGradientGivesTheSameLoss) {
   auto x = torch::randn({4, 33, 48}, dev).requires_grad_(true);
   auto w = (torch::randn({260, 48}, dev) * 0.2).requires_grad_(true);
   auto targets = torch::randint(260, {4, 33}, dev.dtype(torch::kLong));
-  Autocast autocast(true);
+  AutocastGuard autocast(true);
   const double with_grad = fused::classifier_loss(x, w, targets).item<double>();
   torch::NoGradGuard no_grad;
   EXPECT_DOUBLE_EQ(fused::classifier_loss(x, w, targets).item<double>(), with_grad);
@@ -231,7 +216,7 @@ TEST(FusedClassifier, TargetOutsideTheVocabularyGivesNaN) {
   auto w = torch::randn({40, 16}, dev);
   auto targets = torch::randint(40, {2, 5}, dev.dtype(torch::kLong));
   targets.index_put_({1, 3}, 40);
-  Autocast autocast(true);
+  AutocastGuard autocast(true);
   EXPECT_TRUE(std::isnan(fused::classifier_loss(x, w, targets).item<double>()));
 }
 
@@ -248,7 +233,7 @@ void expect_model_paths_agree(const ModelConfig& config, torch::Device device, b
   auto run = [&](bool fused) {
     model->set_fused_kernels(fused);
     model->zero_grad();
-    Autocast autocast(bf16);
+    AutocastGuard autocast(bf16);
     auto out = model->forward(idx, targets);
     out.loss.backward();
     std::vector<torch::Tensor> grads;

@@ -66,12 +66,13 @@ inline std::vector<Target> targets() {
   return t;
 }
 
-// Turns CUDA autocast on for a bf16 target for the lifetime of the guard.
+// Turns CUDA autocast on (for a bf16 target) for the lifetime of the guard.
 class AutocastGuard {
  public:
-  explicit AutocastGuard(const Target& t) : on_(t.bf16) {
+  explicit AutocastGuard(bool bf16) : on_(bf16) {
     if (on_) compat::set_cuda_autocast(true, torch::kBFloat16);
   }
+  explicit AutocastGuard(const Target& t) : AutocastGuard(t.bf16) {}
   ~AutocastGuard() {
     if (on_) {
       compat::set_cuda_autocast(false);

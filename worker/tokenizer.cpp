@@ -303,7 +303,7 @@ void Gpt2Tokenizer::merge_piece(std::string_view piece, std::vector<uint16_t>& o
 }
 
 void Gpt2Tokenizer::encode(std::string_view text, std::vector<uint16_t>& out, EncodeCache& cache) const {
-  constexpr size_t kMaxCachedPieces = 1 << 18;  // about 30 MB per thread
+  constexpr size_t kMaxCachedPieces = 1 << 16;  // about 8 MB per thread; the common pieces come back fast
   for (size_t i = 0; i < text.size();) {
     const size_t end = piece_end(text, i);
     const std::string_view piece = text.substr(i, end - i);

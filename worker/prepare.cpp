@@ -60,7 +60,14 @@ std::vector<Source> list_sources(const std::string& input) {
     throw DataError("--input " + input + " does not exist (give a text file, a .jsonl file or a folder of them)");
   }
   std::vector<Source> sources;
-  for (const fs::path& p : paths) sources.push_back({p.string(), is_jsonl(p), static_cast<int64_t>(fs::file_size(p))});
+  for (const fs::path& p : paths) {
+    // These would be tokenized as bytes of text: refuse them instead.
+    for (const char* packed : {".gz", ".zst", ".bz2", ".xz", ".zip", ".parquet", ".arrow"})
+      if (p.extension() == packed)
+        throw DataError(p.string() + " is compressed or columnar; prepare reads plain text and JSONL: decompress it "
+                        "(gunzip, zstd -d) or export JSONL with a \"text\" field first");
+    sources.push_back({p.string(), is_jsonl(p), static_cast<int64_t>(fs::file_size(p))});
+  }
   return sources;
 }
 

@@ -231,6 +231,13 @@ TEST_F(PrepareTest, RefusesAPreparedFolderAndBadOptions) {
   EXPECT_THROW(prepare_corpus({path("missing.txt"), path("out2"), "byte"}, nullptr), DataError);
   EXPECT_THROW(prepare_corpus({path("in.txt"), path("out3"), "byte", 1.5}, nullptr), std::invalid_argument);
   EXPECT_THROW(prepare_corpus({path("in.txt"), path("out4"), "bpe"}, nullptr), std::invalid_argument);
+  write("packed/part-0.jsonl.gz", "\x1f\x8b");
+  try {
+    prepare_corpus({path("packed"), path("out5"), "gpt2"}, nullptr);
+    FAIL() << "expected a DataError";
+  } catch (const DataError& e) {
+    EXPECT_NE(std::string(e.what()).find("part-0.jsonl.gz is compressed or columnar"), std::string::npos) << e.what();
+  }
 }
 
 TEST_F(PrepareTest, ProgressReportsRateTokensAndEta) {

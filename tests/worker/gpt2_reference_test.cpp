@@ -4,6 +4,7 @@
 // control characters, long runs of spaces and punctuation, Unicode digits and spaces).
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>

@@ -9,6 +9,7 @@ PACKAGES=(
   build-essential cmake ninja-build pkg-config git python3
   libtorch-dev libopenblas0-pthread
   libsqlite3-dev libcpp-httplib-dev nlohmann-json3-dev libyaml-cpp-dev libspdlog-dev libgtest-dev
+  libicu-dev
   chromium fortunes nodejs npm
 )
 

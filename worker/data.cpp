@@ -89,15 +89,15 @@ TokenSplit::TokenSplit(const std::vector<std::string>& paths, int64_t window) : 
   int64_t total = 0;
   for (const std::string& p : paths) {
     auto shard = std::make_unique<MappedShard>(p);
-    const int64_t starts = shard->size() - window + 1;
-    if (starts <= 0)
-      throw DataError("shard " + p + " has " + std::to_string(shard->size()) + " tokens, fewer than one window of " +
-                      std::to_string(window) + " (block_size + 1); use a larger corpus or a smaller block_size");
-    total += starts;
+    total += std::max<int64_t>(shard->size() - window + 1, 0);
     cumulative_starts_.push_back(total);
     shards_.push_back(std::move(shard));
   }
   if (shards_.empty()) throw DataError("no shards given");
+  if (total == 0)
+    throw DataError("shard " + paths[0] + (paths.size() > 1 ? " (and every other one of its split)" : "") + " has " +
+                    std::to_string(shards_[0]->size()) + " tokens, fewer than one window of " + std::to_string(window) +
+                    " (block_size + 1); use a larger corpus or a smaller block_size");
 }
 
 int64_t TokenSplit::tokens() const {
@@ -292,22 +292,6 @@ DatasetFiles resolve_dataset(const std::string& dataset, const std::string& toke
     throw DataError("dataset " + dir + " was prepared with the " + files.tokenizer + " tokenizer but data.tokenizer is " +
                     tokenizer + "; set data.tokenizer to " + files.tokenizer + " or prepare the data again");
   return files;
-}
-
-std::pair<int64_t, int64_t> prepare_text(const std::string& input, const std::string& out_dir,
-                                          const std::string& tokenizer, double val_frac) {
-  if (!(val_frac > 0.0 && val_frac < 1.0)) throw std::invalid_argument("--val-frac must be in (0, 1)");
-  std::unique_ptr<Tokenizer> tok = make_tokenizer(tokenizer);
-  const std::vector<uint16_t> all = tok->encode(read_text(input));
-  const size_t n_val = static_cast<size_t>(static_cast<double>(all.size()) * val_frac);
-  if (all.size() < 2 || n_val == 0 || n_val == all.size())
-    throw DataError(input + " is too small to split (" + std::to_string(all.size()) + " tokens)");
-  fs::create_directories(out_dir);
-  const std::vector<uint16_t> train(all.begin(), all.end() - n_val), val(all.end() - n_val, all.end());
-  write_shard(out_dir + "/train.bin", train);
-  write_shard(out_dir + "/val.bin", val);
-  write_meta(out_dir, tok->name(), tok->vocab_size(), static_cast<int64_t>(train.size()), static_cast<int64_t>(val.size()));
-  return {static_cast<int64_t>(train.size()), static_cast<int64_t>(val.size())};
 }
 
 std::string default_data_dir() {

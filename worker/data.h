@@ -1,6 +1,6 @@
 #pragma once
-// Token data: shards on disk (memory-mapped), preparing them from text, the built-in "fortunes"
-// corpus, and the seeded batch order. No LibTorch here: batches are filled into int64 buffers
+// Token data: shards on disk (memory-mapped), the built-in "fortunes" corpus, and the seeded batch
+// order (preparing shards from a corpus is worker/prepare.h). No LibTorch here: batches are filled into int64 buffers
 // that the trainer wraps as tensors.
 //
 // Two shard formats are read:
@@ -49,7 +49,8 @@ class MappedShard {
 void write_shard(const std::string& path, const std::vector<uint16_t>& tokens);
 
 // A split (train or val) made of one or more shards, sampled as windows of T+1 tokens that never
-// cross a shard boundary.
+// cross a shard boundary. A shard shorter than a window (llm.c's last one may be) gives no windows;
+// at least one shard must give some.
 class TokenSplit {
  public:
   TokenSplit(const std::vector<std::string>& paths, int64_t window);  // throws DataError
@@ -87,11 +88,6 @@ DatasetFiles find_dataset(const std::string& dir);
 // workers: built in a private temp folder, then renamed into place); anything else is a directory.
 // Checks that the shards were made with `tokenizer` when the folder records it.
 DatasetFiles resolve_dataset(const std::string& dataset, const std::string& tokenizer, const std::string& data_dir);
-
-// `ratio-worker prepare`: tokenizes a text file, the last val_frac of tokens becomes val.
-// Writes OUT/train.bin, OUT/val.bin, OUT/meta.json. Returns the token counts {train, val}.
-std::pair<int64_t, int64_t> prepare_text(const std::string& input, const std::string& out_dir,
-                                          const std::string& tokenizer, double val_frac);
 
 // The plain-text fortune files (not .dat/.u8), sorted: $RATIO_FORTUNES_DIR, else /usr/share/games/fortunes.
 std::vector<std::string> fortune_files();

@@ -1,6 +1,7 @@
 // ratio-worker: trains one job of a RATIO matrix (docs/job-spec.md), prepares token shards, and
 // prints the KV-cache report. Usage: ratio-worker --help.
 
+#include <cmath>
 #include <cstdlib>
 #include <iostream>
 #include <limits>
@@ -11,6 +12,7 @@
 #include "worker/data.h"
 #include "worker/events.h"
 #include "worker/kv.h"
+#include "worker/prepare.h"
 #include "worker/trainer.h"
 
 namespace {
@@ -19,7 +21,8 @@ const char* kUsage =
     "usage:\n"
     "  ratio-worker run --job JOB.json --workdir DIR [--data-dir DIR] [--report URL --token T] [--resume]\n"
     "                   [--heartbeat-s S] [--max-threads N]\n"
-    "  ratio-worker prepare --input TEXT --out DIR --tokenizer byte|gpt2 [--val-frac 0.1]\n"
+    "  ratio-worker prepare --input TEXT|DIR|JSONL --out DIR --tokenizer byte|gpt2 [--val-frac 0.1]\n"
+    "                       [--shard-tokens 100000000] [--threads N (default: every core)]\n"
     "  ratio-worker kv-report [--contexts 1024,2048,4096]\n"
     "exit codes: 0 done, 1 crashed, 2 invalid spec/arguments, 3 data error, 4 diverged, 5 out of memory, 6 interrupted\n";
 
@@ -91,12 +94,28 @@ int run_command(int argc, char** argv) {
 }
 
 int prepare_command(int argc, char** argv) {
-  auto flags = parse_flags(argc, argv, 2, {"--input", "--out", "--tokenizer", "--val-frac"}, {});
-  const double val_frac = flags.count("--val-frac") ? std::atof(flags["--val-frac"].c_str()) : 0.1;
+  auto flags = parse_flags(argc, argv, 2, {"--input", "--out", "--tokenizer", "--val-frac", "--shard-tokens", "--threads"}, {});
+  ratio::worker::PrepareOptions options;
+  options.input = required(flags, "--input");
+  options.out_dir = required(flags, "--out");
+  options.tokenizer = required(flags, "--tokenizer");
+  if (flags.count("--val-frac")) options.val_frac = number_or_nan(flags["--val-frac"]);
+  if (flags.count("--shard-tokens")) {
+    const double tokens = number_or_nan(flags["--shard-tokens"]);
+    if (!(tokens >= 1 && tokens <= std::numeric_limits<int32_t>::max() && tokens == std::floor(tokens)))
+      throw UsageError("--shard-tokens needs an integer in [1, 2^31 - 1]");
+    options.shard_tokens = static_cast<int64_t>(tokens);
+  }
+  if (flags.count("--threads")) {
+    const double threads = number_or_nan(flags["--threads"]);
+    if (!(threads >= 1 && threads <= 4096 && threads == std::floor(threads))) throw UsageError("--threads needs a positive integer");
+    options.threads = static_cast<int>(threads);
+  }
   try {
-    auto [train, val] = ratio::worker::prepare_text(required(flags, "--input"), required(flags, "--out"),
-                                                    required(flags, "--tokenizer"), val_frac);
-    std::cout << "wrote " << train << " train and " << val << " val tokens to " << flags["--out"] << "\n";
+    const ratio::worker::PrepareStats s = ratio::worker::prepare_corpus(options, &std::cerr);
+    std::cout << "wrote " << s.train_tokens << " train tokens (" << s.train_shards << " shards) and " << s.val_tokens
+              << " val tokens (" << s.val_shards << " shards) of " << s.documents << " documents to " << options.out_dir
+              << "\n";
     return ratio::worker::kExitDone;
   } catch (const ratio::worker::DataError& e) {
     std::cerr << "ratio-worker: data error: " << e.what() << "\n";

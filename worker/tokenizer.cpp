@@ -1,15 +1,15 @@
 #include "worker/tokenizer.h"
 
-#include <clocale>
+#include <algorithm>
 #include <cstdlib>
-#include <cwctype>
 #include <fstream>
 #include <limits>
-#include <locale.h>
+#include <queue>
 #include <sstream>
 #include <stdexcept>
 
 #include <nlohmann/json.hpp>
+#include <unicode/uchar.h>
 
 #ifndef RATIO_SOURCE_DIR
 #error "RATIO_SOURCE_DIR must be defined by worker/CMakeLists.txt"
@@ -17,11 +17,26 @@
 
 namespace ratio::worker {
 
-std::vector<uint16_t> ByteTokenizer::encode(const std::string& text) const {
+std::vector<uint16_t> Tokenizer::encode(std::string_view text) const {
   std::vector<uint16_t> ids;
-  ids.reserve(text.size());
-  for (unsigned char c : text) ids.push_back(c);
+  EncodeCache cache;
+  encode(text, ids, cache);
   return ids;
+}
+
+void ByteTokenizer::encode(std::string_view text, std::vector<uint16_t>& out, EncodeCache&) const {
+  out.insert(out.end(), reinterpret_cast<const unsigned char*>(text.data()),
+             reinterpret_cast<const unsigned char*>(text.data()) + text.size());
+}
+
+std::string ByteTokenizer::decode(const std::vector<uint16_t>& ids) const {
+  std::string text;
+  text.reserve(ids.size());
+  for (uint16_t id : ids) {
+    if (id > 255) throw std::invalid_argument("byte tokenizer: id " + std::to_string(id) + " is not a byte");
+    text += static_cast<char>(id);
+  }
+  return text;
 }
 
 namespace {
@@ -34,6 +49,117 @@ std::string read_file(const std::string& path) {
   return ss.str();
 }
 
+// ---- UTF-8 and character classes ---------------------------------------------------------------
+
+constexpr uint32_t kInvalidByte = 0xFFFFFFFF;  // a byte that does not start a valid UTF-8 sequence
+
+struct Decoded {
+  uint32_t cp;  // kInvalidByte for a stray byte
+  size_t len;   // bytes consumed (1 for a stray byte)
+};
+
+// Strict UTF-8 (no overlong forms, surrogates or code points past U+10FFFF): whatever is not valid
+// is one stray byte, so every input splits into pieces that concatenate back to it.
+Decoded decode_at(std::string_view text, size_t i) {
+  const unsigned char c = text[i];
+  if (c < 0x80) return {c, 1};
+  const size_t len = c >= 0xC2 && c <= 0xDF ? 2 : c >= 0xE0 && c <= 0xEF ? 3 : c >= 0xF0 && c <= 0xF4 ? 4 : 0;
+  if (len == 0 || i + len > text.size()) return {kInvalidByte, 1};
+  uint32_t cp = c & (0x7F >> len);
+  for (size_t k = 1; k < len; ++k) {
+    const unsigned char cc = text[i + k];
+    if ((cc & 0xC0) != 0x80) return {kInvalidByte, 1};
+    cp = (cp << 6) | (cc & 0x3F);
+  }
+  const uint32_t smallest[5] = {0, 0, 0x80, 0x800, 0x10000};
+  if (cp < smallest[len] || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF)) return {kInvalidByte, 1};
+  return {cp, len};
+}
+
+enum class CharClass : uint8_t { kSpace, kLetter, kNumber, kOther };
+
+// JavaScript's \s: what gpt-3-encoder's regex uses (the same set as Python's for GPT-2's purposes).
+bool is_space(uint32_t cp) {
+  return cp == ' ' || (cp >= 0x09 && cp <= 0x0D) || cp == 0xA0 || cp == 0x1680 || (cp >= 0x2000 && cp <= 0x200A) ||
+         cp == 0x2028 || cp == 0x2029 || cp == 0x202F || cp == 0x205F || cp == 0x3000 || cp == 0xFEFF;
+}
+
+CharClass classify(uint32_t cp) {
+  if (cp == kInvalidByte) return CharClass::kOther;
+  if (is_space(cp)) return CharClass::kSpace;
+  const uint32_t category = U_GET_GC_MASK(static_cast<UChar32>(cp));
+  if (category & U_GC_L_MASK) return CharClass::kLetter;
+  if (category & U_GC_N_MASK) return CharClass::kNumber;
+  return CharClass::kOther;
+}
+
+// ASCII dominates real text: its classes come from a table, the rest from ICU.
+const CharClass* ascii_classes() {
+  static const auto table = [] {
+    std::vector<CharClass> t(128);
+    for (uint32_t c = 0; c < 128; ++c) t[c] = classify(c);
+    return t;
+  }();
+  return table.data();
+}
+
+struct CodePoint {
+  CharClass cls;
+  size_t len;
+  bool is_blank;  // U+0020 exactly: the optional leading space of " ?X+"
+};
+
+CodePoint code_point_at(std::string_view text, size_t i) {
+  const unsigned char c = text[i];
+  if (c < 0x80) return {ascii_classes()[c], 1, c == ' '};
+  const Decoded d = decode_at(text, i);
+  return {classify(d.cp), d.len, false};
+}
+
+// Length of a contraction ('s 't 're 've 'm 'll 'd) at text[i], else 0. Case-sensitive, as GPT-2's.
+size_t contraction_length(std::string_view text, size_t i) {
+  if (text[i] != '\'' || i + 1 >= text.size()) return 0;
+  const char a = text[i + 1], b = i + 2 < text.size() ? text[i + 2] : '\0';
+  if ((a == 'r' && b == 'e') || (a == 'v' && b == 'e') || (a == 'l' && b == 'l')) return 3;
+  if (a == 's' || a == 't' || a == 'm' || a == 'd') return 2;
+  return 0;
+}
+
+// Where the pre-tokenizer's piece starting at text[i] ends: the regex's alternatives in order.
+size_t piece_end(std::string_view text, size_t i) {
+  if (size_t n = contraction_length(text, i)) return i + n;
+  CodePoint first = code_point_at(text, i);
+  size_t body = i;  // " ?X+": one blank joins the run of letters, numbers or other symbols after it
+  if (first.is_blank && i + 1 < text.size()) {
+    const CodePoint next = code_point_at(text, i + 1);
+    if (next.cls != CharClass::kSpace) {
+      body = i + 1;
+      first = next;
+    }
+  }
+  if (first.cls != CharClass::kSpace) {
+    size_t j = body + first.len;
+    while (j < text.size()) {
+      const CodePoint cp = code_point_at(text, j);
+      if (cp.cls != first.cls) break;
+      j += cp.len;
+    }
+    return j;
+  }
+  // Whitespace: "\s+(?!\S)" leaves the last whitespace character to the word after it, "\s+" takes
+  // a single one.
+  size_t j = i, last = i;
+  while (j < text.size()) {
+    const CodePoint cp = code_point_at(text, j);
+    if (cp.cls != CharClass::kSpace) break;
+    last = j;
+    j += cp.len;
+  }
+  return j < text.size() && last > i ? last : j;
+}
+
+// ---- the vocabulary files ----------------------------------------------------------------------
+
 std::string utf8(uint32_t cp) {
   std::string s;
   if (cp < 0x80) {
@@ -41,214 +167,180 @@ std::string utf8(uint32_t cp) {
   } else if (cp < 0x800) {
     s += static_cast<char>(0xC0 | (cp >> 6));
     s += static_cast<char>(0x80 | (cp & 0x3F));
-  } else if (cp < 0x10000) {
-    s += static_cast<char>(0xE0 | (cp >> 12));
-    s += static_cast<char>(0x80 | ((cp >> 6) & 0x3F));
-    s += static_cast<char>(0x80 | (cp & 0x3F));
   } else {
-    s += static_cast<char>(0xF0 | (cp >> 18));
-    s += static_cast<char>(0x80 | ((cp >> 12) & 0x3F));
+    s += static_cast<char>(0xE0 | (cp >> 12));
     s += static_cast<char>(0x80 | ((cp >> 6) & 0x3F));
     s += static_cast<char>(0x80 | (cp & 0x3F));
   }
   return s;
 }
 
-// GPT-2's reversible byte -> printable code point table (bytes_to_unicode in encoder.py).
-std::vector<std::string> gpt2_byte_alphabet() {
-  std::vector<int> printable(256, 0);
-  for (int b = '!'; b <= '~'; ++b) printable[b] = 1;
-  for (int b = 0xA1; b <= 0xAC; ++b) printable[b] = 1;
-  for (int b = 0xAE; b <= 0xFF; ++b) printable[b] = 1;
-  std::vector<std::string> table(256);
+// GPT-2's files spell each byte as a printable character (bytes_to_unicode in encoder.py):
+// printable Latin-1 bytes as themselves, the other 68 bytes as U+0100 onwards. Returns
+// character (UTF-8) -> byte.
+std::unordered_map<std::string, unsigned char> gpt2_byte_alphabet() {
+  std::unordered_map<std::string, unsigned char> byte_of;
   uint32_t next = 256;
-  for (int b = 0; b < 256; ++b) table[b] = utf8(printable[b] ? b : next++);
-  return table;
+  for (int b = 0; b < 256; ++b) {
+    const bool printable = (b >= '!' && b <= '~') || (b >= 0xA1 && b <= 0xAC) || (b >= 0xAE && b <= 0xFF);
+    byte_of[utf8(printable ? b : next++)] = static_cast<unsigned char>(b);
+  }
+  return byte_of;
 }
 
-// A decoded code point and where its bytes sit in the text.
-struct CodePoint {
-  uint32_t cp;
-  size_t begin, end;
-};
-
-std::vector<CodePoint> decode_utf8(const std::string& text) {
-  std::vector<CodePoint> out;
-  size_t i = 0;
-  while (i < text.size()) {
-    unsigned char c = text[i];
-    int len = c < 0x80 ? 1 : (c >> 5) == 6 ? 2 : (c >> 4) == 14 ? 3 : (c >> 3) == 30 ? 4 : 0;
-    uint32_t cp = len == 1 ? c : len == 2 ? c & 0x1F : len == 3 ? c & 0x0F : c & 0x07;
-    bool ok = len > 0 && i + len <= text.size();
-    for (int k = 1; ok && k < len; ++k) {
-      unsigned char cc = text[i + k];
-      ok = (cc & 0xC0) == 0x80;
-      cp = (cp << 6) | (cc & 0x3F);
-    }
-    if (!ok) {  // an invalid byte stands alone (classified as "other")
-      cp = 0xFFFD;
-      len = 1;
-    }
-    out.push_back({cp, i, i + len});
+// The bytes a token of encoder.json stands for ("<|endoftext|>" is spelled with printable bytes).
+std::string token_bytes(const std::string& spelled, const std::unordered_map<std::string, unsigned char>& byte_of,
+                        const std::string& path) {
+  std::string bytes;
+  for (size_t i = 0; i < spelled.size();) {
+    const size_t len = decode_at(spelled, i).len;
+    auto it = byte_of.find(spelled.substr(i, len));
+    if (it == byte_of.end()) throw std::runtime_error(path + ": token '" + spelled + "' is not in GPT-2's byte alphabet");
+    bytes += static_cast<char>(it->second);
     i += len;
   }
-  return out;
-}
-
-// JavaScript's \s (the npm encoder's regex engine).
-bool is_space(uint32_t cp) {
-  return cp == ' ' || (cp >= 0x09 && cp <= 0x0D) || cp == 0xA0 || cp == 0x1680 ||
-         (cp >= 0x2000 && cp <= 0x200A) || cp == 0x2028 || cp == 0x2029 || cp == 0x202F ||
-         cp == 0x205F || cp == 0x3000 || cp == 0xFEFF;
-}
-
-locale_t utf8_locale() {
-  static locale_t loc = newlocale(LC_CTYPE_MASK, "C.UTF-8", static_cast<locale_t>(0));
-  return loc;
-}
-
-bool is_number(uint32_t cp) {
-  if (cp < 0x80) return cp >= '0' && cp <= '9';
-  locale_t loc = utf8_locale();
-  return loc && iswdigit_l(static_cast<wint_t>(cp), loc);
-}
-
-bool is_letter(uint32_t cp) {
-  if (cp < 0x80) return (cp >= 'a' && cp <= 'z') || (cp >= 'A' && cp <= 'Z');
-  locale_t loc = utf8_locale();
-  return loc && iswalpha_l(static_cast<wint_t>(cp), loc) && !is_number(cp);
-}
-
-enum class CharClass { kSpace, kLetter, kNumber, kOther };
-
-CharClass classify(uint32_t cp) {
-  if (is_space(cp)) return CharClass::kSpace;
-  if (is_letter(cp)) return CharClass::kLetter;
-  if (is_number(cp)) return CharClass::kNumber;
-  return CharClass::kOther;
-}
-
-// Length of a contraction ('s 't 're 've 'm 'll 'd) starting at cps[i], else 0.
-size_t contraction_length(const std::vector<CodePoint>& cps, size_t i) {
-  if (cps[i].cp != '\'' || i + 1 >= cps.size()) return 0;
-  uint32_t a = cps[i + 1].cp;
-  uint32_t b = i + 2 < cps.size() ? cps[i + 2].cp : 0;
-  if ((a == 'r' && b == 'e') || (a == 'v' && b == 'e') || (a == 'l' && b == 'l')) return 3;
-  if (a == 's' || a == 't' || a == 'm' || a == 'd') return 2;
-  return 0;
+  return bytes;
 }
 
 }  // namespace
 
-std::vector<std::string> Gpt2Tokenizer::split(const std::string& text) {
-  const std::vector<CodePoint> cps = decode_utf8(text);
-  std::vector<CharClass> cls;
-  cls.reserve(cps.size());
-  for (const CodePoint& c : cps) cls.push_back(classify(c.cp));
-
+std::vector<std::string> Gpt2Tokenizer::split(std::string_view text) {
   std::vector<std::string> pieces;
-  size_t i = 0;
-  auto emit = [&](size_t from, size_t to) {  // code points [from, to)
-    pieces.push_back(text.substr(cps[from].begin, cps[to - 1].end - cps[from].begin));
-  };
-  while (i < cps.size()) {
-    if (size_t n = contraction_length(cps, i)) {
-      emit(i, i + n);
-      i += n;
-      continue;
-    }
-    // " ?X+" for X in letters, numbers, other (non-space): an optional single leading space.
-    size_t start = i;
-    size_t body = (cps[i].cp == ' ' && i + 1 < cps.size() && cls[i + 1] != CharClass::kSpace) ? i + 1 : i;
-    if (cls[body] != CharClass::kSpace) {
-      CharClass run = cls[body];
-      size_t j = body + 1;
-      while (j < cps.size() && cls[j] == run) ++j;
-      emit(start, j);
-      i = j;
-      continue;
-    }
-    // Whitespace: "\s+(?!\S)" keeps the last space for the next word; "\s+" otherwise.
-    size_t j = i;
-    while (j < cps.size() && cls[j] == CharClass::kSpace) ++j;
-    if (j < cps.size() && j - i > 1) --j;
-    emit(i, j);
-    i = j;
+  for (size_t i = 0; i < text.size();) {
+    const size_t end = piece_end(text, i);
+    pieces.emplace_back(text.substr(i, end - i));
+    i = end;
   }
   return pieces;
 }
 
-Gpt2Tokenizer::Gpt2Tokenizer(const std::string& vocab_dir) : byte_to_unicode_(gpt2_byte_alphabet()) {
+Gpt2Tokenizer::Gpt2Tokenizer(const std::string& vocab_dir) {
   const std::string encoder_path = vocab_dir + "/encoder.json";
-  nlohmann::json enc;
+  nlohmann::json encoder;
   try {
-    enc = nlohmann::json::parse(read_file(encoder_path));
+    encoder = nlohmann::json::parse(read_file(encoder_path));
   } catch (const nlohmann::json::exception& e) {
     throw std::runtime_error(encoder_path + " is not valid JSON: " + e.what());
   }
-  for (auto it = enc.begin(); it != enc.end(); ++it) encoder_[it.key()] = it.value().get<int>();
-  if (encoder_.size() > std::numeric_limits<uint16_t>::max())
+  if (encoder.size() > std::numeric_limits<uint16_t>::max() + size_t{1})
     throw std::runtime_error(encoder_path + " has more tokens than uint16 shards can hold");
+  const auto byte_of = gpt2_byte_alphabet();
+  std::unordered_map<std::string, uint16_t> id_of;  // spelled token -> id, only while loading
+  token_bytes_.resize(encoder.size());
+  for (auto it = encoder.begin(); it != encoder.end(); ++it) {
+    const int id = it.value().get<int>();
+    if (id < 0 || id >= static_cast<int>(encoder.size()))
+      throw std::runtime_error(encoder_path + ": id " + std::to_string(id) + " of '" + it.key() + "' is out of range");
+    id_of[it.key()] = static_cast<uint16_t>(id);
+    token_bytes_[id] = token_bytes(it.key(), byte_of, encoder_path);
+    if (it.key() == "<|endoftext|>") end_of_text_ = id;
+  }
+  for (const auto& [spelled, byte] : byte_of) byte_token_[byte] = id_of.at(spelled);
 
+  // Only the first line is a header ("#version: 0.2"); lines such as "# #" and "## ##" are merges.
   const std::string merges_path = vocab_dir + "/vocab.bpe";
-  std::istringstream merges(read_file(merges_path));
+  std::istringstream lines(read_file(merges_path));
   std::string line;
-  int rank = 0;
-  while (std::getline(merges, line)) {
-    if (line.empty() || line[0] == '#') continue;  // "#version: 0.2"
-    size_t sp = line.find(' ');
-    if (sp == std::string::npos) throw std::runtime_error(merges_path + ": malformed merge line '" + line + "'");
-    merge_rank_[{line.substr(0, sp), line.substr(sp + 1)}] = rank++;
+  std::getline(lines, line);
+  std::vector<int> made_at_rank(token_bytes_.size(), std::numeric_limits<int>::max());  // -1: a byte
+  for (uint16_t id : byte_token_) made_at_rank[id] = -1;
+  for (int line_no = 2; std::getline(lines, line); ++line_no) {
+    if (line.empty()) continue;
+    const size_t sp = line.find(' ');
+    const std::string where = merges_path + ":" + std::to_string(line_no) + ": '" + line + "' ";
+    if (sp == std::string::npos) throw std::runtime_error(where + "is not two tokens separated by a space");
+    auto left = id_of.find(line.substr(0, sp)), right = id_of.find(line.substr(sp + 1));
+    auto merged = id_of.find(line.substr(0, sp) + line.substr(sp + 1));
+    if (left == id_of.end() || right == id_of.end() || merged == id_of.end())
+      throw std::runtime_error(where + "is not a merge of two tokens of encoder.json into a third (mismatched files?)");
+    const int rank = static_cast<int>(merges_.size());
+    // merge_piece relies on merges listed in the order they were learnt (see there).
+    if (made_at_rank[left->second] >= rank || made_at_rank[right->second] >= rank)
+      throw std::runtime_error(where + "merges a token that only a later line makes (not a BPE merge list in learnt order)");
+    if (!merges_.emplace(pair_key(left->second, right->second), Merge{rank, merged->second}).second)
+      throw std::runtime_error(where + "repeats an earlier merge");
+    made_at_rank[merged->second] = std::min(made_at_rank[merged->second], rank);
   }
 }
 
-void Gpt2Tokenizer::encode_piece(const std::string& piece, std::vector<uint16_t>& out) const {
-  std::vector<std::string> symbols;  // one byte-alphabet character each, then merged
-  for (unsigned char c : piece) symbols.push_back(byte_to_unicode_[c]);
-  while (symbols.size() > 1) {
-    int best_rank = std::numeric_limits<int>::max();
-    size_t best = 0;
-    for (size_t k = 0; k + 1 < symbols.size(); ++k) {
-      auto it = merge_rank_.find({symbols[k], symbols[k + 1]});
-      if (it != merge_rank_.end() && it->second < best_rank) {
-        best_rank = it->second;
-        best = k;
-      }
-    }
-    if (best_rank == std::numeric_limits<int>::max()) break;
-    // Merge every occurrence of the best pair, left to right (as encoder.py does).
-    const std::string a = symbols[best], b = symbols[best + 1];
-    std::vector<std::string> merged;
-    for (size_t k = 0; k < symbols.size(); ++k) {
-      if (k + 1 < symbols.size() && symbols[k] == a && symbols[k + 1] == b) {
-        merged.push_back(a + b);
-        ++k;
-      } else {
-        merged.push_back(symbols[k]);
-      }
-    }
-    symbols.swap(merged);
+// Byte-pair merging of one piece, as encoder.py's bpe(): repeatedly the pair of lowest rank merges,
+// leftmost first. A heap of candidate pairs over a linked list of symbols makes long pieces (runs of
+// spaces or punctuation) n log n instead of n^2; stale candidates are skipped when popped. Merging
+// one pair at a time equals encoder.py's merge-every-occurrence because a merge's result only ever
+// pairs with later-ranked merges (GPT-2's vocab.bpe lists merges in the order they were learnt).
+void Gpt2Tokenizer::merge_piece(std::string_view piece, std::vector<uint16_t>& out) const {
+  const int n = static_cast<int>(piece.size());
+  struct Symbol {
+    int id, prev, next;  // id -1: merged into its left neighbour
+  };
+  std::vector<Symbol> symbols(n);
+  for (int k = 0; k < n; ++k) symbols[k] = {byte_token_[static_cast<unsigned char>(piece[k])], k - 1, k + 1 < n ? k + 1 : -1};
+  struct Candidate {
+    int rank, left, left_id, right_id, into;
+    bool operator>(const Candidate& o) const { return rank != o.rank ? rank > o.rank : left > o.left; }
+  };
+  std::priority_queue<Candidate, std::vector<Candidate>, std::greater<Candidate>> heap;
+  auto push_pair = [&](int left) {
+    if (left < 0 || symbols[left].next < 0) return;
+    const int right = symbols[left].next;
+    auto it = merges_.find(pair_key(static_cast<uint16_t>(symbols[left].id), static_cast<uint16_t>(symbols[right].id)));
+    if (it != merges_.end()) heap.push({it->second.rank, left, symbols[left].id, symbols[right].id, it->second.into});
+  };
+  for (int k = 0; k + 1 < n; ++k) push_pair(k);
+  while (!heap.empty()) {
+    const Candidate c = heap.top();
+    heap.pop();
+    const int right = symbols[c.left].next;
+    if (symbols[c.left].id != c.left_id || right < 0 || symbols[right].id != c.right_id) continue;  // stale
+    symbols[c.left].id = c.into;
+    symbols[c.left].next = symbols[right].next;
+    if (symbols[right].next >= 0) symbols[symbols[right].next].prev = c.left;
+    symbols[right].id = -1;
+    push_pair(symbols[c.left].prev);
+    push_pair(c.left);
   }
-  for (const std::string& s : symbols) {
-    auto it = encoder_.find(s);
-    if (it == encoder_.end()) throw std::runtime_error("GPT-2 vocabulary lacks the symbol '" + s + "' (corrupt encoder.json?)");
-    out.push_back(static_cast<uint16_t>(it->second));
+  for (int k = 0; k >= 0; k = symbols[k].next) out.push_back(static_cast<uint16_t>(symbols[k].id));
+}
+
+void Gpt2Tokenizer::encode(std::string_view text, std::vector<uint16_t>& out, EncodeCache& cache) const {
+  constexpr size_t kMaxCachedPieces = 1 << 16;  // about 8 MB per thread; the common pieces come back fast
+  for (size_t i = 0; i < text.size();) {
+    const size_t end = piece_end(text, i);
+    const std::string_view piece = text.substr(i, end - i);
+    i = end;
+    if (piece.size() == 1) {
+      out.push_back(byte_token_[static_cast<unsigned char>(piece[0])]);
+      continue;
+    }
+    std::string key(piece);
+    auto it = cache.piece_ids.find(key);
+    if (it == cache.piece_ids.end()) {
+      if (cache.piece_ids.size() >= kMaxCachedPieces) cache.piece_ids.clear();
+      std::vector<uint16_t> ids;
+      merge_piece(piece, ids);
+      it = cache.piece_ids.emplace(std::move(key), std::move(ids)).first;
+    }
+    out.insert(out.end(), it->second.begin(), it->second.end());
   }
 }
 
-std::vector<uint16_t> Gpt2Tokenizer::encode(const std::string& text) const {
-  std::vector<uint16_t> ids;
-  std::unordered_map<std::string, std::vector<uint16_t>> cache;  // pieces repeat a lot in real text
-  for (const std::string& piece : split(text)) {
-    auto it = cache.find(piece);
-    if (it == cache.end()) {
-      std::vector<uint16_t> piece_ids;
-      encode_piece(piece, piece_ids);
-      it = cache.emplace(piece, std::move(piece_ids)).first;
-    }
-    ids.insert(ids.end(), it->second.begin(), it->second.end());
+std::string Gpt2Tokenizer::decode(const std::vector<uint16_t>& ids) const {
+  std::string text;
+  for (uint16_t id : ids) {
+    if (id >= token_bytes_.size()) throw std::invalid_argument("gpt2 tokenizer: id " + std::to_string(id) + " is past the vocabulary");
+    text += token_bytes_[id];
   }
-  return ids;
+  return text;
+}
+
+bool Gpt2Tokenizer::can_split_at(std::string_view text, size_t p) const {
+  if (p == 0 || p >= text.size() || text[p - 1] == '\'') return false;
+  size_t start = p - 1;  // the first byte of the character that ends at p
+  while (start > 0 && p - start < 4 && (static_cast<unsigned char>(text[start]) & 0xC0) == 0x80) --start;
+  const Decoded before = decode_at(text, start), after = decode_at(text, p);
+  if (before.cp == kInvalidByte || after.cp == kInvalidByte || start + before.len != p) return false;
+  const CharClass a = classify(before.cp), b = classify(after.cp);
+  return a != CharClass::kSpace && b != CharClass::kSpace && a != b;
 }
 
 std::string default_gpt2_vocab_dir() {

@@ -468,14 +468,23 @@ TEST_F(WorkerCli, ReportsEveryEventOverHttp) {
 }
 
 TEST_F(WorkerCli, PrepareWritesGpt2Shards) {
-  std::ofstream(path("in.txt")) << std::string("Hello world") + std::string(200, '.') + " the end";
+  std::string text = "Hello world";
+  for (int i = 0; i < 50; ++i) text += ", and line " + std::to_string(i) + ".\n";
+  std::ofstream(path("in.txt")) << text;
   WorkerRun r = collect(start({"prepare", "--input", path("in.txt"), "--out", path("prep"), "--tokenizer", "gpt2",
-                         "--val-frac", "0.2"}, "prep"), "prep");
+                         "--val-frac", "0.2", "--threads", "2"}, "prep"), "prep");
   ASSERT_EQ(r.exit_code, 0) << r.stderr_text;
-  ratio::worker::MappedShard train(path("prep/train.bin"));
-  ASSERT_GE(train.size(), 2);
-  EXPECT_EQ(train.tokens()[0], 15496);  // "Hello"
-  EXPECT_EQ(train.tokens()[1], 995);    // " world"
-  EXPECT_TRUE(fs::exists(path("prep/val.bin")));
+  ratio::worker::MappedShard train(path("prep/prep_train_000001.bin"));
+  ASSERT_GE(train.size(), 3);
+  EXPECT_EQ(train.tokens()[0], 50256);  // <|endoftext|> starts every document
+  EXPECT_EQ(train.tokens()[1], 15496);  // "Hello"
+  EXPECT_EQ(train.tokens()[2], 995);    // " world"
+  EXPECT_TRUE(fs::exists(path("prep/prep_val_000001.bin")));
   EXPECT_EQ(json::parse(std::ifstream(path("prep/meta.json")))["tokenizer"], "gpt2");
+  EXPECT_NE(r.stderr_text.find("MB/s"), std::string::npos) << r.stderr_text;
+
+  WorkerRun bad = collect(start({"prepare", "--input", path("in.txt"), "--out", path("prep2"), "--tokenizer", "gpt2",
+                           "--shard-tokens", "0"}, "prep2"), "prep2");
+  EXPECT_EQ(bad.exit_code, 2) << bad.stderr_text;
+  EXPECT_NE(bad.stderr_text.find("--shard-tokens needs an integer"), std::string::npos) << bad.stderr_text;
 }

@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include "worker/data.h"
+#include "worker/prepare.h"
 
 namespace fs = std::filesystem;
 using namespace ratio::worker;
@@ -113,6 +114,17 @@ TEST_F(DataTest, WindowsNeverCrossShards) {
   EXPECT_GT(seen[2], 0);
 }
 
+// llm.c's last shard may be shorter than a window: it gives no windows, the others still do.
+TEST_F(DataTest, ShardShorterThanAWindowGivesNoWindows) {
+  write_shard(path("x_train_000001.bin"), std::vector<uint16_t>(100, 1));
+  write_shard(path("x_train_000002.bin"), std::vector<uint16_t>(5, 2));
+  TokenSplit split({path("x_train_000001.bin"), path("x_train_000002.bin")}, 17);
+  EXPECT_EQ(split.tokens(), 105);
+  std::vector<int64_t> x(256 * 16), y(256 * 16);
+  split.fill(BatchOrder{1}.train_draws(0, 0, 256), 256, 16, 256, x.data(), y.data());
+  for (int64_t v : x) ASSERT_EQ(v, 1);
+}
+
 TEST_F(DataTest, TokenBeyondVocabIsDataError) {
   write_shard(path("train.bin"), std::vector<uint16_t>(100, 300));
   TokenSplit split({path("train.bin")}, 9);
@@ -125,25 +137,10 @@ TEST_F(DataTest, ShardShorterThanAWindowIsDataError) {
   EXPECT_THROW(TokenSplit({path("train.bin")}, 129), DataError);
 }
 
-TEST_F(DataTest, PrepareTextAndTokenizerCheck) {
-  std::string text;
-  for (int i = 0; i < 200; ++i) text += "line " + std::to_string(i) + "\n";
-  write_bytes("in.txt", text);
-  auto [train, val] = prepare_text(path("in.txt"), path("out"), "byte", 0.1);
-  EXPECT_EQ(train + val, static_cast<int64_t>(text.size()));
-  EXPECT_EQ(val, static_cast<int64_t>(text.size() * 0.1));
-  DatasetFiles files = resolve_dataset(path("out"), "byte", path("cache"));
-  EXPECT_EQ(files.tokenizer, "byte");
-  MappedShard shard(files.val[0]);
-  EXPECT_EQ(std::string(shard.tokens(), shard.tokens() + shard.size()), text.substr(text.size() - val));
-  EXPECT_THROW(resolve_dataset(path("out"), "gpt2", path("cache")), DataError);
-  EXPECT_THROW(resolve_dataset(path("missing"), "byte", path("cache")), DataError);
-}
-
 // The presets name their corpus ("fineweb-edu"): a bare name is a folder under --data-dir.
 TEST_F(DataTest, DatasetNameResolvesUnderTheDataDir) {
   write_bytes("in.txt", std::string(4000, 'a') + std::string(4000, 'b'));
-  prepare_text(path("in.txt"), path("cache/my-corpus"), "byte", 0.1);
+  prepare_corpus({path("in.txt"), path("cache/my-corpus"), "byte"}, nullptr);
   DatasetFiles by_name = resolve_dataset("my-corpus", "byte", path("cache"));
   DatasetFiles by_path = resolve_dataset(path("cache/my-corpus"), "byte", path("elsewhere"));
   EXPECT_EQ(by_name.train, by_path.train);

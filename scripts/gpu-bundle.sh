@@ -6,6 +6,7 @@ cd "$(dirname "$0")/.."
 PKGS=(libyaml-cpp-dev libyaml-cpp0.7 libspdlog-dev libspdlog1.10 libfmt-dev libfmt9
       libcpp-httplib-dev libcpp-httplib0.11 nlohmann-json3-dev libsqlite3-dev libsqlite3-0
       libbrotli1 libbrotli-dev libssl-dev libssl3 zlib1g-dev libgtest-dev googletest
+      libicu-dev libicu72    # ICU's letter and number classes for the GPT-2 tokenizer (worker/tokenizer.cpp)
       fortunes fortunes-min)  # the demo corpus: GPU machines run Ubuntu without it
 mkdir -p .deps/debs .deps/root
 if [ -z "$(ls .deps/debs/*.deb 2>/dev/null)" ]; then
@@ -27,4 +28,8 @@ done
 # bundle small, since it travels with the working tree.
 find .deps/root -name '*.a' ! -name 'libgtest*' ! -name 'libgmock*' -delete
 rm -rf .deps/root/usr/share/doc .deps/root/usr/share/man
+# GoogleTest's sources (libgtest.a is kept) and the ICU libraries the tokenizer does not link: ICU's
+# 30 MB of data is what the bundle cannot drop, and a device call carries 64 MiB in all.
+rm -rf .deps/root/usr/src/googletest .deps/root/usr/bin .deps/root/usr/lib/x86_64-linux-gnu/icu
+rm -f .deps/root/usr/lib/x86_64-linux-gnu/libicu{i18n,io,test,tu}.so*
 du -sh .deps/root

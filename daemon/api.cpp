@@ -25,16 +25,36 @@ namespace {
 constexpr double kSseKeepAliveSeconds = 15;
 const char* kVersion = "1";
 
+// Error texts quote what the client sent (query values, paths, matrix text), which may be any
+// bytes: invalid UTF-8 is written as U+FFFD so every answer is valid JSON and dump() never throws.
+std::string json_text(const json& body) { return body.dump(-1, ' ', false, json::error_handler_t::replace); }
+
 void reply(Response& res, int status, const json& body) {
   res.status = status;
-  res.set_content(body.dump(), "application/json");
+  res.set_content(json_text(body), "application/json");
 }
 
 void error(Response& res, int status, const std::string& message) { reply(res, status, {{"error", message}}); }
 
-int64_t path_id(const Request& req) { return std::stoll(req.matches[1].str()); }
+// A request that cannot be served, with the status to answer; thrown by the parsing helpers below
+// and answered by the guard in install_routes.
+struct HttpError : std::runtime_error {
+  int status;
+  HttpError(int code, const std::string& message) : std::runtime_error(message), status(code) {}
+};
 
-// Integer query parameter with a default; throws std::invalid_argument naming the parameter.
+// The numeric id the route matched. The route's (\d+) admits any digits; an id beyond int64 names
+// nothing that can exist, so it is a 404 like any other unknown id.
+int64_t path_id(const Request& req) {
+  const std::string digits = req.matches[1].str();
+  try {
+    return std::stoll(digits);
+  } catch (const std::out_of_range&) {
+    throw HttpError(404, req.path + ": no such resource (the id is beyond the largest possible id)");
+  }
+}
+
+// Integer query parameter with a default; a value that is not an integer is a 400 naming it.
 int64_t query_int(const Request& req, const char* name, int64_t fallback) {
   if (!req.has_param(name)) return fallback;
   std::string value = req.get_param_value(name);
@@ -45,7 +65,7 @@ int64_t query_int(const Request& req, const char* name, int64_t fallback) {
   } catch (const std::exception&) {
     // reported below
   }
-  throw std::invalid_argument(std::string("query parameter '") + name + "' must be an integer, got '" + value + "'");
+  throw HttpError(400, std::string("query parameter '") + name + "' must be an integer (64-bit), got '" + value + "'");
 }
 
 std::vector<std::string> split(const std::string& text, char sep) {
@@ -97,7 +117,8 @@ std::optional<Expansion> expand_or_400(const Request& req, Response& res, ApiCon
     return std::nullopt;
   }
   try {
-    return expand_matrix(req.body, "request");
+    const PathRoots roots = make_path_roots(ctx.options.data_dir, ctx.options.allow_paths);
+    return expand_matrix(req.body, "request", &roots);
   } catch (const MatrixError& e) {
     ++ctx.rejected_bodies;
     reply(res, 400, to_json(e));
@@ -181,6 +202,9 @@ std::string prometheus_text(ApiContext& ctx) {
       << "ratio_reports_total{answer=\"stale\"} " << ctx.stale_reports.load() << "\n"
       << "# HELP ratio_rejected_bodies_total Requests answered 400.\n# TYPE ratio_rejected_bodies_total counter\n"
       << "ratio_rejected_bodies_total " << ctx.rejected_bodies.load() << "\n"
+      << "# HELP ratio_internal_errors_total Requests answered 500 (each logged with its request id).\n"
+      << "# TYPE ratio_internal_errors_total counter\n"
+      << "ratio_internal_errors_total " << ctx.internal_errors.load() << "\n"
       << "# HELP ratio_sse_subscribers Open /api/events streams.\n# TYPE ratio_sse_subscribers gauge\n"
       << "ratio_sse_subscribers " << ctx.bus.subscribers() << "\n"
       << "# HELP ratio_draining 1 while the daemon starts no new jobs.\n# TYPE ratio_draining gauge\n"
@@ -437,6 +461,17 @@ void install_live_routes(httplib::Server& server, ApiContext& ctx) {
   });
 }
 
+// Logs the request (method, target, the start of the body) under a fresh id and answers 500 with it.
+void internal_error(const Request& req, Response& res, ApiContext& ctx, const std::string& what) {
+  const int64_t id = ++ctx.internal_errors;
+  std::string target = req.target.empty() ? req.path : req.target;
+  spdlog::error("request {}: {} {} ({} body bytes, starting {}) failed: {}", id, req.method, target, req.body.size(),
+                json_text(req.body.substr(0, 200)), what);
+  reply(res, 500, {{"error", "internal error (request " + std::to_string(id) +
+                                 "); the daemon log has the details, please report it"},
+                   {"request_id", id}});
+}
+
 }  // namespace
 
 void install_routes(httplib::Server& server, ApiContext& ctx) {
@@ -452,15 +487,18 @@ void install_routes(httplib::Server& server, ApiContext& ctx) {
                         req.method + " " + req.path);
     return httplib::Server::HandlerResponse::Handled;
   });
+  // The one guard every handler runs behind: HttpError is an answer; anything else is a bug,
+  // logged with the request under an id the client is given to quote.
   server.set_exception_handler([&ctx](const Request& req, Response& res, std::exception_ptr ep) {
     try {
       std::rethrow_exception(ep);
-    } catch (const std::invalid_argument& e) {  // bad query parameters
-      ++ctx.rejected_bodies;
-      error(res, 400, e.what());
+    } catch (const HttpError& e) {
+      if (e.status == 400) ++ctx.rejected_bodies;
+      error(res, e.status, e.what());
     } catch (const std::exception& e) {
-      spdlog::error("{} {}: {}", req.method, req.path, e.what());
-      error(res, 500, std::string("internal error: ") + e.what());
+      internal_error(req, res, ctx, e.what());
+    } catch (...) {
+      internal_error(req, res, ctx, "an exception that is not a std::exception");
     }
   });
   server.set_error_handler([](const Request& req, Response& res) {

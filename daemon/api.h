@@ -25,6 +25,7 @@ struct ApiContext {
   std::atomic<int64_t> reports{0};         // POST /api/report batches answered 200
   std::atomic<int64_t> stale_reports{0};   // answered 409
   std::atomic<int64_t> rejected_bodies{0};  // 400 answers
+  std::atomic<int64_t> internal_errors{0};  // 500 answers; also their request ids
 };
 
 void install_routes(httplib::Server& server, ApiContext& ctx);

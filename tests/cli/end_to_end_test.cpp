@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cstdio>
 #include <thread>
 
 #include <gtest/gtest.h>
@@ -113,6 +114,24 @@ TEST(CliEndToEnd, SubmitWatchResultsExport) {
   EXPECT_EQ(submitted.out, id + "\n");
   EXPECT_NE(submitted.err.find("as id " + id + ": 3 jobs"), std::string::npos) << submitted.err;
   EXPECT_NE(submitted.err.find("3 succeeded"), std::string::npos) << submitted.err;
+  // The final table shows each job's last train loss and its final val loss, not values seen mid-run.
+  httplib::Client http(server);
+  const json jobs = json::parse(http.Get(("/api/jobs?matrix=" + id).c_str())->body).at("jobs");
+  ASSERT_EQ(jobs.size(), 3u);
+  for (const json& job : jobs) {
+    const std::string job_id = job.at("id").dump();
+    const auto metrics = http.Get(("/api/jobs/" + job_id + "/metrics?names=train_loss&max_points=1").c_str());
+    ASSERT_TRUE(metrics);
+    const double last_train = json::parse(metrics->body).at("series").at("train_loss").at(0).at(1).get<double>();
+    const size_t row = submitted.err.rfind("\n" + job_id + " ");
+    ASSERT_NE(row, std::string::npos) << "no row for job " << job_id << " in:\n" << submitted.err;
+    const std::string line = submitted.err.substr(row + 1, submitted.err.find('\n', row + 1) - row - 1);
+    char expected[64];
+    std::snprintf(expected, sizeof expected, " %.4f ", last_train);
+    EXPECT_NE(line.find(expected), std::string::npos) << "train_loss" << expected << "missing: " << line;
+    std::snprintf(expected, sizeof expected, " %.4f ", job.at("final_val_loss").get<double>());
+    EXPECT_NE(line.find(expected), std::string::npos) << "val_loss" << expected << "missing: " << line;
+  }
 
   const Ran watched = run_ratio({"status", id, "--watch", "--interval", "0.5"}, env);
   ASSERT_EQ(watched.code, 0) << watched.err;
@@ -127,7 +146,6 @@ TEST(CliEndToEnd, SubmitWatchResultsExport) {
   // --json prints exactly what the API answers.
   const Ran results = run_ratio({"results", id, "--json"}, env);
   ASSERT_EQ(results.code, 0) << results.err;
-  httplib::Client http(server);
   const auto api = http.Get(("/api/matrices/" + id + "/results").c_str());
   ASSERT_TRUE(api);
   ASSERT_EQ(api->status, 200);

@@ -68,6 +68,21 @@ int64_t query_int(const Request& req, const char* name, int64_t fallback) {
   throw HttpError(400, std::string("query parameter '") + name + "' must be an integer (64-bit), got '" + value + "'");
 }
 
+// ?limit= of a keyset-paged list (/api/jobs, /api/matrices); none: the whole list.
+std::optional<int64_t> page_limit(const Request& req) {
+  if (!req.has_param("limit")) return std::nullopt;
+  const int64_t limit = query_int(req, "limit", 0);
+  if (limit < 1 || limit > 10000) throw HttpError(400, "limit must be between 1 and 10000; page with after_id");
+  return limit;
+}
+
+// Drops the one row fetched past the page; returns the next page's after_id (null on the last page).
+json cut_to_page(json& rows, std::optional<int64_t> limit) {
+  if (!limit || static_cast<int64_t>(rows.size()) <= *limit) return nullptr;
+  rows.erase(rows.end() - 1);
+  return rows.back()["id"];
+}
+
 std::vector<std::string> split(const std::string& text, char sep) {
   std::vector<std::string> out;
   std::stringstream in(text);
@@ -153,28 +168,31 @@ db::NewMatrix new_matrix(const Request& req, const Expansion& expansion) {
   return m;
 }
 
-// What verdict.h needs about each job of a matrix.
-std::vector<JobOutcome> job_outcomes(db::Store& store, int64_t matrix_id) {
+// What verdict.h needs about each job of a matrix: the fixed part from the cache, the rest in three
+// indexed queries (job states with results, last alphas, last gradient norms) whatever the matrix size.
+std::vector<JobOutcome> job_outcomes(db::Store& store, int64_t matrix_id, FixedJobCache& cache) {
+  const FixedJobCache::Jobs fixed = cache.get(matrix_id, [&] { return store.matrix_job_specs(matrix_id); });
+  const std::vector<db::JobState> states = store.matrix_job_states(matrix_id);
+  auto alphas = store.matrix_last_values(matrix_id, "alpha/");
+  auto grad_norms = store.matrix_last_values(matrix_id, "grad/");
+  if (states.size() != fixed->size()) throw std::logic_error("matrix " + std::to_string(matrix_id) + " changed its jobs");
   std::vector<JobOutcome> outcomes;
-  for (const json& job : store.matrix_jobs_with_results(matrix_id)) {
+  outcomes.reserve(states.size());
+  for (size_t i = 0; i < states.size(); ++i) {
+    const db::JobState& state = states[i];
+    const FixedJob& job = (*fixed)[i];  // both in job id order
     JobOutcome o;
-    o.job_id = job["id"].get<int64_t>();
-    o.spec = job_spec_from_json(job["spec"]);
-    o.status = job["status"].get<std::string>();
-    o.reason = job["reason"].get<std::string>();
-    const json& result = job["result"];
-    auto number = [&](const char* key) -> std::optional<double> {
-      if (result.is_object() && result.contains(key) && result[key].is_number()) return result[key].get<double>();
-      return std::nullopt;
-    };
-    o.final_val_loss = number("final_val_loss");
-    o.best_val_loss = number("best_val_loss");
-    o.tokens_per_s = number("tokens_per_s");
-    o.params_total = job["params"].value("total", int64_t{0});
-    o.params_added = job["params"].value("added", int64_t{0});
-    int64_t series_job = job["reused_from"].is_null() ? o.job_id : job["reused_from"].get<int64_t>();
-    o.alphas = store.last_metric_values(series_job, "alpha/").get<std::map<std::string, double>>();
-    o.grad_norms = store.last_metric_values(series_job, "grad/").get<std::map<std::string, double>>();
+    o.job_id = job.id;
+    o.spec = job.spec;
+    o.status = state.status;
+    o.reason = state.reason;
+    o.final_val_loss = state.final_val_loss;
+    o.best_val_loss = state.best_val_loss;
+    o.tokens_per_s = state.tokens_per_s;
+    o.params_total = job.params_total;
+    o.params_added = job.params_added;
+    o.alphas = std::move(alphas[job.id]);
+    o.grad_norms = std::move(grad_norms[job.id]);
     outcomes.push_back(std::move(o));
   }
   return outcomes;
@@ -241,8 +259,15 @@ void install_matrix_routes(httplib::Server& server, ApiContext& ctx) {
           {{"id", created.id}, {"name", m.name}, {"jobs", job_list}, {"warnings", m.warnings}});
   });
 
-  server.Get("/api/matrices", [&ctx](const Request&, Response& res) {
-    reply(res, 200, {{"matrices", ctx.reader.run([](db::Store& s) { return s.list_matrices(); })}});
+  server.Get("/api/matrices", [&ctx](const Request& req, Response& res) {
+    const int64_t after_id = query_int(req, "after_id", 0);
+    const std::optional<int64_t> limit = page_limit(req);
+    // One row past the page tells whether another page follows, without a count.
+    json matrices = ctx.reader.run([&](db::Store& s) {
+      return s.list_matrices(after_id, limit ? std::optional<int64_t>(*limit + 1) : std::nullopt);
+    });
+    const json next = cut_to_page(matrices, limit);
+    reply(res, 200, {{"matrices", matrices}, {"next_after_id", next}});
   });
 
   server.Get(R"(/api/matrices/(\d+))", [&ctx](const Request& req, Response& res) {
@@ -254,10 +279,10 @@ void install_matrix_routes(httplib::Server& server, ApiContext& ctx) {
   server.Get(R"(/api/matrices/(\d+)/results)", [&ctx](const Request& req, Response& res) {
     int64_t id = path_id(req);
     auto table = ctx.reader.run([&](db::Store& s) -> std::optional<json> {
-      auto summary = s.matrix_summary(id);
-      if (!summary) return std::nullopt;
-      json out = to_json(judge_matrix(job_outcomes(s, id)));
-      out["matrix"] = {{"id", id}, {"name", (*summary)["name"]}};
+      auto name = s.matrix_name(id);
+      if (!name) return std::nullopt;
+      json out = to_json(judge_matrix(job_outcomes(s, id, ctx.fixed_jobs)));
+      out["matrix"] = {{"id", id}, {"name", *name}};
       return out;
     });
     if (!table) return error(res, 404, "no matrix " + std::to_string(id) + "; GET /api/matrices lists them");
@@ -314,20 +339,12 @@ void install_job_routes(httplib::Server& server, ApiContext& ctx) {
     if (req.has_param("matrix")) matrix = query_int(req, "matrix", 0);
     std::string status = req.get_param_value("status");
     const int64_t after_id = query_int(req, "after_id", 0);
-    std::optional<int64_t> limit;
-    if (req.has_param("limit")) {
-      limit = query_int(req, "limit", 0);
-      if (*limit < 1 || *limit > 10000) return error(res, 400, "limit must be between 1 and 10000; page with after_id");
-    }
+    const std::optional<int64_t> limit = page_limit(req);
     // One row past the page tells whether another page follows, without a count.
     json jobs = ctx.reader.run([&](db::Store& s) {
       return s.list_jobs(matrix, status, after_id, limit ? std::optional<int64_t>(*limit + 1) : std::nullopt);
     });
-    json next = nullptr;
-    if (limit && static_cast<int64_t>(jobs.size()) > *limit) {
-      jobs.erase(jobs.end() - 1);
-      next = jobs.back()["id"];
-    }
+    const json next = cut_to_page(jobs, limit);
     reply(res, 200, {{"jobs", jobs}, {"next_after_id", next}});
   });
 
@@ -473,6 +490,25 @@ void internal_error(const Request& req, Response& res, ApiContext& ctx, const st
 }
 
 }  // namespace
+
+FixedJobCache::Jobs FixedJobCache::get(int64_t matrix_id, const std::function<json()>& load) {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (auto it = by_matrix_.find(matrix_id); it != by_matrix_.end()) return it->second;
+  }
+  auto jobs = std::make_shared<std::vector<FixedJob>>();
+  for (const json& job : load()) {  // outside the lock: two first requests may both load, harmlessly
+    jobs->push_back({job["id"].get<int64_t>(), job_spec_from_json(job["spec"]), job["params"].value("total", int64_t{0}),
+                     job["params"].value("added", int64_t{0})});
+  }
+  std::lock_guard<std::mutex> lock(mu_);
+  if (by_matrix_.emplace(matrix_id, jobs).second) loaded_order_.push_back(matrix_id);
+  while (loaded_order_.size() > kMaxMatrices) {
+    by_matrix_.erase(loaded_order_.front());
+    loaded_order_.pop_front();
+  }
+  return by_matrix_.at(matrix_id);
+}
 
 void install_routes(httplib::Server& server, ApiContext& ctx) {
   // Mutating calls need the daemon token when one is configured; workers authenticate with their

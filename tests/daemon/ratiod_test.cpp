@@ -167,6 +167,17 @@ TEST_F(RatiodTest, JobListPagesWithAKeysetCursor) {
   EXPECT_TRUE(d.get("/api/jobs")["next_after_id"].is_null());
   d.get("/api/jobs?limit=0", 400);
   d.get("/api/jobs?limit=x", 400);
+  // Matrices page the same way.
+  json first = d.get("/api/matrices?limit=2");
+  ASSERT_EQ(first["matrices"].size(), 2u);
+  EXPECT_EQ(first["matrices"][1]["total"], 3);  // page-b
+  EXPECT_EQ(first["next_after_id"], 2);
+  json last = d.get("/api/matrices?limit=2&after_id=2");
+  ASSERT_EQ(last["matrices"].size(), 1u);
+  EXPECT_EQ(last["matrices"][0]["id"], 3);
+  EXPECT_TRUE(last["next_after_id"].is_null());
+  EXPECT_EQ(d.get("/api/matrices")["matrices"].size(), 3u);
+  d.get("/api/matrices?limit=0", 400);
 }
 
 TEST_F(RatiodTest, FiftyMalformedBodiesAre400WithALocationAndLeaveTheDatabaseUnchanged) {

@@ -445,8 +445,9 @@ void install_live_routes(httplib::Server& server, ApiContext& ctx) {
     reply(res, 200, {{"draining", ctx.scheduler.draining()}});
   });
 
-  server.Get("/api/events", [&ctx](const Request&, Response& res) {
-    auto sub = ctx.bus.subscribe();
+  server.Get("/api/events", [&ctx](const Request& req, Response& res) {
+    // Browsers' EventSource sends Last-Event-ID when it reconnects: replay what it missed.
+    auto sub = ctx.bus.subscribe(req.get_header_value("Last-Event-ID"));
     res.set_header("Cache-Control", "no-cache");
     res.set_chunked_content_provider(
         "text/event-stream",

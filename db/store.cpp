@@ -481,9 +481,11 @@ std::optional<json> Store::job_summary(int64_t job_id) {
 
 json Store::list_jobs(std::optional<int64_t> matrix_id, const std::string& status, int64_t after_id,
                       std::optional<int64_t> limit) {
-  Statement st = conn_.prepare(std::string("SELECT ") + kJobColumns +
-                               " FROM jobs WHERE (?1 IS NULL OR matrix_id = ?1) AND (?2 = '' OR status = ?2) "
-                               "AND id > ?3 ORDER BY id LIMIT ?4");
+  // With a matrix, `matrix_id = ?1` alone lets SQLite walk that matrix's index entries; folded into
+  // `(?1 IS NULL OR ...)` it scanned every job's row (spec included) to list one matrix.
+  const std::string matrix_filter = matrix_id ? "matrix_id = ?1" : "?1 IS NULL";
+  Statement st = conn_.prepare(std::string("SELECT ") + kJobColumns + " FROM jobs WHERE " + matrix_filter +
+                               " AND (?2 = '' OR status = ?2) AND id > ?3 ORDER BY id LIMIT ?4");
   st.bind(1, matrix_id).bind(2, status).bind(3, after_id).bind(4, limit.value_or(-1));  // LIMIT -1: all
   json jobs = json::array();
   while (st.step()) jobs.push_back(read_job_summary(st));

@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
+#include <sstream>
 #include <thread>
 
 #include <gtest/gtest.h>
@@ -123,9 +124,14 @@ TEST(CliEndToEnd, SubmitWatchResultsExport) {
     const auto metrics = http.Get(("/api/jobs/" + job_id + "/metrics?names=train_loss&max_points=1").c_str());
     ASSERT_TRUE(metrics);
     const double last_train = json::parse(metrics->body).at("series").at("train_loss").at(0).at(1).get<double>();
-    const size_t row = submitted.err.rfind("\n" + job_id + " ");
-    ASSERT_NE(row, std::string::npos) << "no row for job " << job_id << " in:\n" << submitted.err;
-    const std::string line = submitted.err.substr(row + 1, submitted.err.find('\n', row + 1) - row - 1);
+    std::string line;  // the table row whose first cell (right-aligned) is the job id
+    std::istringstream lines(submitted.err);
+    for (std::string candidate; std::getline(lines, candidate);) {
+      std::string first_cell;
+      std::istringstream(candidate) >> first_cell;
+      if (first_cell == job_id) line = candidate + " ";
+    }
+    ASSERT_FALSE(line.empty()) << "no row for job " << job_id << " in:\n" << submitted.err;
     char expected[64];
     std::snprintf(expected, sizeof expected, " %.4f ", last_train);
     EXPECT_NE(line.find(expected), std::string::npos) << "train_loss" << expected << "missing: " << line;

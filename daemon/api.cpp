@@ -171,16 +171,32 @@ db::NewMatrix new_matrix(const Request& req, const Expansion& expansion) {
 // What verdict.h needs about each job of a matrix: the fixed part from the cache, the rest in three
 // indexed queries (job states with results, last alphas, last gradient norms) whatever the matrix size.
 std::vector<JobOutcome> job_outcomes(db::Store& store, int64_t matrix_id, FixedJobCache& cache) {
-  const FixedJobCache::Jobs fixed = cache.get(matrix_id, [&] { return store.matrix_job_specs(matrix_id); });
   const std::vector<db::JobState> states = store.matrix_job_states(matrix_id);
+  const auto load = [&] { return store.matrix_job_specs(matrix_id); };
+  FixedJobCache::Jobs fixed = cache.get(matrix_id, load);
+  const auto same_jobs = [&] {
+    if (fixed->size() != states.size()) return false;
+    for (size_t i = 0; i < states.size(); ++i) {
+      if ((*fixed)[i].id != states[i].id) return false;
+    }
+    return true;
+  };
+  if (!same_jobs()) {  // jobs were added since the specs were cached
+    cache.forget(matrix_id);
+    fixed = cache.get(matrix_id, load);
+  }
+  // A job added between the two reads shows in the specs, not the states: pairing by id skips it.
   auto alphas = store.matrix_last_values(matrix_id, "alpha/");
   auto grad_norms = store.matrix_last_values(matrix_id, "grad/");
-  if (states.size() != fixed->size()) throw std::logic_error("matrix " + std::to_string(matrix_id) + " changed its jobs");
   std::vector<JobOutcome> outcomes;
   outcomes.reserve(states.size());
-  for (size_t i = 0; i < states.size(); ++i) {
-    const db::JobState& state = states[i];
-    const FixedJob& job = (*fixed)[i];  // both in job id order
+  size_t next_fixed = 0;  // both lists are in job id order
+  for (const db::JobState& state : states) {
+    while (next_fixed < fixed->size() && (*fixed)[next_fixed].id < state.id) ++next_fixed;
+    if (next_fixed == fixed->size() || (*fixed)[next_fixed].id != state.id) {
+      throw std::logic_error("job " + std::to_string(state.id) + " has no spec in matrix " + std::to_string(matrix_id));
+    }
+    const FixedJob& job = (*fixed)[next_fixed];
     JobOutcome o;
     o.job_id = job.id;
     o.spec = job.spec;
@@ -509,6 +525,12 @@ FixedJobCache::Jobs FixedJobCache::get(int64_t matrix_id, const std::function<js
     loaded_order_.pop_front();
   }
   return by_matrix_.at(matrix_id);
+}
+
+void FixedJobCache::forget(int64_t matrix_id) {
+  std::lock_guard<std::mutex> lock(mu_);
+  by_matrix_.erase(matrix_id);
+  loaded_order_.erase(std::remove(loaded_order_.begin(), loaded_order_.end(), matrix_id), loaded_order_.end());
 }
 
 void install_routes(httplib::Server& server, ApiContext& ctx) {

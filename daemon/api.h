@@ -32,14 +32,16 @@ struct FixedJob {
   int64_t params_added = 0;
 };
 
-// The jobs of a matrix are fixed when it is submitted (reruns add attempts, never jobs), so their
-// parsed specs are kept per matrix after its first results request instead of parsing 1,000 spec
-// JSONs per request. Holds the most recently loaded kMaxMatrices matrices.
+// A job's spec never changes after submission, so the parsed specs of a matrix's jobs are kept
+// after its first results request instead of parsing 1,000 spec JSONs per request. Jobs are never
+// removed, but they can be added to a matrix (more seeds), so a caller that finds ids the cached
+// list lacks calls forget() and loads again. Holds the most recently loaded kMaxMatrices matrices.
 class FixedJobCache {
  public:
   using Jobs = std::shared_ptr<const std::vector<FixedJob>>;
-  // The matrix's jobs, from `load` ([{"id", "spec", "params"}], Store::matrix_job_specs) on a miss.
+  // The matrix's jobs in id order, from `load` ([{"id", "spec", "params"}], Store::matrix_job_specs) on a miss.
   Jobs get(int64_t matrix_id, const std::function<nlohmann::json()>& load);
+  void forget(int64_t matrix_id);
   static constexpr size_t kMaxMatrices = 64;
 
  private:

@@ -299,6 +299,22 @@ TEST_F(RatiodTest, FilesOutsideTheDataDirAndAllowedPathsAre400AtExpandAndSubmit)
   EXPECT_EQ(d.post("/api/expand", with("{id: 0, data: {dataset: fineweb-edu}}")).first, 200);
 }
 
+TEST_F(RatiodTest, ResultsFollowJobsAddedToAMatrixAfterItsSpecsWereCached) {
+  Daemon& d = start_daemon({"--drain"});
+  ASSERT_EQ(d.post("/api/matrices", tiny_matrix("grows", 30, "  - {id: 0}\n  - {id: 5, ra: true}\n")).first, 201);
+  EXPECT_EQ(d.get("/api/matrices/1/results")["rows"].size(), 2u);  // caches the two jobs' specs
+  {  // a third step's job joins the matrix, as more seeds would
+    ratio::db::Store store((dir_ / "ratio.db").string(), false);
+    store.connection().exec(
+        "INSERT INTO jobs(matrix_id, step, name, spec, config_hash, params, status, max_iters, max_attempts, "
+        "created_at, updated_at) SELECT matrix_id, '6', 'late', json_set(spec, '$.step', '6'), 'late-hash', params, "
+        "status, max_iters, max_attempts, created_at, updated_at FROM jobs WHERE id = 1");
+  }
+  json results = d.get("/api/matrices/1/results");
+  ASSERT_EQ(results["rows"].size(), 3u) << results.dump();
+  EXPECT_EQ(results["rows"][2]["step"], "6");
+}
+
 TEST_F(RatiodTest, MutatingCallsNeedTheBearerTokenWhenOneIsConfigured) {
   fs::path token_file = dir_ / "token";
   std::ofstream(token_file) << "s3cret-token-0123456789\n";

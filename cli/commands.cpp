@@ -13,6 +13,7 @@
 #include <fstream>
 #include <map>
 #include <ostream>
+#include <set>
 #include <sstream>
 #include <thread>
 
@@ -127,15 +128,19 @@ class MatrixWatcher {
   }
 
  private:
-  // The newest train_loss of each job, fetched incrementally with ?after=: every poll for running
-  // jobs, once for the others.
+  // The newest train_loss of each job, fetched incrementally with ?after=: every poll while a job
+  // runs, and once more after it has ended, so the final table shows each job's last value rather
+  // than the last one seen while it ran.
   void update_losses(const json& jobs) {
     for (const json& job : jobs) {
       const int64_t id = job.at("id").get<int64_t>();
-      const bool running = job.value("status", "") == "running";
+      const std::string status = job.value("status", "");
       const json iter = job.value("iter", json());
       const bool started = iter.is_number() && iter.get<int64_t>() > 0;
-      if (!running && (!started || last_loss_.count(id))) continue;
+      const bool ended = has_ended(status);
+      if (!ended) read_after_end_.erase(id);  // requeued by a rerun: it will end again
+      const bool fetch = status == "running" || (ended && started && read_after_end_.insert(id).second);
+      if (!fetch) continue;
       const std::string path =
           "/api/jobs/" + std::to_string(id) + "/metrics?names=train_loss&after=" + std::to_string(after_[id]);
       const json metrics = api_.get(path);
@@ -151,6 +156,7 @@ class MatrixWatcher {
   std::string id_;
   std::map<int64_t, int64_t> after_;
   std::map<int64_t, double> last_loss_;
+  std::set<int64_t> read_after_end_;  // ended jobs whose final train_loss was fetched
   bool all_done_ = false;
   bool any_bad_ = false;
 };

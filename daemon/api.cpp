@@ -26,16 +26,36 @@ namespace {
 constexpr double kSseKeepAliveSeconds = 15;
 const char* kVersion = "1";
 
+// Error texts quote what the client sent (query values, paths, matrix text), which may be any
+// bytes: invalid UTF-8 is written as U+FFFD so every answer is valid JSON and dump() never throws.
+std::string json_text(const json& body) { return body.dump(-1, ' ', false, json::error_handler_t::replace); }
+
 void reply(Response& res, int status, const json& body) {
   res.status = status;
-  res.set_content(body.dump(), "application/json");
+  res.set_content(json_text(body), "application/json");
 }
 
 void error(Response& res, int status, const std::string& message) { reply(res, status, {{"error", message}}); }
 
-int64_t path_id(const Request& req) { return std::stoll(req.matches[1].str()); }
+// A request that cannot be served, with the status to answer; thrown by the parsing helpers below
+// and answered by the guard in install_routes.
+struct HttpError : std::runtime_error {
+  int status;
+  HttpError(int code, const std::string& message) : std::runtime_error(message), status(code) {}
+};
 
-// Integer query parameter with a default; throws std::invalid_argument naming the parameter.
+// The numeric id the route matched. The route's (\d+) admits any digits; an id beyond int64 names
+// nothing that can exist, so it is a 404 like any other unknown id.
+int64_t path_id(const Request& req) {
+  const std::string digits = req.matches[1].str();
+  try {
+    return std::stoll(digits);
+  } catch (const std::out_of_range&) {
+    throw HttpError(404, req.path + ": no such resource (the id is beyond the largest possible id)");
+  }
+}
+
+// Integer query parameter with a default; a value that is not an integer is a 400 naming it.
 int64_t query_int(const Request& req, const char* name, int64_t fallback) {
   if (!req.has_param(name)) return fallback;
   std::string value = req.get_param_value(name);
@@ -46,7 +66,22 @@ int64_t query_int(const Request& req, const char* name, int64_t fallback) {
   } catch (const std::exception&) {
     // reported below
   }
-  throw std::invalid_argument(std::string("query parameter '") + name + "' must be an integer, got '" + value + "'");
+  throw HttpError(400, std::string("query parameter '") + name + "' must be an integer (64-bit), got '" + value + "'");
+}
+
+// ?limit= of a keyset-paged list (/api/jobs, /api/matrices); none: the whole list.
+std::optional<int64_t> page_limit(const Request& req) {
+  if (!req.has_param("limit")) return std::nullopt;
+  const int64_t limit = query_int(req, "limit", 0);
+  if (limit < 1 || limit > 10000) throw HttpError(400, "limit must be between 1 and 10000; page with after_id");
+  return limit;
+}
+
+// Drops the one row fetched past the page; returns the next page's after_id (null on the last page).
+json cut_to_page(json& rows, std::optional<int64_t> limit) {
+  if (!limit || static_cast<int64_t>(rows.size()) <= *limit) return nullptr;
+  rows.erase(rows.end() - 1);
+  return rows.back()["id"];
 }
 
 std::vector<std::string> split(const std::string& text, char sep) {
@@ -98,7 +133,8 @@ std::optional<Expansion> expand_or_400(const Request& req, Response& res, ApiCon
     return std::nullopt;
   }
   try {
-    return expand_matrix(req.body, "request");
+    const PathRoots roots = make_path_roots(ctx.options.data_dir, ctx.options.allow_paths);
+    return expand_matrix(req.body, "request", &roots);
   } catch (const MatrixError& e) {
     ++ctx.rejected_bodies;
     reply(res, 400, to_json(e));
@@ -133,28 +169,47 @@ db::NewMatrix new_matrix(const Request& req, const Expansion& expansion) {
   return m;
 }
 
-// What verdict.h needs about each job of a matrix.
-std::vector<JobOutcome> job_outcomes(db::Store& store, int64_t matrix_id) {
+// What verdict.h needs about each job of a matrix: the fixed part from the cache, the rest in three
+// indexed queries (job states with results, last alphas, last gradient norms) whatever the matrix size.
+std::vector<JobOutcome> job_outcomes(db::Store& store, int64_t matrix_id, FixedJobCache& cache) {
+  const std::vector<db::JobState> states = store.matrix_job_states(matrix_id);
+  const auto load = [&] { return store.matrix_job_specs(matrix_id); };
+  FixedJobCache::Jobs fixed = cache.get(matrix_id, load);
+  const auto same_jobs = [&] {
+    if (fixed->size() != states.size()) return false;
+    for (size_t i = 0; i < states.size(); ++i) {
+      if ((*fixed)[i].id != states[i].id) return false;
+    }
+    return true;
+  };
+  if (!same_jobs()) {  // jobs were added since the specs were cached
+    cache.forget(matrix_id);
+    fixed = cache.get(matrix_id, load);
+  }
+  // A job added between the two reads shows in the specs, not the states: pairing by id skips it.
+  auto alphas = store.matrix_last_values(matrix_id, "alpha/");
+  auto grad_norms = store.matrix_last_values(matrix_id, "grad/");
   std::vector<JobOutcome> outcomes;
-  for (const json& job : store.matrix_jobs_with_results(matrix_id)) {
+  outcomes.reserve(states.size());
+  size_t next_fixed = 0;  // both lists are in job id order
+  for (const db::JobState& state : states) {
+    while (next_fixed < fixed->size() && (*fixed)[next_fixed].id < state.id) ++next_fixed;
+    if (next_fixed == fixed->size() || (*fixed)[next_fixed].id != state.id) {
+      throw std::logic_error("job " + std::to_string(state.id) + " has no spec in matrix " + std::to_string(matrix_id));
+    }
+    const FixedJob& job = (*fixed)[next_fixed];
     JobOutcome o;
-    o.job_id = job["id"].get<int64_t>();
-    o.spec = job_spec_from_json(job["spec"]);
-    o.status = job["status"].get<std::string>();
-    o.reason = job["reason"].get<std::string>();
-    const json& result = job["result"];
-    auto number = [&](const char* key) -> std::optional<double> {
-      if (result.is_object() && result.contains(key) && result[key].is_number()) return result[key].get<double>();
-      return std::nullopt;
-    };
-    o.final_val_loss = number("final_val_loss");
-    o.best_val_loss = number("best_val_loss");
-    o.tokens_per_s = number("tokens_per_s");
-    o.params_total = job["params"].value("total", int64_t{0});
-    o.params_added = job["params"].value("added", int64_t{0});
-    int64_t series_job = job["reused_from"].is_null() ? o.job_id : job["reused_from"].get<int64_t>();
-    o.alphas = store.last_metric_values(series_job, "alpha/").get<std::map<std::string, double>>();
-    o.grad_norms = store.last_metric_values(series_job, "grad/").get<std::map<std::string, double>>();
+    o.job_id = job.id;
+    o.spec = job.spec;
+    o.status = state.status;
+    o.reason = state.reason;
+    o.final_val_loss = state.final_val_loss;
+    o.best_val_loss = state.best_val_loss;
+    o.tokens_per_s = state.tokens_per_s;
+    o.params_total = job.params_total;
+    o.params_added = job.params_added;
+    o.alphas = std::move(alphas[job.id]);
+    o.grad_norms = std::move(grad_norms[job.id]);
     outcomes.push_back(std::move(o));
   }
   return outcomes;
@@ -182,6 +237,9 @@ std::string prometheus_text(ApiContext& ctx) {
       << "ratio_reports_total{answer=\"stale\"} " << ctx.stale_reports.load() << "\n"
       << "# HELP ratio_rejected_bodies_total Requests answered 400.\n# TYPE ratio_rejected_bodies_total counter\n"
       << "ratio_rejected_bodies_total " << ctx.rejected_bodies.load() << "\n"
+      << "# HELP ratio_internal_errors_total Requests answered 500 (each logged with its request id).\n"
+      << "# TYPE ratio_internal_errors_total counter\n"
+      << "ratio_internal_errors_total " << ctx.internal_errors.load() << "\n"
       << "# HELP ratio_sse_subscribers Open /api/events streams.\n# TYPE ratio_sse_subscribers gauge\n"
       << "ratio_sse_subscribers " << ctx.bus.subscribers() << "\n"
       << "# HELP ratio_draining 1 while the daemon starts no new jobs.\n# TYPE ratio_draining gauge\n"
@@ -218,8 +276,15 @@ void install_matrix_routes(httplib::Server& server, ApiContext& ctx) {
           {{"id", created.id}, {"name", m.name}, {"jobs", job_list}, {"warnings", m.warnings}});
   });
 
-  server.Get("/api/matrices", [&ctx](const Request&, Response& res) {
-    reply(res, 200, {{"matrices", ctx.reader.run([](db::Store& s) { return s.list_matrices(); })}});
+  server.Get("/api/matrices", [&ctx](const Request& req, Response& res) {
+    const int64_t after_id = query_int(req, "after_id", 0);
+    const std::optional<int64_t> limit = page_limit(req);
+    // One row past the page tells whether another page follows, without a count.
+    json matrices = ctx.reader.run([&](db::Store& s) {
+      return s.list_matrices(after_id, limit ? std::optional<int64_t>(*limit + 1) : std::nullopt);
+    });
+    const json next = cut_to_page(matrices, limit);
+    reply(res, 200, {{"matrices", matrices}, {"next_after_id", next}});
   });
 
   server.Get(R"(/api/matrices/(\d+))", [&ctx](const Request& req, Response& res) {
@@ -231,12 +296,12 @@ void install_matrix_routes(httplib::Server& server, ApiContext& ctx) {
   server.Get(R"(/api/matrices/(\d+)/results)", [&ctx](const Request& req, Response& res) {
     int64_t id = path_id(req);
     auto table = ctx.reader.run([&](db::Store& s) -> std::optional<json> {
-      auto summary = s.matrix_summary(id);
-      if (!summary) return std::nullopt;
+      auto name = s.matrix_name(id);
+      if (!name) return std::nullopt;
       VerdictOptions options;
       options.decide = matrix_decide_options(s, id);
-      json out = to_json(judge_matrix(job_outcomes(s, id), "", options));
-      out["matrix"] = {{"id", id}, {"name", (*summary)["name"]}};
+      json out = to_json(judge_matrix(job_outcomes(s, id, ctx.fixed_jobs), "", options));
+      out["matrix"] = {{"id", id}, {"name", *name}};
       return out;
     });
     if (!table) return error(res, 404, "no matrix " + std::to_string(id) + "; GET /api/matrices lists them");
@@ -293,20 +358,12 @@ void install_job_routes(httplib::Server& server, ApiContext& ctx) {
     if (req.has_param("matrix")) matrix = query_int(req, "matrix", 0);
     std::string status = req.get_param_value("status");
     const int64_t after_id = query_int(req, "after_id", 0);
-    std::optional<int64_t> limit;
-    if (req.has_param("limit")) {
-      limit = query_int(req, "limit", 0);
-      if (*limit < 1 || *limit > 10000) return error(res, 400, "limit must be between 1 and 10000; page with after_id");
-    }
+    const std::optional<int64_t> limit = page_limit(req);
     // One row past the page tells whether another page follows, without a count.
     json jobs = ctx.reader.run([&](db::Store& s) {
       return s.list_jobs(matrix, status, after_id, limit ? std::optional<int64_t>(*limit + 1) : std::nullopt);
     });
-    json next = nullptr;
-    if (limit && static_cast<int64_t>(jobs.size()) > *limit) {
-      jobs.erase(jobs.end() - 1);
-      next = jobs.back()["id"];
-    }
+    const json next = cut_to_page(jobs, limit);
     reply(res, 200, {{"jobs", jobs}, {"next_after_id", next}});
   });
 
@@ -407,8 +464,9 @@ void install_live_routes(httplib::Server& server, ApiContext& ctx) {
     reply(res, 200, {{"draining", ctx.scheduler.draining()}});
   });
 
-  server.Get("/api/events", [&ctx](const Request&, Response& res) {
-    auto sub = ctx.bus.subscribe();
+  server.Get("/api/events", [&ctx](const Request& req, Response& res) {
+    // Browsers' EventSource sends Last-Event-ID when it reconnects: replay what it missed.
+    auto sub = ctx.bus.subscribe(req.get_header_value("Last-Event-ID"));
     res.set_header("Cache-Control", "no-cache");
     res.set_chunked_content_provider(
         "text/event-stream",
@@ -440,7 +498,43 @@ void install_live_routes(httplib::Server& server, ApiContext& ctx) {
   });
 }
 
+// Logs the request (method, target, the start of the body) under a fresh id and answers 500 with it.
+void internal_error(const Request& req, Response& res, ApiContext& ctx, const std::string& what) {
+  const int64_t id = ++ctx.internal_errors;
+  std::string target = req.target.empty() ? req.path : req.target;
+  spdlog::error("request {}: {} {} ({} body bytes, starting {}) failed: {}", id, req.method, target, req.body.size(),
+                json_text(req.body.substr(0, 200)), what);
+  reply(res, 500, {{"error", "internal error (request " + std::to_string(id) +
+                                 "); the daemon log has the details, please report it"},
+                   {"request_id", id}});
+}
+
 }  // namespace
+
+FixedJobCache::Jobs FixedJobCache::get(int64_t matrix_id, const std::function<json()>& load) {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (auto it = by_matrix_.find(matrix_id); it != by_matrix_.end()) return it->second;
+  }
+  auto jobs = std::make_shared<std::vector<FixedJob>>();
+  for (const json& job : load()) {  // outside the lock: two first requests may both load, harmlessly
+    jobs->push_back({job["id"].get<int64_t>(), job_spec_from_json(job["spec"]), job["params"].value("total", int64_t{0}),
+                     job["params"].value("added", int64_t{0})});
+  }
+  std::lock_guard<std::mutex> lock(mu_);
+  if (by_matrix_.emplace(matrix_id, jobs).second) loaded_order_.push_back(matrix_id);
+  while (loaded_order_.size() > kMaxMatrices) {
+    by_matrix_.erase(loaded_order_.front());
+    loaded_order_.pop_front();
+  }
+  return by_matrix_.at(matrix_id);
+}
+
+void FixedJobCache::forget(int64_t matrix_id) {
+  std::lock_guard<std::mutex> lock(mu_);
+  by_matrix_.erase(matrix_id);
+  loaded_order_.erase(std::remove(loaded_order_.begin(), loaded_order_.end(), matrix_id), loaded_order_.end());
+}
 
 void install_routes(httplib::Server& server, ApiContext& ctx) {
   // Mutating calls need the daemon token when one is configured; workers authenticate with their
@@ -455,15 +549,18 @@ void install_routes(httplib::Server& server, ApiContext& ctx) {
                         req.method + " " + req.path);
     return httplib::Server::HandlerResponse::Handled;
   });
+  // The one guard every handler runs behind: HttpError is an answer; anything else is a bug,
+  // logged with the request under an id the client is given to quote.
   server.set_exception_handler([&ctx](const Request& req, Response& res, std::exception_ptr ep) {
     try {
       std::rethrow_exception(ep);
-    } catch (const std::invalid_argument& e) {  // bad query parameters
-      ++ctx.rejected_bodies;
-      error(res, 400, e.what());
+    } catch (const HttpError& e) {
+      if (e.status == 400) ++ctx.rejected_bodies;
+      error(res, e.status, e.what());
     } catch (const std::exception& e) {
-      spdlog::error("{} {}: {}", req.method, req.path, e.what());
-      error(res, 500, std::string("internal error: ") + e.what());
+      internal_error(req, res, ctx, e.what());
+    } catch (...) {
+      internal_error(req, res, ctx, "an exception that is not a std::exception");
     }
   });
   server.set_error_handler([](const Request& req, Response& res) {

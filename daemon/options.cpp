@@ -1,6 +1,7 @@
 #include "daemon/options.h"
 
 #include <filesystem>
+#include <cstdlib>
 #include <fstream>
 #include <stdexcept>
 
@@ -49,6 +50,14 @@ std::string read_token(const std::string& path) {
   return token;
 }
 
+// The worker's own default (worker/data.cpp default_data_dir), made explicit: ratiod confines the
+// datasets of submitted matrices to this folder and passes it to every worker.
+std::string default_data_dir() {
+  if (const char* dir = std::getenv("RATIO_DATA_DIR"); dir && *dir) return dir;
+  const char* home = std::getenv("HOME");
+  return std::string(home && *home ? home : "/tmp") + "/.cache/ratio/data";
+}
+
 }  // namespace
 
 bool is_loopback(const std::string& host) {
@@ -57,7 +66,7 @@ bool is_loopback(const std::string& host) {
 
 std::string usage() {
   return "usage: ratiod --db PATH [--listen HOST:PORT] [--slots auto|gpu:0,1|cpu:N] [--workdir DIR]\n"
-         "              [--data-dir DIR] [--worker PATH] [--token-file F] [--web-root DIR]\n"
+         "              [--data-dir DIR] [--allow-path DIR]... [--worker PATH] [--token-file F] [--web-root DIR]\n"
          "              [--lease-s S] [--stall-s S] [--grace-s S] [--drain]\n";
 }
 
@@ -77,6 +86,7 @@ Options parse_options(const std::vector<std::string>& args, const std::string& e
     else if (flag == "--slots") o.slots = value;
     else if (flag == "--workdir") o.workdir = value;
     else if (flag == "--data-dir") o.data_dir = value;
+    else if (flag == "--allow-path") o.allow_paths.push_back(fs::absolute(value).string());
     else if (flag == "--worker") o.worker_path = value;
     else if (flag == "--token-file") token_file = value;
     else if (flag == "--web-root") o.web_root = value;
@@ -94,6 +104,7 @@ Options parse_options(const std::vector<std::string>& args, const std::string& e
   fs::path db_dir = fs::absolute(o.db_path).parent_path();
   if (o.workdir.empty()) o.workdir = (db_dir / "ratiod-work").string();
   o.workdir = fs::absolute(o.workdir).string();
+  o.data_dir = fs::absolute(o.data_dir.empty() ? default_data_dir() : o.data_dir).string();
   if (o.worker_path.empty()) o.worker_path = (fs::path(exe_dir) / "ratio-worker").string();
   if (o.web_root.empty()) {
     fs::path baked = RATIO_DEFAULT_WEB_ROOT;

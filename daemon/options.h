@@ -12,7 +12,8 @@ struct Options {
   int port = 8080;             // 0 = any free port (printed at startup)
   std::string slots = "auto";  // auto | gpu:0,1 | cpu:N
   std::string workdir;         // default: <directory of --db>/ratiod-work
-  std::string data_dir;        // passed to workers as --data-dir when set
+  std::string data_dir;        // workers' --data-dir; default $RATIO_DATA_DIR, else ~/.cache/ratio/data
+  std::vector<std::string> allow_paths;  // --allow-path DIR (repeatable): more folders jobs may read
   std::string worker_path;     // default: ratio-worker next to ratiod
   std::string token;           // read from --token-file; empty = no auth (loopback only)
   std::string web_root;        // default: compiled-in build tree path, else <exe>/../share/ratio/web

@@ -98,17 +98,20 @@ namespace {
 // One look at the matrix: the seeds it needs now, queued. A seed whose config ran before comes back
 // already succeeded (reused), so add_decided_seeds looks again until a look adds nothing.
 std::vector<int64_t> add_seeds_once(db::Store& store, int64_t matrix_id, const DecideOptions& options) {
-  const json rows = store.matrix_jobs_with_results(matrix_id);
+  const json specs = store.matrix_job_specs(matrix_id);  // [{"id", "spec", "params"}], in id order
+  std::map<int64_t, const db::JobState*> state_of;
+  const std::vector<db::JobState> states = store.matrix_job_states(matrix_id);
+  for (const db::JobState& state : states) state_of[state.id] = &state;
   std::vector<JobOutcome> outcomes;
   std::map<int64_t, const json*> row_of;
-  for (const json& row : rows) {
+  for (const json& row : specs) {
     JobOutcome o;
     o.job_id = row["id"].get<int64_t>();
+    const auto state = state_of.find(o.job_id);
+    if (state == state_of.end()) continue;
     o.spec = job_spec_from_json(row["spec"]);
-    o.status = row["status"].get<std::string>();
-    const json& result = row["result"];
-    if (result.is_object() && result.contains("final_val_loss") && result["final_val_loss"].is_number())
-      o.final_val_loss = result["final_val_loss"].get<double>();
+    o.status = state->second->status;
+    o.final_val_loss = state->second->final_val_loss;
     row_of[o.job_id] = &row;
     outcomes.push_back(std::move(o));
   }

@@ -87,10 +87,28 @@ CREATE TABLE events(
 );
 )SQL";
 
+// Version 2, for GET /api/matrices/{id}/results at 1,000 jobs: the last value of every metric series
+// per job, kept on ingest, so the final alphas and gradient norms of a matrix come from one indexed
+// query instead of a scan of each job's series; filled from metrics on upgrade.
+const char* kV2 = R"SQL(
+CREATE TABLE last_metrics(
+  job_id INTEGER NOT NULL REFERENCES jobs(id),
+  name TEXT NOT NULL,
+  iter INTEGER NOT NULL,              -- the highest iteration of the series
+  value REAL NOT NULL,
+  PRIMARY KEY(job_id, name)
+) WITHOUT ROWID;
+INSERT INTO last_metrics(job_id, name, iter, value)
+  SELECT job_id, name, MAX(iter), value FROM metrics GROUP BY job_id, name;  -- value: of the MAX(iter) row
+-- Covers what the results table reads of each job, so it never loads the rows' spec JSON (KBs each).
+-- Ingest's frequent UPDATEs (iter, losses) leave it alone: none of its columns change.
+CREATE INDEX jobs_states ON jobs(matrix_id, id, status, reused_from, reason);
+)SQL";
+
 }  // namespace
 
 const std::vector<Migration>& migrations() {
-  static const std::vector<Migration> list = {{1, kV1}};
+  static const std::vector<Migration> list = {{1, kV1}, {2, kV2}};
   return list;
 }
 

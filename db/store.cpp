@@ -256,10 +256,12 @@ bool Store::end_attempt(int64_t attempt_id, const AttemptEnd& end) {
   return true;
 }
 
-void Store::upsert_metric(Statement& st, int64_t job_id, const std::string& name, int64_t iter, double value,
+void Store::upsert_metric(MetricWriters& w, int64_t job_id, const std::string& name, int64_t iter, double value,
                           int attempt_n) {
-  st.bind(1, job_id).bind(2, name).bind(3, iter).bind(4, value).bind(5, attempt_n);
-  st.run();
+  w.point.bind(1, job_id).bind(2, name).bind(3, iter).bind(4, value).bind(5, attempt_n);
+  w.point.run();
+  w.last.bind(1, job_id).bind(2, name).bind(3, iter).bind(4, value);
+  w.last.run();
 }
 
 IngestOutcome Store::ingest(int64_t attempt_id, const json& events) {
@@ -275,9 +277,13 @@ IngestOutcome Store::ingest(int64_t attempt_id, const json& events) {
   Statement insert_event = conn_.prepare(
       "INSERT OR IGNORE INTO events(attempt_id, seq, type, body, applied, received_at) VALUES (?, ?, ?, ?, ?, ?)");
   // Idempotent by (job, name, iter): a resumed attempt's re-reported iterations replace the old.
-  Statement metric = conn_.prepare(
-      "INSERT INTO metrics(job_id, name, iter, value, attempt_n) VALUES (?, ?, ?, ?, ?) "
-      "ON CONFLICT(job_id, name, iter) DO UPDATE SET value = excluded.value, attempt_n = excluded.attempt_n");
+  MetricWriters metric{
+      conn_.prepare("INSERT INTO metrics(job_id, name, iter, value, attempt_n) VALUES (?, ?, ?, ?, ?) "
+                    "ON CONFLICT(job_id, name, iter) DO UPDATE SET value = excluded.value, attempt_n = excluded.attempt_n"),
+      // The series' last point: a later iteration replaces it, and so does a new value for the same one.
+      conn_.prepare("INSERT INTO last_metrics(job_id, name, iter, value) VALUES (?, ?, ?, ?) "
+                    "ON CONFLICT(job_id, name) DO UPDATE SET iter = excluded.iter, value = excluded.value "
+                    "WHERE excluded.iter >= last_metrics.iter")};
   auto put = [&](const std::string& name, int64_t iter, const json& value) {
     if (!value.is_number()) return;  // NaN/Inf arrive as null: nothing to plot
     upsert_metric(metric, out.job_id, name, iter, value.get<double>(), n);
@@ -495,9 +501,11 @@ std::optional<json> Store::job_summary(int64_t job_id) {
 
 json Store::list_jobs(std::optional<int64_t> matrix_id, const std::string& status, int64_t after_id,
                       std::optional<int64_t> limit) {
-  Statement st = conn_.prepare(std::string("SELECT ") + kJobColumns +
-                               " FROM jobs WHERE (?1 IS NULL OR matrix_id = ?1) AND (?2 = '' OR status = ?2) "
-                               "AND id > ?3 ORDER BY id LIMIT ?4");
+  // With a matrix, `matrix_id = ?1` alone lets SQLite walk that matrix's index entries; folded into
+  // `(?1 IS NULL OR ...)` it scanned every job's row (spec included) to list one matrix.
+  const std::string matrix_filter = matrix_id ? "matrix_id = ?1" : "?1 IS NULL";
+  Statement st = conn_.prepare(std::string("SELECT ") + kJobColumns + " FROM jobs WHERE " + matrix_filter +
+                               " AND (?2 = '' OR status = ?2) AND id > ?3 ORDER BY id LIMIT ?4");
   st.bind(1, matrix_id).bind(2, status).bind(3, after_id).bind(4, limit.value_or(-1));  // LIMIT -1: all
   json jobs = json::array();
   while (st.step()) jobs.push_back(read_job_summary(st));
@@ -546,34 +554,51 @@ std::optional<std::string> Store::log_path(int64_t job_id, std::optional<int64_t
   return st.get_text(0);
 }
 
-json Store::list_matrices() { return matrices_where(std::nullopt); }
+json Store::list_matrices(int64_t after_id, std::optional<int64_t> limit) {
+  return matrices_page(after_id, limit.value_or(-1));
+}
 
 std::optional<json> Store::matrix_summary(int64_t matrix_id) {
-  json found = matrices_where(matrix_id);
-  if (found.empty()) return std::nullopt;
+  json found = matrices_page(matrix_id - 1, 1);
+  if (found.empty() || found[0]["id"] != matrix_id) return std::nullopt;
   return found[0];
 }
 
-json Store::matrices_where(std::optional<int64_t> only) {
-  // Counts and build ids in two grouped queries (no per-matrix round trips).
+std::optional<std::string> Store::matrix_name(int64_t matrix_id) {
+  Statement st = conn_.prepare("SELECT name FROM matrices WHERE id = ?");
+  st.bind(1, matrix_id);
+  if (!st.step()) return std::nullopt;
+  return st.get_text(0);
+}
+
+json Store::matrices_page(int64_t after_id, int64_t limit) {
+  json out = json::array();
+  Statement st = conn_.prepare(
+      "SELECT id, name, created_at, finished_at FROM matrices WHERE id > ? ORDER BY id LIMIT ?");  // LIMIT -1: all
+  st.bind(1, after_id).bind(2, limit);
+  while (st.step()) {
+    out.push_back({{"id", st.get_int(0)},
+                   {"name", st.get_text(1)},
+                   {"created_at", st.get_double(2)},
+                   {"finished_at", opt_json(st.get_opt_double(3))}});
+  }
+  if (out.empty()) return out;
+  // Counts and build ids of just this page's matrices, in two grouped queries over the id range
+  // (the counts from the jobs_states index alone, never the jobs' rows).
+  const int64_t first = out.front()["id"].get<int64_t>(), last = out.back()["id"].get<int64_t>();
   std::map<int64_t, json> counts;
   Statement c = conn_.prepare(
-      "SELECT matrix_id, status, COUNT(*) FROM jobs WHERE ?1 IS NULL OR matrix_id = ?1 GROUP BY matrix_id, status");
-  c.bind(1, only);
+      "SELECT matrix_id, status, COUNT(*) FROM jobs WHERE matrix_id BETWEEN ? AND ? GROUP BY matrix_id, status");
+  c.bind(1, first).bind(2, last);
   while (c.step()) counts[c.get_int(0)][c.get_text(1)] = c.get_int(2);
   std::map<int64_t, json> builds;
   Statement b = conn_.prepare(
-      "SELECT DISTINCT j.matrix_id, a.build_id FROM attempts a JOIN jobs j ON j.id = a.job_id "
-      "WHERE a.build_id != '' AND (?1 IS NULL OR j.matrix_id = ?1) ORDER BY a.build_id");
-  b.bind(1, only);
+      "SELECT DISTINCT j.matrix_id, a.build_id FROM jobs j JOIN attempts a ON a.job_id = j.id "
+      "WHERE j.matrix_id BETWEEN ? AND ? AND a.build_id != '' ORDER BY a.build_id");
+  b.bind(1, first).bind(2, last);
   while (b.step()) builds[b.get_int(0)].push_back(b.get_text(1));
-
-  json out = json::array();
-  Statement st = conn_.prepare(
-      "SELECT id, name, created_at, finished_at FROM matrices WHERE ?1 IS NULL OR id = ?1 ORDER BY id");
-  st.bind(1, only);
-  while (st.step()) {
-    int64_t id = st.get_int(0);
+  for (json& matrix : out) {
+    const int64_t id = matrix["id"].get<int64_t>();
     json matrix_counts = json::object();
     int64_t total = 0;
     for (const char* status : kJobStatuses) {
@@ -581,13 +606,9 @@ json Store::matrices_where(std::optional<int64_t> only) {
       matrix_counts[status] = count;
       total += count;
     }
-    out.push_back({{"id", id},
-                   {"name", st.get_text(1)},
-                   {"created_at", st.get_double(2)},
-                   {"finished_at", opt_json(st.get_opt_double(3))},
-                   {"counts", matrix_counts},
-                   {"total", total},
-                   {"build_ids", builds.count(id) ? builds[id] : json::array()}});
+    matrix["counts"] = matrix_counts;
+    matrix["total"] = total;
+    matrix["build_ids"] = builds.count(id) ? builds[id] : json::array();
   }
   return out;
 }
@@ -619,29 +640,47 @@ std::optional<int64_t> Store::matrix_of_job(int64_t job_id) {
   return st.get_int(0);
 }
 
-json Store::matrix_jobs_with_results(int64_t matrix_id) {
-  json jobs = list_jobs(matrix_id, "");
-  Statement st = conn_.prepare(
-      "SELECT j.spec, j.params, r.result FROM jobs j LEFT JOIN results r ON r.job_id = COALESCE(j.reused_from, j.id) "
-      "WHERE j.id = ?");
-  for (json& job : jobs) {
-    st.bind(1, job["id"].get<int64_t>());
-    st.step();
-    job["spec"] = json::parse(st.get_text(0));
-    job["params"] = json::parse(st.get_text(1));
-    job["result"] = st.is_null(2) ? json(nullptr) : json::parse(st.get_text(2));
-    st.reset();
+json Store::matrix_job_specs(int64_t matrix_id) {
+  json jobs = json::array();
+  Statement st = conn_.prepare("SELECT id, spec, params FROM jobs WHERE matrix_id = ? ORDER BY id");
+  st.bind(1, matrix_id);
+  while (st.step()) {
+    jobs.push_back({{"id", st.get_int(0)}, {"spec", json::parse(st.get_text(1))}, {"params", json::parse(st.get_text(2))}});
   }
   return jobs;
 }
 
-json Store::last_metric_values(int64_t job_id, const std::string& prefix) {
+std::vector<JobState> Store::matrix_job_states(int64_t matrix_id) {
+  // The result's numbers come out of SQLite's JSON functions: parsing 1,000 result texts into
+  // nlohmann objects cost more than the query. A value that is not a number reads as NULL.
+  auto number = [](const char* key) {
+    return std::string("CASE WHEN json_type(r.result, '$.") + key + "') IN ('integer', 'real') THEN json_extract(r.result, '$." +
+           key + "') END";
+  };
   Statement st = conn_.prepare(
-      "SELECT m.name, m.value FROM metrics m WHERE m.job_id = ?1 AND substr(m.name, 1, ?3) = ?2 "
-      "AND m.iter = (SELECT MAX(iter) FROM metrics x WHERE x.job_id = ?1 AND x.name = m.name)");
-  st.bind(1, job_id).bind(2, prefix).bind(3, static_cast<int64_t>(prefix.size()));
-  json out = json::object();
-  while (st.step()) out[st.get_text(0).substr(prefix.size())] = st.get_double(1);
+      "SELECT j.id, j.status, j.reason, " + number("final_val_loss") + ", " + number("best_val_loss") + ", " +
+      number("tokens_per_s") + " FROM jobs j LEFT JOIN results r ON r.job_id = COALESCE(j.reused_from, j.id) "
+      "WHERE j.matrix_id = ? ORDER BY j.id");
+  st.bind(1, matrix_id);
+  std::vector<JobState> jobs;
+  while (st.step()) {
+    jobs.push_back({st.get_int(0), st.get_text(1), st.get_text(2), st.get_opt_double(3), st.get_opt_double(4),
+                    st.get_opt_double(5)});
+  }
+  return jobs;
+}
+
+std::map<int64_t, std::map<std::string, double>> Store::matrix_last_values(int64_t matrix_id, const std::string& prefix) {
+  // A name range instead of substr(), so the primary key (job_id, name) narrows the scan; "prefix"
+  // up to "prefix" with its last character incremented ("alpha/" .. "alpha0").
+  std::string end = prefix;
+  end.back() = static_cast<char>(end.back() + 1);
+  Statement st = conn_.prepare(
+      "SELECT j.id, l.name, l.value FROM jobs j JOIN last_metrics l ON l.job_id = COALESCE(j.reused_from, j.id) "
+      "WHERE j.matrix_id = ? AND l.name >= ? AND l.name < ?");
+  st.bind(1, matrix_id).bind(2, prefix).bind(3, end);
+  std::map<int64_t, std::map<std::string, double>> out;
+  while (st.step()) out[st.get_int(0)][st.get_text(1).substr(prefix.size())] = st.get_double(2);
   return out;
 }
 

@@ -8,6 +8,7 @@
 // that is what every reader needs.
 
 #include <cstdint>
+#include <map>
 #include <optional>
 #include <set>
 #include <string>
@@ -90,6 +91,16 @@ struct IngestOutcome {
   std::set<std::string> metric_names;  // names written by this batch
 };
 
+// A job as the results table sees it (Store::matrix_job_states).
+struct JobState {
+  int64_t id = 0;
+  std::string status;
+  std::string reason;
+  std::optional<double> final_val_loss;  // from the `finished` result
+  std::optional<double> best_val_loss;
+  std::optional<double> tokens_per_s;
+};
+
 class Store {
  public:
   // Opens the file; a writable Store creates it and applies migrations.
@@ -143,16 +154,23 @@ class Store {
   // Log file of attempt n of the job, or of its latest attempt when n is not given.
   std::optional<std::string> log_path(int64_t job_id, std::optional<int64_t> n);
 
-  json list_matrices();
+  // Matrices by id; with a limit, at most `limit` of them with id > after_id (a keyset page, as list_jobs).
+  json list_matrices(int64_t after_id = 0, std::optional<int64_t> limit = std::nullopt);
   std::optional<json> matrix_summary(int64_t matrix_id);
+  std::optional<std::string> matrix_name(int64_t matrix_id);
   std::optional<json> matrix_detail(int64_t matrix_id);  // {"matrix": ..., "jobs": [...]}
   std::optional<int64_t> matrix_of_job(int64_t job_id);
   std::optional<json> matrix_expanded(int64_t matrix_id);  // the resolved matrix JSON stored at submit
 
-  // Every job of a matrix with its spec, result and final metric values, for the results table.
-  json matrix_jobs_with_results(int64_t matrix_id);
-  // The last value of every metric whose name starts with prefix ("alpha/", "grad/").
-  json last_metric_values(int64_t job_id, const std::string& prefix);
+  // For the results table, in three parts so the daemon can cache what never changes:
+  // [{"id", "spec", "params"}] of every job of a matrix (fixed at submission);
+  json matrix_job_specs(int64_t matrix_id);
+  // the state of every job, in id order, with the numbers of its `finished` result (or of the
+  // result it reuses);
+  std::vector<JobState> matrix_job_states(int64_t matrix_id);
+  // and {job id: {name without prefix: last value}} of the series whose name starts with prefix
+  // ("alpha/", "grad/"), a reused job showing its source's. Read from last_metrics (kept on ingest).
+  std::map<int64_t, std::map<std::string, double>> matrix_last_values(int64_t matrix_id, const std::string& prefix);
 
   // {"series": {name: [[iter, value], ...]}, "names": [...]}, each series with iter > after,
   // evenly downsampled to at most max_points (first and last kept).
@@ -167,9 +185,13 @@ class Store {
   json read_job_summary(Statement& st);
   std::vector<int64_t> insert_jobs(int64_t matrix_id, const std::vector<NewJob>& jobs, int priority, int max_attempts,
                                    bool force, double now);
-  json matrices_where(std::optional<int64_t> only);  // every matrix, or just one
+  json matrices_page(int64_t after_id, int64_t limit);  // limit -1: all
   void refresh_matrix_finished(int64_t matrix_id);
-  void upsert_metric(Statement& st, int64_t job_id, const std::string& name, int64_t iter, double value,
+  struct MetricWriters {
+    Statement point;  // metrics: the series
+    Statement last;   // last_metrics: its last point
+  };
+  void upsert_metric(MetricWriters& w, int64_t job_id, const std::string& name, int64_t iter, double value,
                      int attempt_n);
 
   Connection conn_;

@@ -124,6 +124,58 @@ json value_of(const YAML::Node& n) {
   }
 }
 
+// ---- text encoding ------------------------------------------------------------------------------
+
+// Byte offset of the first byte that does not start a valid UTF-8 sequence (overlong forms,
+// surrogates and code points past U+10FFFF included), or npos when the text is valid UTF-8.
+size_t first_invalid_utf8(const std::string& text) {
+  size_t i = 0;
+  while (i < text.size()) {
+    const auto byte = [&](size_t k) { return static_cast<unsigned char>(text[k]); };
+    const unsigned char b = byte(i);
+    size_t len = b < 0x80 ? 1 : (b >> 5) == 0x6 ? 2 : (b >> 4) == 0xE ? 3 : (b >> 3) == 0x1E ? 4 : 0;
+    if (len == 0 || i + len > text.size()) return i;
+    uint32_t cp = len == 1 ? b : b & (0x7F >> len);
+    for (size_t k = 1; k < len; ++k) {
+      if ((byte(i + k) & 0xC0) != 0x80) return i;
+      cp = (cp << 6) | (byte(i + k) & 0x3F);
+    }
+    const uint32_t smallest[] = {0, 0, 0x80, 0x800, 0x10000};
+    if (cp < smallest[len] || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF)) return i;
+    i += len;
+  }
+  return std::string::npos;
+}
+
+// A matrix is UTF-8 text. Other bytes (and NULs and control characters, which YAML forbids) would
+// reach error messages and the stored JSON, which must be valid UTF-8: report the first one with
+// its line and column (in characters) before any parser sees it.
+void check_text(const std::string& text, const std::string& source) {
+  const size_t bad = first_invalid_utf8(text);
+  size_t control = 0;
+  while (control < text.size()) {
+    const unsigned char c = static_cast<unsigned char>(text[control]);
+    if ((c < 0x20 && c != '\t' && c != '\n' && c != '\r') || c == 0x7F) break;
+    ++control;
+  }
+  const size_t at = std::min(bad, control);
+  if (at >= text.size()) return;
+  int line = 1, column = 1;
+  for (size_t i = 0; i < at; ++i) {
+    if (text[i] == '\n') {
+      line += 1;
+      column = 1;
+    } else if ((static_cast<unsigned char>(text[i]) & 0xC0) != 0x80) {  // count characters, not bytes
+      column += 1;
+    }
+  }
+  char hex[8];
+  std::snprintf(hex, sizeof hex, "0x%02X", static_cast<unsigned char>(text[at]));
+  const std::string what = at == bad ? std::string("byte ") + hex + " is not valid UTF-8"
+                                     : std::string("control character ") + hex + " is not allowed in YAML or JSON";
+  throw MatrixError({{source, line, column, "", what + "; save the matrix as UTF-8 text"}});
+}
+
 // Aliases make a small text a huge tree (`b: [*a, *a, ...]` nested a few times); a matrix never
 // needs more than this many values.
 constexpr size_t kMaxNodes = 200000;
@@ -817,7 +869,16 @@ void warn_grid_overrides(const MatrixDoc& doc, const StepDraft& step, std::vecto
   }
 }
 
-void expand_axes(const MatrixDoc& doc, const StepDraft& step, std::vector<ResolvedJob>& out, Problems& problems) {
+// A job reading files outside the daemon's roots is refused at the key that names them.
+bool confined(const JobSpec& spec, const Draft& d, const PathRoots* confine, Problems& problems) {
+  if (!confine) return true;
+  const std::vector<SpecError> errors = confinement_errors(spec, *confine);
+  for (const auto& e : errors) problems.add(locate(e, d, problems.file()));
+  return errors.empty();
+}
+
+void expand_axes(const MatrixDoc& doc, const StepDraft& step, const PathRoots* confine, std::vector<ResolvedJob>& out,
+                 Problems& problems) {
   for (const auto& point : grid_points(doc.grid)) {
     Draft d = step.draft;
     std::string label;
@@ -842,7 +903,7 @@ void expand_axes(const MatrixDoc& doc, const StepDraft& step, std::vector<Resolv
         job.spec["tags"].push_back("seed:" + seed);
       }
       std::optional<JobSpec> spec = parse(job, problems);
-      if (!spec) continue;
+      if (!spec || !confined(*spec, job, confine, problems)) continue;
       ResolvedJob r;
       r.job.config_hash = config_hash(*spec);
       r.job.params = param_formula(spec->model);
@@ -938,7 +999,8 @@ bool matrix_detail::has_learnable_gate(const ModelConfig& m) {
   return m.mlp_gate.enabled || m.ra_ct.enabled || (m.mlp_latent.enabled && m.mlp_latent.tying == "per_head_scalar");
 }
 
-Expansion expand_matrix(const std::string& text, const std::string& source) {
+Expansion expand_matrix(const std::string& text, const std::string& source, const PathRoots* confine) {
+  check_text(text, source);
   YAML::Node root;
   try {
     root = YAML::Load(looks_like_json(text) ? json_as_yaml(text, source) : text);
@@ -954,7 +1016,10 @@ Expansion expand_matrix(const std::string& text, const std::string& source) {
 
   Draft base = base_draft(doc, problems);
   try {
-    job_spec_from_json(base.spec);
+    const JobSpec base_spec = job_spec_from_json(base.spec);
+    if (confine) {
+      for (const auto& err : confinement_errors(base_spec, *confine)) base.base_errors.insert(err.path + ": " + err.message);
+    }
   } catch (const SpecInvalid& e) {
     for (const auto& err : e.errors()) base.base_errors.insert(err.path + ": " + err.message);
   }
@@ -974,7 +1039,7 @@ Expansion expand_matrix(const std::string& text, const std::string& source) {
   std::vector<ResolvedJob> resolved;
   for (const auto& step : steps) {
     if (step.twin_of.empty()) warn_grid_overrides(doc, step, e.warnings);  // a twin would repeat it
-    expand_axes(doc, step, resolved, problems);
+    expand_axes(doc, step, confine, resolved, problems);
   }
   problems.throw_if_any();
 

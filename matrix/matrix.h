@@ -92,8 +92,24 @@ struct Expansion {
   std::vector<LintWarning> warnings;
 };
 
-// Parses and expands a matrix. `text` is YAML or JSON; `source` names it in error messages.
-Expansion expand_matrix(const std::string& text, const std::string& source);
+// ---- file confinement ---------------------------------------------------------------------------
+
+// The folders jobs may read files from. ratiod passes its --data-dir and every --allow-path, so a
+// matrix submitted over HTTP cannot make a worker open /etc/shadow: data.dataset and
+// train.init_from are resolved as the worker resolves them (named datasets under data_dir,
+// relative paths from the current directory, symlinks followed) and must land inside one of them.
+struct PathRoots {
+  std::string data_dir;              // the workers' --data-dir, absolute
+  std::vector<std::string> allowed;  // data_dir, then each --allow-path; absolute, symlinks resolved
+};
+
+PathRoots make_path_roots(const std::string& data_dir, const std::vector<std::string>& allow_paths);
+// {"data.dataset", "'/etc' resolves to /etc, outside ..."} per escaping key; empty when confined.
+std::vector<SpecError> confinement_errors(const JobSpec& spec, const PathRoots& roots);
+
+// Parses and expands a matrix. `text` is YAML or JSON; `source` names it in error messages. With
+// `confine`, a job whose files lie outside its roots is an error at the key that names them.
+Expansion expand_matrix(const std::string& text, const std::string& source, const PathRoots* confine = nullptr);
 // Reads the file and expands it (source = the path as given).
 Expansion expand_matrix_file(const std::string& path);
 

@@ -8,6 +8,8 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cstdio>
+#include <sstream>
 #include <thread>
 
 #include <gtest/gtest.h>
@@ -113,6 +115,29 @@ TEST(CliEndToEnd, SubmitWatchResultsExport) {
   EXPECT_EQ(submitted.out, id + "\n");
   EXPECT_NE(submitted.err.find("as id " + id + ": 3 jobs"), std::string::npos) << submitted.err;
   EXPECT_NE(submitted.err.find("3 succeeded"), std::string::npos) << submitted.err;
+  // The final table shows each job's last train loss and its final val loss, not values seen mid-run.
+  httplib::Client http(server);
+  const json jobs = json::parse(http.Get(("/api/jobs?matrix=" + id).c_str())->body).at("jobs");
+  ASSERT_EQ(jobs.size(), 3u);
+  for (const json& job : jobs) {
+    const std::string job_id = job.at("id").dump();
+    const auto metrics = http.Get(("/api/jobs/" + job_id + "/metrics?names=train_loss&max_points=1").c_str());
+    ASSERT_TRUE(metrics);
+    const double last_train = json::parse(metrics->body).at("series").at("train_loss").at(0).at(1).get<double>();
+    std::string line;  // the table row whose first cell (right-aligned) is the job id
+    std::istringstream lines(submitted.err);
+    for (std::string candidate; std::getline(lines, candidate);) {
+      std::string first_cell;
+      std::istringstream(candidate) >> first_cell;
+      if (first_cell == job_id) line = candidate + " ";
+    }
+    ASSERT_FALSE(line.empty()) << "no row for job " << job_id << " in:\n" << submitted.err;
+    char expected[64];
+    std::snprintf(expected, sizeof expected, " %.4f ", last_train);
+    EXPECT_NE(line.find(expected), std::string::npos) << "train_loss" << expected << "missing: " << line;
+    std::snprintf(expected, sizeof expected, " %.4f ", job.at("final_val_loss").get<double>());
+    EXPECT_NE(line.find(expected), std::string::npos) << "val_loss" << expected << "missing: " << line;
+  }
 
   const Ran watched = run_ratio({"status", id, "--watch", "--interval", "0.5"}, env);
   ASSERT_EQ(watched.code, 0) << watched.err;
@@ -127,7 +152,6 @@ TEST(CliEndToEnd, SubmitWatchResultsExport) {
   // --json prints exactly what the API answers.
   const Ran results = run_ratio({"results", id, "--json"}, env);
   ASSERT_EQ(results.code, 0) << results.err;
-  httplib::Client http(server);
   const auto api = http.Get(("/api/matrices/" + id + "/results").c_str());
   ASSERT_TRUE(api);
   ASSERT_EQ(api->status, 200);

@@ -27,6 +27,7 @@
 
 #include "../cli/cli_process.h"
 #include "db/store.h"
+#include "tests/daemon/daemon_process.h"
 
 namespace fs = std::filesystem;
 using nlohmann::json;
@@ -43,150 +44,7 @@ constexpr bool kHaveWorker = false;
   if (!kHaveWorker) GTEST_SKIP() << "built with RATIO_WITH_TORCH=OFF: there is no ratio-worker to " \
                                     "run jobs, so this job-running test is skipped"
 
-fs::path bin_dir() {
-  const char* dir = std::getenv("RATIO_BIN_DIR");
-  return dir ? fs::path(dir) : fs::path(RATIO_TEST_BIN_DIR);
-}
-
-std::string read_file(const fs::path& path) {
-  std::ifstream in(path, std::ios::binary);
-  return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-}
-
-void sleep_s(double s) { std::this_thread::sleep_for(std::chrono::duration<double>(s)); }
-
-// A tiny matrix that trains in seconds on one CPU core. `steps` is YAML for the list of steps.
-std::string tiny_matrix(const std::string& name, int max_iters, const std::string& steps) {
-  return "name: " + name +
-         "\n"
-         "max_attempts: 3\n"
-         "base:\n"
-         "  model: {n_layer: 1, n_head: 2, n_embd: 32, vocab_size: 256, block_size: 32, ra: {window: 8}}\n"
-         "  train: {max_iters: " +
-         std::to_string(max_iters) +
-         ", batch_size: 4, grad_accum: 1, eval_interval: 10, eval_batches: 2, checkpoint_interval: 10,\n"
-         "          log_interval: 5, grad_norm_interval: 10, warmup_iters: 5, device: cpu}\n"
-         "  data: {dataset: fortunes, tokenizer: byte}\n"
-         "steps:\n" +
-         steps;
-}
-
-// One ratiod process with its own database and work directory.
-class Daemon {
- public:
-  Daemon(fs::path dir, std::vector<std::string> extra) : dir_(std::move(dir)), extra_(std::move(extra)) {}
-  ~Daemon() {
-    if (pid_ > 0) kill9();
-  }
-
-  // `more` flags are added for this launch only.
-  void start(const std::vector<std::string>& more = {}) {
-    static int launches = 0;
-    out_path_ = dir_ / ("ratiod-" + std::to_string(++launches) + ".log");
-    std::vector<std::string> args = {(bin_dir() / "ratiod").string(), "--db", (dir_ / "ratio.db").string(),
-                                     "--listen", "127.0.0.1:0", "--slots", "cpu:1",
-                                     "--data-dir", data_dir().string(), "--grace-s", "20"};
-    args.insert(args.end(), extra_.begin(), extra_.end());
-    args.insert(args.end(), more.begin(), more.end());
-    std::vector<char*> argv;
-    for (auto& a : args) argv.push_back(a.data());
-    argv.push_back(nullptr);
-    posix_spawn_file_actions_t fa;
-    posix_spawn_file_actions_init(&fa);
-    posix_spawn_file_actions_addopen(&fa, 1, out_path_.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    posix_spawn_file_actions_adddup2(&fa, 1, 2);
-    int rc = posix_spawn(&pid_, argv[0], &fa, nullptr, argv.data(), environ);
-    posix_spawn_file_actions_destroy(&fa);
-    if (rc != 0) throw std::runtime_error(std::string("cannot start ") + argv[0] + ": " + strerror(rc));
-    const std::string marker = "listening on http://127.0.0.1:";
-    for (int i = 0; i < 200 && port_ == 0; ++i) {
-      std::string out = read_file(out_path_);
-      size_t at = out.find(marker);
-      if (at != std::string::npos && out.find('\n', at) != std::string::npos) {
-        port_ = std::stoi(out.substr(at + marker.size()));
-      } else {
-        sleep_s(0.05);
-      }
-    }
-    if (port_ == 0) throw std::runtime_error("ratiod did not start:\n" + read_file(out_path_));
-    client_ = std::make_unique<httplib::Client>("127.0.0.1", port_);
-    client_->set_read_timeout(60);
-  }
-
-  // SIGTERM and wait: the graceful path.
-  int stop() {
-    kill(pid_, SIGTERM);
-    return reap();
-  }
-  void kill9() {
-    kill(pid_, SIGKILL);
-    reap();
-  }
-
-  json get(const std::string& path, int expect = 200) {
-    auto res = client_->Get(path.c_str());
-    EXPECT_TRUE(res) << "GET " << path << " got no answer";
-    if (!res) return json();
-    EXPECT_EQ(res->status, expect) << "GET " << path << ": " << res->body;
-    return json::parse(res->body, nullptr, false);
-  }
-  std::pair<int, json> post(const std::string& path, const std::string& body,
-                            const httplib::Headers& headers = {}) {
-    auto res = client_->Post(path.c_str(), headers, body, "application/yaml");
-    EXPECT_TRUE(res) << "POST " << path << " got no answer";
-    if (!res) return {0, json()};
-    return {res->status, json::parse(res->body, nullptr, false)};
-  }
-  httplib::Client& client() { return *client_; }
-
-  // Polls until pred() holds; on timeout fails with the daemon log tail.
-  bool wait_for(const std::function<bool()>& pred, double timeout_s, const std::string& what) {
-    for (double t = 0; t < timeout_s; t += 0.25) {
-      if (pred()) return true;
-      sleep_s(0.25);
-    }
-    std::string log = read_file(out_path_);
-    ADD_FAILURE() << "timed out after " << timeout_s << " s waiting for " << what << "\nratiod log tail:\n"
-                  << log.substr(log.size() > 4000 ? log.size() - 4000 : 0);
-    return false;
-  }
-
-  // Until one GET /api/events stream is open (the subscriber count in /metrics shows it).
-  void wait_for_sse_subscriber() {
-    wait_for([&] {
-      auto res = client_->Get("/metrics");
-      return res && res->body.find("ratio_sse_subscribers 1") != std::string::npos;
-    }, 10, "the SSE subscriber");
-  }
-
-  json job(int64_t id) { return get("/api/jobs/" + std::to_string(id)); }
-  std::string job_status(int64_t id) { return job(id)["job"]["status"].get<std::string>(); }
-  bool matrix_done(int64_t id) {
-    json counts = get("/api/matrices/" + std::to_string(id))["matrix"]["counts"];
-    return counts["queued"] == 0 && counts["running"] == 0;
-  }
-
-  int port() const { return port_; }
-  const fs::path& dir() const { return dir_; }
-
-  static fs::path data_dir() { return fs::temp_directory_path() / "ratio-daemon-test-data"; }
-
- private:
-  int reap() {
-    int status = 0;
-    waitpid(pid_, &status, 0);
-    pid_ = -1;
-    port_ = 0;
-    return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-  }
-
-  fs::path dir_;
-  std::vector<std::string> extra_;
-  fs::path out_path_;
-  pid_t pid_ = -1;
-  int port_ = 0;
-  std::unique_ptr<httplib::Client> client_;
-};
+using namespace ratio_test;
 
 class RatiodTest : public ::testing::Test {
  protected:
@@ -311,6 +169,17 @@ TEST_F(RatiodTest, JobListPagesWithAKeysetCursor) {
   EXPECT_TRUE(d.get("/api/jobs")["next_after_id"].is_null());
   d.get("/api/jobs?limit=0", 400);
   d.get("/api/jobs?limit=x", 400);
+  // Matrices page the same way.
+  json first = d.get("/api/matrices?limit=2");
+  ASSERT_EQ(first["matrices"].size(), 2u);
+  EXPECT_EQ(first["matrices"][1]["total"], 3);  // page-b
+  EXPECT_EQ(first["next_after_id"], 2);
+  json last = d.get("/api/matrices?limit=2&after_id=2");
+  ASSERT_EQ(last["matrices"].size(), 1u);
+  EXPECT_EQ(last["matrices"][0]["id"], 3);
+  EXPECT_TRUE(last["next_after_id"].is_null());
+  EXPECT_EQ(d.get("/api/matrices")["matrices"].size(), 3u);
+  d.get("/api/matrices?limit=0", 400);
 }
 
 TEST_F(RatiodTest, FiftyMalformedBodiesAre400WithALocationAndLeaveTheDatabaseUnchanged) {
@@ -386,6 +255,66 @@ TEST_F(RatiodTest, FiftyMalformedBodiesAre400WithALocationAndLeaveTheDatabaseUnc
   EXPECT_EQ(count_rows("SELECT COUNT(*) FROM jobs"), 0);
   EXPECT_EQ(d.post("/api/matrices", good).first, 201);  // the daemon is still fine
   EXPECT_EQ(count_rows("SELECT COUNT(*) FROM matrices"), 1);
+}
+
+TEST_F(RatiodTest, IdsBeyondInt64Are404AndQuotedBytesStayValidJson) {
+  Daemon& d = start_daemon();
+  for (const char* path : {"/api/jobs/99999999999999999999", "/api/jobs/99999999999999999999/metrics",
+                           "/api/jobs/99999999999999999999/log", "/api/matrices/99999999999999999999",
+                           "/api/matrices/99999999999999999999/results"}) {
+    json body = d.get(path, 404);
+    EXPECT_TRUE(body.is_object() && body["error"].is_string()) << path;
+  }
+  // The bad value is quoted in the error; its invalid UTF-8 comes back as U+FFFD, not as a 500.
+  json body = d.get("/api/jobs?limit=%FF%FE", 400);
+  EXPECT_NE(body["error"].get<std::string>().find("'limit' must be an integer"), std::string::npos) << body.dump();
+  auto [status, located] = d.post("/api/expand", "name: caf\xe9\nsteps: [{id: 0}]\n");
+  EXPECT_EQ(status, 400);
+  EXPECT_EQ(located["line"], 1);
+  EXPECT_EQ(located["column"], 10);
+  EXPECT_NE(located["error"].get<std::string>().find("byte 0xE9 is not valid UTF-8"), std::string::npos) << located;
+  auto metrics = d.client().Get("/metrics");
+  ASSERT_TRUE(metrics);
+  EXPECT_NE(metrics->body.find("ratio_internal_errors_total 0\n"), std::string::npos) << metrics->body;
+}
+
+TEST_F(RatiodTest, FilesOutsideTheDataDirAndAllowedPathsAre400AtExpandAndSubmit) {
+  fs::path models = dir_ / "models";
+  fs::create_directories(models);
+  Daemon& d = start_daemon({"--allow-path", models.string()});
+  auto with = [](const std::string& step) { return tiny_matrix("confined", 30, "  - " + step + "\n"); };
+  for (const char* path : {"/api/expand", "/api/matrices"}) {
+    auto [status, body] = d.post(path, with("{id: 0, train: {init_from: /etc/shadow}}"));
+    EXPECT_EQ(status, 400) << body.dump();
+    EXPECT_EQ(body["path"], "steps[0].train.init_from");
+    EXPECT_EQ(body["line"], 9);
+    const std::string error = body["error"].get<std::string>();
+    EXPECT_NE(error.find(Daemon::data_dir().string() + ", " + models.string()), std::string::npos) << error;
+
+    auto [escape_status, escape] = d.post(path, with("{id: 0, data: {dataset: ../../../../etc}}"));
+    EXPECT_EQ(escape_status, 400) << escape.dump();
+    EXPECT_EQ(escape["path"], "steps[0].data.dataset");
+  }
+  EXPECT_EQ(count_rows("SELECT COUNT(*) FROM matrices"), 0);
+  const std::string inside = "{id: 0, train: {init_from: " + (models / "gpt2.safetensors").string() + "}}";
+  EXPECT_EQ(d.post("/api/expand", with(inside)).first, 200);
+  EXPECT_EQ(d.post("/api/expand", with("{id: 0, data: {dataset: fineweb-edu}}")).first, 200);
+}
+
+TEST_F(RatiodTest, ResultsFollowJobsAddedToAMatrixAfterItsSpecsWereCached) {
+  Daemon& d = start_daemon({"--drain"});
+  ASSERT_EQ(d.post("/api/matrices", tiny_matrix("grows", 30, "  - {id: 0}\n  - {id: 5, ra: true}\n")).first, 201);
+  EXPECT_EQ(d.get("/api/matrices/1/results")["rows"].size(), 2u);  // caches the two jobs' specs
+  {  // a third step's job joins the matrix, as more seeds would
+    ratio::db::Store store((dir_ / "ratio.db").string(), false);
+    store.connection().exec(
+        "INSERT INTO jobs(matrix_id, step, name, spec, config_hash, params, status, max_iters, max_attempts, "
+        "created_at, updated_at) SELECT matrix_id, '6', 'late', json_set(spec, '$.step', '6'), 'late-hash', params, "
+        "status, max_iters, max_attempts, created_at, updated_at FROM jobs WHERE id = 1");
+  }
+  json results = d.get("/api/matrices/1/results");
+  ASSERT_EQ(results["rows"].size(), 3u) << results.dump();
+  EXPECT_EQ(results["rows"][2]["step"], "6");
 }
 
 TEST_F(RatiodTest, MutatingCallsNeedTheBearerTokenWhenOneIsConfigured) {
@@ -565,7 +494,7 @@ TEST_F(RatiodTest, MatrixSucceedsResultsMatchTheWorkerAndAFailedJobRerunsAlone) 
   const std::string matrix = tiny_matrix("e2e", 30,
                                          "  - {id: 0, name: baseline}\n"
                                          "  - {id: 5, name: RA, ra: {alpha: 0.3, window: 8}}\n"
-                                         "  - {id: 9, name: missing data, data: {dataset: /nonexistent/ratio-shards}}\n");
+                                         "  - {id: 9, name: missing data, data: {dataset: no-such-shards}}\n");
   auto [status, created] = d.post("/api/matrices", matrix);
   ASSERT_EQ(status, 201) << created.dump();
   int64_t matrix_id = created["id"].get<int64_t>();

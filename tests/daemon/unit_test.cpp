@@ -161,7 +161,7 @@ TEST(EventBus, FansOutToEverySubscriberAndFormatsSse) {
   EXPECT_EQ(a->next(1)->data["id"], 7);
   auto from_b = b->next(1);
   ASSERT_TRUE(from_b);
-  EXPECT_EQ(format_sse(*from_b), "event: job\ndata: {\"id\":7}\n\n");
+  EXPECT_EQ(format_sse(*from_b), "id: " + from_b->id + "\nevent: job\ndata: {\"id\":7}\n\n");
   EXPECT_FALSE(a->next(0.01));  // nothing more
   bus.unsubscribe(b);
   EXPECT_EQ(bus.subscribers(), 1u);
@@ -207,6 +207,33 @@ TEST(EventBus, ASubscriberThatFellBehindIsToldToResync) {
     ASSERT_TRUE(event);
     ASSERT_EQ(event->type, "job");
   }
+}
+
+TEST(EventBus, AReconnectingClientGetsWhatItMissedOrAResync) {
+  EventBus bus;
+  auto first = bus.subscribe();
+  bus.publish("job", {{"id", 1}});
+  const std::string seen = first->next(1)->id;
+  bus.unsubscribe(first);  // the connection drops; two events go by
+  bus.publish("job", {{"id", 2}});
+  bus.publish("metric", {{"iter", 10}});
+
+  auto back = bus.subscribe(seen);
+  EXPECT_EQ(back->next(1)->data["id"], 2);
+  EXPECT_EQ(back->next(1)->data["iter"], 10);
+  bus.publish("job", {{"id", 3}});  // and then live events, none twice
+  EXPECT_EQ(back->next(1)->data["id"], 3);
+  EXPECT_FALSE(back->next(0.01));
+
+  // Beyond the replay buffer, and with an id from another daemon run: a resync.
+  for (size_t i = 0; i < EventBus::kReplay + 4; ++i) bus.publish("metric", {{"iter", i}});
+  auto late = bus.subscribe(seen);
+  auto resync = late->next(1);
+  ASSERT_TRUE(resync);
+  EXPECT_EQ(resync->type, "resync");
+  EXPECT_EQ(resync->data["dropped"], 7);  // events 2 .. 8 are gone (1 was seen)
+  EXPECT_EQ(bus.subscribe("12345-1")->next(1)->type, "resync");
+  EXPECT_EQ(bus.subscribe("garbage")->next(1)->type, "resync");
 }
 
 TEST(Scheduler, RecoveryStopsASurvivingProcessAndRequeuesItsJob) {

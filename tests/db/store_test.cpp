@@ -95,6 +95,26 @@ TEST_F(StoreTest, MigrationsApplyOnlyTheMissingOnesAndKeepData) {
   EXPECT_EQ(ratio::db::schema_version(conn), v2.back().version);
 }
 
+TEST_F(StoreTest, UpgradeToVersion2FillsTheLastValueOfEverySeries) {
+  {
+    Connection conn(path_, Connection::Mode::kReadWrite);
+    ratio::db::migrate(conn, {ratio::db::migrations().front()});
+    conn.exec("INSERT INTO matrices(name, source, expanded, created_at) VALUES ('old', '', '{}', 0)");
+    conn.exec("INSERT INTO jobs(matrix_id, step, name, spec, config_hash, params, status, max_iters, max_attempts, "
+              "created_at, updated_at) VALUES (1, '0', 'a', '{}', 'h1', '{}', 'succeeded', 30, 3, 0, 0), "
+              "(1, '1', 'b', '{}', 'h2', '{}', 'running', 30, 3, 0, 0)");
+    conn.exec("INSERT INTO metrics(job_id, name, iter, value, attempt_n) VALUES "
+              "(1, 'alpha/a', 10, 0.1, 1), (1, 'alpha/a', 30, 0.3, 1), (1, 'alpha/a', 20, 0.2, 1), "
+              "(1, 'train_loss', 5, 4.0, 1), (2, 'alpha/a', 7, 0.7, 1)");
+  }
+  Store store(path_, false);
+  EXPECT_EQ(count(store, "SELECT COUNT(*) FROM last_metrics"), 3);
+  EXPECT_EQ(count(store, "SELECT iter FROM last_metrics WHERE job_id = 1 AND name = 'alpha/a'"), 30);
+  auto st = store.connection().prepare("SELECT value FROM last_metrics WHERE job_id = 1 AND name = 'alpha/a'");
+  ASSERT_TRUE(st.step());
+  EXPECT_EQ(st.get_double(0), 0.3);
+}
+
 TEST_F(StoreTest, NewerDatabaseIsRefusedWithAClearError) {
   auto v2 = ratio::db::migrations();
   v2.push_back({v2.back().version + 1, "CREATE TABLE later(x INTEGER)"});
@@ -181,6 +201,10 @@ TEST_F(StoreTest, MetricUpsertIsIdempotentAndLaterAttemptWins) {
   EXPECT_EQ(m["series"]["train_loss"], json::parse("[[10, 3.0], [20, 2.4], [30, 2.2]]"));
   EXPECT_EQ(store.job_summary(a1->job_id).value()["iter"], 30);
   EXPECT_EQ(store.matrix_summary(matrix).value()["counts"]["running"], 1);
+  // A late report of an earlier iteration updates that point but not the series' last value.
+  store.ingest(a2->attempt_id, json::array({metric_event(2, 10, 9.9)}));
+  EXPECT_EQ(store.matrix_last_values(matrix, "train_loss")[a1->job_id][""], 2.2);
+  EXPECT_EQ(count(store, "SELECT iter FROM last_metrics WHERE name = 'train_loss'"), 30);
 }
 
 TEST_F(StoreTest, StaleAttemptEventsAreRecordedNotApplied) {
@@ -214,7 +238,7 @@ TEST_F(StoreTest, FinishedEventMakesTheJobSucceedAndFillsTheSummary) {
   EXPECT_EQ(job["final_val_loss"], 2.7);
   EXPECT_EQ(job["best_val_loss"], 2.5);
   EXPECT_EQ(job["iter"], 40);
-  EXPECT_EQ(store.last_metric_values(a->job_id, "alpha/")["h.0.attn.ra_alpha"], 0.25);
+  EXPECT_EQ(store.matrix_last_values(matrix, "alpha/")[a->job_id], (std::map<std::string, double>{{"h.0.attn.ra_alpha", 0.25}}));
   EXPECT_EQ(store.metrics(a->job_id, {}, 10, -1)["names"],
             json::parse(R"(["alpha/h.0.attn.ra_alpha", "entropy/0", "entropy/1", "val_loss"])"));
   json matrices = store.list_matrices();

@@ -97,6 +97,10 @@ const BadCase kCases[] = {
     {"YAML: map value where none may be", "name: x\n  steps: 3\n", 2, 8, "", "YAML syntax error"},
     {"YAML: key outside the step list", "name: x\nsteps:\n  - id: 0\n  name: a\n", 4, 3, "", "YAML syntax error"},
     {"JSON syntax", "{\"name\": \"x\",\n \"steps\": [}", 2, 12, "", "JSON syntax error"},
+    {"YAML byte that is not UTF-8", "name: x\xff\n" + kOneStep, 1, 8, "", "byte 0xFF is not valid UTF-8"},
+    {"JSON byte that is not UTF-8", "{\"name\": \"\xc3\xa9\xc3\",\n \"steps\": []}", 1, 12, "", "byte 0xC3 is not valid UTF-8"},
+    {"overlong UTF-8", "name: x\nsteps:\n  - {id: 0, name: \xc0\xaf}\n", 3, 19, "", "byte 0xC0 is not valid UTF-8"},
+    {"NUL byte", std::string("name: x\0\n", 10) + kOneStep, 1, 8, "", "control character 0x00"},
     {"JSON value of wrong type", "{\"name\": \"x\",\n \"steps\": [{\"id\": 0, \"mla\": {\"latent_dim\": \"big\"}}]}", 2,
      44, "steps[0].mla.latent_dim", "expected an integer"},
 };

@@ -60,7 +60,7 @@ steps:
   - {id: 5, name: + RA, ra: true}
   - id: 9
     name: missing data
-    data: {dataset: /nonexistent/ratio-web-test-data}
+    data: {dataset: no-such-shards}  # a folder under --data-dir that was never prepared
 `;
 // Line 5 holds the error: an integer key given a word.
 const BAD_YAML = `name: web-bad

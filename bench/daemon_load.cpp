@@ -30,6 +30,7 @@
 #include <httplib.h>
 #include <nlohmann/json.hpp>
 
+#include "daemon/api.h"
 #include "db/store.h"
 #include "matrix/matrix.h"
 
@@ -62,22 +63,8 @@ std::string big_matrix_text(int k) {
 }
 
 ratio::db::NewMatrix new_matrix(const std::string& text) {
-  const json expanded = ratio::to_json(ratio::expand_matrix(text, "load"));
-  ratio::db::NewMatrix m;
-  m.name = expanded["matrix"]["name"].get<std::string>();
-  m.source = text;
-  m.expanded = expanded["matrix"];
+  ratio::db::NewMatrix m = ratio::daemon::new_matrix_of(ratio::to_json(ratio::expand_matrix(text, "load")), text);
   m.force = true;
-  for (const json& job : expanded["jobs"]) {
-    ratio::db::NewJob j;
-    j.step = job["step"].get<std::string>();
-    j.name = job["name"].get<std::string>();
-    j.spec = job["config"];
-    j.config_hash = job["config_hash"].get<std::string>();
-    j.params = job["params"];
-    j.max_iters = job["config"]["train"]["max_iters"].get<int64_t>();
-    m.jobs.push_back(std::move(j));
-  }
   return m;
 }
 

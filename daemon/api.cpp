@@ -146,26 +146,9 @@ std::optional<Expansion> expand_or_400(const Request& req, Response& res, ApiCon
 }
 
 db::NewMatrix new_matrix(const Request& req, const Expansion& expansion) {
-  json expanded = to_json(expansion);
-  db::NewMatrix m;
-  m.name = expansion.name;
-  m.source = req.body;
-  m.expanded = expanded["matrix"];
-  m.warnings = expanded["warnings"];
-  m.priority = expansion.priority;
-  m.max_attempts = expansion.max_attempts;
+  db::NewMatrix m = new_matrix_of(to_json(expansion), req.body);
   m.force = req.get_param_value("force") == "1";
   if (req.has_header("Idempotency-Key")) m.idempotency_key = req.get_header_value("Idempotency-Key");
-  for (const json& job : expanded["jobs"]) {
-    db::NewJob j;
-    j.step = job["step"].get<std::string>();
-    j.name = job["name"].get<std::string>();
-    j.spec = job["config"];
-    j.config_hash = job["config_hash"].get<std::string>();
-    j.params = job["params"];
-    j.max_iters = job["config"]["train"]["max_iters"].get<int64_t>();
-    m.jobs.push_back(std::move(j));
-  }
   return m;
 }
 
@@ -534,6 +517,28 @@ void FixedJobCache::forget(int64_t matrix_id) {
   std::lock_guard<std::mutex> lock(mu_);
   by_matrix_.erase(matrix_id);
   loaded_order_.erase(std::remove(loaded_order_.begin(), loaded_order_.end(), matrix_id), loaded_order_.end());
+}
+
+db::NewMatrix new_matrix_of(const json& expanded, const std::string& source) {
+  const json& matrix = expanded["matrix"];
+  db::NewMatrix m;
+  m.name = matrix["name"].get<std::string>();
+  m.source = source;
+  m.expanded = matrix;
+  m.warnings = expanded["warnings"];
+  m.priority = matrix["priority"].get<int>();
+  m.max_attempts = matrix["max_attempts"].get<int>();
+  for (const json& job : expanded["jobs"]) {
+    db::NewJob j;
+    j.step = job["step"].get<std::string>();
+    j.name = job["name"].get<std::string>();
+    j.spec = job["config"];
+    j.config_hash = job["config_hash"].get<std::string>();
+    j.params = job["params"];
+    j.max_iters = job["config"]["train"]["max_iters"].get<int64_t>();
+    m.jobs.push_back(std::move(j));
+  }
+  return m;
 }
 
 void install_routes(httplib::Server& server, ApiContext& ctx) {

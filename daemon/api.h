@@ -61,9 +61,13 @@ struct ApiContext {
   std::atomic<int64_t> stale_reports{0};   // answered 409
   std::atomic<int64_t> rejected_bodies{0};  // 400 answers
   std::atomic<int64_t> internal_errors{0};  // 500 answers; also their request ids
-  FixedJobCache fixed_jobs;
+  FixedJobCache fixed_jobs{};
 };
 
 void install_routes(httplib::Server& server, ApiContext& ctx);
+
+// The store's NewMatrix for a resolved matrix (matrix/'s to_json(Expansion): "matrix", "jobs",
+// "warnings"), every job as expanded; `source` is the submitted text.
+db::NewMatrix new_matrix_of(const nlohmann::json& expanded, const std::string& source);
 
 }  // namespace ratio::daemon

@@ -39,6 +39,26 @@ std::string ByteTokenizer::decode(const std::vector<uint16_t>& ids) const {
   return text;
 }
 
+std::string utf8_encode(uint32_t cp) {
+  std::string s;
+  if (cp < 0x80) {
+    s += static_cast<char>(cp);
+  } else if (cp < 0x800) {
+    s += static_cast<char>(0xC0 | (cp >> 6));
+    s += static_cast<char>(0x80 | (cp & 0x3F));
+  } else if (cp < 0x10000) {
+    s += static_cast<char>(0xE0 | (cp >> 12));
+    s += static_cast<char>(0x80 | ((cp >> 6) & 0x3F));
+    s += static_cast<char>(0x80 | (cp & 0x3F));
+  } else {
+    s += static_cast<char>(0xF0 | (cp >> 18));
+    s += static_cast<char>(0x80 | ((cp >> 12) & 0x3F));
+    s += static_cast<char>(0x80 | ((cp >> 6) & 0x3F));
+    s += static_cast<char>(0x80 | (cp & 0x3F));
+  }
+  return s;
+}
+
 namespace {
 
 std::string read_file(const std::string& path) {
@@ -160,21 +180,6 @@ size_t piece_end(std::string_view text, size_t i) {
 
 // ---- the vocabulary files ----------------------------------------------------------------------
 
-std::string utf8(uint32_t cp) {
-  std::string s;
-  if (cp < 0x80) {
-    s += static_cast<char>(cp);
-  } else if (cp < 0x800) {
-    s += static_cast<char>(0xC0 | (cp >> 6));
-    s += static_cast<char>(0x80 | (cp & 0x3F));
-  } else {
-    s += static_cast<char>(0xE0 | (cp >> 12));
-    s += static_cast<char>(0x80 | ((cp >> 6) & 0x3F));
-    s += static_cast<char>(0x80 | (cp & 0x3F));
-  }
-  return s;
-}
-
 // GPT-2's files spell each byte as a printable character (bytes_to_unicode in encoder.py):
 // printable Latin-1 bytes as themselves, the other 68 bytes as U+0100 onwards. Returns
 // character (UTF-8) -> byte.
@@ -183,7 +188,7 @@ std::unordered_map<std::string, unsigned char> gpt2_byte_alphabet() {
   uint32_t next = 256;
   for (int b = 0; b < 256; ++b) {
     const bool printable = (b >= '!' && b <= '~') || (b >= 0xA1 && b <= 0xAC) || (b >= 0xAE && b <= 0xFF);
-    byte_of[utf8(printable ? b : next++)] = static_cast<unsigned char>(b);
+    byte_of[utf8_encode(printable ? b : next++)] = static_cast<unsigned char>(b);
   }
   return byte_of;
 }

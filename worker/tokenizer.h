@@ -94,4 +94,7 @@ std::string default_gpt2_vocab_dir();
 // "byte" or "gpt2"; throws std::invalid_argument for anything else.
 std::unique_ptr<Tokenizer> make_tokenizer(const std::string& name);
 
+// The UTF-8 bytes of one code point (up to U+10FFFF).
+std::string utf8_encode(uint32_t cp);
+
 }  // namespace ratio::worker

@@ -21,6 +21,7 @@
 
 namespace fs = std::filesystem;
 using ratio::worker::Gpt2Tokenizer;
+using ratio::worker::utf8_encode;
 
 namespace {
 
@@ -43,26 +44,6 @@ std::string run(const std::string& command) {
   return out;
 }
 
-std::string utf8(uint32_t cp) {
-  std::string s;
-  if (cp < 0x80) {
-    s += static_cast<char>(cp);
-  } else if (cp < 0x800) {
-    s += static_cast<char>(0xC0 | (cp >> 6));
-    s += static_cast<char>(0x80 | (cp & 0x3F));
-  } else if (cp < 0x10000) {
-    s += static_cast<char>(0xE0 | (cp >> 12));
-    s += static_cast<char>(0x80 | ((cp >> 6) & 0x3F));
-    s += static_cast<char>(0x80 | (cp & 0x3F));
-  } else {
-    s += static_cast<char>(0xF0 | (cp >> 18));
-    s += static_cast<char>(0x80 | ((cp >> 12) & 0x3F));
-    s += static_cast<char>(0x80 | ((cp >> 6) & 0x3F));
-    s += static_cast<char>(0x80 | (cp & 0x3F));
-  }
-  return s;
-}
-
 // JavaScript strings cannot hold invalid UTF-8: node would read each bad sequence as U+FFFD, so the
 // reference is given exactly that (the invalid-byte round trip is tested in tokenizer_test.cpp).
 std::string valid_utf8(const std::string& text) {
@@ -78,7 +59,7 @@ std::string valid_utf8(const std::string& text) {
     }
     const uint32_t smallest[5] = {0, 0, 0x80, 0x800, 0x10000};
     ok = ok && cp >= smallest[len] && cp <= 0x10FFFF && !(cp >= 0xD800 && cp <= 0xDFFF);
-    out += ok ? text.substr(i, len) : utf8(0xFFFD);
+    out += ok ? text.substr(i, len) : utf8_encode(0xFFFD);
     i += ok ? len : 1;
   }
   return out;
@@ -132,7 +113,7 @@ std::string torture_text(size_t bytes) {
     for (size_t k = 0; k < n; ++k) s += one();
     return s;
   };
-  auto from = [&](uint32_t lo, uint32_t hi) { return [&, lo, hi] { return utf8(pick(lo, hi)); }; };
+  auto from = [&](uint32_t lo, uint32_t hi) { return [&, lo, hi] { return utf8_encode(pick(lo, hi)); }; };
   const std::string punctuation = "!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~";
   const std::vector<std::string> words = {"don't", "I'M", "you're", "it's'", "''s", "'S", "we'll", "they'd",
                                           "##", "#$", "####", "## Heading", "$#$%", "café", "naïve", "Ünïcödé",
@@ -144,23 +125,23 @@ std::string torture_text(size_t bytes) {
       [&] {  // Latin letters, each with up to three combining marks
         return run_of(pick(1, 6), [&] { return std::string(1, static_cast<char>(pick('a', 'z'))) + run_of(pick(0, 3), from(0x300, 0x36F)); });
       },
-      [&] { return run_of(pick(1, 4), from(0x1F600, 0x1F64F)) + utf8(0x200D) + utf8(pick(0x1F300, 0x1F5FF)); },  // emoji, ZWJ
-      [&] { return utf8(pick(0x1F466, 0x1F469)) + utf8(pick(0x1F3FB, 0x1F3FF)) + utf8(0xFE0F); },  // skin tone, VS16
-      [&] { return utf8(pick(0x1F1E6, 0x1F1FF)) + utf8(pick(0x1F1E6, 0x1F1FF)); },                  // a flag
-      [&] { return utf8(0x200F) + run_of(pick(2, 6), from(0x5D0, 0x5EA)) + " "; },                  // Hebrew, RLM
+      [&] { return run_of(pick(1, 4), from(0x1F600, 0x1F64F)) + utf8_encode(0x200D) + utf8_encode(pick(0x1F300, 0x1F5FF)); },  // emoji, ZWJ
+      [&] { return utf8_encode(pick(0x1F466, 0x1F469)) + utf8_encode(pick(0x1F3FB, 0x1F3FF)) + utf8_encode(0xFE0F); },  // skin tone, VS16
+      [&] { return utf8_encode(pick(0x1F1E6, 0x1F1FF)) + utf8_encode(pick(0x1F1E6, 0x1F1FF)); },                  // a flag
+      [&] { return utf8_encode(0x200F) + run_of(pick(2, 6), from(0x5D0, 0x5EA)) + " "; },                  // Hebrew, RLM
       [&] { return run_of(pick(2, 6), from(0x641, 0x64A)) + run_of(pick(1, 3), from(0x660, 0x669)); },  // Arabic, its digits
       [&] { return run_of(pick(1, 5), from(0x3B1, 0x3C9)) + " " + run_of(pick(1, 5), from(0x410, 0x44F)); },  // Greek, Cyrillic
       [&] {  // numbers: superscripts, fractions, Roman numerals, circled and full-width digits
         const uint32_t n[] = {0xB2, 0xB3, 0xB9, 0xBC, 0xBD, 0x2160, 0x2165, 0x2460, 0x2473, 0xFF10, 0xFF19, '7'};
-        return run_of(pick(1, 4), [&] { return utf8(n[pick(0, 11)]); });
+        return run_of(pick(1, 4), [&] { return utf8_encode(n[pick(0, 11)]); });
       },
       [&] { return run_of(pick(1, 3), [&] { return std::string(1, static_cast<char>(pick(0, 31))); }); },  // C0, NUL
-      [&] { return utf8(pick(0x80, 0x9F)) + std::string(1, '\x7F'); },                                  // C1, DEL
+      [&] { return utf8_encode(pick(0x80, 0x9F)) + std::string(1, '\x7F'); },                                  // C1, DEL
       [&] { return std::string(pick(1, 3000), ' ') + (pick(0, 1) ? "x" : "\n"); },                     // long runs of spaces
       [&] { return std::string(pick(1, 40), '\t') + std::string(pick(0, 3), '\n') + std::string(pick(0, 9), ' '); },
       [&] {  // Unicode spaces (\s in JavaScript) and look-alikes that are not (ZWSP, NEL, Mongolian separator)
         const uint32_t s[] = {0xA0, 0x1680, 0x2000, 0x2005, 0x200A, 0x2028, 0x2029, 0x202F, 0x205F, 0x3000, 0xFEFF, 0x200B, 0x85, 0x180E};
-        return run_of(pick(1, 4), [&] { return utf8(s[pick(0, 13)]); }) + (pick(0, 1) ? "word" : " ");
+        return run_of(pick(1, 4), [&] { return utf8_encode(s[pick(0, 13)]); }) + (pick(0, 1) ? "word" : " ");
       },
       [&] { return run_of(pick(1, 500), [&] { return std::string(1, punctuation[pick(0, 31)]); }); },  // punctuation runs
       [&] { return std::string(pick(1, 200), punctuation[pick(0, 31)]); },                              // one mark repeated

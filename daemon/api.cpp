@@ -240,7 +240,12 @@ void install_matrix_routes(httplib::Server& server, ApiContext& ctx) {
     if (!expansion) return;
     db::NewMatrix m = new_matrix(req, *expansion);
     auto [created, jobs] = ctx.writer.run([&](db::Store& s) {
+      // One change: a `decide` matrix whose seeds all reuse finished results needs its next seeds
+      // now, since no attempt of it will end to ask for them.
+      db::Transaction tx(s.connection());
       db::CreatedMatrix c = s.create_matrix(m);
+      if (!c.existed) add_decided_seeds(s, c.id);
+      tx.commit();
       return std::make_pair(c, s.list_jobs(c.id, ""));
     });
     json job_list = json::array();

@@ -91,16 +91,6 @@ void Scheduler::recover() {
                 {"lost", "the daemon restarted while this attempt ran", std::nullopt, db::Retry::kAlways});
   }
   if (!running.empty()) spdlog::info("recovered {} attempt(s) of a previous daemon; their jobs are requeued", running.size());
-  // A daemon that died between a seed's end and the next look would leave a `decide` step open forever.
-  const std::vector<int64_t> added = writer_.run([](db::Store& s) {
-    std::vector<int64_t> ids;
-    for (const json& matrix : s.list_matrices()) {
-      const std::vector<int64_t> more = add_decided_seeds(s, matrix["id"].get<int64_t>());
-      ids.insert(ids.end(), more.begin(), more.end());
-    }
-    return ids;
-  });
-  if (!added.empty()) spdlog::info("decide: queued {} seed(s) that open steps still needed", added.size());
 }
 
 void Scheduler::start() { thread_ = std::thread([this] { loop(); }); }

@@ -1,6 +1,7 @@
 #pragma once
 // `decide:` matrices: which seeds ratiod adds while a step's effect is open (daemon/decide.h), and
-// adding them. Called on the writer thread after every attempt that ends, and once at start-up.
+// adding them. Called on the writer thread in the transaction that submits a matrix and in the one
+// that ends each attempt, so a decide matrix is never left finished with a step still open.
 //
 // A step gets one more seed when every job it has succeeded, each of its seeds has a finished
 // baseline seed of the same number, the decision on those pairs is "open", and it has fewer than

@@ -618,6 +618,14 @@ TEST_F(RatiodTest, DecideAddsPairedSeedsToAnOpenStepAndStopsAtMaxSeeds) {
   EXPECT_NE(cli.find("decide: max_seeds 3"), std::string::npos) << cli;
   EXPECT_NE(cli.find(outcome + " ["), std::string::npos) << cli;
   EXPECT_NE(cli.find("seed 3 added: open"), std::string::npos) << cli;
+
+  // The same matrix again: its seeds 1 and 2 reuse finished results, so no attempt will end to ask
+  // for seed 3; the submission itself queues it (here reused too) and the matrix is done at once.
+  auto [again_status, again] = d.post("/api/matrices", matrix);
+  ASSERT_EQ(again_status, 201) << again.dump();
+  ASSERT_EQ(again["jobs"].size(), 6u) << again.dump();
+  for (const json& job : again["jobs"]) EXPECT_EQ(job["status"], "succeeded") << job.dump();
+  EXPECT_TRUE(d.matrix_done(again["id"].get<int64_t>()));
 }
 
 TEST_F(RatiodTest, LiveViewsReceiveMetricAndJobEventsWhileAJobRuns) {

@@ -30,7 +30,8 @@ VARIANTS = {
 LOG_EVERY = 5
 
 
-def job_spec(variant, data_dir, iters, warmup, spam, kernels="auto", eval_interval=1_000_000, eval_batches=1):
+def job_spec(variant, data_dir, iters, warmup, spam, kernels="auto", eval_interval=1_000_000, eval_batches=1,
+             cuda_graph="auto"):
     model = {"n_layer": 12, "n_head": 12, "n_embd": 768, "vocab_size": 50257, "vocab_pad_to": 64, "block_size": 1024}
     model.update(VARIANTS[variant])
     return {
@@ -39,7 +40,7 @@ def job_spec(variant, data_dir, iters, warmup, spam, kernels="auto", eval_interv
         "train": {"max_iters": iters, "batch_size": 16, "grad_accum": 1, "warmup_iters": warmup,
                   "eval_interval": eval_interval, "eval_batches": eval_batches, "checkpoint_interval": 1_000_000,
                   "log_interval": LOG_EVERY, "grad_norm_interval": 1_000_000, "device": "cuda", "dtype": "bf16",
-                  "kernels": kernels, "spam": {"enabled": spam}},
+                  "kernels": kernels, "cuda_graph": cuda_graph, "spam": {"enabled": spam}},
         "data": {"dataset": data_dir, "tokenizer": "byte"},
     }
 
@@ -61,12 +62,12 @@ def prepare_data(worker, work):
     return out
 
 
-def run_worker(worker, variant, data, work, steps, warmup, spam, kernels="auto"):
+def run_worker(worker, variant, data, work, steps, warmup, spam, kernels="auto", cuda_graph="auto"):
     iters = warmup + steps
-    name = f"{variant}-{spam}-{kernels}"
+    name = f"{variant}-{spam}-{kernels}-{cuda_graph}"
     spec_path = os.path.join(work, f"{name}.json")
     with open(spec_path, "w") as f:
-        json.dump(job_spec(variant, data, iters, warmup, spam, kernels), f)
+        json.dump(job_spec(variant, data, iters, warmup, spam, kernels, cuda_graph=cuda_graph), f)
     proc = subprocess.run([worker, "run", "--job", spec_path, "--workdir", os.path.join(work, f"w-{name}")],
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     events = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
@@ -83,7 +84,7 @@ def run_worker(worker, variant, data, work, steps, warmup, spam, kernels="auto")
     mfu = result["mfu"] * steady / result["tokens_per_s"] if result["mfu"] else None
     started = next(e for e in events if e["type"] == "started")
     return {"tokens_per_s": steady, "peak_memory_bytes": result["peak_memory_bytes"], "mfu": mfu,
-            "kernels": started.get("kernels", "?")}
+            "kernels": started.get("kernels", "?"), "cuda_graph": result.get("cuda_graph", "?")}
 
 
 def run_val_compare(worker, data, work, iters):
@@ -179,11 +180,13 @@ def main():
         spam = run_worker(args.worker, variant, data, work, args.steps, args.warmup, spam=True) if variant == "baseline" else None
         aten = (run_worker(args.worker, variant, data, work, args.steps, args.warmup, spam=False, kernels="reference")
                 if variant in with_reference else None)
+        no_graph = (run_worker(args.worker, variant, data, work, args.steps, args.warmup, spam=False, cuda_graph="off")
+                    if variant in with_reference else None)
         eager = compiled = {"error": "skipped"}
         if not args.no_reference:
             eager = run_reference(variant, False, args.steps)
             compiled = run_reference(variant, True, args.steps)
-        rows.append((variant, worker, aten, spam, eager, compiled))
+        rows.append((variant, worker, no_graph, aten, spam, eager, compiled))
         print(f"bench: {variant}: worker {fmt_rate(worker)}, eager {fmt_rate(eager)}, compile {fmt_rate(compiled)}",
               file=sys.stderr, flush=True)
 
@@ -191,14 +194,16 @@ def main():
     lines = [f"GPT-2 124M, B=16, T=1024, bf16 autocast, {args.steps} timed steps after {args.warmup} warm-up, "
              f"{torch.cuda.get_device_name(0)}, PyTorch {torch.__version__}",
              "",
-             "| variant | ratio-worker tok/s (kernels) | worker, ATen ops | worker + SPAM | worker MFU | PyTorch eager | "
-             "PyTorch compile | worker / compile | peak mem worker / eager / compile |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
-    for variant, worker, aten, spam, eager, compiled in rows:
+             "| variant | ratio-worker tok/s (kernels, graph) | worker, no graph | worker, ATen ops | worker + SPAM | "
+             "worker MFU | PyTorch eager | PyTorch compile | worker / compile | peak mem worker / eager / compile |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for variant, worker, no_graph, aten, spam, eager, compiled in rows:
         mfu = f"{worker['mfu'] * 100:.1f} %" if worker.get("mfu") else "–"
         ratio = (f"**{worker['tokens_per_s'] / compiled['tokens_per_s']:.2f}×**"
                  if "tokens_per_s" in worker and "tokens_per_s" in compiled else "–")
-        lines.append(f"| {variant} | {fmt_rate(worker)} ({worker.get('kernels', '?')}) | {fmt_rate(aten) if aten else '–'} | "
+        graph = worker.get("cuda_graph", "?")
+        lines.append(f"| {variant} | {fmt_rate(worker)} ({worker.get('kernels', '?')}, {graph[:60]}) | "
+                     f"{fmt_rate(no_graph) if no_graph else '–'} | {fmt_rate(aten) if aten else '–'} | "
                      f"{fmt_rate(spam) if spam else '–'} | {mfu} | {fmt_rate(eager)} | {fmt_rate(compiled)} | {ratio} | "
                      f"{fmt_mem(worker)} / {fmt_mem(eager)} / {fmt_mem(compiled)} |")
     table = "\n".join(lines) + "\n"

@@ -88,7 +88,7 @@ int main(int argc, char** argv) {
     model->train();
     worker::NamedTensors params;
     for (const auto& item : model->named_parameters()) params.emplace_back(item.key(), item.value());
-    worker::SpamAdamW optimizer(params, spec.train);
+    worker::SpamAdamW optimizer(params, spec.train, model->fused_kernels());
 
     const int64_t B = spec.train.batch_size, T = spec.model.block_size;
     const auto ids = torch::TensorOptions().dtype(torch::kLong).device(device);

@@ -214,6 +214,7 @@ void read_train(const json& j, const std::string& path, TrainConfig& t, std::vec
   r.string("device", t.device, {"auto", "cpu", "cuda"});
   r.string("dtype", t.dtype, {"auto", "fp32", "bf16"});
   r.string("kernels", t.kernels, {"auto", "fused", "reference"});
+  r.string("cuda_graph", t.cuda_graph, {"auto", "on", "off"});
   r.string("init_from", t.init_from);
   r.object("spam", [&](const json& v, const std::string& p) {
     Reader s(v, p, errs);
@@ -383,6 +384,7 @@ json to_json(const TrainConfig& t) {
       {"device", t.device},
       {"dtype", t.dtype},
       {"kernels", t.kernels},
+      {"cuda_graph", t.cuda_graph},
       {"init_from", t.init_from},
       {"spam",
        {{"enabled", t.spam.enabled},
@@ -459,9 +461,10 @@ std::vector<SpecError> validate(const JobSpec& s) {
 std::string config_hash(const JobSpec& spec) {
   // nlohmann::json objects keep keys sorted, so dump() is canonical.
   json body = {{"model", to_json(spec.model)}, {"train", to_json(spec.train)}, {"data", to_json(spec.data)}};
-  // train.kernels picks how the same function is computed, not what is trained: a job may resume
-  // under the other path, and hashes from before the key existed stay valid.
+  // train.kernels and train.cuda_graph pick how the same function is computed, not what is trained:
+  // a job may resume under the other path, and hashes from before the keys existed stay valid.
   body["train"].erase("kernels");
+  body["train"].erase("cuda_graph");
   std::string text = body.dump();
   uint64_t h = 1469598103934665603ULL;
   for (unsigned char c : text) {

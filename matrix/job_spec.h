@@ -133,6 +133,9 @@ struct TrainConfig {
   // reference: ATen's ops everywhere (the same function, to compare against); fused: auto, but an
   // error where the kernels cannot run.
   std::string kernels = "auto";  // auto | fused | reference
+  // auto: the whole step as one CUDA graph where it can be (CUDA, the fused kernels, a step that
+  // captures), else eagerly; on: the same, but an error where it cannot; off: eagerly.
+  std::string cuda_graph = "auto";  // auto | on | off
   SpamConfig spam;
   PruneConfig prune;
   std::string init_from;  // optional Hugging Face GPT-2 model.safetensors

@@ -219,7 +219,38 @@ struct LinearGeluFunction : torch::autograd::Function<LinearGeluFunction> {
   }
 };
 
+// ---- linear ----------------------------------------------------------------------------------------
+
+struct LinearFunction : torch::autograd::Function<LinearFunction> {
+  static variable_list forward(AutogradContext* ctx, const torch::Tensor& x, const torch::Tensor& weight,
+                               const torch::Tensor& bias) {
+    auto x_bf16 = x.to(torch::kBFloat16);
+    auto w_bf16 = weight.to(torch::kBFloat16);
+    ctx->save_for_backward({x_bf16, w_bf16});
+    ctx->saved_data["x_dtype"] = x.scalar_type();
+    return {at::linear(x_bf16, w_bf16, bias.to(torch::kBFloat16))};  // [.., M] bf16
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const auto saved = ctx->get_saved_variables();
+    const torch::Tensor &x_bf16 = saved[0], &w_bf16 = saved[1];
+    if (!grads[0].defined()) return {torch::Tensor(), torch::Tensor(), torch::Tensor()};
+    auto dy = grads[0].to(torch::kBFloat16).contiguous();
+    const int64_t M = w_bf16.size(0), C = w_bf16.size(1), N = dy.numel() / M;
+    auto dbias = at::empty({M}, dy.options().dtype(torch::kFloat32));
+    auto partial = at::empty({kernels::gelu_backward_partial_floats(N, M)}, dbias.options());
+    check_launch(kernels::bias_grad(dy.data_ptr(), f32(dbias), f32(partial), N, M, current_stream()), "bias_grad");
+    auto dy_rows = dy.view({N, M});
+    auto dx = at::mm(dy_rows, w_bf16).view(x_bf16.sizes());                          // [N, M]·[M, C]
+    auto dweight = at::mm(dy_rows.t(), x_bf16.reshape({N, C})).to(torch::kFloat32);  // [M, N]·[N, C]
+    return {dx.to(ctx->saved_data["x_dtype"].toScalarType()), dweight, dbias};
+  }
+};
+
 }  // namespace
+
+torch::Tensor linear(const torch::Tensor& x, const torch::Tensor& weight, const torch::Tensor& bias) {
+  return LinearFunction::apply(x, weight, bias)[0];
+}
 
 bool supports_linear_gelu(const torch::Tensor& x) {
   return x.is_cuda() && compat::cuda_autocast_enabled();
@@ -261,6 +292,9 @@ bool supports_linear_gelu(const torch::Tensor&) { return false; }
 
 torch::Tensor linear_gelu(const torch::Tensor&, const torch::Tensor&, const torch::Tensor&) {
   TORCH_CHECK(false, "fused::linear_gelu: this build has no CUDA kernels");
+}
+torch::Tensor linear(const torch::Tensor&, const torch::Tensor&, const torch::Tensor&) {
+  TORCH_CHECK(false, "fused::linear: this build has no CUDA kernels");
 }
 bool supports_classifier(const torch::Tensor&) { return false; }
 

@@ -27,6 +27,11 @@ bool supports_linear_gelu(const torch::Tensor& x);
 // x [.., C]; weight [M, C] and bias [M] fp32. Returns bf16 [.., M].
 torch::Tensor linear_gelu(const torch::Tensor& x, const torch::Tensor& weight, const torch::Tensor& bias);
 
+// x·weightᵀ + bias under bf16 autocast, as ATen computes it (cuBLASLt's bias epilogue); its backward
+// sums the bias gradient in our column-sum kernel instead of ATen's reduction.
+// x [.., C]; weight [M, C] and bias [M] fp32. Returns bf16 [.., M]. Same conditions as linear_gelu.
+torch::Tensor linear(const torch::Tensor& x, const torch::Tensor& weight, const torch::Tensor& bias);
+
 // {x + addend, LayerNorm(x + addend)} in one kernel (and one in the backward); with addend
 // undefined, {x, LayerNorm(x)}. x fp32 [.., C]; addend fp32 or bf16 [.., C]. The normalised output is
 // bf16 under CUDA autocast (what the next linear would cast it to), else fp32.

@@ -309,6 +309,13 @@ bool fused_kernels_built() {
 void GPTImpl::set_fused_kernels(bool on) {
   fused_kernels_ = on;
   for (auto& block : blocks_) block->set_fused_kernels(on);
+  for (auto& module : modules(/*include_self=*/false))
+    if (auto* linear = module->as<LinearImpl>()) linear->set_fused(on);
+}
+
+torch::Tensor LinearImpl::forward(const torch::Tensor& input) {
+  if (fused_ && bias.defined() && fused::supports_linear_gelu(input)) return fused::linear(input, weight, bias);
+  return torch::linear(input, weight, bias);
 }
 
 ForwardOutput GPTImpl::forward(const torch::Tensor& idx, const torch::Tensor& targets) {

@@ -16,11 +16,17 @@ struct LayerCache;
 // torch::nn::Linear whose forward is ATen's linear. The C++ frontend's own forward computes a 3-D
 // input as matmul followed by `+= bias`, which autocast does not see: on the H100 the bias add ran as
 // a separate fp32 broadcast kernel (6 ms of a 61 ms GPT-2 step) instead of cuBLASLt's fused bias
-// epilogue. Parameters, names and initialisation are torch::nn::Linear's.
+// epilogue. With `fused` (GPT::set_fused_kernels), model/fused.h's linear where it can run: the same
+// forward, and the bias gradient summed by our kernel. Parameters, names and initialisation are
+// torch::nn::Linear's.
 class LinearImpl : public torch::nn::LinearImpl {
  public:
   using torch::nn::LinearImpl::LinearImpl;
-  torch::Tensor forward(const torch::Tensor& input) { return torch::linear(input, weight, bias); }
+  torch::Tensor forward(const torch::Tensor& input);
+  void set_fused(bool on) { fused_ = on; }
+
+ private:
+  bool fused_ = false;
 };
 TORCH_MODULE(Linear);
 

@@ -12,6 +12,7 @@ DEPS="$PWD/.deps/root/usr"
 ARCH=$(python3 -c 'import torch; p = torch.cuda.get_device_capability() if torch.cuda.is_available() else (9, 0); print(f"{p[0]}.{p[1]}")')
 cmake -S . -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release \
   -DCMAKE_PREFIX_PATH="$TORCH_PREFIX;$DEPS" -DTORCH_CUDA_ARCH_LIST="$ARCH" \
-  -DCMAKE_BUILD_RPATH="$DEPS/lib/x86_64-linux-gnu"
+  -DCMAKE_BUILD_RPATH="$DEPS/lib/x86_64-linux-gnu" \
+  -DCMAKE_EXE_LINKER_FLAGS="-Wl,--disable-new-dtags"  # RPATH, not RUNPATH: ICU's own libicudata is found there too
 cmake --build "$BUILD" -j "$(nproc)" ${1:+--target "$@"}
 echo "gpu-build: binaries in $BUILD/bin (libraries from .deps are on their RPATH)"

@@ -3,6 +3,7 @@
 #include <cmath>
 #include <limits>
 
+#include "model/fused_adamw.h"
 #include "model/torch_compat.h"
 
 namespace ratio::worker {
@@ -28,7 +29,8 @@ std::vector<torch::Tensor> zeros_like_all(const NamedTensors& params) {
 
 }  // namespace
 
-SpamAdamW::SpamAdamW(NamedTensors params, const TrainConfig& train) : params_(std::move(params)), train_(train) {
+SpamAdamW::SpamAdamW(NamedTensors params, const TrainConfig& train, bool kernel)
+    : params_(std::move(params)), train_(train) {
   m_ = zeros_like_all(params_);
   v_ = zeros_like_all(params_);
   const auto& first = params_.front().second;
@@ -36,15 +38,18 @@ SpamAdamW::SpamAdamW(NamedTensors params, const TrainConfig& train) : params_(st
   for (size_t i = 0; i < params_.size(); ++i) {
     const torch::Tensor& p = params_[i].second;
     tensors_.push_back(p);
-    (p.dim() >= 2 ? decayed_index_ : plain_index_).push_back(i);  // matrices decay; biases, norms, alphas do not
+    decayed_.push_back(p.dim() >= 2);  // matrices decay; biases, norms, alphas do not
+    (decayed_.back() ? decayed_index_ : plain_index_).push_back(i);
     // The fused kernel takes one device and one dtype per call.
     fused_ = fused_ && p.device() == first.device() && p.scalar_type() == first.scalar_type();
   }
-  const auto scalar = first.options().dtype(torch::kFloat32);
-  step_ = torch::zeros({}, scalar);
-  norm_mean_ = torch::zeros({}, scalar);
-  norm_m2_ = torch::zeros({}, scalar);
-  spikes_ = torch::zeros({}, scalar);
+  kernel_ = kernel && model::fused::supports_spam_adamw(tensors_);
+  scalars_ = torch::zeros({kernels::kScalarCount}, first.options().dtype(torch::kFloat32));
+  step_ = scalars_[kernels::kScalarStep];
+  norm_mean_ = scalars_[kernels::kScalarNormMean];
+  norm_m2_ = scalars_[kernels::kScalarNormM2];
+  spikes_ = scalars_[kernels::kScalarSpikes];
+  norm_ = scalars_[kernels::kScalarNorm];
 }
 
 void SpamAdamW::zero_grad() {
@@ -58,11 +63,31 @@ void SpamAdamW::reset() {
   at::_foreach_zero_(m_);
   at::_foreach_zero_(v_);
   steps_since_reset_ = 0;
+  step_.zero_();
 }
 
 void SpamAdamW::set_counters(int64_t steps_since_reset, int64_t norms_seen) {
+  torch::NoGradGuard no_grad;
   steps_since_reset_ = steps_since_reset;
   norms_seen_ = norms_seen;
+  step_.fill_(static_cast<double>(steps_since_reset));
+  scalars_[kernels::kScalarNormsSeen].fill_(static_cast<double>(norms_seen));
+}
+
+int64_t SpamAdamW::steps_since_reset() const {
+  return kernel_ ? std::llround(step_.item<double>()) : steps_since_reset_;
+}
+
+int64_t SpamAdamW::norms_seen() const {
+  return kernel_ ? std::llround(scalars_[kernels::kScalarNormsSeen].item<double>()) : norms_seen_;
+}
+
+void SpamAdamW::set_lr(double lr) {
+  lr_ = lr;
+  if (kernel_) {
+    torch::NoGradGuard no_grad;
+    scalars_[kernels::kScalarLr].fill_(lr);  // a launch, not a sync; outside a captured step
+  }
 }
 
 NamedTensors SpamAdamW::state() const {
@@ -154,7 +179,15 @@ void SpamAdamW::fused_adamw_update(double lr) {
   }
 }
 
-torch::Tensor SpamAdamW::step(double lr) {
+void SpamAdamW::kernel_step() {
+  model::fused::SpamAdamWOptions options{train_.beta1, train_.beta2,      kAdamEps,
+                                        train_.weight_decay, train_.grad_clip, train_.spam.enabled,
+                                        train_.spam.theta, train_.spam.spike_z, static_cast<int>(kMinSpikeHistory)};
+  for (auto& g : grads_) g = g.contiguous();
+  model::fused::spam_adamw_step(tensors_, grads_, m_, v_, decayed_, scalars_, options);
+}
+
+torch::Tensor SpamAdamW::step() {
   torch::NoGradGuard no_grad;
   grads_.clear();
   for (auto& [name, p] : params_) {
@@ -162,6 +195,12 @@ torch::Tensor SpamAdamW::step(double lr) {
     if (!p.grad().defined()) p.mutable_grad() = torch::zeros_like(p);
     grads_.push_back(p.grad());
   }
+  if (kernel_) {
+    kernel_step();
+    grads_.clear();
+    return norm_;
+  }
+  const double lr = lr_;
   torch::Tensor norm = global_norm();
   MomentFactors spike;
   if (train_.spam.enabled) spike = spike_factors(norm);

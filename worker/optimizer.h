@@ -11,8 +11,11 @@
 //   4. SPAM clipping: each entry with |g| > sqrt(θ·v) is clipped to that bound, v being the second
 //      moment before this step (entries with v = 0, which have never seen a gradient, are left alone);
 //   5. the AdamW update (decoupled weight decay on tensors with dim >= 2), bias correction counted
-//      from the last periodic reset. On CUDA with LibTorch 2.x this is PyTorch's fused AdamW kernel,
-//      one launch per weight-decay group; elsewhere the same arithmetic in _foreach ops.
+//      from the last periodic reset.
+// Three ways to run the same arithmetic: with `kernel` on CUDA, model/kernels/adamw.cu does all five
+// in one pass with every scalar on the device (capturable in a CUDA graph: the learning rate comes
+// from set_lr, the counters live on the device); otherwise _foreach ops do 1–4 and, on CUDA with
+// LibTorch 2.x, PyTorch's fused AdamW kernel does 5 (the reference the kernel is tested against).
 // Periodic resets (reset()) zero m, v and the step count; the lr warm-up after them is the
 // schedule's (worker/schedule.h).
 
@@ -31,10 +34,19 @@ using NamedTensors = std::vector<std::pair<std::string, torch::Tensor>>;
 
 class SpamAdamW {
  public:
-  SpamAdamW(NamedTensors params, const TrainConfig& train);
+  // kernel: use model/kernels/adamw.cu where it can run these parameters (see uses_kernel()).
+  SpamAdamW(NamedTensors params, const TrainConfig& train, bool kernel = false);
 
   // Runs steps 1–5 with learning rate `lr`; returns the pre-clip global gradient norm (a device scalar).
-  torch::Tensor step(double lr);
+  torch::Tensor step(double lr) {
+    set_lr(lr);
+    return step();
+  }
+  // The two halves of step(lr), for a CUDA graph: set_lr before each replay, step() captured once.
+  // The returned norm is the same device tensor on every step of the kernel path.
+  void set_lr(double lr);
+  torch::Tensor step();
+  bool uses_kernel() const { return kernel_; }
   void reset();  // SPAM's periodic reset
   void zero_grad();  // drops the gradients (set to none)
 
@@ -42,8 +54,9 @@ class SpamAdamW {
   const torch::Tensor& spikes() const { return spikes_; }
   // Everything a resume needs, by name (moments, norm history, step counters).
   NamedTensors state() const;
-  int64_t steps_since_reset() const { return steps_since_reset_; }
-  int64_t norms_seen() const { return norms_seen_; }
+  // Host syncs on the kernel path, whose counters live on the device.
+  int64_t steps_since_reset() const;
+  int64_t norms_seen() const;
   void set_counters(int64_t steps_since_reset, int64_t norms_seen);
 
  private:
@@ -55,17 +68,22 @@ class SpamAdamW {
   void clip_to_second_moment();
   void adamw_update(double lr, const MomentFactors& spike);
   void fused_adamw_update(double lr);
+  void kernel_step();
 
   NamedTensors params_;
   std::vector<torch::Tensor> tensors_;               // params_'s tensors, as one list for the foreach ops
   std::vector<size_t> decayed_index_, plain_index_;  // positions in params_ with (dim >= 2) and without weight decay
-  bool fused_ = false;                               // one fused kernel per group (CUDA, LibTorch 2.x)
-  torch::Tensor step_;                               // fp32 device scalar: steps since reset, for the fused kernel
+  std::vector<bool> decayed_;                        // per tensor: takes weight decay
+  bool kernel_ = false;                              // model/kernels/adamw.cu does the whole step
+  bool fused_ = false;                               // else ATen's fused AdamW, one kernel per group (CUDA, LibTorch 2.x)
+  double lr_ = 0;
   std::vector<torch::Tensor> grads_, m_, v_;     // m_, v_ in fp32, like the parameters
   TrainConfig train_;
-  int64_t steps_since_reset_ = 0;
+  int64_t steps_since_reset_ = 0;  // the _foreach path's counters (the kernel's are in scalars_)
   int64_t norms_seen_ = 0;
-  torch::Tensor norm_mean_, norm_m2_, spikes_;  // fp32 device scalars
+  // fp32 [kScalarCount] on the device (model/kernels/adamw_scalars.h); the named scalars below are views.
+  torch::Tensor scalars_;
+  torch::Tensor step_, norm_mean_, norm_m2_, spikes_, norm_;
 };
 
 // Gradual magnitude pruning of Linear weights (dim 2, not the embeddings). Each tensor keeps the

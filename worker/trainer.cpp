@@ -24,6 +24,7 @@
 #include "worker/events.h"
 #include "worker/optimizer.h"
 #include "worker/schedule.h"
+#include "worker/step_graph.h"
 #include "worker/tokenizer.h"
 
 namespace fs = std::filesystem;
@@ -34,6 +35,7 @@ namespace ratio::worker {
 namespace {
 
 std::atomic<int> g_stop_signal{0};
+constexpr int64_t kGraphWarmupIters = 3;  // eager iterations before the step is captured
 void on_stop_signal(int sig) { g_stop_signal = sig; }  // the loop checkpoints and exits after this step
 
 // A failure with its exit code; the message is the one-line reason.
@@ -120,13 +122,19 @@ class Trainer {
  private:
   void choose_device();
   void choose_kernels();
+  void choose_graph();
   void load_data();
   void build_model();
   void resume_if_asked();
   NamedTensors checkpoint_tensors() const;
   void save(int64_t next_iter);
   torch::Tensor batch(const TokenSplit& split, const std::vector<uint64_t>& draws, torch::Tensor& targets) const;
+  void train_batches(int64_t iter, torch::Tensor& x, torch::Tensor& y) const;
   void train_iteration(int64_t iter);
+  torch::Tensor eager_step(int64_t iter);
+  torch::Tensor graph_step(int64_t iter);
+  void accumulate_gradients(const torch::Tensor& x, const torch::Tensor& y);
+  torch::Tensor update();
   void log_metric(int64_t iter, const torch::Tensor& norm);
   void log_grad_norms(int64_t iter);
   double evaluate(int64_t iter);
@@ -146,6 +154,12 @@ class Trainer {
   torch::Device device_ = torch::kCPU;
   bool autocast_ = false;
   bool fused_kernels_ = false;  // model/kernels/ on this job (train.kernels)
+  // The step as a CUDA graph (train.cuda_graph): null when not used, and why in graph_off_reason_.
+  std::unique_ptr<StepGraph> graph_;
+  std::string graph_off_reason_;
+  int64_t graph_capture_iter_ = -1;   // the first iteration after the eager warm-up
+  torch::Tensor graph_x_, graph_y_;   // [grad_accum, B, T] int64: the batches a replay reads
+  torch::Tensor graph_norm_;          // the captured step's gradient norm
   std::unique_ptr<TokenSplit> train_split_, val_split_;
   BatchOrder order_{0};
   model::GPT model_{nullptr};
@@ -162,6 +176,7 @@ class Trainer {
 
   torch::Tensor loss_sum_;     // sum of micro-batch losses since the last log point (device)
   torch::Tensor nonfinite_;    // became true when a loss or gradient norm was NaN/Inf (device)
+  torch::Tensor loss_factor_;  // 1, or NaN at RATIO_DEBUG_NAN_AT_ITER: a device scalar, so a graph sees it
   int64_t iters_since_log_ = 0;
   std::chrono::steady_clock::time_point log_clock_;
   double train_seconds_ = 0;   // training time without evals and checkpoints, for tokens/s
@@ -194,6 +209,29 @@ void Trainer::choose_kernels() {
                                     "; use auto or reference");
   }
   fused_kernels_ = can_fuse && train_.kernels != "reference";
+}
+
+// Graphs need the fused kernels' step (the reference optimizer's bias correction is a host number).
+void Trainer::choose_graph() {
+  if (train_.cuda_graph == "off") {
+    graph_off_reason_ = "train.cuda_graph is off";
+  } else if (!device_.is_cuda()) {
+    graph_off_reason_ = "the job runs on the CPU";
+  } else if (!StepGraph::available()) {
+    graph_off_reason_ = "this ratio-worker was built without CUDA";
+  } else if (!fused_kernels_) {
+    graph_off_reason_ = "the graph needs the fused kernels (train.kernels auto or fused)";
+  }
+  if (!graph_off_reason_.empty()) {
+    if (train_.cuda_graph == "on")
+      throw Failure(kExitInvalid, "train.cuda_graph is on, but " + graph_off_reason_ + "; use auto or off");
+    return;
+  }
+  graph_ = std::make_unique<StepGraph>();
+  graph_->use_side_stream();  // before the model exists, so every step, eager or replayed, runs there
+  const auto ids = torch::TensorOptions().dtype(torch::kInt64).device(device_);
+  graph_x_ = torch::zeros({train_.grad_accum, train_.batch_size, spec_.model.block_size}, ids);
+  graph_y_ = torch::zeros_like(graph_x_);
 }
 
 void Trainer::load_data() {
@@ -229,10 +267,17 @@ void Trainer::build_model() {
   model_->set_fused_kernels(fused_kernels_);
   NamedTensors params;
   for (const auto& item : model_->named_parameters()) params.emplace_back(item.key(), item.value());
-  optimizer_ = std::make_unique<SpamAdamW>(params, train_);
+  optimizer_ = std::make_unique<SpamAdamW>(params, train_, fused_kernels_);
   if (train_.prune.enabled) pruner_ = std::make_unique<MagnitudePruner>(params);
   loss_sum_ = torch::zeros({}, torch::TensorOptions().device(device_));
   nonfinite_ = torch::zeros({}, torch::TensorOptions().device(device_).dtype(torch::kBool));
+  loss_factor_ = torch::ones({}, torch::TensorOptions().device(device_));
+  if (graph_ && !optimizer_->uses_kernel()) {
+    graph_off_reason_ = "the optimizer kernel cannot take these parameters";
+    if (train_.cuda_graph == "on")
+      throw Failure(kExitInvalid, "train.cuda_graph is on, but " + graph_off_reason_ + "; use auto or off");
+    graph_.reset();  // synchronous enough: nothing has been queued on its stream that the default one needs
+  }
 }
 
 NamedTensors Trainer::checkpoint_tensors() const {
@@ -292,21 +337,26 @@ torch::Tensor Trainer::batch(const TokenSplit& split, const std::vector<uint64_t
   return x.to(device_, /*non_blocking=*/true);
 }
 
+// The iteration's micro-batches, inputs and targets [grad_accum, B, T] (pinned on the host for CUDA).
+void Trainer::train_batches(int64_t iter, torch::Tensor& x, torch::Tensor& y) const {
+  const int B = train_.batch_size, T = spec_.model.block_size;
+  auto host = torch::TensorOptions().dtype(torch::kInt64).pinned_memory(device_.is_cuda());
+  x = torch::empty({train_.grad_accum, B, T}, host);
+  y = torch::empty({train_.grad_accum, B, T}, host);
+  for (int micro = 0; micro < train_.grad_accum; ++micro) {
+    train_split_->fill(order_.train_draws(iter, micro, B), B, T, spec_.model.vocab_size, x[micro].data_ptr<int64_t>(),
+                       y[micro].data_ptr<int64_t>());
+  }
+}
+
 void Trainer::train_iteration(int64_t iter) {
   // Dropout draws depend on (seed, iter) only, so a resumed run repeats them exactly.
   torch::manual_seed(train_.seed * 1000003ULL + static_cast<uint64_t>(iter));
   model_->train();
-  for (int micro = 0; micro < train_.grad_accum; ++micro) {
-    torch::Tensor targets;
-    torch::Tensor x = batch(*train_split_, order_.train_draws(iter, micro, train_.batch_size), targets);
-    torch::Tensor loss = model_->forward(x, targets).loss / static_cast<double>(train_.grad_accum);
-    if (iter == nan_at_iter_) loss = loss * std::numeric_limits<double>::quiet_NaN();
-    loss.backward();
-    loss_sum_.add_(loss.detach().to(torch::kFloat32));
-  }
-  if (train_.grad_norm_interval > 0 && iter % train_.grad_norm_interval == 0) log_grad_norms(iter);
+  if (nan_at_iter_ >= 0) loss_factor_.fill_(iter == nan_at_iter_ ? std::numeric_limits<double>::quiet_NaN() : 1.0);
   if (spam_resets_at(train_.spam, iter)) optimizer_->reset();
-  torch::Tensor norm = optimizer_->step(lr_at(train_, iter));
+  optimizer_->set_lr(lr_at(train_, iter));
+  torch::Tensor norm = graph_ && iter >= graph_capture_iter_ ? graph_step(iter) : eager_step(iter);
   if (pruner_) {
     if (prune_updates_at(train_.prune, train_.max_iters, iter))
       pruner_->update_masks(prune_sparsity_at(train_.prune, train_.max_iters, iter));
@@ -314,12 +364,71 @@ void Trainer::train_iteration(int64_t iter) {
       pruner_->apply();
   }
   if (autocast_) compat::clear_autocast_cache();  // the bf16 weight copies are stale after the update
-  optimizer_->zero_grad();
-  nonfinite_.logical_or_(loss_sum_.isfinite().logical_not()).logical_or_(norm.isfinite().logical_not());
   ++iters_since_log_;
   const bool log_point = (iter + 1) % train_.log_interval == 0 || iter + 1 == train_.max_iters;
   if (!device_.is_cuda() || log_point) check_finite(iter);  // a host sync: every step on CPU, at log points on CUDA
   if (log_point) log_metric(iter, norm);
+}
+
+// Forward and backward of every micro-batch of x, y [grad_accum, B, T] on the device.
+void Trainer::accumulate_gradients(const torch::Tensor& x, const torch::Tensor& y) {
+  for (int micro = 0; micro < train_.grad_accum; ++micro) {
+    torch::Tensor loss = model_->forward(x[micro], y[micro]).loss / static_cast<double>(train_.grad_accum);
+    if (nan_at_iter_ >= 0) loss = loss * loss_factor_;
+    loss.backward();
+    loss_sum_.add_(loss.detach().to(torch::kFloat32));
+  }
+}
+
+// The optimizer step; returns the pre-clip gradient norm (a device scalar).
+torch::Tensor Trainer::update() {
+  torch::Tensor norm = optimizer_->step();
+  nonfinite_.logical_or_(loss_sum_.isfinite().logical_not()).logical_or_(norm.isfinite().logical_not());
+  return norm;
+}
+
+torch::Tensor Trainer::eager_step(int64_t iter) {
+  torch::Tensor x, y;
+  train_batches(iter, x, y);
+  if (device_.is_cuda()) {
+    x = x.to(device_, /*non_blocking=*/true);
+    y = y.to(device_, /*non_blocking=*/true);
+  }
+  accumulate_gradients(x, y);
+  // Before the update: the reference optimizer clips the gradients in place.
+  if (train_.grad_norm_interval > 0 && iter % train_.grad_norm_interval == 0) log_grad_norms(iter);
+  torch::Tensor norm = update();
+  optimizer_->zero_grad();
+  return norm;
+}
+
+// Replays the captured step, capturing it first; a step that cannot be captured (auto) runs eagerly
+// from then on. The gradients stay where the graph writes them, so grad norms are read after it.
+torch::Tensor Trainer::graph_step(int64_t iter) {
+  torch::Tensor x, y;
+  train_batches(iter, x, y);
+  graph_x_.copy_(x, /*non_blocking=*/true);
+  graph_y_.copy_(y, /*non_blocking=*/true);
+  if (!graph_->captured()) {
+    if (autocast_) compat::clear_autocast_cache();  // cached casts made outside the graph would be stale in it
+    const std::string failure = graph_->capture([&] {
+      accumulate_gradients(graph_x_, graph_y_);
+      graph_norm_ = update();
+    });
+    if (!failure.empty()) {
+      graph_off_reason_ = "capture failed: " + one_line(failure);
+      if (train_.cuda_graph == "on")
+        throw Failure(kExitCrashed, "train.cuda_graph is on, but the step's " + graph_off_reason_ + "; use auto or off");
+      std::cerr << "ratio-worker: the CUDA graph's " << graph_off_reason_ << "; training on eagerly\n";
+      graph_capture_iter_ = std::numeric_limits<int64_t>::max();
+      optimizer_->zero_grad();
+      if (autocast_) compat::clear_autocast_cache();
+      return eager_step(iter);
+    }
+  }
+  graph_->replay();
+  if (train_.grad_norm_interval > 0 && iter % train_.grad_norm_interval == 0) log_grad_norms(iter);
+  return graph_norm_;
 }
 
 void Trainer::check_finite(int64_t iter) {
@@ -415,7 +524,8 @@ json Trainer::result(double wall_s) {
           {"wall_s", wall_s},
           {"build_id", build_id()},
           {"config_hash", config_hash_},
-          {"device", device_.str()}};
+          {"device", device_.str()},
+          {"cuda_graph", graph_ && graph_->captured() ? "on" : "off: " + graph_off_reason_}};
 }
 
 int Trainer::run() {
@@ -431,14 +541,18 @@ int Trainer::run() {
   fs::create_directories(options_.workdir);
   choose_device();
   choose_kernels();
+  choose_graph();
   load_data();
   build_model();
   resume_if_asked();
   if (autocast_) compat::set_cuda_autocast(true, torch::kBFloat16);
+  // Eager steps first: cuBLAS, cuDNN and the allocator settle on the stream before the capture.
+  graph_capture_iter_ = start_iter_ + kGraphWarmupIters;
 
   events_.emit("started", {{"iter", start_iter_}, {"max_iters", train_.max_iters}, {"device", device_.str()},
                            {"threads", at::get_num_threads()},
                            {"dtype", autocast_ ? "bf16" : "fp32"}, {"kernels", fused_kernels_ ? "fused" : "reference"},
+                           {"cuda_graph", graph_ ? "on" : "off"},
                            {"build_id", build_id()},
                            {"config_hash", config_hash_}, {"params", params_json(param_counts())}});
   log_clock_ = std::chrono::steady_clock::now();

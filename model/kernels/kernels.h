@@ -1,8 +1,9 @@
 #pragma once
 // Fused CUDA kernels for the dense GPT-2 step (issue 10), one file per kernel family beside this
-// header: layernorm.cu, classifier.cu, gelu.cu. Plain CUDA C++ without LibTorch: model/fused.cpp wraps each
-// launch in an autograd function and holds the reference op it replaces. Compiled only when CMake
-// finds CUDA and a CUDA LibTorch (RATIO_WITH_CUDA_KERNELS); the CPU build never sees this file.
+// header: layernorm.cu, classifier.cu, gelu.cu, adamw.cu. Plain CUDA C++ without LibTorch:
+// model/fused.cpp wraps each launch in an autograd function (model/fused_adamw.cpp the optimizer's
+// step) and the tests hold the reference op it replaces. Compiled only when CMake finds CUDA and a
+// CUDA LibTorch (RATIO_WITH_CUDA_KERNELS); the CPU build never sees this file.
 //
 // Element types: activations are fp32 or bf16 (`DType`), statistics and parameters fp32.
 // Every launch is asynchronous on `stream` and returns the launch's cudaError_t.
@@ -10,6 +11,8 @@
 #include <cstdint>
 
 #include <cuda_runtime_api.h>
+
+#include "model/kernels/adamw_scalars.h"
 
 namespace ratio::kernels {
 
@@ -52,7 +55,7 @@ cudaError_t cross_entropy_forward_backward(void* logits, int64_t ld, const int64
                                            const float* grad_scale, bool write_grad, int64_t N, int64_t V,
                                            cudaStream_t stream);
 
-// ---- gelu.cu --------------------------------------------------------------------------------------
+// ---- gelu.cu: bias gradients --------------------------------------------------------------------
 
 // Backward of h = gelu_tanh(pre) fused with the bias gradient of the linear that produced pre:
 //   dpre = dh · gelu_tanh'(pre),   dbias[m] = Σ_rows dpre[:, m]
@@ -61,5 +64,49 @@ cudaError_t cross_entropy_forward_backward(void* logits, int64_t ld, const int64
 cudaError_t gelu_backward_bias_grad(const void* dh, const void* pre, void* dpre, float* dbias, float* partial,
                                     int64_t N, int64_t M, cudaStream_t stream);
 int64_t gelu_backward_partial_floats(int64_t N, int64_t M);
+
+// The bias gradient of a linear alone: dbias[m] = Σ_rows dy[:, m]. dy: [N, M] bf16; dbias: [M] fp32,
+// overwritten; partial: gelu_backward_partial_floats(N, M) floats. Deterministic, as above.
+cudaError_t bias_grad(const void* dy, float* dbias, float* partial, int64_t N, int64_t M, cudaStream_t stream);
+
+// ---- adamw.cu -------------------------------------------------------------------------------------
+
+// One parameter tensor for the optimizer: param, grad, m, v: [n] fp32, contiguous.
+struct AdamWTensor {
+  float* param;
+  const float* grad;
+  float* m;
+  float* v;
+  int64_t n;
+  bool decayed;  // decoupled weight decay applies (matrices, not biases, norms or mixing weights)
+};
+// Tensors travel by value as launch arguments (under the 4 KiB that every CUDA version takes), so a
+// step is a few launches over lists of this many tensors.
+constexpr int kAdamWTensorsPerList = 32;
+struct AdamWTensorList {
+  AdamWTensor tensors[kAdamWTensorsPerList];
+  int count;
+};
+
+struct SpamAdamWConfig {
+  float beta1, beta2, eps, weight_decay;
+  float grad_clip;           // ≤ 0: no global clipping
+  bool spam;                 // spike detection and the clip against the second moment
+  float spam_theta, spike_z;
+  int min_spike_history;     // norms needed before a step can count as a spike
+};
+
+// The optimizer's device scalars: model/kernels/adamw_scalars.h.
+
+
+// One step over n_lists lists of tensors, all reading the same scalars:
+//   norm = ‖grads‖₂ (before clipping); spike test and Welford update of the norm statistics when spam;
+//   per element: g = grad · min(grad_clip / norm, 1); with spam, g clipped to ±sqrt(θ·v) where v > 0;
+//   m = b1·f_m·m + (1 − b1)·g,  v = b2·f_v·v + (1 − b2)·g²   (f = SPAM's soft reset on a spike, else 1);
+//   param ·= 1 − lr·wd (decayed tensors);  param −= lr/(1 − b1^t) · m / (sqrt(v)/sqrt(1 − b2^t) + eps).
+// partial: adamw_partial_floats(n_lists) floats of scratch. Deterministic (fixed summation order).
+cudaError_t spam_adamw_step(const AdamWTensorList* lists, int64_t n_lists, float* partial, float* scalars,
+                            const SpamAdamWConfig& config, cudaStream_t stream);
+int64_t adamw_partial_floats(int64_t n_lists);
 
 }  // namespace ratio::kernels

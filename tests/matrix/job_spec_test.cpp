@@ -62,6 +62,23 @@ TEST(JobSpec, HashIgnoresNamesButNotConfig) {
   EXPECT_NE(config_hash(a), config_hash(b));
 }
 
+// How a step is computed (kernels, graph) is not what it computes: a job resumes under either.
+TEST(JobSpec, HashIgnoresExecutionChoices) {
+  JobSpec a, b;
+  b.train.kernels = "reference";
+  b.train.cuda_graph = "off";
+  EXPECT_EQ(config_hash(a), config_hash(b));
+  json j = to_json(a);
+  j["train"]["cuda_graph"] = "sometimes";
+  try {
+    job_spec_from_json(j);
+    FAIL() << "train.cuda_graph 'sometimes' was accepted";
+  } catch (const SpecInvalid& e) {
+    ASSERT_EQ(e.errors().size(), 1u);
+    EXPECT_EQ(e.errors()[0].path, "train.cuda_graph");
+  }
+}
+
 TEST(JobSpec, MlpWidthsOfTheStudy) {
   ModelConfig m;
   for (auto [ratio, hidden] : std::vector<std::pair<double, int>>{

@@ -149,6 +149,38 @@ TEST_P(FusedLinearGelu, MatchesLinearThenGeluUnderAutocast) {
 // 3072: GPT-2's MLP (8-wide vectors); 2048: the golden-ratio width; 100: neither (scalar path).
 INSTANTIATE_TEST_SUITE_P(Widths, FusedLinearGelu, ::testing::Values(3072, 2048, 100));
 
+class FusedLinear : public ::testing::TestWithParam<int64_t> {};  // M, the output width
+
+TEST_P(FusedLinear, MatchesAtenLinearUnderAutocast) {
+  if (!have_kernels()) GTEST_SKIP() << "no CUDA kernels in this build or no GPU";
+  const int64_t M = GetParam(), C = 96;
+  const auto dev = torch::TensorOptions().device(torch::kCUDA);
+  torch::manual_seed(17);
+  const auto x0 = torch::randn({3, 41, C}, dev).to(torch::kBFloat16);
+  const auto w0 = torch::randn({M, C}, dev) * 0.1, b0 = torch::randn({M}, dev) * 0.5;
+  const auto g = torch::randn({3, 41, M}, dev);
+  auto run = [&](bool fused) {
+    auto x = x0.clone().requires_grad_(true), w = w0.clone().requires_grad_(true), b = b0.clone().requires_grad_(true);
+    AutocastGuard autocast(true);
+    auto y = fused ? fused::linear(x, w, b) : F::linear(x, w, b);
+    (y.to(torch::kFloat32) * g).sum().backward();
+    return std::make_tuple(y.detach(), x.grad(), w.grad(), b.grad());
+  };
+  auto [y_ref, dx_ref, dw_ref, db_ref] = run(false);
+  auto [y, dx, dw, db] = run(true);
+  EXPECT_EQ(y.scalar_type(), y_ref.scalar_type());
+  EXPECT_EQ(dx.scalar_type(), torch::kBFloat16);
+  EXPECT_EQ(dw.scalar_type(), torch::kFloat32);
+  EXPECT_EQ(db.scalar_type(), torch::kFloat32);
+  EXPECT_LT(rel_err(y, y_ref), 1e-2);
+  EXPECT_LT(rel_err(dx, dx_ref), 1e-2);
+  EXPECT_LT(rel_err(dw, dw_ref), 1e-2);
+  EXPECT_LT(rel_err(db, db_ref), 1e-3);  // both sum bf16 rows in fp32
+}
+
+// 2304: c_attn; 768: the c_projs (8-wide vectors); 100: neither (scalar path).
+INSTANTIATE_TEST_SUITE_P(Widths, FusedLinear, ::testing::Values(2304, 768, 100));
+
 // ---- classifier -----------------------------------------------------------------------------------
 
 struct ClassifierCase {

@@ -20,6 +20,7 @@
 #include <httplib.h>
 #include <nlohmann/json.hpp>
 
+#include "model/gpt.h"
 #include "model/safetensors.h"
 #include "worker/data.h"
 
@@ -487,4 +488,84 @@ TEST_F(WorkerCli, PrepareWritesGpt2Shards) {
                            "--shard-tokens", "0"}, "prep2"), "prep2");
   EXPECT_EQ(bad.exit_code, 2) << bad.stderr_text;
   EXPECT_NE(bad.stderr_text.find("--shard-tokens needs an integer"), std::string::npos) << bad.stderr_text;
+}
+
+// ---- the step as a CUDA graph (train.cuda_graph) ------------------------------------------------
+
+namespace {
+
+// Tensors of a ckpt.bin (worker/checkpoint.h's layout) as fp64 CPU tensors, by name.
+std::map<std::string, torch::Tensor> read_checkpoint_tensors(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  char magic[8];
+  uint64_t header_len = 0;
+  in.read(magic, 8);
+  in.read(reinterpret_cast<char*>(&header_len), 8);
+  std::string header(header_len, '\0');
+  in.read(header.data(), static_cast<std::streamsize>(header_len));
+  const std::streamoff data_start = in.tellg();
+  const json table = json::parse(header)["tensors"];
+  std::map<std::string, torch::Tensor> out;
+  for (const json& t : table) {
+    const std::string dtype = t["dtype"];
+    if (dtype != "float32") continue;  // parameters, moments and statistics; masks and buffers aside
+    auto tensor = torch::empty(t["shape"].get<std::vector<int64_t>>(), torch::kFloat32);
+    in.seekg(data_start + t["offset"].get<std::streamoff>());
+    in.read(static_cast<char*>(tensor.data_ptr()), t["bytes"].get<std::streamsize>());
+    out[t["name"]] = tensor.to(torch::kFloat64);
+  }
+  return out;
+}
+
+bool cuda_kernels_here() { return torch::cuda::is_available() && ratio::model::fused_kernels_built(); }
+
+}  // namespace
+
+// Twenty steps replayed from one captured graph equal twenty eager steps: every train loss and
+// gradient norm, and every parameter, moment and SPAM statistic after them. The window holds two
+// periodic moment resets and SPAM spikes (z > 0 counts: about every other step after the first ten),
+// and two micro-batches per step. fp32 and bf16 autocast. (CUDA with the fused kernels only.)
+TEST_F(WorkerCli, CudaGraphStepsEqualEagerSteps) {
+  if (!cuda_kernels_here()) GTEST_SKIP() << "needs a CUDA device and the fused kernels";
+  for (const std::string dtype : {"fp32", "bf16"}) {
+    json job = tiny_job();
+    job["train"].update({{"device", "cuda"}, {"dtype", dtype}, {"max_iters", 21}, {"checkpoint_interval", 20},
+                         {"eval_interval", 1000}, {"log_interval", 1}, {"grad_norm_interval", 5}});
+    job["train"]["spam"] = {{"enabled", true}, {"spike_z", 0.0}, {"reset_interval", 8}, {"reset_warmup", 3}};
+    std::map<std::string, WorkerRun> runs;
+    for (const std::string graph : {"on", "off"}) {
+      job["train"]["cuda_graph"] = graph;
+      runs[graph] = run(job, dtype + "_" + graph);
+      ASSERT_EQ(runs[graph].exit_code, 0) << runs[graph].stderr_text;
+      const json& result = (*runs[graph].last("finished"))["result"];
+      EXPECT_EQ(result["cuda_graph"].get<std::string>().substr(0, 2), graph == "on" ? "on" : "of") << result.dump();
+    }
+    for (const std::string field : {"train_loss", "grad_norm"}) {
+      const std::vector<double> graphed = series(runs["on"], "metric", field), eager = series(runs["off"], "metric", field);
+      ASSERT_EQ(graphed.size(), 21u);
+      ASSERT_EQ(graphed.size(), eager.size());
+      for (size_t i = 0; i < eager.size(); ++i) EXPECT_NEAR(graphed[i], eager[i], 1e-5 * std::abs(eager[i])) << dtype << " " << field << " iter " << i;
+    }
+    auto graphed = read_checkpoint_tensors(path(dtype + "_on_work/ckpt.bin"));
+    auto eager = read_checkpoint_tensors(path(dtype + "_off_work/ckpt.bin"));
+    ASSERT_EQ(graphed.size(), eager.size());
+    ASSERT_GT(eager.count("spam/spikes"), 0u);
+    EXPECT_GE(eager["spam/spikes"].item<double>(), 2.0) << "the window should hold spikes";
+    double worst = 0;
+    for (const auto& [name, e] : eager) {
+      ASSERT_GT(graphed.count(name), 0u) << name;
+      const double diff = (graphed[name] - e).abs().max().item<double>();
+      worst = std::max(worst, diff / (1e-6 + e.abs().max().item<double>()));
+      EXPECT_TRUE(torch::allclose(graphed[name], e, 1e-5, 1e-7)) << dtype << " " << name << " differs by " << diff;
+    }
+    std::cout << dtype << ": largest relative difference graph vs eager over " << eager.size() << " tensors: " << worst << "\n";
+  }
+}
+
+// A graph asked for where none can run is a clear error, not a silent eager run.
+TEST_F(WorkerCli, CudaGraphOnWithoutCudaIsInvalid) {
+  json job = tiny_job();
+  job["train"]["cuda_graph"] = "on";
+  WorkerRun r = run(job, "graph_on_cpu");
+  expect_failure(r, 2, "train.cuda_graph is on, but the job runs on the CPU; use auto or off");
 }

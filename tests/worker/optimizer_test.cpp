@@ -175,6 +175,65 @@ TEST(SpamAdamW, CudaUpdateEqualsCpuUpdate) {
   EXPECT_TRUE(torch::allclose(b_gpu.cpu(), b_cpu, 1e-6, 1e-9));
 }
 
+// model/kernels/adamw.cu (the whole SPAM-AdamW step in one pass, scalars on the device) against the
+// _foreach path it replaces, on fp32 CUDA tensors the way the worker holds GPT-2's parameters: many
+// tensors (more than one launch's list), sizes that are not multiples of 4, a misaligned view, global
+// clipping, SPAM's element clipping, spikes and a periodic reset. (Skipped without the kernels.)
+TEST(SpamAdamW, KernelEqualsForeachOnCuda) {
+  if (!torch::cuda::is_available()) GTEST_SKIP() << "needs a CUDA device";
+  TrainConfig t;
+  t.grad_clip = 1.0;
+  t.spam.theta = 5.0;
+  t.spam.spike_z = 1.5;
+  t.weight_decay = 0.1;
+  torch::manual_seed(0);
+  const auto cuda = torch::TensorOptions().device(torch::kCUDA).dtype(torch::kFloat32);
+  std::vector<std::vector<int64_t>> shapes;
+  for (int i = 0; i < 40; ++i) shapes.push_back(i % 3 == 0 ? std::vector<int64_t>{37, 5 + i} : std::vector<int64_t>{96 + i});
+  NamedTensors reference, fused;
+  std::vector<torch::Tensor> grads;
+  for (size_t i = 0; i < shapes.size(); ++i) {
+    auto p = torch::randn(shapes[i], cuda);
+    reference.emplace_back("p" + std::to_string(i), p.clone().set_requires_grad(true));
+    fused.emplace_back("p" + std::to_string(i), p.clone().set_requires_grad(true));
+  }
+  // A view one float into a buffer: 4-byte but not 16-byte aligned.
+  auto backing = torch::randn({1 + 64 * 3}, cuda);
+  reference.emplace_back("view", backing.narrow(0, 1, 64 * 3).view({64, 3}).clone().set_requires_grad(true));
+  fused.emplace_back("view", backing.narrow(0, 1, 64 * 3).view({64, 3}).detach().requires_grad_(true));
+  SpamAdamW on_foreach(reference, t, /*kernel=*/false), on_kernel(fused, t, /*kernel=*/true);
+  if (!on_kernel.uses_kernel()) GTEST_SKIP() << "this build has no CUDA kernels";
+  ASSERT_FALSE(on_foreach.uses_kernel());
+  for (int step = 0; step < 40; ++step) {
+    const double scale = step == 20 || step == 33 ? 30.0 : 1.0 + 0.05 * step;  // two spikes
+    for (size_t i = 0; i < reference.size(); ++i) {
+      auto g = torch::randn(reference[i].second.sizes(), cuda) * scale;
+      reference[i].second.mutable_grad() = g.clone();
+      fused[i].second.mutable_grad() = g.clone();
+    }
+    if (step == 28) {
+      on_foreach.reset();
+      on_kernel.reset();
+    }
+    const double lr = 1e-2 * (1 + step % 3);
+    const double norm_ref = on_foreach.step(lr).item<double>(), norm_kernel = on_kernel.step(lr).item<double>();
+    ASSERT_NEAR(norm_kernel, norm_ref, 1e-5 * norm_ref) << "step " << step;
+    const auto state_ref = on_foreach.state(), state_kernel = on_kernel.state();
+    for (size_t i = 0; i < reference.size(); ++i)
+      ASSERT_TRUE(torch::allclose(fused[i].second, reference[i].second, 1e-5, 1e-6))
+          << "step " << step << ": " << reference[i].first << " differs by "
+          << (fused[i].second - reference[i].second).abs().max().item<double>();
+    for (size_t i = 0; i < state_ref.size(); ++i)
+      ASSERT_TRUE(torch::allclose(state_kernel[i].second, state_ref[i].second, 1e-4, 1e-7))
+          << "step " << step << ": " << state_ref[i].first << " differs by "
+          << (state_kernel[i].second - state_ref[i].second).abs().max().item<double>();
+  }
+  EXPECT_EQ(on_kernel.spikes().item<double>(), on_foreach.spikes().item<double>());
+  EXPECT_GE(on_kernel.spikes().item<double>(), 2.0);
+  EXPECT_EQ(on_kernel.steps_since_reset(), on_foreach.steps_since_reset());
+  EXPECT_EQ(on_kernel.norms_seen(), on_foreach.norms_seen());
+}
+
 TEST(MagnitudePruner, KeepsLargestLinearWeightsOnly) {
   auto w = torch::arange(1, 9, torch::kFloat32).reshape({2, 4}).set_requires_grad(true);  // |w| = 1..8
   auto emb = torch::ones({3, 2}).set_requires_grad(true);

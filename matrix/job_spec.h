@@ -133,6 +133,10 @@ struct TrainConfig {
   // reference: ATen's ops everywhere (the same function, to compare against); fused: auto, but an
   // error where the kernels cannot run.
   std::string kernels = "auto";  // auto | fused | reference
+  // Data-parallel ranks, one GPU each (one CPU process each on CPU), on one machine. The global
+  // batch stays batch_size × grad_accum: the ranks split the grad_accum micro-batches, so it must
+  // divide grad_accum. Not part of config_hash: it changes the speed, not the result.
+  int gpus = 1;
   SpamConfig spam;
   PruneConfig prune;
   std::string init_from;  // optional Hugging Face GPT-2 model.safetensors

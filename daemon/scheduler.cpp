@@ -13,6 +13,7 @@
 
 #include <spdlog/spdlog.h>
 
+#include "daemon/gpu_allocation.h"
 #include "daemon/seeding.h"
 
 namespace ratio::daemon {
@@ -130,21 +131,43 @@ void Scheduler::loop() {
   }
 }
 
+// Free slots to queued jobs by the policy of daemon/gpu_allocation.h (a job of train.gpus N takes N slots).
 void Scheduler::dispatch() {
-  for (const Slot& slot : config_.slots) {
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      if (stopping_ || by_slot_.count(slot.name)) continue;
-    }
-    std::string token = new_token();
-    std::string jobs_dir = config_.workdir + "/jobs";
-    auto claim = writer_.run([&](db::Store& s) { return s.claim_next_job(slot.name, token, jobs_dir); });
-    if (!claim) return;  // queue empty
-    launch(slot, *claim, token);
+  std::vector<bool> busy;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (stopping_) return;
+    for (const Slot& slot : config_.slots) busy.push_back(by_slot_.count(slot.name) > 0);
+  }
+  const int free_slots = static_cast<int>(std::count(busy.begin(), busy.end(), false));
+  if (free_slots == 0) return;
+  // Enough of the queue for the policy: at most `free_slots` jobs start, the next one may have to wait.
+  const auto queued = writer_.run([&](db::Store& s) { return s.queued_jobs(free_slots + 1); });
+  std::vector<WaitingJob> waiting;
+  for (const db::QueuedJob& q : queued) waiting.push_back({q.job_id, q.gpus});
+  const Allocation allocation = allocate_slots(busy, waiting);
+  const std::string jobs_dir = config_.workdir + "/jobs";
+  for (const SlotGrant& grant : allocation.start) {
+    std::vector<Slot> slots;
+    for (size_t i : grant.slots) slots.push_back(config_.slots[i]);
+    const std::string token = new_token();
+    auto claim = writer_.run(
+        [&](db::Store& s) { return s.claim_next_job(combine_slots(slots).name, token, jobs_dir, grant.job_id); });
+    if (claim) launch(slots, *claim, token);  // else cancelled a moment ago
+  }
+  for (int64_t job_id : allocation.never_fits) {
+    auto claim = writer_.run([&](db::Store& s) { return s.claim_next_job("none", new_token(), jobs_dir, job_id); });
+    if (!claim) continue;
+    end_attempt(claim->attempt_id, job_id,
+                {"failed",
+                 "train.gpus is " + std::to_string(claim->spec["train"]["gpus"].get<int>()) + " but this daemon has " +
+                     std::to_string(config_.slots.size()) + " slots (--slots); lower train.gpus or add GPUs",
+                 std::nullopt, db::Retry::kNever});
   }
 }
 
-void Scheduler::launch(const Slot& slot, const db::ClaimedAttempt& claim, const std::string& token) {
+void Scheduler::launch(const std::vector<Slot>& slots, const db::ClaimedAttempt& claim, const std::string& token) {
+  const Slot slot = combine_slots(slots);
   fs::path dir = fs::path(config_.workdir) / "jobs" / std::to_string(claim.job_id);
   int log_fd = -1;
   Spawned spawned;
@@ -182,11 +205,12 @@ void Scheduler::launch(const Slot& slot, const db::ClaimedAttempt& claim, const 
   live->job_id = claim.job_id;
   live->attempt_id = claim.attempt_id;
   live->slot = slot.name;
+  for (const Slot& s : slots) live->held.push_back(s.name);
   live->pid = spawned.pid;
   live->last_event_at = live->progress_at = db::now_seconds();
   {
     std::lock_guard<std::mutex> lock(mu_);
-    by_slot_[slot.name] = live;
+    for (const std::string& name : live->held) by_slot_[name] = live;
     ++attempt_threads_;
     // Shutdown began while this worker was starting: it checkpoints and goes back to the queue too.
     if (stopping_) stop_live(*live, kShutdownEnd, SIGTERM);
@@ -225,7 +249,7 @@ void Scheduler::run_attempt(std::shared_ptr<Live> live, Spawned spawned, int log
   spdlog::info("job {}: attempt ended {} {}", live->job_id, end.status, end.reason);
   {
     std::lock_guard<std::mutex> lock(mu_);
-    by_slot_.erase(live->slot);
+    for (const std::string& name : live->held) by_slot_.erase(name);
     --attempt_threads_;
   }
   cv_.notify_all();

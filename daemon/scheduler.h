@@ -82,7 +82,8 @@ class Scheduler {
   struct Live {
     int64_t job_id = 0;
     int64_t attempt_id = 0;
-    std::string slot;
+    std::string slot;                // what the attempt records: "gpu:0", or "gpu:0,1" for 2 ranks
+    std::vector<std::string> held;   // the slots' own names, keys of by_slot_
     pid_t pid = -1;
     double last_event_at = 0;    // lease renewal
     int64_t progress_iter = -1;  // watchdog
@@ -94,7 +95,7 @@ class Scheduler {
   void loop();
   void dispatch();
   void check_liveness();
-  void launch(const Slot& slot, const db::ClaimedAttempt& claim, const std::string& token);
+  void launch(const std::vector<Slot>& slots, const db::ClaimedAttempt& claim, const std::string& token);
   void run_attempt(std::shared_ptr<Live> live, Spawned spawned, int log_fd);
   void end_attempt(int64_t attempt_id, int64_t job_id, const db::AttemptEnd& end);
   void stop_live(Live& live, const db::AttemptEnd& end, int sig);  // with mu_ held
@@ -107,7 +108,7 @@ class Scheduler {
 
   std::mutex mu_;
   std::condition_variable cv_;
-  std::map<std::string, std::shared_ptr<Live>> by_slot_;  // busy slots
+  std::map<std::string, std::shared_ptr<Live>> by_slot_;  // busy slots (a multi-GPU attempt under each of its slots)
   int attempt_threads_ = 0;  // detached run_attempt threads still running
   bool stopping_ = false;
   std::atomic<bool> draining_{false};

@@ -78,6 +78,15 @@ std::vector<Slot> parse_slot_list(const std::string& spec) {
 
 }  // namespace
 
+Slot combine_slots(const std::vector<Slot>& slots) {
+  Slot out = slots.front();
+  for (size_t i = 1; i < slots.size(); ++i) {
+    out.name += "," + slots[i].name.substr(slots[i].name.find(':') + 1);
+    if (!slots[i].cuda_devices.empty()) out.cuda_devices += "," + slots[i].cuda_devices;
+  }
+  return out;
+}
+
 std::vector<Slot> parse_slots(const std::string& spec) {
   std::vector<Slot> slots = parse_slot_list(spec);
   const int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));

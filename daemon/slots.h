@@ -20,6 +20,11 @@ struct Slot {
 // Throws std::invalid_argument for a malformed spec.
 std::vector<Slot> parse_slots(const std::string& spec);
 
+// The slots of one job on several (train.gpus > 1) as one: name "gpu:0,1" (what the attempt
+// records and the API shows), CUDA_VISIBLE_DEVICES "0,1" (rank r takes the r-th), and each rank's
+// thread cap. `slots` is non-empty and of one kind.
+Slot combine_slots(const std::vector<Slot>& slots);
+
 // Number of NVIDIA GPUs visible on this machine (0 when none or no driver).
 int count_gpus();
 

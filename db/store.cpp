@@ -152,12 +152,26 @@ std::vector<int64_t> Store::add_jobs(int64_t matrix_id, const std::vector<NewJob
   return ids;
 }
 
+std::vector<QueuedJob> Store::queued_jobs(int limit) {
+  Statement q = conn_.prepare(
+      "SELECT id, COALESCE(json_extract(spec, '$.train.gpus'), 1) FROM jobs WHERE status = 'queued' "
+      "ORDER BY priority DESC, id LIMIT ?");
+  q.bind(1, limit);
+  std::vector<QueuedJob> out;
+  while (q.step()) out.push_back({q.get_int(0), static_cast<int>(q.get_int(1))});
+  return out;
+}
+
 std::optional<ClaimedAttempt> Store::claim_next_job(const std::string& slot, const std::string& token,
-                                                    const std::string& jobs_dir) {
+                                                    const std::string& jobs_dir, std::optional<int64_t> only) {
   Transaction tx(conn_);
   Statement next = conn_.prepare(
-      "SELECT id, spec, attempts, resume, matrix_id FROM jobs WHERE status = 'queued' "
+      "SELECT id, spec, attempts, resume, matrix_id FROM jobs WHERE status = 'queued' AND (?1 IS NULL OR id = ?1) "
       "ORDER BY priority DESC, id LIMIT 1");
+  if (only)
+    next.bind(1, *only);
+  else
+    next.bind_null(1);
   if (!next.step()) return std::nullopt;
   ClaimedAttempt claim;
   claim.job_id = next.get_int(0);

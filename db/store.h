@@ -101,6 +101,11 @@ struct JobState {
   std::optional<double> tokens_per_s;
 };
 
+struct QueuedJob {
+  int64_t job_id = 0;
+  int gpus = 1;
+};
+
 class Store {
  public:
   // Opens the file; a writable Store creates it and applies migrations.
@@ -118,11 +123,14 @@ class Store {
   // Returns the new ids (none when the matrix is unknown).
   std::vector<int64_t> add_jobs(int64_t matrix_id, const std::vector<NewJob>& jobs);
 
-  // Takes the highest-priority queued job, creates its next attempt (status running) and marks
-  // the job running. log_dir/<job id>/attempt-<n>.log becomes the attempt's log path.
+  // Takes the highest-priority queued job (or job `only`, if still queued), creates its next
+  // attempt (status running) and marks the job running. log_dir/<job id>/attempt-<n>.log becomes
+  // the attempt's log path. `slot` names what the attempt holds ("gpu:0", "gpu:0,1").
   std::optional<ClaimedAttempt> claim_next_job(const std::string& slot, const std::string& token,
-                                               const std::string& jobs_dir);
+                                               const std::string& jobs_dir, std::optional<int64_t> only = std::nullopt);
   void set_attempt_pid(int64_t attempt_id, int64_t pid);
+  // The first `limit` queued jobs in claim order with their train.gpus (1 where the spec predates it).
+  std::vector<QueuedJob> queued_jobs(int limit);
 
   // Ends an attempt (if still running) and moves its job on: succeeded, requeued or failed.
   // Returns false when the attempt had already ended.

@@ -215,6 +215,7 @@ void read_train(const json& j, const std::string& path, TrainConfig& t, std::vec
   r.string("dtype", t.dtype, {"auto", "fp32", "bf16"});
   r.string("kernels", t.kernels, {"auto", "fused", "reference"});
   r.string("cuda_graph", t.cuda_graph, {"auto", "on", "off"});
+  r.integer("gpus", t.gpus, 1, 64);
   r.string("init_from", t.init_from);
   r.object("spam", [&](const json& v, const std::string& p) {
     Reader s(v, p, errs);
@@ -385,6 +386,7 @@ json to_json(const TrainConfig& t) {
       {"dtype", t.dtype},
       {"kernels", t.kernels},
       {"cuda_graph", t.cuda_graph},
+      {"gpus", t.gpus},
       {"init_from", t.init_from},
       {"spam",
        {{"enabled", t.spam.enabled},
@@ -454,6 +456,11 @@ std::vector<SpecError> validate(const JobSpec& s) {
   if (t.prune.enabled && t.prune.start_frac >= t.prune.end_frac) {
     e.push_back({"train.prune.end_frac", "end_frac must be after start_frac"});
   }
+  if (t.grad_accum % t.gpus != 0) {
+    e.push_back({"train.gpus", "gpus " + std::to_string(t.gpus) + " does not divide grad_accum " +
+                                   std::to_string(t.grad_accum) +
+                                   ": the ranks split the micro-batches of one global batch; pick a divisor"});
+  }
   if (s.data.dataset.empty()) e.push_back({"data.dataset", "empty; use \"fortunes\" or a shard directory"});
   return e;
 }
@@ -461,10 +468,12 @@ std::vector<SpecError> validate(const JobSpec& s) {
 std::string config_hash(const JobSpec& spec) {
   // nlohmann::json objects keep keys sorted, so dump() is canonical.
   json body = {{"model", to_json(spec.model)}, {"train", to_json(spec.train)}, {"data", to_json(spec.data)}};
-  // train.kernels and train.cuda_graph pick how the same function is computed, not what is trained:
-  // a job may resume under the other path, and hashes from before the keys existed stay valid.
+  // train.kernels and train.cuda_graph pick how the same function is computed and train.gpus on how
+  // many devices, not what is trained: a job may resume under any of them, and hashes from before the
+  // keys existed stay valid.
   body["train"].erase("kernels");
   body["train"].erase("cuda_graph");
+  body["train"].erase("gpus");
   std::string text = body.dump();
   uint64_t h = 1469598103934665603ULL;
   for (unsigned char c : text) {

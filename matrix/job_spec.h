@@ -136,6 +136,10 @@ struct TrainConfig {
   // auto: the whole step as one CUDA graph where it can be (CUDA, the fused kernels, a step that
   // captures), else eagerly; on: the same, but an error where it cannot; off: eagerly.
   std::string cuda_graph = "auto";  // auto | on | off
+  // Data-parallel ranks, one GPU each (one CPU process each on CPU), on one machine. The global
+  // batch stays batch_size × grad_accum: the ranks split the grad_accum micro-batches, so it must
+  // divide grad_accum. Not part of config_hash: it changes the speed, not the result.
+  int gpus = 1;
   SpamConfig spam;
   PruneConfig prune;
   std::string init_from;  // optional Hugging Face GPT-2 model.safetensors

@@ -21,6 +21,7 @@ const char* kUsage =
     "usage:\n"
     "  ratio-worker run --job JOB.json --workdir DIR [--data-dir DIR] [--report URL --token T] [--resume]\n"
     "                   [--heartbeat-s S] [--max-threads N]\n"
+    "                   (train.gpus > 1: this is rank 0, which starts the others with --rank R --rendezvous FILE)\n"
     "  ratio-worker prepare --input TEXT|DIR|JSONL --out DIR --tokenizer byte|gpt2 [--val-frac 0.1]\n"
     "                       [--shard-tokens 100000000] [--threads N (default: every core)]\n"
     "  ratio-worker kv-report [--contexts 1024,2048,4096]\n"
@@ -70,7 +71,7 @@ double number_or_nan(const std::string& text) {
 
 int run_command(int argc, char** argv) {
   auto flags = parse_flags(argc, argv, 2, {"--job", "--workdir", "--data-dir", "--report", "--token", "--heartbeat-s",
-                                          "--max-threads"},
+                                          "--max-threads", "--rank", "--rendezvous"},
                            {"--resume"});
   ratio::worker::RunOptions options;
   options.job_path = required(flags, "--job");
@@ -88,6 +89,12 @@ int run_command(int argc, char** argv) {
     if (!(threads >= 1 && threads <= std::numeric_limits<int>::max()))
       throw UsageError("--max-threads needs a positive integer");
     options.max_threads = static_cast<int>(threads);
+  }
+  if (flags.count("--rank")) {
+    const double rank = number_or_nan(flags["--rank"]);
+    if (!(rank >= 1 && rank <= 64 && rank == std::floor(rank))) throw UsageError("--rank needs an integer in [1, 64]");
+    options.rank = static_cast<int>(rank);
+    options.rendezvous = required(flags, "--rendezvous");
   }
   if (!options.report_url.empty() && options.token.empty()) throw UsageError("--report needs --token");
   return ratio::worker::run_job(options);

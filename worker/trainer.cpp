@@ -13,6 +13,7 @@
 #include <thread>
 
 #include <sys/resource.h>
+#include <unistd.h>
 
 #include "matrix/job_spec.h"
 #include "model/gpt.h"
@@ -21,8 +22,10 @@
 #include "ratio/build_info.h"
 #include "worker/checkpoint.h"
 #include "worker/data.h"
+#include "worker/distributed.h"
 #include "worker/events.h"
 #include "worker/optimizer.h"
+#include "worker/ranks.h"
 #include "worker/schedule.h"
 #include "worker/step_graph.h"
 #include "worker/tokenizer.h"
@@ -37,6 +40,11 @@ namespace {
 std::atomic<int> g_stop_signal{0};
 constexpr int64_t kGraphWarmupIters = 3;  // eager iterations before the step is captured
 void on_stop_signal(int sig) { g_stop_signal = sig; }  // the loop checkpoints and exits after this step
+
+// A collective that waits this long has lost a peer for good. Far above the longest wait of a
+// healthy run (rank 0 writing a checkpoint while the others wait at the next step); rank 0's
+// watcher (worker/ranks.h) ends an attempt whose rank died long before.
+constexpr auto kCollectiveTimeout = std::chrono::minutes(10);
 
 // A failure with its exit code; the message is the one-line reason.
 struct Failure : std::runtime_error {
@@ -114,13 +122,15 @@ class Heartbeat {
 
 class Trainer {
  public:
-  Trainer(JobSpec spec, const RunOptions& options, EventSink& events)
-      : spec_(std::move(spec)), train_(spec_.train), options_(options), events_(events) {}
+  // `ranks`: on rank 0 of a multi-rank job, the other ranks' processes (else null).
+  Trainer(JobSpec spec, const RunOptions& options, EventSink& events, RankProcesses* ranks)
+      : spec_(std::move(spec)), train_(spec_.train), options_(options), events_(events), ranks_(ranks) {}
 
   int run();
 
  private:
   void choose_device();
+  void join_ranks();
   void choose_kernels();
   void choose_graph();
   void load_data();
@@ -133,7 +143,7 @@ class Trainer {
   void train_iteration(int64_t iter);
   torch::Tensor eager_step(int64_t iter);
   torch::Tensor graph_step(int64_t iter);
-  void accumulate_gradients(const torch::Tensor& x, const torch::Tensor& y);
+  void accumulate_gradients(int64_t iter, const torch::Tensor& x, const torch::Tensor& y, bool reseed);
   torch::Tensor update();
   void log_metric(int64_t iter, const torch::Tensor& norm);
   void log_grad_norms(int64_t iter);
@@ -144,11 +154,14 @@ class Trainer {
     return static_cast<double>(train_.batch_size) * train_.grad_accum * spec_.model.block_size;
   }
   json result(double wall_s);
+  int world() const { return dp_ ? dp_->world() : 1; }
+  bool lead() const { return options_.rank == 0; }  // rank 0 judges divergence, checkpoints, reports
 
   JobSpec spec_;
   const TrainConfig& train_;
   RunOptions options_;
   EventSink& events_;
+  RankProcesses* ranks_;
   std::string config_hash_;
 
   torch::Device device_ = torch::kCPU;
@@ -162,6 +175,7 @@ class Trainer {
   torch::Tensor graph_norm_;          // the captured step's gradient norm
   std::unique_ptr<TokenSplit> train_split_, val_split_;
   BatchOrder order_{0};
+  std::unique_ptr<DataParallel> dp_;  // train.gpus > 1
   model::GPT model_{nullptr};
   std::unique_ptr<SpamAdamW> optimizer_;
   std::unique_ptr<MagnitudePruner> pruner_;
@@ -174,7 +188,7 @@ class Trainer {
   int64_t hang_at_iter_ = -1;
   std::atomic<int64_t> current_iter_{0};  // read by the heartbeat thread
 
-  torch::Tensor loss_sum_;     // sum of micro-batch losses since the last log point (device)
+  torch::Tensor loss_sum_;     // sum of micro-batch losses since the last log point, all ranks (device)
   torch::Tensor nonfinite_;    // became true when a loss or gradient norm was NaN/Inf (device)
   torch::Tensor loss_factor_;  // 1, or NaN at RATIO_DEBUG_NAN_AT_ITER: a device scalar, so a graph sees it
   int64_t iters_since_log_ = 0;
@@ -188,8 +202,13 @@ void Trainer::choose_device() {
   const std::string& want = train_.device;
   if (want == "cuda" && !torch::cuda::is_available())
     throw Failure(kExitInvalid, "train.device is cuda but no CUDA device is available; use auto or cpu");
-  device_ = (want == "cuda" || (want == "auto" && torch::cuda::is_available())) ? torch::Device(torch::kCUDA, 0)
-                                                                                 : torch::Device(torch::kCPU);
+  const bool cuda = want == "cuda" || (want == "auto" && torch::cuda::is_available());
+  if (cuda && options_.rank >= static_cast<int>(torch::cuda::device_count()))
+    throw Failure(kExitInvalid, "train.gpus is " + std::to_string(train_.gpus) + " but only " +
+                                    std::to_string(torch::cuda::device_count()) +
+                                    " CUDA devices are visible (CUDA_VISIBLE_DEVICES); give the job more GPUs");
+  // Every rank sees the job's GPUs (CUDA_VISIBLE_DEVICES lists them all, as torchrun does) and takes its own.
+  device_ = cuda ? torch::Device(torch::kCUDA, static_cast<c10::DeviceIndex>(options_.rank)) : torch::Device(torch::kCPU);
   const std::string dtype = train_.dtype == "auto" ? (device_.is_cuda() ? "bf16" : "fp32") : train_.dtype;
   if (dtype == "bf16" && !device_.is_cuda())
     throw Failure(kExitInvalid, "train.dtype bf16 needs a CUDA device; use fp32 (or auto) on CPU");
@@ -198,6 +217,12 @@ void Trainer::choose_device() {
     at::globalContext().setAllowTF32CuBLAS(true);  // the study allows TF32
     at::globalContext().setAllowTF32CuDNN(true);
   }
+}
+
+void Trainer::join_ranks() {
+  if (train_.gpus == 1) return;
+  dp_ = std::make_unique<DataParallel>(options_.rendezvous, options_.rank, train_.gpus, device_,
+                                       std::chrono::duration_cast<std::chrono::milliseconds>(kCollectiveTimeout));
 }
 
 void Trainer::choose_kernels() {
@@ -221,6 +246,10 @@ void Trainer::choose_graph() {
     graph_off_reason_ = "this ratio-worker was built without CUDA";
   } else if (!fused_kernels_) {
     graph_off_reason_ = "the graph needs the fused kernels (train.kernels auto or fused)";
+  } else if (train_.gpus > 1) {
+    graph_off_reason_ = "train.gpus > 1 (the gradient all-reduce runs outside graphs)";
+  } else if (spec_.model.dropout > 0) {
+    graph_off_reason_ = "model.dropout > 0 (dropout is reseeded per micro-batch, outside a graph)";
   }
   if (!graph_off_reason_.empty()) {
     if (train_.cuda_graph == "on")
@@ -268,6 +297,7 @@ void Trainer::build_model() {
   NamedTensors params;
   for (const auto& item : model_->named_parameters()) params.emplace_back(item.key(), item.value());
   optimizer_ = std::make_unique<SpamAdamW>(params, train_, fused_kernels_);
+  if (dp_) dp_->attach(params);
   if (train_.prune.enabled) pruner_ = std::make_unique<MagnitudePruner>(params);
   loss_sum_ = torch::zeros({}, torch::TensorOptions().device(device_));
   nonfinite_ = torch::zeros({}, torch::TensorOptions().device(device_).dtype(torch::kBool));
@@ -337,21 +367,22 @@ torch::Tensor Trainer::batch(const TokenSplit& split, const std::vector<uint64_t
   return x.to(device_, /*non_blocking=*/true);
 }
 
-// The iteration's micro-batches, inputs and targets [grad_accum, B, T] (pinned on the host for CUDA).
+// This rank's micro-batches of the iteration, inputs and targets [grad_accum / gpus, B, T] (pinned
+// on the host for CUDA). The global batch is grad_accum micro-batches of batch_size windows, split
+// across the ranks in contiguous runs: rank r takes micro-batches [r·k, (r+1)·k), k = grad_accum/gpus.
 void Trainer::train_batches(int64_t iter, torch::Tensor& x, torch::Tensor& y) const {
-  const int B = train_.batch_size, T = spec_.model.block_size;
+  const int B = train_.batch_size, T = spec_.model.block_size, per_rank = train_.grad_accum / world();
   auto host = torch::TensorOptions().dtype(torch::kInt64).pinned_memory(device_.is_cuda());
-  x = torch::empty({train_.grad_accum, B, T}, host);
-  y = torch::empty({train_.grad_accum, B, T}, host);
-  for (int micro = 0; micro < train_.grad_accum; ++micro) {
-    train_split_->fill(order_.train_draws(iter, micro, B), B, T, spec_.model.vocab_size, x[micro].data_ptr<int64_t>(),
-                       y[micro].data_ptr<int64_t>());
+  x = torch::empty({per_rank, B, T}, host);
+  y = torch::empty({per_rank, B, T}, host);
+  for (int k = 0; k < per_rank; ++k) {
+    const int micro = options_.rank * per_rank + k;
+    train_split_->fill(order_.train_draws(iter, micro, B), B, T, spec_.model.vocab_size, x[k].data_ptr<int64_t>(),
+                       y[k].data_ptr<int64_t>());
   }
 }
 
 void Trainer::train_iteration(int64_t iter) {
-  // Dropout draws depend on (seed, iter) only, so a resumed run repeats them exactly.
-  torch::manual_seed(train_.seed * 1000003ULL + static_cast<uint64_t>(iter));
   model_->train();
   if (nan_at_iter_ >= 0) loss_factor_.fill_(iter == nan_at_iter_ ? std::numeric_limits<double>::quiet_NaN() : 1.0);
   if (spam_resets_at(train_.spam, iter)) optimizer_->reset();
@@ -370,14 +401,29 @@ void Trainer::train_iteration(int64_t iter) {
   if (log_point) log_metric(iter, norm);
 }
 
-// Forward and backward of every micro-batch of x, y [grad_accum, B, T] on the device.
-void Trainer::accumulate_gradients(const torch::Tensor& x, const torch::Tensor& y) {
-  for (int micro = 0; micro < train_.grad_accum; ++micro) {
-    torch::Tensor loss = model_->forward(x[micro], y[micro]).loss / static_cast<double>(train_.grad_accum);
+// Forward and backward of this rank's micro-batches x, y [grad_accum / gpus, B, T] on the device. Each
+// loss is divided by the global grad_accum and the ranks' gradients are summed, so the step is the
+// 1-GPU step, up to the order of float additions.
+void Trainer::accumulate_gradients(int64_t iter, const torch::Tensor& x, const torch::Tensor& y, bool reseed) {
+  const int per_rank = static_cast<int>(x.size(0));
+  torch::Tensor iter_loss = torch::zeros({}, loss_sum_.options());
+  for (int k = 0; k < per_rank; ++k) {
+    const int micro = options_.rank * per_rank + k;
+    // Dropout draws depend on (seed, iter, micro-batch) only: a resumed run repeats them exactly,
+    // and so does a run on another number of GPUs. (A graph is captured only without dropout.)
+    if (reseed)
+      torch::manual_seed((train_.seed * 1000003ULL + static_cast<uint64_t>(iter)) * 1009ULL + static_cast<uint64_t>(micro));
+    if (dp_) dp_->sync_next_backward(k + 1 == per_rank);
+    torch::Tensor loss = model_->forward(x[k], y[k]).loss / static_cast<double>(train_.grad_accum);
     if (nan_at_iter_ >= 0) loss = loss * loss_factor_;
     loss.backward();
-    loss_sum_.add_(loss.detach().to(torch::kFloat32));
+    iter_loss.add_(loss.detach().to(torch::kFloat32));
   }
+  if (dp_) {
+    dp_->finish_gradients();
+    dp_->all_reduce_sum(iter_loss);  // the metric is the global batch's loss
+  }
+  loss_sum_.add_(iter_loss);
 }
 
 // The optimizer step; returns the pre-clip gradient norm (a device scalar).
@@ -394,7 +440,7 @@ torch::Tensor Trainer::eager_step(int64_t iter) {
     x = x.to(device_, /*non_blocking=*/true);
     y = y.to(device_, /*non_blocking=*/true);
   }
-  accumulate_gradients(x, y);
+  accumulate_gradients(iter, x, y, /*reseed=*/true);
   // Before the update: the reference optimizer clips the gradients in place.
   if (train_.grad_norm_interval > 0 && iter % train_.grad_norm_interval == 0) log_grad_norms(iter);
   torch::Tensor norm = update();
@@ -412,7 +458,7 @@ torch::Tensor Trainer::graph_step(int64_t iter) {
   if (!graph_->captured()) {
     if (autocast_) compat::clear_autocast_cache();  // cached casts made outside the graph would be stale in it
     const std::string failure = graph_->capture([&] {
-      accumulate_gradients(graph_x_, graph_y_);
+      accumulate_gradients(iter, graph_x_, graph_y_, /*reseed=*/false);
       graph_norm_ = update();
     });
     if (!failure.empty()) {
@@ -431,12 +477,19 @@ torch::Tensor Trainer::graph_step(int64_t iter) {
   return graph_norm_;
 }
 
+// Rank 0's verdict alone (the gradient norm, summed over ranks, is NaN on every rank alike): a
+// rank that exited on its own would race rank 0's report.
 void Trainer::check_finite(int64_t iter) {
-  if (nonfinite_.item<bool>())
+  if (lead() && nonfinite_.item<bool>())
     throw Failure(kExitDiverged, "diverged: loss or gradient norm became NaN/Inf at or before iter " + std::to_string(iter));
 }
 
 void Trainer::log_metric(int64_t iter, const torch::Tensor& norm) {
+  if (!lead()) {
+    loss_sum_.zero_();
+    iters_since_log_ = 0;
+    return;
+  }
   const double loss = loss_sum_.item<double>() / static_cast<double>(iters_since_log_);
   const double elapsed = seconds_since(log_clock_);
   const double tokens_per_s = elapsed > 0 ? static_cast<double>(iters_since_log_) * tokens_per_iter() / elapsed : 0.0;
@@ -452,6 +505,7 @@ void Trainer::log_metric(int64_t iter, const torch::Tensor& norm) {
 }
 
 void Trainer::log_grad_norms(int64_t iter) {
+  if (!lead()) return;
   json values = json::object();
   for (const auto& [name, p] : model_->key_parameters())
     if (p.grad().defined()) values[name] = number_or_null(p.grad().norm().item<double>());
@@ -463,13 +517,15 @@ double Trainer::evaluate(int64_t iter) {
   model_->eval();
   torch::Tensor total = torch::zeros({}, torch::TensorOptions().device(device_));
   torch::Tensor first_batch;
-  for (int k = 0; k < train_.eval_batches; ++k) {
+  for (int k = options_.rank; k < train_.eval_batches; k += world()) {  // the ranks share the batches
     torch::Tensor targets;
     torch::Tensor x = batch(*val_split_, order_.val_draws(k, train_.batch_size), targets);
     total.add_(model_->forward(x, targets).loss.to(torch::kFloat32));
     if (k == 0) first_batch = x;
   }
+  if (dp_) dp_->all_reduce_sum(total);
   const double val_loss = total.item<double>() / train_.eval_batches;
+  if (!lead()) return val_loss;
   if (!std::isfinite(val_loss))
     throw Failure(kExitDiverged, "diverged: validation loss is NaN/Inf at iter " + std::to_string(iter));
   // Attention statistics on a few rows of the first validation batch (they build T×T maps).
@@ -525,6 +581,7 @@ json Trainer::result(double wall_s) {
           {"build_id", build_id()},
           {"config_hash", config_hash_},
           {"device", device_.str()},
+          {"gpus", world()},
           {"cuda_graph", graph_ && graph_->captured() ? "on" : "off: " + graph_off_reason_}};
 }
 
@@ -540,6 +597,7 @@ int Trainer::run() {
   if (options_.max_threads > 0 && at::get_num_threads() > options_.max_threads) at::set_num_threads(options_.max_threads);
   fs::create_directories(options_.workdir);
   choose_device();
+  join_ranks();
   choose_kernels();
   choose_graph();
   load_data();
@@ -550,7 +608,7 @@ int Trainer::run() {
   graph_capture_iter_ = start_iter_ + kGraphWarmupIters;
 
   events_.emit("started", {{"iter", start_iter_}, {"max_iters", train_.max_iters}, {"device", device_.str()},
-                           {"threads", at::get_num_threads()},
+                           {"threads", at::get_num_threads()}, {"gpus", world()},
                            {"dtype", autocast_ ? "bf16" : "fp32"}, {"kernels", fused_kernels_ ? "fused" : "reference"},
                            {"cuda_graph", graph_ ? "on" : "off"},
                            {"build_id", build_id()},
@@ -569,7 +627,7 @@ int Trainer::run() {
     ++trained_iters_;
     const int64_t done = iter + 1;
     const bool stop = g_stop_signal.load() != 0;
-    if (done < train_.max_iters && (stop || (train_.checkpoint_interval > 0 && done % train_.checkpoint_interval == 0))) {
+    if (lead() && done < train_.max_iters && (stop || (train_.checkpoint_interval > 0 && done % train_.checkpoint_interval == 0))) {
       check_finite(iter);  // never checkpoint a diverged model
       save(done);
       log_clock_ = std::chrono::steady_clock::now();
@@ -579,6 +637,13 @@ int Trainer::run() {
                                           " after iter " + std::to_string(iter) + "; checkpoint written, resume with --resume");
   }
   final_val_loss_ = evaluate(train_.max_iters);
+  if (!lead()) return kExitDone;
+  if (ranks_) {
+    // The others are done after the last collective; once they have exited no failure of theirs can
+    // follow the `finished` event.
+    if (!ranks_->join(30)) std::cerr << "ratio-worker: ranks still running 30 s after the last evaluation; stopping them\n";
+    ranks_->stop_watching();
+  }
   const json res = result(seconds_since(t0));
   std::ofstream(options_.workdir + "/result.json") << res.dump(2) << "\n";
   events_.emit("finished", {{"result", res}});
@@ -612,12 +677,59 @@ std::pair<int, std::string> classify(std::exception_ptr error) {
   }
 }
 
+// Set by whichever ends the run first: the training thread, or rank 0's watcher of the other ranks.
+std::atomic<bool> g_ending{false};
+
+// The `failed` event and the stderr line of a run that ends with `code`.
+void report_failure(EventSink& events, int code, const std::string& reason) {
+  events.emit("failed", {{"reason", reason}, {"exit_code", code}});
+  std::cerr << "ratio-worker: " << reason << "\n";
+}
+
+// Rank 0 of a multi-rank job: starts ranks 1..gpus-1 (this binary, same job and workdir) joined
+// through a FileStore in the workdir. A rank that dies ends the attempt from the watcher thread,
+// wherever training is (a NCCL collective may never return).
+std::unique_ptr<RankProcesses> start_ranks(const JobSpec& spec, RunOptions& options, EventSink& events) {
+  fs::create_directories(options.workdir);
+  for (const auto& entry : fs::directory_iterator(options.workdir))  // an earlier attempt's, if it was killed
+    if (entry.path().filename().string().rfind("rendezvous-", 0) == 0) fs::remove(entry.path());
+  options.rendezvous = options.workdir + "/rendezvous-" + std::to_string(getpid());
+  const std::string self = fs::read_symlink("/proc/self/exe").string();
+  auto argv_of = [&](int rank) {
+    std::vector<std::string> argv = {self, "run", "--job", options.job_path, "--workdir", options.workdir,
+                                     "--rank", std::to_string(rank), "--rendezvous", options.rendezvous};
+    if (!options.data_dir.empty()) argv.insert(argv.end(), {"--data-dir", options.data_dir});
+    if (options.resume) argv.push_back("--resume");
+    if (options.max_threads > 0) argv.insert(argv.end(), {"--max-threads", std::to_string(options.max_threads)});
+    return argv;
+  };
+  auto on_failure = [&events](const RankFailure& failure) {
+    if (g_ending.exchange(true)) return;  // the training thread is already reporting
+    report_failure(events, failure.exit_code, failure.reason);
+    if (events.reporter()) events.reporter()->close(/*timeout_s=*/30);
+    std::_Exit(failure.exit_code);
+  };
+  try {
+    return std::make_unique<RankProcesses>(spec.train.gpus, argv_of, on_failure);
+  } catch (const std::runtime_error& e) {
+    throw Failure(kExitCrashed, e.what());
+  }
+}
+
 }  // namespace
 
 int run_job(const RunOptions& options) {
-  std::signal(SIGTERM, on_stop_signal);
-  std::signal(SIGINT, on_stop_signal);
-  EventSink events(std::cout);
+  if (options.rank == 0) {  // the other ranks ignore both (worker/ranks.cpp): stopping is rank 0's call
+    std::signal(SIGTERM, on_stop_signal);
+    std::signal(SIGINT, on_stop_signal);
+  }
+  std::ostream no_output(nullptr);  // ranks > 0 report nothing
+  EventSink events(options.rank == 0 ? std::cout : no_output);
+  std::unique_ptr<RankProcesses> ranks;
+  // Outlives the catch below: its process group goes down only after the other ranks were stopped
+  // (a group torn down under them makes them fail, and that is no failure to report).
+  std::unique_ptr<Trainer> trainer;
+  std::string rendezvous;  // rank 0's, removed at the end (ranks killed mid-run never clean it up)
   int code = kExitDone;
   std::string reason;
   try {
@@ -628,14 +740,32 @@ int run_job(const RunOptions& options) {
         throw Failure(kExitInvalid, std::string("invalid arguments: ") + e.what());
       }
     }
-    Trainer trainer(read_spec(options.job_path), options, events);
-    code = trainer.run();
+    JobSpec spec = read_spec(options.job_path);
+    RunOptions run = options;
+    if (spec.train.gpus > 1 && options.rank == 0) {
+      ranks = start_ranks(spec, run, events);
+      rendezvous = run.rendezvous;
+    }
+    if (options.rank >= spec.train.gpus)
+      throw Failure(kExitInvalid, "invalid arguments: --rank " + std::to_string(options.rank) + " but train.gpus is " +
+                                      std::to_string(spec.train.gpus));
+    trainer = std::make_unique<Trainer>(std::move(spec), run, events, ranks.get());
+    code = trainer->run();
   } catch (...) {
     std::tie(code, reason) = classify(std::current_exception());
     reason = one_line(reason);
-    events.emit("failed", {{"reason", reason}, {"exit_code", code}});
-    std::cerr << "ratio-worker: " << reason << "\n";
+    // A collective that lost its peer fails here a moment before the watcher sees the dead rank:
+    // the dead rank is the reason.
+    if (ranks && code == kExitCrashed)
+      if (auto failure = ranks->failure(/*wait_s=*/2)) std::tie(code, reason) = std::make_pair(failure->exit_code, failure->reason);
+    if (g_ending.exchange(true))
+      for (;;) pause();  // the watcher is reporting this failure and ends the process
+    report_failure(events, code, reason);
   }
+  ranks.reset();  // ranks still running have nothing left to do
+  trainer.reset();
+  std::error_code ignored;
+  if (!rendezvous.empty()) fs::remove(rendezvous, ignored);
   if (events.reporter()) events.reporter()->close(/*timeout_s=*/30);
   return code;
 }

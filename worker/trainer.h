@@ -26,10 +26,15 @@ struct RunOptions {
   bool resume = false;
   double heartbeat_s = 0;  // > 0: a `heartbeat` event this often, whatever training is doing
   int max_threads = 0;     // > 0: at most this many CPU threads (LibTorch's own default when lower)
+  // Data parallel (train.gpus > 1, worker/ranks.h): the worker the daemon starts is rank 0 and starts
+  // the others with --rank and --rendezvous (the ranks' c10d FileStore, which rank 0 names).
+  int rank = 0;
+  std::string rendezvous;
 };
 
 // Runs the job; every outcome ends with events on stdout (and --report), a one-line reason on
 // stderr for failures, and the exit code it returns. Installs SIGTERM/SIGINT handlers.
+// Ranks > 0 report nothing (rank 0 speaks for the job) and keep no checkpoint.
 //
 // Test hooks, read only from the environment, never from a job spec:
 //   RATIO_DEBUG_NAN_AT_ITER=N multiplies the loss of iteration N by NaN (the divergence path, exit 4);

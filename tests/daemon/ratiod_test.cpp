@@ -680,6 +680,62 @@ TEST_F(RatiodTest, KilledWorkerIsRetriedAndResumesFromItsCheckpoint) {
   EXPECT_GE(iters.back(), 395);
 }
 
+// The processes whose parent is `pid`.
+std::vector<pid_t> children_of(pid_t pid) {
+  std::vector<pid_t> out;
+  for (const auto& entry : fs::directory_iterator("/proc")) {
+    const std::string name = entry.path().filename().string();
+    if (name.find_first_not_of("0123456789") != std::string::npos) continue;
+    std::ifstream stat(entry.path() / "stat");
+    std::string line;
+    if (!std::getline(stat, line) || line.rfind(')') == std::string::npos) continue;
+    std::istringstream rest(line.substr(line.rfind(')') + 2));  // "S PPID ...": the name may hold spaces
+    char state = 0;
+    pid_t ppid = 0;
+    if (rest >> state >> ppid && ppid == pid) out.push_back(std::stoi(name));
+  }
+  return out;
+}
+
+// A 2-rank job (train.gpus: 2) on a 2-slot CPU daemon: the attempt holds both slots; kill -9 of
+// rank 1 ends it with that reason, the retry resumes from rank 0's checkpoint, the series has no gap.
+TEST_F(RatiodTest, KilledRankEndsTheAttemptWithAReasonAndTheRetryResumes) {
+  REQUIRE_WORKER();
+  Daemon& d = start_daemon({"--slots", "cpu:2"});
+  const std::string matrix =
+      "name: dp\nmax_attempts: 3\nbase:\n"
+      "  model: {n_layer: 1, n_head: 2, n_embd: 32, vocab_size: 256, block_size: 32}\n"
+      "  train: {max_iters: 120, batch_size: 4, grad_accum: 2, gpus: 2, eval_interval: 10, eval_batches: 2,\n"
+      "          checkpoint_interval: 10, log_interval: 5, grad_norm_interval: 10, warmup_iters: 5, device: cpu}\n"
+      "  data: {dataset: fortunes, tokenizer: byte}\n"
+      "steps:\n  - {id: 0}\n";
+  auto [status, created] = d.post("/api/matrices", matrix);
+  ASSERT_EQ(status, 201) << created;
+  int64_t job = created["jobs"][0]["id"].get<int64_t>();
+  ASSERT_TRUE(d.wait_for([&] { return d.job(job)["job"]["iter"].get<int64_t>() >= 25; }, 120, "iteration 25"));
+  EXPECT_EQ(d.job(job)["attempts"][0]["slot"], "cpu:0,1");
+  const pid_t rank0 = static_cast<pid_t>(pid_of_running_attempt(d, job));
+  ASSERT_GT(rank0, 0);
+  const std::vector<pid_t> others = children_of(rank0);
+  ASSERT_EQ(others.size(), 1u);
+  kill(others[0], SIGKILL);
+  ASSERT_TRUE(d.wait_for([&] { return d.job_status(job) == "succeeded"; }, 300, "the retried job to succeed"));
+
+  json attempts = d.job(job)["attempts"];
+  ASSERT_EQ(attempts.size(), 2u);
+  EXPECT_EQ(attempts[0]["status"], "failed");
+  EXPECT_NE(attempts[0]["reason"].get<std::string>().find("rank 1 died: killed by signal 9"), std::string::npos)
+      << attempts[0];
+  EXPECT_EQ(attempts[1]["status"], "succeeded");
+  EXPECT_GT(attempts[1]["start_iter"].get<int64_t>(), 0) << "attempt 2 should resume from a checkpoint";
+  json series = d.get("/api/jobs/" + std::to_string(job) + "/metrics?names=train_loss&max_points=100000")["series"];
+  std::vector<int64_t> iters = iters_of(series["train_loss"]);
+  ASSERT_FALSE(iters.empty());
+  EXPECT_EQ(iters.front(), 4);
+  for (size_t i = 1; i < iters.size(); ++i) EXPECT_EQ(iters[i] - iters[i - 1], 5) << "at " << iters[i];
+  EXPECT_EQ(iters.back(), 119);
+}
+
 TEST_F(RatiodTest, KilledDaemonRestartsAndTheMatrixCompletesWithoutLostOrDuplicateMetrics) {
   REQUIRE_WORKER();
   Daemon& d = start_daemon();

@@ -14,6 +14,7 @@
 #include <thread>
 
 #include "daemon/event_bus.h"
+#include "daemon/gpu_allocation.h"
 #include "daemon/options.h"
 #include "daemon/process.h"
 #include "daemon/scheduler.h"
@@ -73,6 +74,72 @@ TEST(Slots, ParsesCpuAndGpuLists) {
   EXPECT_THROW(parse_slots("tpu:1"), std::invalid_argument);
   auto detected = parse_slots("auto");  // this machine's GPUs, else one CPU slot
   EXPECT_EQ(detected.size(), count_gpus() > 0 ? static_cast<size_t>(count_gpus()) : 1u);
+}
+
+// A 2-slot machine over time: each tick, jobs that ran their length free their slots, then the
+// policy starts what it can. A 1-GPU job arrives every tick for a while, behind a 2-GPU job.
+TEST(GpuAllocation, WideJobIsNotStarvedByNarrowOnesAndEveryJobRuns) {
+  struct Job {
+    int64_t id;
+    int gpus;
+    int ticks;
+    int started = -1;
+  };
+  std::vector<Job> jobs = {{1, 1, 3}, {2, 2, 2}, {3, 1, 1}, {4, 1, 1}};
+  std::vector<bool> busy(2, false);
+  std::vector<std::pair<int, std::vector<size_t>>> running;  // (job index, slots)
+  std::vector<int> queue = {0, 1, 2, 3};                      // job indices in claim order
+  for (int tick = 0; tick < 40 && !(queue.empty() && running.empty()); ++tick) {
+    if (tick < 10) {  // the stream of small jobs
+      jobs.push_back({static_cast<int64_t>(jobs.size() + 1), 1, 2});
+      queue.push_back(static_cast<int>(jobs.size()) - 1);
+    }
+    for (auto it = running.begin(); it != running.end();) {
+      if (tick - jobs[it->first].started < jobs[it->first].ticks) { ++it; continue; }
+      for (size_t slot : it->second) busy[slot] = false;
+      it = running.erase(it);
+    }
+    std::vector<WaitingJob> waiting;
+    for (int j : queue) waiting.push_back({jobs[j].id, jobs[j].gpus});
+    const Allocation a = allocate_slots(busy, waiting);
+    EXPECT_TRUE(a.never_fits.empty());
+    for (const SlotGrant& grant : a.start) {
+      const int j = static_cast<int>(grant.job_id) - 1;
+      ASSERT_EQ(grant.slots.size(), static_cast<size_t>(jobs[j].gpus));
+      for (size_t slot : grant.slots) {
+        ASSERT_FALSE(busy[slot]) << "slot " << slot << " granted twice";
+        busy[slot] = true;
+      }
+      jobs[j].started = tick;
+      running.push_back({j, grant.slots});
+      queue.erase(std::find(queue.begin(), queue.end(), j));
+    }
+  }
+  for (const Job& job : jobs) EXPECT_GE(job.started, 0) << "job " << job.id << " never ran";
+  EXPECT_EQ(jobs[0].started, 0);
+  EXPECT_EQ(jobs[1].started, 3) << "the 2-GPU job starts as soon as the job ahead of it ends";
+  for (size_t j = 2; j < jobs.size(); ++j) EXPECT_GE(jobs[j].started, 5) << "job " << jobs[j].id << " jumped the 2-GPU job";
+}
+
+TEST(GpuAllocation, GrantsTheLowestFreeSlotsAndReportsJobsWiderThanTheMachine) {
+  const Allocation a = allocate_slots({true, false, false, false}, {{7, 5}, {8, 2}, {9, 1}, {10, 1}});
+  EXPECT_EQ(a.never_fits, std::vector<int64_t>{7});
+  ASSERT_EQ(a.start.size(), 2u);
+  EXPECT_EQ(a.start[0].job_id, 8);
+  EXPECT_EQ(a.start[0].slots, (std::vector<size_t>{1, 2}));
+  EXPECT_EQ(a.start[1].job_id, 9);
+  EXPECT_EQ(a.start[1].slots, std::vector<size_t>{3});
+  EXPECT_TRUE(allocate_slots({true, true}, {{1, 1}}).start.empty());
+}
+
+TEST(Slots, SeveralSlotsOfOneJobShowAsOne) {
+  const Slot two = combine_slots(parse_slots("gpu:1,3"));
+  EXPECT_EQ(two.name, "gpu:1,3");
+  EXPECT_EQ(two.cuda_devices, "1,3");
+  const Slot cpu = combine_slots(parse_slots("cpu:2"));
+  EXPECT_EQ(cpu.name, "cpu:0,1");
+  EXPECT_EQ(cpu.cuda_devices, "");
+  EXPECT_EQ(cpu.threads, parse_slots("cpu:2")[0].threads) << "a cap per rank";
 }
 
 TEST(Slots, ShareTheCoresBetweenThem) {

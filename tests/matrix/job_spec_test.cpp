@@ -79,6 +79,25 @@ TEST(JobSpec, HashIgnoresExecutionChoices) {
   }
 }
 
+TEST(JobSpec, GpusMustDivideGradAccumAndStayOutOfTheHash) {
+  JobSpec a, b;
+  b.train.gpus = 2;  // grad_accum 8: four micro-batches per rank
+  EXPECT_TRUE(validate(b).empty());
+  EXPECT_EQ(config_hash(a), config_hash(b)) << "the same global batch on more devices trains the same model";
+  json j = to_json(b);
+  j["train"]["gpus"] = 3;
+  try {
+    job_spec_from_json(j);
+    FAIL() << "accepted 3 ranks for 8 micro-batches";
+  } catch (const SpecInvalid& e) {
+    ASSERT_EQ(e.errors().size(), 1u);
+    EXPECT_EQ(e.errors()[0].path, "train.gpus");
+    EXPECT_NE(e.errors()[0].message.find("grad_accum 8"), std::string::npos) << e.errors()[0].message;
+  }
+  j["train"]["gpus"] = 0;
+  EXPECT_THROW(job_spec_from_json(j), SpecInvalid);
+}
+
 TEST(JobSpec, MlpWidthsOfTheStudy) {
   ModelConfig m;
   for (auto [ratio, hidden] : std::vector<std::pair<double, int>>{

@@ -10,6 +10,7 @@
 #include <filesystem>
 #include <fstream>
 #include <map>
+#include <set>
 #include <sstream>
 #include <thread>
 
@@ -22,6 +23,7 @@
 
 #include "model/gpt.h"
 #include "model/safetensors.h"
+#include "worker/checkpoint.h"
 #include "worker/data.h"
 
 namespace fs = std::filesystem;
@@ -282,6 +284,108 @@ TEST_F(WorkerCli, SigtermCheckpointsExitsSixAndResumes) {
   std::vector<double> resumed_losses = series(resumed, "metric", "train_loss");
   ASSERT_LE(resumed_losses.size(), straight_losses.size());
   EXPECT_TRUE(std::equal(resumed_losses.rbegin(), resumed_losses.rend(), straight_losses.rbegin()));
+}
+
+// The processes whose parent is `pid` (rank 0's ranks).
+std::vector<pid_t> children_of(pid_t pid) {
+  std::vector<pid_t> out;
+  for (const auto& entry : fs::directory_iterator("/proc")) {
+    const std::string name = entry.path().filename().string();
+    if (name.find_first_not_of("0123456789") != std::string::npos) continue;
+    std::ifstream stat(entry.path() / "stat");
+    std::string line;
+    if (!std::getline(stat, line) || line.rfind(')') == std::string::npos) continue;
+    std::istringstream rest(line.substr(line.rfind(')') + 2));  // "S PPID ...": the name may hold spaces
+    char state = 0;
+    pid_t ppid = 0;
+    if (rest >> state >> ppid && ppid == pid) out.push_back(std::stoi(name));
+  }
+  return out;
+}
+
+// A checkpoint's meta and its model parameters ("model/..."), read through the worker's own loader.
+std::pair<json, ratio::worker::NamedTensors> model_tensors(const std::string& ckpt) {
+  std::ifstream in(ckpt, std::ios::binary);
+  char magic[8];
+  uint64_t header_len = 0;
+  in.read(magic, sizeof magic);
+  in.read(reinterpret_cast<char*>(&header_len), sizeof header_len);
+  std::string header(header_len, '\0');
+  in.read(header.data(), static_cast<std::streamsize>(header_len));
+  ratio::worker::NamedTensors params;
+  const json doc = json::parse(header);
+  for (const json& t : doc["tensors"])
+    if (t["name"].get<std::string>().rfind("model/", 0) == 0 && t["dtype"] == "float32")
+      params.emplace_back(t["name"], torch::zeros(t["shape"].get<std::vector<int64_t>>()));
+  const json meta = ratio::worker::load_checkpoint(ckpt, params);
+  return {meta, params};
+}
+
+// 20 steps of 2 ranks over Gloo equal 20 steps of 1 rank with the same global batch (4 micro-batches,
+// 2 per rank), dropout on: the same losses and parameters to 1e-5 in fp32.
+TEST_F(WorkerCli, TwoRanksOverGlooEqualOneRank) {
+  json job = tiny_job();
+  job["model"]["dropout"] = 0.1;
+  job["train"]["max_iters"] = 21;
+  job["train"]["grad_accum"] = 4;
+  job["train"]["eval_interval"] = 10;
+  job["train"]["checkpoint_interval"] = 20;  // the parameters after 20 steps
+  WorkerRun one = run(job, "one", {"--max-threads", "1"});
+  ASSERT_EQ(one.exit_code, 0) << one.stderr_text;
+  job["train"]["gpus"] = 2;
+  WorkerRun two = run(job, "two", {"--max-threads", "1"});
+  ASSERT_EQ(two.exit_code, 0) << two.stderr_text;
+
+  EXPECT_EQ(two.events.front()["gpus"], 2);
+  EXPECT_EQ((*two.last("finished"))["result"]["gpus"], 2);
+  for (const auto& [type, field] : std::vector<std::pair<std::string, std::string>>{
+           {"metric", "train_loss"}, {"metric", "grad_norm"}, {"eval", "val_loss"}}) {
+    const std::vector<double> a = series(one, type, field), b = series(two, type, field);
+    ASSERT_EQ(a.size(), b.size()) << type << " events: rank 0 alone reports";
+    for (size_t i = 0; i < a.size(); ++i) EXPECT_NEAR(a[i], b[i], 1e-5) << type << "." << field << " #" << i;
+  }
+  const auto [meta, p1] = model_tensors(path("one_work/ckpt.bin"));
+  const auto p2 = model_tensors(path("two_work/ckpt.bin")).second;
+  ASSERT_EQ(meta["iter"], 20);
+  ASSERT_EQ(p1.size(), p2.size());
+  ASSERT_GT(p1.size(), 10u);
+  for (size_t i = 0; i < p1.size(); ++i) {
+    ASSERT_EQ(p1[i].first, p2[i].first);
+    EXPECT_LE((p1[i].second - p2[i].second).abs().max().item<double>(), 1e-5) << p1[i].first;
+  }
+}
+
+// kill -9 of rank 1 ends the run with rank 0's reason (exit 1, retried by ratiod); --resume restarts
+// both ranks from rank 0's checkpoint and the metric series has no gap.
+TEST_F(WorkerCli, KilledRankEndsTheRunWithAReasonAndTheResumeFillsTheSeries) {
+  json job = tiny_job();
+  job["train"]["max_iters"] = 100;
+  job["train"]["checkpoint_interval"] = 7;
+  job["train"]["gpus"] = 2;
+  const std::vector<std::string> args = {"run", "--job", write_job("dp.json", job), "--workdir", path("dp_work"),
+                                         "--data-dir", data_dir(), "--max-threads", "1"};
+  pid_t pid = start(args, "killed");
+  wait_for_checkpoint("killed");
+  const std::vector<pid_t> ranks = children_of(pid);
+  ASSERT_EQ(ranks.size(), 1u) << "rank 0 starts rank 1";
+  ::kill(ranks[0], SIGKILL);
+  WorkerRun killed = collect(pid, "killed");
+  expect_failure(killed, 1, "rank 1 died: killed by signal 9");
+  ASSERT_NE(killed.last("checkpoint"), nullptr);
+
+  std::vector<std::string> resume_args = args;
+  resume_args.push_back("--resume");
+  WorkerRun resumed = collect(start(resume_args, "resumed"), "resumed");
+  ASSERT_EQ(resumed.exit_code, 0) << resumed.stderr_text;
+  const int64_t from = resumed.events.front()["iter"];
+  EXPECT_EQ(from, (*killed.last("checkpoint"))["iter"].get<int64_t>());
+  std::set<int64_t> iters;
+  for (const WorkerRun* r : {&killed, &resumed})
+    for (const json& e : r->events)
+      if (e["type"] == "metric" && (r == &resumed || e["iter"].get<int64_t>() < from)) iters.insert(e["iter"].get<int64_t>());
+  std::set<int64_t> expected;
+  for (int64_t i = 4; i < 100; i += 5) expected.insert(i);  // log_interval 5
+  EXPECT_EQ(iters, expected);
 }
 
 // A GPT-2 model.safetensors in Hugging Face's layout (Conv1D weights [in, out], causal-mask buffers) for

@@ -370,6 +370,9 @@ TEST_F(WorkerCli, KilledRankEndsTheRunWithAReasonAndTheResumeFillsTheSeries) {
   ASSERT_EQ(ranks.size(), 1u) << "rank 0 starts rank 1";
   ::kill(ranks[0], SIGKILL);
   WorkerRun killed = collect(pid, "killed");
+  // Checked first: expect_failure reads the fields of the last event (a missing one is undefined behaviour).
+  ASSERT_FALSE(killed.events.empty());
+  ASSERT_EQ(killed.events.back()["type"], "failed") << "exit " << killed.exit_code << ": " << killed.stderr_text;
   expect_failure(killed, 1, "rank 1 died: killed by signal 9");
   ASSERT_NE(killed.last("checkpoint"), nullptr);
 

@@ -98,8 +98,9 @@ TEST_F(SlurmTest, DemoPresetSucceedsAndMatchesALocalRunOfTheSameSeeds) {
   auto [local_status, local_created] = local.post("/api/matrices", demo);
   ASSERT_EQ(local_status, 201) << local_created.dump();
   const int64_t matrix = created["id"].get<int64_t>(), local_matrix = local_created["id"].get<int64_t>();
-  ASSERT_TRUE(d.wait_for([&] { return d.matrix_done(matrix); }, 300, "the SLURM run of the demo preset"));
-  ASSERT_TRUE(local.wait_for([&] { return local.matrix_done(local_matrix); }, 120, "the local run"));
+  // Both runs share the cores: one deadline for the two.
+  ASSERT_TRUE(d.wait_for([&] { return d.matrix_done(matrix) && local.matrix_done(local_matrix); }, 480,
+                         "the SLURM and the local run of the demo preset"));
 
   json jobs = d.get("/api/jobs?matrix=" + std::to_string(matrix))["jobs"];
   json local_jobs = local.get("/api/jobs?matrix=" + std::to_string(local_matrix))["jobs"];

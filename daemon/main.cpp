@@ -1,5 +1,5 @@
 // ratiod: the RATIO scheduler daemon. Stores matrices in SQLite, runs their jobs as ratio-worker
-// processes on GPU or CPU slots, and serves the HTTP API of docs/api.md and the dashboard.
+// processes on GPU or CPU slots or as SLURM jobs, and serves the HTTP API of docs/api.md and the dashboard.
 
 #include <fcntl.h>
 #include <signal.h>
@@ -16,9 +16,11 @@
 #include <spdlog/spdlog.h>
 
 #include "daemon/api.h"
+#include "daemon/local_executor.h"
 #include "daemon/options.h"
 #include "daemon/scheduler.h"
 #include "daemon/slots.h"
+#include "daemon/slurm_executor.h"
 #include "daemon/store_access.h"
 
 namespace fs = std::filesystem;
@@ -40,9 +42,53 @@ int lock_database(const std::string& db_path) {
   return fd;  // held until the process exits
 }
 
+std::string host_name() {
+  char name[256] = {0};
+  gethostname(name, sizeof name - 1);
+  return name;
+}
+
+// The base URL workers report to: --report-url, else --listen (an any-address listen is reached by
+// this machine's name from other machines, by loopback from this one).
+std::string report_base(const Options& options, int port) {
+  if (!options.report_url.empty()) {
+    std::string url = options.report_url;
+    while (!url.empty() && url.back() == '/') url.pop_back();
+    return url;
+  }
+  std::string host = options.host;
+  if (host == "0.0.0.0" || host == "::") host = options.executor == "slurm" ? host_name() : "127.0.0.1";
+  return "http://" + host + ":" + std::to_string(port);
+}
+
+// SLURM nodes reach ratiod at the report URL: a loopback one works only when every node is this machine.
+void check_nodes_reach(const std::string& base) {
+  size_t start = base.find("://") + 3;
+  size_t end = base.find_first_of(":/", start);
+  std::string host = base.substr(start, end == std::string::npos ? std::string::npos : end - start);
+  if (!is_loopback(host)) return;
+  const std::string me = host_name(), short_me = me.substr(0, me.find('.'));
+  for (const auto& [name, addr] : SlurmExecutor::nodes()) {
+    if (name == me || name == short_me || is_loopback(addr) || is_loopback(name)) continue;
+    throw std::runtime_error("SLURM node " + name + " (" + addr + ") cannot reach ratiod at " + base +
+                             ": listen where the nodes reach it (--listen 0.0.0.0:PORT with --token-file) "
+                             "or pass --report-url http://HOST:PORT");
+  }
+}
+
+std::unique_ptr<Executor> make_executor(const Options& options, const std::string& base) {
+  if (options.executor == "local") return std::make_unique<LocalExecutor>(parse_slots(options.slots));
+  check_nodes_reach(base);
+  SlurmConfig slurm;
+  slurm.partition = options.slurm_partition;
+  slurm.gres = options.slurm_gres;
+  slurm.time = options.slurm_time;
+  slurm.extra = options.slurm_args;
+  return std::make_unique<SlurmExecutor>(slurm);
+}
+
 int run(const Options& options) {
   lock_database(options.db_path);
-  std::vector<Slot> slots = parse_slots(options.slots);
   fs::create_directories(options.workdir);
   WriteQueue writer(options.db_path);
   ReadPool reader(options.db_path);
@@ -65,16 +111,15 @@ int run(const Options& options) {
   }
 
   SchedulerConfig config;
-  config.slots = slots;
   config.workdir = options.workdir;
   config.data_dir = options.data_dir;
   config.worker_path = options.worker_path;
-  std::string report_host = options.host == "0.0.0.0" ? "127.0.0.1" : options.host;
-  config.report_url = "http://" + report_host + ":" + std::to_string(port) + "/api/report";
+  config.report_url = report_base(options, port) + "/api/report";
   config.lease_s = options.lease_s;
   config.stall_s = options.stall_s;
   config.grace_s = options.grace_s;
-  Scheduler scheduler(config, writer, bus);
+  std::unique_ptr<Executor> executor = make_executor(options, report_base(options, port));
+  Scheduler scheduler(config, *executor, writer, bus);
   scheduler.recover();
   scheduler.set_draining(options.drain);
 
@@ -82,8 +127,9 @@ int run(const Options& options) {
   install_routes(server, ctx);
 
   std::string slot_names;
-  for (const Slot& s : slots) slot_names += (slot_names.empty() ? "" : ",") + s.name;
-  spdlog::info("slots {}; workdir {}; worker {}", slot_names, options.workdir, options.worker_path);
+  for (const std::string& name : executor->slot_names()) slot_names += (slot_names.empty() ? "" : ",") + name;
+  spdlog::info("executor {} ({}); workdir {}; worker {}; workers report to {}", options.executor, slot_names,
+               options.workdir, options.worker_path, config.report_url);
   // Tests and scripts read this line to learn the port (with --listen HOST:0).
   std::cout << "ratiod listening on http://" << options.host << ":" << port << std::endl;
   scheduler.start();

@@ -67,7 +67,9 @@ bool is_loopback(const std::string& host) {
 std::string usage() {
   return "usage: ratiod --db PATH [--listen HOST:PORT] [--slots auto|gpu:0,1|cpu:N] [--workdir DIR]\n"
          "              [--data-dir DIR] [--allow-path DIR]... [--worker PATH] [--token-file F] [--web-root DIR]\n"
-         "              [--lease-s S] [--stall-s S] [--grace-s S] [--drain]\n";
+         "              [--lease-s S] [--stall-s S] [--grace-s S] [--drain]\n"
+         "              [--executor local|slurm] [--slurm-partition P] [--slurm-gres G|none] [--slurm-time T]\n"
+         "              [--slurm-arg ARG]... [--report-url URL]\n";
 }
 
 Options parse_options(const std::vector<std::string>& args, const std::string& exe_dir) {
@@ -93,9 +95,22 @@ Options parse_options(const std::vector<std::string>& args, const std::string& e
     else if (flag == "--lease-s") o.lease_s = parse_seconds(flag, value);
     else if (flag == "--stall-s") o.stall_s = parse_seconds(flag, value);
     else if (flag == "--grace-s") o.grace_s = parse_seconds(flag, value);
+    else if (flag == "--executor") o.executor = value;
+    else if (flag == "--slurm-partition") o.slurm_partition = value;
+    else if (flag == "--slurm-gres") o.slurm_gres = value == "none" ? "" : value;
+    else if (flag == "--slurm-time") o.slurm_time = value;
+    else if (flag == "--slurm-arg") o.slurm_args.push_back(value);
+    else if (flag == "--report-url") o.report_url = value;
     else throw std::invalid_argument("unknown flag " + flag + "\n" + usage());
   }
   if (o.db_path.empty()) throw std::invalid_argument("--db PATH is required\n" + usage());
+  if (o.executor != "local" && o.executor != "slurm") {
+    throw std::invalid_argument("--executor '" + o.executor + "': choose local (this machine's --slots) or slurm");
+  }
+  if (!o.report_url.empty() && o.report_url.rfind("http://", 0) != 0 && o.report_url.rfind("https://", 0) != 0) {
+    throw std::invalid_argument("--report-url '" + o.report_url +
+                                "' must be an http:// URL of this ratiod, e.g. http://head-node:8080");
+  }
   if (!token_file.empty()) o.token = read_token(token_file);
   if (!is_loopback(o.host) && o.token.empty()) {
     throw std::invalid_argument("listening on " + o.host +

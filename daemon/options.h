@@ -21,6 +21,13 @@ struct Options {
   double stall_s = 3600;       // iteration not advancing for this long -> lost (a hang)
   double grace_s = 30;         // SIGTERM -> SIGKILL delay for cancel and shutdown
   bool drain = false;          // start without dispatching (finish what runs, start nothing new)
+  // Where jobs run: "local" (--slots on this machine) or "slurm" (docs/slurm.md).
+  std::string executor = "local";
+  std::string slurm_partition;             // --slurm-partition ("" = the cluster's default)
+  std::string slurm_gres = "gpu:1";        // --slurm-gres ("none" = ask for no gres)
+  std::string slurm_time;                  // --slurm-time (sbatch --time)
+  std::vector<std::string> slurm_args;     // --slurm-arg (repeatable): more sbatch arguments
+  std::string report_url;                  // --report-url: how workers reach ratiod ("" = from --listen)
 };
 
 // Parses argv; throws std::invalid_argument with a message naming the flag and the fix.

@@ -1,8 +1,6 @@
 #include "daemon/scheduler.h"
 
-#include <fcntl.h>
 #include <signal.h>
-#include <unistd.h>
 
 #include <algorithm>
 #include <chrono>
@@ -13,7 +11,6 @@
 
 #include <spdlog/spdlog.h>
 
-#include "daemon/gpu_allocation.h"
 #include "daemon/seeding.h"
 
 namespace ratio::daemon {
@@ -24,6 +21,7 @@ using nlohmann::json;
 namespace {
 
 constexpr double kTickSeconds = 0.5;
+constexpr int kDispatchBatch = 256;  // queued jobs read per dispatch pass
 const db::AttemptEnd kShutdownEnd = {"interrupted", "the daemon shut down", std::nullopt, db::Retry::kAlways};
 
 // 128 random bits as hex: the attempt's bearer token for POST /api/report.
@@ -34,7 +32,7 @@ std::string new_token() {
   return hex;
 }
 
-// A stdout line that is a worker event (docs/job-spec.md); anything else is plain log output.
+// A log line that is a worker event (docs/job-spec.md); anything else is plain log output.
 std::optional<json> parse_event(const std::string& line) {
   if (line.empty() || line[0] != '{') return std::nullopt;
   json e = json::parse(line, nullptr, false);
@@ -49,27 +47,8 @@ void sleep_s(double s) { std::this_thread::sleep_for(std::chrono::duration<doubl
 
 }  // namespace
 
-db::AttemptEnd retry_policy(const ExitStatus& exit) {
-  using db::Retry;
-  if (exit.signaled) {
-    return {"lost", "killed by signal " + std::to_string(exit.code) + " (" + strsignal(exit.code) + ")",
-            std::nullopt, Retry::kIfAttemptsLeft};
-  }
-  switch (exit.code) {
-    case 0: return {"succeeded", "", 0, Retry::kNever};
-    case 1: return {"failed", "crashed (exit 1)", 1, Retry::kIfAttemptsLeft};
-    case 2: return {"failed", "invalid spec or arguments (exit 2)", 2, Retry::kNever};
-    case 3: return {"failed", "data error (exit 3)", 3, Retry::kNever};
-    case 4: return {"failed", "diverged (exit 4)", 4, Retry::kNever};
-    case 5: return {"failed", "out of memory (exit 5)", 5, Retry::kNever};
-    case 6: return {"interrupted", "interrupted (exit 6)", 6, Retry::kIfAttemptsLeft};
-    default:
-      return {"failed", "unexpected exit code " + std::to_string(exit.code), exit.code, Retry::kIfAttemptsLeft};
-  }
-}
-
-Scheduler::Scheduler(SchedulerConfig config, WriteQueue& writer, EventBus& bus)
-    : config_(std::move(config)), writer_(writer), bus_(bus) {}
+Scheduler::Scheduler(SchedulerConfig config, Executor& executor, WriteQueue& writer, EventBus& bus)
+    : config_(std::move(config)), executor_(executor), writer_(writer), bus_(bus) {}
 
 Scheduler::~Scheduler() {
   if (thread_.joinable()) shutdown();
@@ -77,21 +56,31 @@ Scheduler::~Scheduler() {
 
 void Scheduler::recover() {
   auto running = writer_.run([](db::Store& s) { return s.running_attempts(); });
+  int reattached = 0;
   for (const db::RunningAttempt& a : running) {
-    pid_t pid = a.pid ? static_cast<pid_t>(*a.pid) : -1;
-    if (process_alive_with(pid, a.token)) {
-      // A worker that survived its daemon: stop it so the requeued job never runs twice.
-      spdlog::warn("attempt {} of job {}: worker pid {} survived the previous daemon; stopping it", a.attempt_id,
-                   a.job_id, pid);
-      signal_group(pid, SIGTERM);
-      for (double waited = 0; waited < config_.grace_s && process_alive_with(pid, a.token); waited += 0.1) sleep_s(0.1);
-      if (process_alive_with(pid, a.token)) signal_group(pid, SIGKILL);
-      for (int i = 0; i < 50 && process_alive_with(pid, a.token); ++i) sleep_s(0.1);
+    auto live = std::make_shared<Live>();
+    live->job_id = a.job_id;
+    live->attempt_id = a.attempt_id;
+    live->slot = a.slot;
+    live->log_path = a.log_path;
+    if (auto handle = executor_.reattach(a)) {
+      // Its worker runs on (or waits in SLURM): follow it; the log is read again from the start,
+      // and events already stored are stored once.
+      spdlog::info("attempt {} of job {}: re-attached to its running worker", a.attempt_id, a.job_id);
+      live->handle = *handle;
+      follow(live);
+      ++reattached;
+      continue;
     }
+    // Gone: what it wrote to its log while no daemon listened may hold its result.
+    read_log(*live);
     end_attempt(a.attempt_id, a.job_id,
-                {"lost", "the daemon restarted while this attempt ran", std::nullopt, db::Retry::kAlways});
+                outcome_from_reports(a.attempt_id, "the daemon restarted while this attempt ran and its worker is gone"));
   }
-  if (!running.empty()) spdlog::info("recovered {} attempt(s) of a previous daemon; their jobs are requeued", running.size());
+  if (!running.empty()) {
+    spdlog::info("recovered {} attempt(s) of a previous daemon: {} re-attached, {} ended", running.size(), reattached,
+                 running.size() - reattached);
+  }
 }
 
 void Scheduler::start() { thread_ = std::thread([this] { loop(); }); }
@@ -100,12 +89,12 @@ void Scheduler::shutdown() {
   {
     std::lock_guard<std::mutex> lock(mu_);
     stopping_ = true;
-    for (auto& [slot, live] : by_slot_) stop_live(*live, kShutdownEnd, SIGTERM);
+    if (!executor_.keeps_running_on_shutdown()) {
+      for (auto& [id, live] : live_) stop_live(*live, kShutdownEnd, SIGTERM);
+    }
   }
   cv_.notify_all();
   if (thread_.joinable()) thread_.join();
-  std::unique_lock<std::mutex> lock(mu_);
-  cv_.wait(lock, [this] { return attempt_threads_ == 0; });
 }
 
 void Scheduler::set_draining(bool drain) {
@@ -120,74 +109,67 @@ void Scheduler::loop() {
     {
       std::unique_lock<std::mutex> lock(mu_);
       cv_.wait_for(lock, std::chrono::duration<double>(kTickSeconds));
-      if (stopping_ && by_slot_.empty()) return;
+      // Attempts that outlive the daemon are left to the next one; local ones are waited for.
+      if (stopping_ && (live_.empty() || executor_.keeps_running_on_shutdown())) return;
     }
     try {
       if (!draining_) dispatch();
+      send_signals();
+      observe();
       check_liveness();
+      send_signals();
     } catch (const std::exception& e) {
       spdlog::error("scheduler: {}", e.what());
     }
   }
 }
 
-// Free slots to queued jobs by the policy of daemon/gpu_allocation.h (a job of train.gpus N takes N slots).
+// Queued jobs to the executor's places (locally daemon/gpu_allocation.h's policy: a job of train.gpus
+// N takes N slots). Enough of the queue for any plan: a local machine starts at most one job per slot.
 void Scheduler::dispatch() {
-  std::vector<bool> busy;
+  std::vector<std::string> busy;
   {
     std::lock_guard<std::mutex> lock(mu_);
     if (stopping_) return;
-    for (const Slot& slot : config_.slots) busy.push_back(by_slot_.count(slot.name) > 0);
+    for (const auto& [id, live] : live_) busy.push_back(live->slot);
   }
-  const int free_slots = static_cast<int>(std::count(busy.begin(), busy.end(), false));
-  if (free_slots == 0) return;
-  // Enough of the queue for the policy: at most `free_slots` jobs start, the next one may have to wait.
-  const auto queued = writer_.run([&](db::Store& s) { return s.queued_jobs(free_slots + 1); });
+  const auto queued = writer_.run([&](db::Store& s) { return s.queued_jobs(kDispatchBatch); });
+  if (queued.empty()) return;
   std::vector<WaitingJob> waiting;
   for (const db::QueuedJob& q : queued) waiting.push_back({q.job_id, q.gpus});
-  const Allocation allocation = allocate_slots(busy, waiting);
+  const Placements plan = executor_.place(busy, waiting);
   const std::string jobs_dir = config_.workdir + "/jobs";
-  for (const SlotGrant& grant : allocation.start) {
-    std::vector<Slot> slots;
-    for (size_t i : grant.slots) slots.push_back(config_.slots[i]);
+  for (const Placement& place : plan.start) {
     const std::string token = new_token();
-    auto claim = writer_.run(
-        [&](db::Store& s) { return s.claim_next_job(combine_slots(slots).name, token, jobs_dir, grant.job_id); });
-    if (claim) launch(slots, *claim, token);  // else cancelled a moment ago
+    auto claim = writer_.run([&](db::Store& s) { return s.claim_next_job(place.slot, token, jobs_dir, place.job_id); });
+    if (claim) launch(place.slot, *claim, token);  // else cancelled a moment ago
   }
-  for (int64_t job_id : allocation.never_fits) {
+  for (const auto& [job_id, why] : plan.never) {
     auto claim = writer_.run([&](db::Store& s) { return s.claim_next_job("none", new_token(), jobs_dir, job_id); });
-    if (!claim) continue;
-    end_attempt(claim->attempt_id, job_id,
-                {"failed",
-                 "train.gpus is " + std::to_string(claim->spec["train"]["gpus"].get<int>()) + " but this daemon has " +
-                     std::to_string(config_.slots.size()) + " slots (--slots); lower train.gpus or add GPUs",
-                 std::nullopt, db::Retry::kNever});
+    if (claim) end_attempt(claim->attempt_id, job_id, {"failed", why, std::nullopt, db::Retry::kNever});
   }
 }
 
-void Scheduler::launch(const std::vector<Slot>& slots, const db::ClaimedAttempt& claim, const std::string& token) {
-  const Slot slot = combine_slots(slots);
+void Scheduler::launch(const std::string& slot, const db::ClaimedAttempt& claim, const std::string& token) {
   fs::path dir = fs::path(config_.workdir) / "jobs" / std::to_string(claim.job_id);
-  int log_fd = -1;
-  Spawned spawned;
+  Launch launch{claim.job_id, claim.n, slot, claim.spec.at("train").value("gpus", 1), token, dir.string(), claim.log_path, {}};
+  launch.argv = {config_.worker_path, "run",   "--job",  (dir / "job.json").string(),
+                 "--workdir",         dir.string(), "--report", config_.report_url,
+                 "--token",           token};
+  if (!config_.data_dir.empty()) launch.argv.insert(launch.argv.end(), {"--data-dir", config_.data_dir});
+  if (claim.resume) launch.argv.push_back("--resume");
+  // Four beats per lease: a live worker never loses its lease to one late beat.
+  launch.argv.insert(launch.argv.end(), {"--heartbeat-s", std::to_string(std::max(0.5, config_.lease_s / 4))});
+  Handle handle;
   try {
     fs::create_directories(dir);
-    fs::path job_file = dir / "job.json";
-    std::ofstream(job_file) << claim.spec.dump(2) << "\n";
-    log_fd = open(claim.log_path.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
-    if (log_fd < 0) throw std::runtime_error("cannot open log " + claim.log_path + ": " + strerror(errno));
-    std::vector<std::string> argv = {config_.worker_path, "run",   "--job",  job_file.string(),
-                                     "--workdir",         dir.string(), "--report", config_.report_url,
-                                     "--token",           token};
-    if (!config_.data_dir.empty()) argv.insert(argv.end(), {"--data-dir", config_.data_dir});
-    if (claim.resume) argv.push_back("--resume");
-    // Four beats per lease: a live process never loses its lease to one late beat.
-    argv.insert(argv.end(), {"--heartbeat-s", std::to_string(std::max(0.5, config_.lease_s / 4))});
-    argv.insert(argv.end(), {"--max-threads", std::to_string(slot.threads)});
-    spawned = spawn_process(argv, {{"CUDA_VISIBLE_DEVICES", slot.cuda_devices}});
+    std::ofstream(dir / "job.json") << claim.spec.dump(2) << "\n";
+    handle = executor_.start(launch);
+  } catch (const Refused& e) {
+    spdlog::error("job {}: {}", claim.job_id, e.what());
+    end_attempt(claim.attempt_id, claim.job_id, {"failed", e.what(), std::nullopt, db::Retry::kNever});
+    return;
   } catch (const std::exception& e) {
-    if (log_fd >= 0) close(log_fd);
     spdlog::error("job {}: {}", claim.job_id, e.what());
     end_attempt(claim.attempt_id, claim.job_id,
                 {"failed", std::string("the daemon could not start the worker: ") + e.what(), std::nullopt,
@@ -195,63 +177,118 @@ void Scheduler::launch(const std::vector<Slot>& slots, const db::ClaimedAttempt&
     return;
   }
   writer_.run([&](db::Store& s) {
-    s.set_attempt_pid(claim.attempt_id, spawned.pid);
+    if (handle.pid) s.set_attempt_pid(claim.attempt_id, *handle.pid);
+    if (!handle.slurm_job_id.empty()) s.set_attempt_slurm_job(claim.attempt_id, handle.slurm_job_id);
     return 0;
   });
-  spdlog::info("job {} attempt {} started on {} (pid {}{})", claim.job_id, claim.n, slot.name, spawned.pid,
+  spdlog::info("job {} attempt {} started on {} ({}{})", claim.job_id, claim.n, slot,
+               handle.pid ? "pid " + std::to_string(*handle.pid) : "SLURM job " + handle.slurm_job_id,
                claim.resume ? ", resuming" : "");
-
   auto live = std::make_shared<Live>();
   live->job_id = claim.job_id;
   live->attempt_id = claim.attempt_id;
-  live->slot = slot.name;
-  for (const Slot& s : slots) live->held.push_back(s.name);
-  live->pid = spawned.pid;
-  live->last_event_at = live->progress_at = db::now_seconds();
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    for (const std::string& name : live->held) by_slot_[name] = live;
-    ++attempt_threads_;
-    // Shutdown began while this worker was starting: it checkpoints and goes back to the queue too.
-    if (stopping_) stop_live(*live, kShutdownEnd, SIGTERM);
-  }
+  live->slot = slot;
+  live->log_path = claim.log_path;
+  live->handle = handle;
+  follow(live);
   publish_job(claim.job_id);
-  std::thread([this, live, spawned, log_fd] { run_attempt(live, spawned, log_fd); }).detach();
 }
 
-void Scheduler::run_attempt(std::shared_ptr<Live> live, Spawned spawned, int log_fd) {
-  pump_output(spawned.stdout_fd, spawned.stderr_fd, log_fd, [&](const std::vector<std::string>& lines) {
-    json events = json::array();
-    for (const std::string& line : lines) {
-      if (auto e = parse_event(line)) events.push_back(std::move(*e));
-    }
-    if (events.empty()) return;
-    try {
-      ingest(live->attempt_id, events);
-    } catch (const std::exception& e) {
-      spdlog::error("job {}: ingesting stdout events: {}", live->job_id, e.what());
-    }
-  });
-  ExitStatus exit = wait_exit(spawned.pid);
-  close(log_fd);
+void Scheduler::follow(const std::shared_ptr<Live>& live) {
+  live->last_event_at = live->progress_at = db::now_seconds();
+  std::lock_guard<std::mutex> lock(mu_);
+  live_[live->attempt_id] = live;
+  // Shutdown began while this worker was starting: it checkpoints and goes back to the queue too.
+  if (stopping_ && !executor_.keeps_running_on_shutdown()) stop_live(*live, kShutdownEnd, SIGTERM);
+}
 
-  db::AttemptEnd end = retry_policy(exit);
+void Scheduler::observe() {
+  std::map<int64_t, Handle> handles;
+  std::vector<std::shared_ptr<Live>> lives;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    for (const auto& [id, live] : live_) {
+      handles[id] = live->handle;
+      lives.push_back(live);
+    }
+  }
+  std::map<int64_t, Observation> news = executor_.poll(handles);
+  for (const std::shared_ptr<Live>& live : lives) {
+    auto it = news.find(live->attempt_id);
+    if (it == news.end()) {
+      read_log(*live);
+      continue;
+    }
+    const Observation& seen = it->second;
+    if (seen.phase == Phase::kEnded) {
+      finish(live, seen);
+      continue;
+    }
+    bool changed = false;
+    if (!live->handle.slurm_job_id.empty() && seen.state != live->state) {
+      changed = writer_.run([&](db::Store& s) { return s.set_attempt_slurm_state(live->attempt_id, seen.state, seen.reason); });
+    }
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      live->state = seen.state;
+      if (seen.phase == Phase::kRunning && !live->started) {
+        live->started = true;  // the lease and the watchdog start now, not at submission
+        live->last_event_at = live->progress_at = db::now_seconds();
+      }
+    }
+    if (changed) publish_job(live->job_id);
+    read_log(*live);
+  }
+}
+
+void Scheduler::read_log(Live& live) {
+  std::ifstream in(live.log_path, std::ios::binary);
+  if (!in) return;  // not created yet (a SLURM job that has not started)
+  in.seekg(live.log_offset);
+  std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  size_t end = text.rfind('\n');
+  if (end == std::string::npos) return;  // no complete line yet
+  json events = json::array();
+  size_t start = 0;
+  for (size_t newline; start <= end && (newline = text.find('\n', start)) != std::string::npos; start = newline + 1) {
+    if (auto e = parse_event(text.substr(start, newline - start))) events.push_back(std::move(*e));
+  }
+  live.log_offset += static_cast<int64_t>(end + 1);
+  if (events.empty()) return;
+  try {
+    ingest(live.attempt_id, events);
+  } catch (const std::exception& e) {
+    spdlog::error("job {}: ingesting events of {}: {}", live.job_id, live.log_path, e.what());
+  }
+}
+
+db::AttemptEnd Scheduler::outcome_from_reports(int64_t attempt_id, const std::string& why_unknown) {
+  auto code = writer_.run([&](db::Store& s) { return s.reported_exit_code(attempt_id); });
+  if (code) return retry_policy({false, static_cast<int>(*code)});
+  return {"lost", why_unknown, std::nullopt, db::Retry::kIfAttemptsLeft};
+}
+
+void Scheduler::finish(const std::shared_ptr<Live>& live, const Observation& seen) {
+  read_log(*live);  // its last lines: a `finished` event decides success
+  if (!live->handle.slurm_job_id.empty() && !seen.state.empty()) {  // SLURM's end state, kept with the attempt
+    writer_.run([&](db::Store& s) { return s.set_attempt_slurm_state(live->attempt_id, seen.state, seen.reason); });
+  }
+  db::AttemptEnd end = seen.end ? *seen.end
+                           : outcome_from_reports(live->attempt_id,
+                                                  "the worker is gone and reported no outcome (its exit status was "
+                                                  "not seen: adopted after a restart, or SLURM no longer knows the job)");
   {
     std::lock_guard<std::mutex> lock(mu_);
     // The daemon's own reason wins (cancel, watchdog, shutdown), unless the worker finished anyway.
-    if (live->override_end && !(end.status == "succeeded")) {
+    if (live->override_end && end.status != "succeeded") {
       db::AttemptEnd why = *live->override_end;
-      why.exit_code = exit.signaled ? std::nullopt : std::optional<int64_t>(exit.code);
+      why.exit_code = end.exit_code;
       end = why;
     }
+    live_.erase(live->attempt_id);
   }
   end_attempt(live->attempt_id, live->job_id, end);
   spdlog::info("job {}: attempt ended {} {}", live->job_id, end.status, end.reason);
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    for (const std::string& name : live->held) by_slot_.erase(name);
-    --attempt_threads_;
-  }
   cv_.notify_all();
 }
 
@@ -289,12 +326,13 @@ db::IngestOutcome Scheduler::ingest(int64_t attempt_id, const json& events) {
   double now = db::now_seconds();
   {
     std::lock_guard<std::mutex> lock(mu_);
-    for (auto& [slot, live] : by_slot_) {
-      if (live->attempt_id != attempt_id) continue;
-      live->last_event_at = now;
-      if (outcome.last_iter > live->progress_iter) {
-        live->progress_iter = outcome.last_iter;
-        live->progress_at = now;
+    auto it = live_.find(attempt_id);
+    if (it != live_.end()) {
+      Live& live = *it->second;
+      live.last_event_at = now;
+      if (outcome.last_iter > live.progress_iter) {
+        live.progress_iter = outcome.last_iter;
+        live.progress_at = now;
       }
     }
   }
@@ -307,20 +345,40 @@ db::IngestOutcome Scheduler::ingest(int64_t attempt_id, const json& events) {
 
 void Scheduler::stop_live(Live& live, const db::AttemptEnd& end, int sig) {
   if (!live.override_end) live.override_end = end;
-  signal_group(live.pid, sig);
-  if (sig == SIGTERM && live.term_sent_at == 0) live.term_sent_at = db::now_seconds();
+  if (sig == SIGKILL || live.signal_due != SIGKILL) live.signal_due = sig;
+}
+
+void Scheduler::send_signals() {
+  std::vector<std::pair<Handle, int>> due;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    for (auto& [id, live] : live_) {
+      if (!live->signal_due) continue;
+      if (live->signal_due == SIGTERM) {
+        if (live->term_sent_at > 0) {  // asked once already: the grace period runs
+          live->signal_due = 0;
+          continue;
+        }
+        live->term_sent_at = db::now_seconds();
+      }
+      due.emplace_back(live->handle, live->signal_due);
+      live->signal_due = 0;
+    }
+  }
+  for (const auto& [handle, sig] : due) executor_.signal(handle, sig);
 }
 
 void Scheduler::check_liveness() {
   double now = db::now_seconds();
   std::lock_guard<std::mutex> lock(mu_);
-  for (auto& [slot, live] : by_slot_) {
+  for (auto& [id, live] : live_) {
     if (live->term_sent_at > 0 && now - live->term_sent_at > config_.grace_s) {
       spdlog::warn("job {}: no exit {}s after SIGTERM; sending SIGKILL", live->job_id, config_.grace_s);
-      signal_group(live->pid, SIGKILL);
+      live->signal_due = SIGKILL;
+      live->term_sent_at = now;  // again after another grace period if even that does not end it
       continue;
     }
-    if (live->override_end) continue;  // already being stopped
+    if (live->override_end || !live->started) continue;  // being stopped, or waiting in SLURM's queue
     if (now - live->last_event_at > config_.lease_s) {
       stop_live(*live,
                 {"lost", "no event for " + std::to_string(static_cast<int>(now - live->last_event_at)) +
@@ -338,13 +396,14 @@ void Scheduler::check_liveness() {
 }
 
 bool Scheduler::stop_if_live(int64_t job_id, const db::AttemptEnd& end) {
-  std::lock_guard<std::mutex> lock(mu_);
-  for (auto& [slot, live] : by_slot_) {
-    if (live->job_id != job_id) continue;
-    stop_live(*live, end, SIGTERM);
-    return true;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = std::find_if(live_.begin(), live_.end(), [&](const auto& entry) { return entry.second->job_id == job_id; });
+    if (it == live_.end()) return false;
+    stop_live(*it->second, end, SIGTERM);
   }
-  return false;
+  wake();  // the loop thread sends it
+  return true;
 }
 
 void Scheduler::requeued(const std::vector<int64_t>& job_ids) {
@@ -366,9 +425,12 @@ std::string Scheduler::cancel(int64_t job_id) {
 json Scheduler::slots_json() {
   json out = json::array();
   std::lock_guard<std::mutex> lock(mu_);
-  for (const Slot& slot : config_.slots) {
-    auto it = by_slot_.find(slot.name);
-    out.push_back({{"name", slot.name}, {"job", it == by_slot_.end() ? json(nullptr) : json(it->second->job_id)}});
+  for (const std::string& slot : executor_.slot_names()) {
+    size_t before = out.size();
+    for (const auto& [id, live] : live_) {
+      if (live->slot == slot) out.push_back({{"name", slot}, {"job", live->job_id}});
+    }
+    if (out.size() == before) out.push_back({{"name", slot}, {"job", nullptr}});
   }
   return out;
 }

@@ -105,10 +105,18 @@ INSERT INTO last_metrics(job_id, name, iter, value)
 CREATE INDEX jobs_states ON jobs(matrix_id, id, status, reused_from, reason);
 )SQL";
 
+// Version 3, for the SLURM executor: the SLURM job id of an attempt (a restarted daemon re-attaches
+// by it) and SLURM's state and reason as last polled (PENDING + Resources: queued in SLURM).
+const char* kV3 = R"SQL(
+ALTER TABLE attempts ADD COLUMN slurm_job_id TEXT;
+ALTER TABLE attempts ADD COLUMN slurm_state TEXT NOT NULL DEFAULT '';
+ALTER TABLE attempts ADD COLUMN slurm_reason TEXT NOT NULL DEFAULT '';
+)SQL";
+
 }  // namespace
 
 const std::vector<Migration>& migrations() {
-  static const std::vector<Migration> list = {{1, kV1}, {2, kV2}};
+  static const std::vector<Migration> list = {{1, kV1}, {2, kV2}, {3, kV3}};
   return list;
 }
 

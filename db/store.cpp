@@ -13,7 +13,10 @@ namespace {
 // Columns of the job summary, in the order read_job_summary() reads them.
 const char* kJobColumns =
     "id, matrix_id, step, name, status, attempts, iter, max_iters, final_val_loss, best_val_loss, reason, "
-    "config_hash, updated_at, reused_from";
+    "config_hash, updated_at, reused_from, "
+    // The latest attempt's SLURM job (NULL for local attempts), by the attempts(job_id, n) index.
+    "(SELECT json_array(slurm_job_id, slurm_state, slurm_reason) FROM attempts "
+    " WHERE job_id = jobs.id AND n = jobs.attempts AND slurm_job_id IS NOT NULL)";
 
 const char* kJobStatuses[] = {"queued", "running", "succeeded", "failed", "cancelled"};
 
@@ -23,6 +26,12 @@ const char* kJobStatuses[] = {"queued", "running", "succeeded", "failed", "cance
 const char* kRequeueForRerun =
     "UPDATE jobs SET status = 'queued', resume = CASE WHEN status = 'succeeded' THEN 0 ELSE 1 END, failures = 0, "
     "reason = 'rerun requested', reused_from = NULL, updated_at = ? WHERE id = ?";
+
+// {"job_id", "state", "reason"} of an attempt's SLURM job, from [id, state, reason]; null when local.
+json slurm_json(const json& triple) {
+  if (!triple.is_array() || triple.size() != 3 || triple[0].is_null()) return nullptr;
+  return {{"job_id", triple[0]}, {"state", triple[1]}, {"reason", triple[2]}};
+}
 
 json opt_json(const std::optional<double>& v) { return v ? json(*v) : json(nullptr); }
 json opt_json(const std::optional<int64_t>& v) { return v ? json(*v) : json(nullptr); }
@@ -203,6 +212,20 @@ std::optional<ClaimedAttempt> Store::claim_next_job(const std::string& slot, con
 
 void Store::set_attempt_pid(int64_t attempt_id, int64_t pid) {
   conn_.prepare("UPDATE attempts SET pid = ? WHERE id = ?").bind(1, pid).bind(2, attempt_id).run();
+}
+
+void Store::set_attempt_slurm_job(int64_t attempt_id, const std::string& slurm_job_id) {
+  conn_.prepare("UPDATE attempts SET slurm_job_id = ? WHERE id = ?").bind(1, slurm_job_id).bind(2, attempt_id).run();
+}
+
+bool Store::set_attempt_slurm_state(int64_t attempt_id, const std::string& state, const std::string& reason) {
+  conn_.prepare("UPDATE attempts SET slurm_state = ?1, slurm_reason = ?2 WHERE id = ?3 "
+                "AND (slurm_state != ?1 OR slurm_reason != ?2)")
+      .bind(1, state)
+      .bind(2, reason)
+      .bind(3, attempt_id)
+      .run();
+  return conn_.changes() > 0;
 }
 
 bool Store::end_attempt(int64_t attempt_id, const AttemptEnd& end) {
@@ -472,21 +495,36 @@ std::optional<int64_t> Store::attempt_by_token(const std::string& token) {
   return st.get_int(0);
 }
 
+namespace {
+const char* kRunningColumns = "job_id, id, n, pid, token, slot, COALESCE(slurm_job_id, ''), log_path";
+RunningAttempt read_running(Statement& st) {
+  return {st.get_int(0),  st.get_int(1),  static_cast<int>(st.get_int(2)), st.get_opt_int(3),
+          st.get_text(4), st.get_text(5), st.get_text(6),                  st.get_text(7)};
+}
+}  // namespace
+
 std::vector<RunningAttempt> Store::running_attempts() {
   std::vector<RunningAttempt> out;
-  Statement st = conn_.prepare("SELECT job_id, id, pid, token, slot FROM attempts WHERE status = 'running'");
-  while (st.step()) {
-    out.push_back({st.get_int(0), st.get_int(1), st.get_opt_int(2), st.get_text(3), st.get_text(4)});
-  }
+  Statement st = conn_.prepare(std::string("SELECT ") + kRunningColumns + " FROM attempts WHERE status = 'running'");
+  while (st.step()) out.push_back(read_running(st));
   return out;
 }
 
 std::optional<RunningAttempt> Store::running_attempt_of_job(int64_t job_id) {
-  Statement st = conn_.prepare(
-      "SELECT job_id, id, pid, token, slot FROM attempts WHERE status = 'running' AND job_id = ?");
+  Statement st = conn_.prepare(std::string("SELECT ") + kRunningColumns +
+                               " FROM attempts WHERE status = 'running' AND job_id = ?");
   st.bind(1, job_id);
   if (!st.step()) return std::nullopt;
-  return RunningAttempt{st.get_int(0), st.get_int(1), st.get_opt_int(2), st.get_text(3), st.get_text(4)};
+  return read_running(st);
+}
+
+std::optional<int64_t> Store::reported_exit_code(int64_t attempt_id) {
+  Statement st = conn_.prepare(
+      "SELECT 0 FROM results WHERE attempt_id = ?1 UNION ALL "
+      "SELECT json_extract(body, '$.exit_code') FROM events WHERE attempt_id = ?1 AND type = 'failed' LIMIT 1");
+  st.bind(1, attempt_id);
+  if (!st.step() || st.is_null(0)) return std::nullopt;
+  return st.get_int(0);
 }
 
 json Store::read_job_summary(Statement& st) {
@@ -503,7 +541,8 @@ json Store::read_job_summary(Statement& st) {
           {"reason", st.get_text(10)},
           {"config_hash", st.get_text(11)},
           {"updated_at", st.get_double(12)},
-          {"reused_from", opt_json(st.get_opt_int(13))}};
+          {"reused_from", opt_json(st.get_opt_int(13))},
+          {"slurm", slurm_json(st.is_null(14) ? json(nullptr) : json::parse(st.get_text(14)))}};
 }
 
 std::optional<json> Store::job_summary(int64_t job_id) {
@@ -541,8 +580,8 @@ std::optional<json> Store::job_detail(int64_t job_id) {
 
   json attempts = json::array();
   Statement at = conn_.prepare(
-      "SELECT n, status, reason, exit_code, pid, slot, build_id, started_at, ended_at, log_path, start_iter "
-      "FROM attempts WHERE job_id = ? ORDER BY n");
+      "SELECT n, status, reason, exit_code, pid, slot, build_id, started_at, ended_at, log_path, start_iter, "
+      "json_array(slurm_job_id, slurm_state, slurm_reason) FROM attempts WHERE job_id = ? ORDER BY n");
   at.bind(1, job_id);
   while (at.step()) {
     attempts.push_back({{"n", at.get_int(0)},
@@ -555,7 +594,8 @@ std::optional<json> Store::job_detail(int64_t job_id) {
                         {"started_at", at.get_double(7)},
                         {"ended_at", opt_json(at.get_opt_double(8))},
                         {"log_path", at.get_text(9)},
-                        {"start_iter", opt_json(at.get_opt_int(10))}});
+                        {"start_iter", opt_json(at.get_opt_int(10))},
+                        {"slurm", slurm_json(json::parse(at.get_text(11)))}});
   }
   return json{{"job", job}, {"attempts", attempts}};
 }

@@ -64,9 +64,12 @@ struct ClaimedAttempt {
 struct RunningAttempt {
   int64_t job_id = 0;
   int64_t attempt_id = 0;
+  int n = 0;
   std::optional<int64_t> pid;
   std::string token;
   std::string slot;
+  std::string slurm_job_id;  // "" unless the SLURM executor runs it
+  std::string log_path;
 };
 
 // How an attempt ended and what happens to its job next.
@@ -128,7 +131,11 @@ class Store {
   // the attempt's log path. `slot` names what the attempt holds ("gpu:0", "gpu:0,1").
   std::optional<ClaimedAttempt> claim_next_job(const std::string& slot, const std::string& token,
                                                const std::string& jobs_dir, std::optional<int64_t> only = std::nullopt);
+  // Where the attempt runs, as its executor reported it: a local pid, a SLURM job id.
   void set_attempt_pid(int64_t attempt_id, int64_t pid);
+  void set_attempt_slurm_job(int64_t attempt_id, const std::string& slurm_job_id);
+  // SLURM's state and reason as last polled. Returns false when they did not change.
+  bool set_attempt_slurm_state(int64_t attempt_id, const std::string& state, const std::string& reason);
   // The first `limit` queued jobs in claim order with their train.gpus (1 where the spec predates it).
   std::vector<QueuedJob> queued_jobs(int limit);
 
@@ -151,6 +158,9 @@ class Store {
   // ---- reads ----------------------------------------------------------------------------------
   std::optional<int64_t> attempt_by_token(const std::string& token);
   std::vector<RunningAttempt> running_attempts();
+  // The exit code the attempt reported itself: 0 when it recorded a result, the `failed` event's
+  // exit_code, nullopt when it reported neither (for attempts whose exit status nobody saw).
+  std::optional<int64_t> reported_exit_code(int64_t attempt_id);
   std::optional<RunningAttempt> running_attempt_of_job(int64_t job_id);
 
   std::optional<json> job_summary(int64_t job_id);

@@ -15,10 +15,12 @@
 
 #include "daemon/event_bus.h"
 #include "daemon/gpu_allocation.h"
+#include "daemon/local_executor.h"
 #include "daemon/options.h"
 #include "daemon/process.h"
 #include "daemon/scheduler.h"
 #include "daemon/slots.h"
+#include "daemon/slurm_executor.h"
 
 using namespace ratio::daemon;
 namespace fs = std::filesystem;
@@ -58,6 +60,22 @@ TEST(Options, TokenFileAllowsListeningBeyondLoopback) {
   std::ofstream(token) << "short\n";
   EXPECT_THROW(parse_options({"--db", "x", "--token-file", token.string()}, "."), std::invalid_argument);
   fs::remove(token);
+}
+
+TEST(Options, SlurmExecutorFlags) {
+  Options o = parse_options({"--db", "x", "--executor", "slurm", "--slurm-partition", "gpu", "--slurm-gres", "none",
+                             "--slurm-time", "2:00:00", "--slurm-arg", "--account=lab", "--slurm-arg", "--qos=high",
+                             "--report-url", "http://head:8080"},
+                            ".");
+  EXPECT_EQ(o.executor, "slurm");
+  EXPECT_EQ(o.slurm_partition, "gpu");
+  EXPECT_EQ(o.slurm_gres, "");  // none: ask for no gres
+  EXPECT_EQ(o.slurm_time, "2:00:00");
+  EXPECT_EQ(o.slurm_args, (std::vector<std::string>{"--account=lab", "--qos=high"}));
+  EXPECT_EQ(o.report_url, "http://head:8080");
+  EXPECT_EQ(parse_options({"--db", "x"}, ".").slurm_gres, "gpu:1");
+  EXPECT_THROW(parse_options({"--db", "x", "--executor", "k8s"}, "."), std::invalid_argument);
+  EXPECT_THROW(parse_options({"--db", "x", "--report-url", "head:8080"}, "."), std::invalid_argument);
 }
 
 TEST(Slots, ParsesCpuAndGpuLists) {
@@ -149,6 +167,26 @@ TEST(Slots, ShareTheCoresBetweenThem) {
   for (const Slot& slot : parse_slots("cpu:" + std::to_string(4 * cores))) EXPECT_EQ(slot.threads, 1);
 }
 
+// SLURM's end states (scontrol's JobState, ExitCode) become our reasons and retry rules.
+TEST(SlurmEnd, MapsEndStatesToReasonsAndRetries) {
+  using ratio::db::Retry;
+  EXPECT_EQ(slurm_end("COMPLETED", "0:0", "None").status, "succeeded");
+  EXPECT_EQ(slurm_end("FAILED", "4:0", "NonZeroExitCode").reason, "diverged (exit 4)");
+  EXPECT_EQ(slurm_end("FAILED", "6:0", "NonZeroExitCode").status, "interrupted");  // checkpointed on TERM
+  EXPECT_EQ(slurm_end("FAILED", "0:9", "").status, "lost");                        // killed by SIGKILL
+  for (const char* retried : {"PREEMPTED", "NODE_FAIL", "TIMEOUT", "CANCELLED"}) {
+    EXPECT_NE(slurm_end(retried, "0:15", "").retry, Retry::kNever) << retried;
+  }
+  EXPECT_EQ(slurm_end("PREEMPTED", "0:15", "").retry, Retry::kAlways);  // never the job's fault
+  auto oom = slurm_end("OUT_OF_MEMORY", "0:125", "");
+  EXPECT_EQ(oom.status, "failed");
+  EXPECT_EQ(oom.retry, Retry::kNever);
+  EXPECT_NE(oom.reason.find("out of memory"), std::string::npos);
+  EXPECT_NE(slurm_end("CANCELLED", "0:15", "").reason.find("scancel"), std::string::npos);
+  EXPECT_EQ(slurm_job_name(12, 3), "ratio-12-3");
+  EXPECT_EQ(shell_quote("it's /a b"), "'it'\\''s /a b'");
+}
+
 TEST(RetryPolicy, FollowsTheExitCodesOfTheJobContract) {
   using ratio::db::Retry;
   EXPECT_EQ(retry_policy({false, 0}).status, "succeeded");
@@ -166,54 +204,53 @@ TEST(RetryPolicy, FollowsTheExitCodesOfTheJobContract) {
   EXPECT_FALSE(killed.exit_code);
 }
 
-TEST(Process, CapturesBothStreamsAndSplitsStdoutLines) {
+TEST(Process, AppendsBothStreamsToTheOutputFile) {
   fs::path log = fs::temp_directory_path() / ("ratio-proc-" + std::to_string(getpid()) + ".log");
-  int log_fd = open(log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-  Spawned p = spawn_process({"/bin/sh", "-c", "echo one; echo two; echo err >&2; printf tail; exit 3"}, {});
-  std::vector<std::string> lines;
-  pump_output(p.stdout_fd, p.stderr_fd, log_fd, [&](const std::vector<std::string>& batch) {
-    lines.insert(lines.end(), batch.begin(), batch.end());
-  });
-  close(log_fd);
-  ExitStatus exit = wait_exit(p.pid);
+  std::ofstream(log) << "earlier attempt\n";
+  pid_t pid = spawn_process({"/bin/sh", "-c", "echo one; echo err >&2; exit 3"}, {}, log.string());
+  ExitStatus exit = wait_exit(pid);
   EXPECT_FALSE(exit.signaled);
   EXPECT_EQ(exit.code, 3);
-  EXPECT_EQ(lines, (std::vector<std::string>{"one", "two", "tail"}));
   std::ifstream in(log);
   std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  EXPECT_NE(text.find("err"), std::string::npos);
-  EXPECT_NE(text.find("two"), std::string::npos);
+  EXPECT_EQ(text, "earlier attempt\none\nerr\n");
   fs::remove(log);
 }
 
 TEST(Process, RunsInItsOwnGroupWithTheGivenEnvironment) {
-  Spawned p = spawn_process({"/bin/sh", "-c", "echo $RATIO_TEST_VAR; sleep 30 & wait"}, {{"RATIO_TEST_VAR", "hello"}});
-  std::vector<std::string> lines;  // read only after the pump thread joined
-  std::atomic<bool> got_output{false};
-  std::thread pump([&] {
-    int null_fd = open("/dev/null", O_WRONLY);
-    pump_output(p.stdout_fd, p.stderr_fd, null_fd, [&](const std::vector<std::string>& b) {
-      lines.insert(lines.end(), b.begin(), b.end());
-      got_output = true;
-    });
-    close(null_fd);
-  });
-  for (int i = 0; i < 250 && !got_output; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(20));
-  EXPECT_EQ(getpgid(p.pid), p.pid);
-  EXPECT_TRUE(process_alive_with(p.pid, "sleep 30"));
-  EXPECT_FALSE(process_alive_with(p.pid, "not-in-the-command-line"));
-  signal_group(p.pid, SIGKILL);  // kills the shell and its `sleep` child, so the pipes close
-  ExitStatus exit = wait_exit(p.pid);
-  pump.join();
+  fs::path log = fs::temp_directory_path() / ("ratio-group-" + std::to_string(getpid()) + ".log");
+  pid_t pid = spawn_process({"/bin/sh", "-c", "echo $RATIO_TEST_VAR; sleep 30 & wait"}, {{"RATIO_TEST_VAR", "hello"}},
+                            log.string());
+  auto output = [&] {
+    std::ifstream in(log);
+    return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  };
+  for (int i = 0; i < 250 && output().empty(); ++i) std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  EXPECT_EQ(getpgid(pid), pid);
+  EXPECT_TRUE(process_alive_with(pid, "sleep 30"));
+  EXPECT_FALSE(process_alive_with(pid, "not-in-the-command-line"));
+  EXPECT_FALSE(try_wait(pid));  // still running
+  signal_group(pid, SIGKILL);  // kills the shell and its `sleep` child
+  ExitStatus exit = wait_exit(pid);
   EXPECT_TRUE(exit.signaled);
   EXPECT_EQ(exit.code, SIGKILL);
-  EXPECT_EQ(lines, std::vector<std::string>{"hello"});
-  EXPECT_FALSE(process_alive_with(p.pid, "sleep 30"));
+  EXPECT_FALSE(process_alive_with(pid, "sleep 30"));
+  EXPECT_EQ(output(), "hello\n");
+  fs::remove(log);
+}
+
+TEST(Process, RunCommandCapturesOutputAndExitCode) {
+  CommandResult r = run_command({"sh", "-c", "echo out; echo err >&2; exit 4"});
+  EXPECT_EQ(r.out, "out\n");
+  EXPECT_EQ(r.err, "err\n");
+  EXPECT_FALSE(r.exit.signaled);
+  EXPECT_EQ(r.exit.code, 4);
+  EXPECT_THROW(run_command({"/nonexistent/sbatch"}), std::runtime_error);
 }
 
 TEST(Process, MissingExecutableIsAClearError) {
   try {
-    spawn_process({"/nonexistent/ratio-worker", "run"}, {});
+    spawn_process({"/nonexistent/ratio-worker", "run"}, {}, "/dev/null");
     FAIL();
   } catch (const std::runtime_error& e) {
     EXPECT_NE(std::string(e.what()).find("--worker PATH"), std::string::npos);
@@ -303,7 +340,9 @@ TEST(EventBus, AReconnectingClientGetsWhatItMissedOrAResync) {
   EXPECT_EQ(bus.subscribe("garbage")->next(1)->type, "resync");
 }
 
-TEST(Scheduler, RecoveryStopsASurvivingProcessAndRequeuesItsJob) {
+// A worker that outlived its daemon (kill -9) is adopted, not stopped: the restarted daemon follows it
+// by pid and token, reads its log, and when it exits ends the attempt by what it reported.
+TEST(Scheduler, RecoveryAdoptsASurvivingWorkerAndEndsItByWhatItReported) {
   fs::path dir = fs::temp_directory_path() / ("ratio-recover-" + std::to_string(getpid()));
   fs::remove_all(dir);
   fs::create_directories(dir);
@@ -312,49 +351,51 @@ TEST(Scheduler, RecoveryStopsASurvivingProcessAndRequeuesItsJob) {
     ~RemoveAtExit() { fs::remove_all(path); }
   } cleanup{dir};
   const std::string token = "0123456789abcdef0123456789abcdef";
-  pid_t survivor = -1;
-  {
-    WriteQueue writer((dir / "ratio.db").string());
-    ratio::db::NewMatrix m;
-    m.name = "recover";
-    m.source = "name: recover";
-    m.expanded = nlohmann::json::object();
-    m.jobs.push_back({"0", "baseline", nlohmann::json::object(), "hash", nlohmann::json::object(), 10});
-    writer.run([&](ratio::db::Store& s) { return s.create_matrix(m); });
-    auto claim = writer.run([&](ratio::db::Store& s) { return s.claim_next_job("cpu:0", token, dir.string()); });
-    ASSERT_TRUE(claim);
-    // A process left running by a "previous daemon": its command line carries the attempt token.
-    // `& wait` keeps the shell (whose command line has the token) alive instead of exec-ing sleep.
-    Spawned p = spawn_process({"/bin/sh", "-c", "sleep 60 & wait", token}, {});
-    close(p.stdout_fd);
-    close(p.stderr_fd);
-    survivor = p.pid;
-    writer.run([&](ratio::db::Store& s) {
-      s.set_attempt_pid(claim->attempt_id, p.pid);
-      return 0;
-    });
-    // posix_spawn returns while exec may still be setting up the new command line: poll for it.
-    for (int i = 0; i < 100 && !process_alive_with(survivor, token); ++i) {
-      std::this_thread::sleep_for(std::chrono::milliseconds(20));
-    }
-    ASSERT_TRUE(process_alive_with(survivor, token));
-
-    EventBus bus;
-    SchedulerConfig config;
-    config.slots = parse_slots("cpu:1");
-    config.workdir = dir.string();
-    config.grace_s = 5;
-    Scheduler scheduler(config, writer, bus);
-    scheduler.recover();
-
-    ExitStatus exit = wait_exit(survivor);
-    EXPECT_TRUE(exit.signaled);
-    EXPECT_EQ(exit.code, SIGTERM);
-    auto detail = writer.run([](ratio::db::Store& s) { return s.job_detail(1); });
-    ASSERT_TRUE(detail);
-    EXPECT_EQ((*detail)["attempts"][0]["status"], "lost");
-    EXPECT_NE((*detail)["attempts"][0]["reason"].get<std::string>().find("daemon restarted"), std::string::npos);
-    EXPECT_EQ((*detail)["job"]["status"], "queued");
-    EXPECT_TRUE(writer.run([](ratio::db::Store& s) { return s.running_attempts(); }).empty());
+  WriteQueue writer((dir / "ratio.db").string());
+  ratio::db::NewMatrix m;
+  m.name = "recover";
+  m.source = "name: recover";
+  m.expanded = nlohmann::json::object();
+  m.jobs.push_back({"0", "baseline", nlohmann::json::object(), "hash", nlohmann::json::object(), 10});
+  writer.run([&](ratio::db::Store& s) { return s.create_matrix(m); });
+  auto claim = writer.run([&](ratio::db::Store& s) { return s.claim_next_job("cpu:0", token, dir.string()); });
+  ASSERT_TRUE(claim);
+  fs::create_directories(fs::path(claim->log_path).parent_path());
+  // A "worker" left running by a previous daemon: its command line carries the attempt token, and it
+  // reports a divergence on stdout (its log) before it exits. `& wait` keeps the shell alive.
+  const std::string failed = R"({"type":"failed","seq":0,"reason":"loss is NaN","exit_code":4})";
+  pid_t survivor = spawn_process({"/bin/sh", "-c", "echo '" + failed + "'; sleep 60 & wait", token}, {}, claim->log_path);
+  writer.run([&](ratio::db::Store& s) {
+    s.set_attempt_pid(claim->attempt_id, survivor);
+    return 0;
+  });
+  // posix_spawn returns while exec may still be setting up the new command line: poll for it.
+  for (int i = 0; i < 100 && !process_alive_with(survivor, token); ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
   }
+  ASSERT_TRUE(process_alive_with(survivor, token));
+
+  EventBus bus;
+  SchedulerConfig config;
+  config.workdir = dir.string();
+  config.grace_s = 5;
+  LocalExecutor executor(parse_slots("cpu:1"));
+  Scheduler scheduler(config, executor, writer, bus);
+  scheduler.recover();
+  scheduler.start();
+  auto attempt = [&] { return (*writer.run([](ratio::db::Store& s) { return s.job_detail(1); }))["attempts"][0]; };
+  std::this_thread::sleep_for(std::chrono::seconds(1));
+  EXPECT_TRUE(process_alive_with(survivor, token)) << "an adopted worker is not stopped";
+  EXPECT_EQ(attempt()["status"], "running");
+
+  signal_group(survivor, SIGKILL);
+  wait_exit(survivor);  // (the test spawned it, so the test reaps it)
+  for (int i = 0; i < 100 && attempt()["status"] == "running"; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  scheduler.shutdown();
+  nlohmann::json ended = attempt();
+  EXPECT_EQ(ended["status"], "failed") << ended;
+  EXPECT_NE(ended["reason"].get<std::string>().find("diverged (exit 4)"), std::string::npos) << ended;
+  EXPECT_EQ(ended["exit_code"], 4);
 }

@@ -262,6 +262,39 @@ TEST_F(StoreTest, ExitWithoutResultFailsAndNonRetryableFailureIsFinal) {
   EXPECT_FALSE(store.claim_next_job("cpu:0", "t3", dir_.string()));
 }
 
+// Version 3: an attempt's SLURM job id, state and reason, shown on the job summary and each attempt.
+TEST_F(StoreTest, SlurmJobOfTheLatestAttemptShowsOnTheJobAndItsAttempts) {
+  Store store(path_, false);
+  store.create_matrix(matrix_with(2));
+  auto a = store.claim_next_job("slurm", "t1", dir_.string());
+  EXPECT_TRUE(store.job_summary(a->job_id).value()["slurm"].is_null());  // not submitted yet
+  store.set_attempt_slurm_job(a->attempt_id, "4711");
+  EXPECT_TRUE(store.set_attempt_slurm_state(a->attempt_id, "PENDING", "Resources"));
+  EXPECT_FALSE(store.set_attempt_slurm_state(a->attempt_id, "PENDING", "Resources"));  // no change
+  EXPECT_EQ(store.job_summary(a->job_id).value()["slurm"],
+            json::parse(R"({"job_id": "4711", "state": "PENDING", "reason": "Resources"})"));
+  EXPECT_EQ(store.list_jobs(std::nullopt, "")[0]["slurm"]["state"], "PENDING");
+  EXPECT_TRUE(store.list_jobs(std::nullopt, "")[1]["slurm"].is_null());  // queued, never submitted
+  EXPECT_EQ(store.running_attempts()[0].slurm_job_id, "4711");
+  EXPECT_EQ(store.running_attempts()[0].n, 1);
+  EXPECT_EQ(store.job_detail(a->job_id).value()["attempts"][0]["slurm"]["job_id"], "4711");
+}
+
+// What an attempt reported decides its end when nobody saw its exit status.
+TEST_F(StoreTest, ReportedExitCodeComesFromTheResultOrTheFailedEvent) {
+  Store store(path_, false);
+  store.create_matrix(matrix_with(3));
+  auto silent = store.claim_next_job("cpu:0", "t1", dir_.string());
+  EXPECT_FALSE(store.reported_exit_code(silent->attempt_id));
+  auto failed = store.claim_next_job("cpu:1", "t2", dir_.string());
+  store.ingest(failed->attempt_id,
+               json::array({{{"type", "failed"}, {"seq", 0}, {"reason", "loss is NaN"}, {"exit_code", 4}}}));
+  EXPECT_EQ(store.reported_exit_code(failed->attempt_id), 4);
+  auto done = store.claim_next_job("cpu:2", "t3", dir_.string());
+  store.ingest(done->attempt_id, json::array({{{"type", "finished"}, {"seq", 0}, {"result", {{"iters", 40}}}}}));
+  EXPECT_EQ(store.reported_exit_code(done->attempt_id), 0);
+}
+
 TEST_F(StoreTest, RetriesStopAtMaxAttempts) {
   Store store(path_, false);
   NewMatrix m = matrix_with(1);

@@ -3,7 +3,7 @@
 // (near-zero) parameters flagged.
 
 import { api } from './api.js';
-import { el, setText, fmtTime, fmtSci, isNum, throttle, statusText, PALETTE } from './util.js';
+import { el, setText, fmtTime, fmtSci, isNum, throttle, statusText, statusClass, PALETTE } from './util.js';
 import { LineChart } from './charts.js';
 
 const DEAD_GRAD = 1e-8;  // a gradient norm below this counts as "no gradient" (defect 5 of the study)
@@ -79,7 +79,7 @@ export function mountJobDetail(root, jobId, { store, metricsId, result, closeHre
   function renderJob(j, attempts) {
     job = { ...job, ...j };
     setText(title, `Step ${job.step} · ${job.name || ''}`);
-    status.className = `badge status-${job.status}`;
+    status.className = statusClass(job);
     setText(status, statusText(job));
     const iter = isNum(job.iter) ? `iter ${job.iter}/${job.max_iters ?? '?'}` : '';
     setText(facts, [iter, job.config_hash && `config ${job.config_hash}`, job.reason && `reason: ${job.reason}`]
@@ -94,7 +94,7 @@ export function mountJobDetail(root, jobId, { store, metricsId, result, closeHre
         el('td', {}, el('span', { class: `badge status-${a.status}` }, a.status)),
         el('td', { class: 'reason' }, a.reason || ''),
         el('td', { class: 'num' }, a.exit_code ?? '–'),
-        el('td', {}, a.slot || '–'),
+        el('td', {}, a.slurm ? `SLURM ${a.slurm.job_id}${a.slurm.state ? ` (${a.slurm.state})` : ''}` : a.slot || '–'),
         el('td', { class: 'mono' }, a.build_id || '–'),
         el('td', { class: 'num' }, fmtTime(a.started_at)),
         el('td', { class: 'num' }, fmtTime(a.ended_at)))));

@@ -7,7 +7,7 @@
 
 import { api, subscribe } from './api.js';
 import { el, setText, setAttr, fmtLoss, fmtSigned, fmtCount, fmtSci, fmtTime, isNum, throttle,
-  statusText, PALETTE } from './util.js';
+  statusText, statusClass, PALETTE } from './util.js';
 import { progressBar, updateProgressBar, countsText } from './matrix_list.js';
 import { buildGrid, meanStd, baseOf, mechanismsOf } from './grid.js';
 import { MetricStore, LineChart } from './charts.js';
@@ -198,7 +198,7 @@ export function mountMatrixView(root, route) {
     setText(cells.nameLink, j.name || '');
     cells.baseTag.hidden = j.step !== baselineStep;
     const badge = cells.status.firstChild;
-    badge.className = `badge status-${j.status}`;
+    badge.className = statusClass(j);
     setText(badge, statusText(j) + (j.attempts > 1 ? ` · attempt ${j.attempts}` : '') + (isNum(j.reused_from) ? ' · cached' : ''));
     setAttr(cells.status, 'title', j.reason || null);
     numCell(cells.val, finalLoss(j, r), fmtLoss);
@@ -319,7 +319,7 @@ export function mountMatrixView(root, route) {
       link.append(fmtLoss(stats.mean));
       if (stats.n > 1) link.append(el('span', { class: 'muted small' }, ` ±${stats.std.toFixed(4)} (n=${stats.n})`));
     }
-    for (const j of others) link.append(el('span', { class: `badge status-${j.status}`, title: j.reason || '' }, statusText(j)));
+    for (const j of others) link.append(el('span', { class: statusClass(j), title: j.reason || '' }, statusText(j)));
     td.append(link);
     td.title = members.map((j) => `step ${j.step} ${j.name || ''}: ${j.status}`).join('\n');
     const base = baselineLoss();

@@ -89,7 +89,18 @@ export function throttle(fn, ms) {
 export const STATUSES = ['queued', 'running', 'succeeded', 'failed', 'cancelled'];
 
 // Run progress as "running 40%" when the iteration is known.
+// A running job whose SLURM job still waits in SLURM's queue (docs/api.md, job summary `slurm`).
+export function queuedInSlurm(job) {
+  return job.status === 'running' && job.slurm != null && job.slurm.state === 'PENDING';
+}
+
+// The badge class: a job queued in SLURM looks queued, whatever ratiod's own status.
+export function statusClass(job) {
+  return `badge status-${queuedInSlurm(job) ? 'queued' : job.status}`;
+}
+
 export function statusText(job) {
+  if (queuedInSlurm(job)) return `queued in SLURM${job.slurm.reason ? `: ${job.slurm.reason}` : ''}`;
   if (job.status === 'running' && isNum(job.iter) && isNum(job.max_iters) && job.max_iters > 0) {
     return `running ${Math.floor((100 * job.iter) / job.max_iters)}%`;
   }

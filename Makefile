@@ -3,7 +3,7 @@ BUILD   ?= build
 JOBS    ?= $(shell nproc)
 CMAKE_FLAGS ?=
 
-.PHONY: all setup configure build test demo gpu gpu-bundle clean presets
+.PHONY: all setup configure build test demo deb gpu gpu-bundle clean presets
 
 all: build
 
@@ -23,6 +23,11 @@ test: build
 
 demo: build
 	scripts/demo.sh $(BUILD)
+
+# The Debian package $(BUILD)/ratio_<version>_amd64.deb: binaries, dashboard, systemd unit, default
+# /etc/ratio/ratiod.yaml, man pages (packaging/CMakeLists.txt). Install with `apt install ./FILE.deb`.
+deb: build
+	cd $(BUILD) && cpack -G DEB
 
 # Submit a built-in preset to the running ratiod ($$RATIO_SERVER, default http://127.0.0.1:8080), as the
 # study did with its defconfigs: make defconfig-gpt2-ratio-ablation-reciprocal, make defconfig-demo, ...

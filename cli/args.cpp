@@ -2,201 +2,17 @@
 
 #include <algorithm>
 #include <map>
-#include <set>
+
+#include <CLI/CLI.hpp>
+
+#include "ratio/build_info.h"
 
 namespace ratio::cli {
 namespace {
 
-// Which flags each command accepts (global flags --server, --token, --help work everywhere).
-const std::map<std::string, std::set<std::string>>& command_flags() {
-  static const std::map<std::string, std::set<std::string>> flags = {
-      {"submit", {"--preset", "--force", "--watch", "--interval"}},
-      {"status", {"--watch", "--interval"}},
-      {"results", {"--json", "--csv"}},
-      {"rerun", {"--failed", "--job"}},
-      {"cancel", {"--matrix"}},
-      {"logs", {"-f", "--follow", "--tail", "--interval"}},
-      {"expand", {"--preset", "--json"}},
-      {"presets", {}},
-      {"export", {}},
-      {"help", {}},
-  };
-  return flags;
-}
-
-bool takes_value(const std::string& flag) {
-  return flag == "--server" || flag == "--token" || flag == "--preset" || flag == "--job" || flag == "--matrix" ||
-         flag == "--tail" || flag == "--interval";
-}
-
-double parse_number(const std::string& flag, const std::string& value, double min) {
-  size_t used = 0;
-  double number = 0.0;
-  try {
-    number = std::stod(value, &used);
-  } catch (const std::exception&) {
-    used = 0;
-  }
-  if (used != value.size() || number < min)
-    throw UsageError(flag + " expects a number >= " + std::to_string(static_cast<int>(min)) + ", got '" + value + "'");
-  return number;
-}
-
-void require_id(const std::string& what, const std::string& value) {
-  if (value.empty() || !std::all_of(value.begin(), value.end(), [](char c) { return c >= '0' && c <= '9'; }))
-    throw UsageError(what + " must be a numeric id (see `ratio status`), got '" + value + "'");
-}
-
-// Positional arguments per command: checks their count and stores them.
-void take_positionals(Command& cmd, const std::vector<std::string>& pos) {
-  auto want = [&](size_t min, size_t max, const char* usage) {
-    if (pos.size() < min || pos.size() > max)
-      throw UsageError(std::string("usage: ratio ") + usage + " (got " + std::to_string(pos.size()) +
-                       " argument(s); see `ratio --help`)");
-  };
-  const std::string& n = cmd.name;
-  if (n == "submit" || n == "expand") {
-    const char* usage =
-        n == "submit" ? "submit FILE|--preset NAME [--force] [--watch]" : "expand FILE|--preset NAME [--json]";
-    want(cmd.preset.empty() ? 1 : 0, cmd.preset.empty() ? 1 : 0, usage);
-    if (!pos.empty()) cmd.file = pos[0];
-  } else if (n == "status") {
-    want(0, 1, "status [MATRIX] [--watch]");
-    if (!pos.empty()) cmd.matrix = pos[0];
-  } else if (n == "results") {
-    want(1, 1, "results MATRIX [--json|--csv]");
-    cmd.matrix = pos[0];
-  } else if (n == "rerun") {
-    want(cmd.job.empty() ? 1 : 0, cmd.job.empty() ? 1 : 0, "rerun MATRIX [--failed] | rerun --job ID");
-    if (!pos.empty()) cmd.matrix = pos[0];
-    if (!cmd.job.empty() && cmd.failed_only)
-      throw UsageError("rerun --job ID reruns one job; --failed applies to a MATRIX");
-  } else if (n == "cancel") {
-    want(cmd.matrix.empty() ? 1 : 0, cmd.matrix.empty() ? 1 : 0, "cancel JOB | cancel --matrix ID");
-    if (!pos.empty()) cmd.job = pos[0];
-  } else if (n == "logs") {
-    want(1, 1, "logs JOB [-f] [--tail N]");
-    cmd.job = pos[0];
-  } else if (n == "export") {
-    want(2, 2, "export MATRIX DIR");
-    cmd.matrix = pos[0];
-    cmd.dir = pos[1];
-  } else {
-    want(0, 0, "presets");
-  }
-  if (!cmd.matrix.empty()) require_id("MATRIX", cmd.matrix);
-  if (!cmd.job.empty()) require_id("JOB", cmd.job);
-}
-
-}  // namespace
-
-Command parse_args(const std::vector<std::string>& args, const char* env_server, const char* env_token) {
-  Command cmd;
-  cmd.server = env_server && *env_server ? env_server : kDefaultServer;
-  cmd.token = env_token ? env_token : "";
-  std::vector<std::string> positionals;
-  std::vector<std::string> flags_seen;
-
-  for (size_t i = 0; i < args.size(); ++i) {
-    std::string arg = args[i];
-    if (arg == "-h" || arg == "--help") {
-      cmd.name = "help";
-      return cmd;
-    }
-    if (arg.size() < 2 || arg[0] != '-') {
-      if (cmd.name.empty()) {
-        if (!command_flags().count(arg))
-          throw UsageError("unknown command '" + arg +
-                           "'; commands: submit status results rerun cancel logs expand presets export (ratio --help)");
-        cmd.name = arg;
-      } else {
-        positionals.push_back(arg);
-      }
-      continue;
-    }
-    std::string value;
-    bool has_inline_value = false;
-    if (size_t eq = arg.find('='); arg.rfind("--", 0) == 0 && eq != std::string::npos) {
-      value = arg.substr(eq + 1);
-      arg = arg.substr(0, eq);
-      has_inline_value = true;
-    }
-    if (takes_value(arg) && !has_inline_value) {
-      if (i + 1 >= args.size()) throw UsageError(arg + " needs a value (ratio --help)");
-      value = args[++i];
-    } else if (!takes_value(arg) && has_inline_value) {
-      throw UsageError(arg + " takes no value");
-    }
-    flags_seen.push_back(arg);
-
-    // clang-format off
-    if (arg == "--server") cmd.server = value;
-    else if (arg == "--token") cmd.token = value;
-    else if (arg == "--preset") cmd.preset = value;
-    else if (arg == "--job") cmd.job = value;
-    else if (arg == "--matrix") cmd.matrix = value;
-    else if (arg == "--tail") cmd.tail = static_cast<int>(parse_number(arg, value, 0));
-    else if (arg == "--interval") cmd.interval_s = parse_number(arg, value, 0);
-    else if (arg == "--force") cmd.force = true;
-    else if (arg == "--watch") cmd.watch = true;
-    else if (arg == "--failed") cmd.failed_only = true;
-    else if (arg == "-f" || arg == "--follow") cmd.follow = true;
-    else if (arg == "--json") cmd.format = "json";
-    else if (arg == "--csv") cmd.format = "csv";
-    else throw UsageError("unknown option '" + arg + "' (ratio --help)");
-    // clang-format on
-  }
-
-  if (cmd.name.empty()) throw UsageError("no command given; try `ratio --help`");
-  for (const std::string& flag : flags_seen) {
-    if (flag == "--server" || flag == "--token") continue;
-    if (!command_flags().at(cmd.name).count(flag))
-      throw UsageError("option " + flag + " does not apply to `ratio " + cmd.name + "` (ratio --help)");
-  }
-  const auto seen = [&](const char* flag) {
-    return std::find(flags_seen.begin(), flags_seen.end(), flag) != flags_seen.end();
-  };
-  if (seen("--json") && seen("--csv")) throw UsageError("choose one output format: --json or --csv");
-  if (cmd.server.rfind("http://", 0) != 0 && cmd.server.rfind("https://", 0) != 0)
-    throw UsageError("--server must be a URL like http://127.0.0.1:8080, got '" + cmd.server + "'");
-  while (cmd.server.size() > 8 && cmd.server.back() == '/') cmd.server.pop_back();
-  take_positionals(cmd, positionals);
-  if (!cmd.preset.empty() && !cmd.file.empty()) throw UsageError("give a FILE or --preset NAME, not both");
-  return cmd;
-}
-
-std::string help_text() {
-  return R"(ratio: submit and follow RATIO ablation matrices on a ratiod daemon.
-
-usage: ratio [--server URL] [--token TOKEN] COMMAND [ARGS]
-
-Commands talking to ratiod:
-  submit FILE|--preset NAME [--force] [--watch]
-                         submit a matrix (YAML/JSON); prints the new matrix id as stdout's last line.
-                         --force reruns configs whose results are cached; --watch follows progress.
-  status [MATRIX] [--watch] [--interval S]
-                         all matrices, or one matrix's jobs (status, iter/max_iters, last loss)
-  results MATRIX [--json|--csv]
-                         comparison table with deltas, efficiency and KEEP/REMOVE/INVESTIGATE verdicts;
-                         --json prints the API's answer unchanged
-  rerun MATRIX [--failed]
-                         requeue the matrix's failed and cancelled jobs (--failed: failed only)
-  rerun --job ID         requeue one job (a new attempt; earlier attempts are kept)
-  cancel JOB | cancel --matrix ID
-                         cancel one job, or every queued and running job of a matrix
-  logs JOB [-f] [--tail N]
-                         the job's current attempt log (last N lines, default 200); -f follows it
-  export MATRIX DIR      write DIR/<matrix>_results_YYYYMMDD_HHMMSS/ with one JSON per step and summaries
-
-Local commands (no daemon needed):
-  expand FILE|--preset NAME [--json]
-                         resolve a matrix into its jobs with parameter counts and lint warnings
-  presets                list the built-in presets
-
-Options:
-  --server URL   ratiod's address (default $RATIO_SERVER, else http://127.0.0.1:8080)
-  --token TOKEN  bearer token for mutating calls (default $RATIO_TOKEN)
-  -h, --help     this text
+const char* kFooter = R"(
+Run `ratio COMMAND --help` for a command's arguments and options. Options may come before or after the
+command; --flag=value works as well as --flag value.
 
 Exit codes:
   0  success
@@ -207,6 +23,186 @@ Exit codes:
   5  --watch: the matrix finished with failed or cancelled jobs
   6  a local file could not be read or written
 )";
+
+// The command line's values before the checks across options.
+struct Parsed {
+  Command cmd;
+  bool json = false;
+  bool csv = false;
+  std::map<std::string, std::string> usage;  // command -> its usage line, for errors
+};
+
+CLI::App* add_command(CLI::App& app, Parsed& p, const std::string& name, const std::string& usage,
+                      const std::string& description) {
+  CLI::App* sub = app.add_subcommand(name, description);
+  sub->fallthrough();  // --server and --token also after the command
+  sub->callback([&p, name] { p.cmd.name = name; });
+  p.usage[name] = usage;
+  return sub;
+}
+
+void add_interval(CLI::App* sub, Command& cmd) {
+  sub->add_option("--interval", cmd.interval_s, "seconds between polls")
+      ->type_name("S")->check(CLI::NonNegativeNumber)->capture_default_str();
+}
+
+// The whole command line. A new option is one add_option/add_flag line on its command.
+void build(CLI::App& app, Parsed& p) {
+  Command& cmd = p.cmd;
+  app.description("ratio: submit and follow RATIO ablation matrices on a ratiod daemon.");
+  app.name("ratio");
+  app.get_formatter()->column_width(28);
+  app.option_defaults()->disable_flag_override();  // --watch=yes is a mistake, not a synonym
+  app.set_version_flag("--version", version_text("ratio"), "print the version and build id, then exit");
+  app.add_option("--server", cmd.server, "ratiod's address")
+      ->envname("RATIO_SERVER")->type_name("URL")->default_str(kDefaultServer);
+  app.add_option("--token", cmd.token, "bearer token for mutating calls")->envname("RATIO_TOKEN")->type_name("TOKEN");
+  app.require_subcommand(0, 1);
+  app.allow_extras();  // unknown words and options are reported by check_extras, in our words
+
+  CLI::App* submit = add_command(app, p, "submit", "submit FILE|--preset NAME [--force] [--watch]",
+                                 "submit a matrix (YAML/JSON); prints the new matrix id as stdout's last line");
+  submit->add_option("FILE", cmd.file, "the matrix file");
+  submit->add_option("--preset", cmd.preset, "a built-in preset instead of FILE (ratio presets)")->type_name("NAME");
+  submit->add_flag("--force", cmd.force, "rerun configs whose results are cached");
+  submit->add_flag("--watch", cmd.watch, "follow progress on stderr until every job ended");
+  add_interval(submit, cmd);
+
+  CLI::App* status = add_command(app, p, "status", "status [MATRIX] [--watch]",
+                                 "all matrices, or one matrix's jobs (status, iter/max_iters, last loss)");
+  status->add_option("MATRIX", cmd.matrix, "a matrix id");
+  status->add_flag("--watch", cmd.watch, "redraw until every job ended");
+  add_interval(status, cmd);
+
+  CLI::App* results = add_command(app, p, "results", "results MATRIX [--json|--csv]",
+                                  "comparison table with deltas, efficiency and KEEP/REMOVE/INVESTIGATE verdicts");
+  results->add_option("MATRIX", cmd.matrix, "a matrix id")->required();
+  results->add_flag("--json", p.json, "the API's answer unchanged");
+  results->add_flag("--csv", p.csv, "one CSV row per step");
+
+  CLI::App* rerun = add_command(app, p, "rerun", "rerun MATRIX [--failed] | rerun --job ID",
+                                "requeue a matrix's failed and cancelled jobs, or one job (a new attempt)");
+  rerun->add_option("MATRIX", cmd.matrix, "a matrix id");
+  rerun->add_flag("--failed", cmd.failed_only, "failed jobs only, not cancelled ones");
+  rerun->add_option("--job", cmd.job, "rerun this one job instead")->type_name("ID");
+
+  CLI::App* cancel = add_command(app, p, "cancel", "cancel JOB | cancel --matrix ID",
+                                 "cancel one job, or every queued and running job of a matrix");
+  cancel->add_option("JOB", cmd.job, "a job id");
+  cancel->add_option("--matrix", cmd.matrix, "cancel this matrix's jobs instead")->type_name("ID");
+
+  CLI::App* logs = add_command(app, p, "logs", "logs JOB [-f] [--tail N]", "the job's current attempt log");
+  logs->add_option("JOB", cmd.job, "a job id")->required();
+  logs->add_flag("-f,--follow", cmd.follow, "keep printing what the log grows by until the job ends");
+  logs->add_option("--tail", cmd.tail, "the last N lines")->type_name("N")->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
+  add_interval(logs, cmd);
+
+  CLI::App* expand = add_command(app, p, "expand", "expand FILE|--preset NAME [--json]",
+                                 "resolve a matrix into its jobs with parameter counts and lint warnings (local)");
+  expand->add_option("FILE", cmd.file, "the matrix file");
+  expand->add_option("--preset", cmd.preset, "a built-in preset instead of FILE")->type_name("NAME");
+  expand->add_flag("--json", p.json, "the expansion as JSON");
+
+  add_command(app, p, "presets", "presets", "list the built-in presets (local)");
+
+  CLI::App* exp = add_command(app, p, "export", "export MATRIX DIR",
+                              "write DIR/<matrix>_results_YYYYMMDD_HHMMSS/ with one JSON per step and summaries");
+  exp->add_option("MATRIX", cmd.matrix, "a matrix id")->required();
+  exp->add_option("DIR", cmd.dir, "where to create the results folder")->required();
+
+  add_command(app, p, "help", "help", "this text");
+  app.footer(kFooter);  // after the commands, which would inherit it
+}
+
+void require_id(const std::string& what, const std::string& value) {
+  if (value.empty() || !std::all_of(value.begin(), value.end(), [](char c) { return c >= '0' && c <= '9'; }))
+    throw UsageError(what + " must be a numeric id (see `ratio status`), got '" + value + "'");
+}
+
+// Arguments CLI11 did not place: an unknown command, an option of another command, a stray word.
+void check_extras(const CLI::App& app, const Parsed& p) {
+  const std::vector<std::string> extras = app.remaining(true);
+  if (extras.empty()) return;
+  const std::string& first = extras.front();
+  const std::string& name = p.cmd.name;
+  if (first.rfind("-", 0) != 0) {
+    if (name.empty())
+      throw UsageError("unknown command '" + first +
+                       "'; commands: submit status results rerun cancel logs expand presets export (ratio --help)");
+    throw UsageError("unexpected argument '" + first + "'; usage: ratio " + p.usage.at(name) + " (ratio " + name +
+                     " --help)");
+  }
+  const std::string flag = first.substr(0, first.find('='));
+  for (const CLI::App* sub : app.get_subcommands({})) {
+    if (sub->get_name() != name && sub->get_option_no_throw(flag))
+      throw UsageError("option " + flag + " does not apply to `ratio " + name + "` (ratio " +
+                       (name.empty() ? "" : name + " ") + "--help)");
+  }
+  throw UsageError("unknown option '" + flag + "' (ratio --help)");
+}
+
+// Checks across options and arguments that CLI11's per-option checks cannot express.
+void check_command(Parsed& p) {
+  Command& cmd = p.cmd;
+  const std::string& n = cmd.name;
+  auto usage = [&] { return "usage: ratio " + p.usage.at(n) + " (ratio " + n + " --help)"; };
+  if (n.empty()) throw UsageError("no command given; try `ratio --help`");
+  if (p.json && p.csv) throw UsageError("choose one output format: --json or --csv");
+  cmd.format = p.json ? "json" : p.csv ? "csv" : "table";
+  if ((n == "submit" || n == "expand") && cmd.file.empty() == cmd.preset.empty())
+    throw UsageError("give a FILE or --preset NAME, not both or neither; " + usage());
+  if (n == "rerun" && cmd.job.empty() == cmd.matrix.empty())
+    throw UsageError("give a MATRIX or --job ID; " + usage());
+  if (n == "rerun" && !cmd.job.empty() && cmd.failed_only)
+    throw UsageError("rerun --job ID reruns one job; --failed applies to a MATRIX");
+  if (n == "cancel" && cmd.job.empty() == cmd.matrix.empty())
+    throw UsageError("give a JOB or --matrix ID; " + usage());
+  if (!cmd.matrix.empty()) require_id("MATRIX", cmd.matrix);
+  if (!cmd.job.empty()) require_id("JOB", cmd.job);
+  if (cmd.server.rfind("http://", 0) != 0 && cmd.server.rfind("https://", 0) != 0)
+    throw UsageError("--server must be a URL like http://127.0.0.1:8080, got '" + cmd.server + "'");
+  while (cmd.server.size() > 8 && cmd.server.back() == '/') cmd.server.pop_back();
+}
+
+}  // namespace
+
+Command parse_args(const std::vector<std::string>& args) {
+  Parsed p;
+  p.cmd.server = kDefaultServer;
+  CLI::App app;
+  build(app, p);
+  try {
+    std::vector<std::string> reversed(args.rbegin(), args.rend());  // CLI11 consumes argv from the back
+    app.parse(reversed);
+  } catch (const CLI::CallForHelp&) {
+    p.cmd.name = "help";
+    p.cmd.text = app.help();  // the command's own help when one was given
+    return p.cmd;
+  } catch (const CLI::CallForVersion&) {
+    p.cmd.name = "version";
+    p.cmd.text = version_text("ratio");
+    return p.cmd;
+  } catch (const CLI::ParseError& e) {
+    const std::vector<CLI::App*> commands = app.get_subcommands();
+    const std::string name = commands.empty() ? "" : commands.front()->get_name();
+    throw UsageError(std::string(e.what()) +
+                     (name.empty() ? " (ratio --help)" : "; usage: ratio " + p.usage.at(name) + " (ratio " + name + " --help)"));
+  }
+  check_extras(app, p);
+  if (p.cmd.name == "help") {
+    p.cmd.text = help_text();
+    return p.cmd;
+  }
+  check_command(p);
+  return p.cmd;
+}
+
+std::string help_text() {
+  Parsed p;
+  CLI::App app;
+  build(app, p);
+  return app.help();
 }
 
 }  // namespace ratio::cli

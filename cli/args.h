@@ -1,6 +1,7 @@
 #pragma once
 // `ratio` command line: parsing into a Command, the exit codes, and the help text.
-// Pure (no I/O besides reading the two environment variables given to it), so tests can drive it.
+// Pure (no I/O besides reading $RATIO_SERVER and $RATIO_TOKEN), so tests can drive it. CLI11 stays
+// inside args.cpp: it is heavy and only that file parses options.
 
 #include <optional>
 #include <stdexcept>
@@ -27,7 +28,9 @@ class UsageError : public std::runtime_error {
 };
 
 struct Command {
-  std::string name;              // submit | status | results | rerun | cancel | logs | expand | presets | export | help
+  std::string name;              // submit | status | results | rerun | cancel | logs | expand | presets | export
+                                 // | help | version (both print `text`)
+  std::string text;              // help, version: what to print
   std::string server;            // base URL of ratiod
   std::string token;             // bearer token for mutating calls; empty = none
   std::string file;              // submit/expand: matrix file
@@ -44,12 +47,13 @@ struct Command {
   double interval_s = 2.0;       // --watch / -f poll interval
 };
 
-// Parses argv (without the program name). `env_server`/`env_token` are $RATIO_SERVER/$RATIO_TOKEN
-// (null when unset). Throws UsageError.
-Command parse_args(const std::vector<std::string>& args, const char* env_server, const char* env_token);
+// Parses argv (without the program name); --server and --token default to $RATIO_SERVER and
+// $RATIO_TOKEN. Throws UsageError.
+Command parse_args(const std::vector<std::string>& args);
 
 constexpr const char* kDefaultServer = "http://127.0.0.1:8080";
 
+// `ratio --help`: the commands, the global options and the exit codes.
 std::string help_text();
 
 }  // namespace ratio::cli

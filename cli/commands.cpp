@@ -321,8 +321,8 @@ int cmd_export(const Command& cmd, ApiClient& api, std::ostream& out) {
 }
 
 int dispatch(const Command& cmd, std::ostream& out, std::ostream& err, bool out_is_tty, bool err_is_tty) {
-  if (cmd.name == "help") {
-    out << help_text();
+  if (cmd.name == "help" || cmd.name == "version") {
+    out << cmd.text;
     return kOk;
   }
   if (cmd.name == "expand") return cmd_expand(cmd, out);

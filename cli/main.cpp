@@ -1,7 +1,6 @@
 // ratio: the command-line client of ratiod (see `ratio --help` and docs/cli.md).
 #include <unistd.h>
 
-#include <cstdlib>
 #include <iostream>
 
 #include "cli/args.h"
@@ -12,7 +11,7 @@ int main(int argc, char** argv) {
   const std::vector<std::string> args(argv + 1, argv + argc);
   Command cmd;
   try {
-    cmd = parse_args(args, std::getenv("RATIO_SERVER"), std::getenv("RATIO_TOKEN"));
+    cmd = parse_args(args);
   } catch (const UsageError& e) {
     std::cerr << "ratio: " << e.what() << '\n';
     return kUsage;

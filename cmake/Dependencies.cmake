@@ -5,6 +5,8 @@ find_package(yaml-cpp REQUIRED)
 find_package(spdlog REQUIRED)
 find_package(SQLite3 REQUIRED)
 find_package(Threads REQUIRED)
+# CLI11 is header-only and heavy: only the .cpp files that parse options include it.
+find_package(CLI11 2 REQUIRED)
 
 # cpp-httplib: Debian ships the compiled flavour (libcpp-httplib.so) without a CMake config.
 find_path(HTTPLIB_INCLUDE_DIR httplib.h REQUIRED)

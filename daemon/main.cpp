@@ -12,11 +12,12 @@
 #include <thread>
 
 #include <httplib.h>
-#include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/spdlog.h>
 
 #include "daemon/api.h"
 #include "daemon/local_executor.h"
+#include "daemon/logging.h"
+#include "daemon/notify.h"
 #include "daemon/options.h"
 #include "daemon/scheduler.h"
 #include "daemon/slots.h"
@@ -32,6 +33,19 @@ namespace {
 constexpr size_t kServerThreads = 64;
 
 // One daemon per database: a second would "recover" (stop) the first one's workers.
+// Taken by the signal thread with sigwait; blocked everywhere else.
+const sigset_t& handled_signals() {
+  static const sigset_t set = [] {
+    sigset_t s;
+    sigemptyset(&s);
+    sigaddset(&s, SIGTERM);
+    sigaddset(&s, SIGINT);
+    sigaddset(&s, SIGHUP);
+    return s;
+  }();
+  return set;
+}
+
 int lock_database(const std::string& db_path) {
   std::string lock_path = db_path + ".lock";
   int fd = open(lock_path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
@@ -87,7 +101,7 @@ std::unique_ptr<Executor> make_executor(const Options& options, const std::strin
   return std::make_unique<SlurmExecutor>(slurm);
 }
 
-int run(const Options& options) {
+int run(const Options& options, Notifier& notifier) {
   lock_database(options.db_path);
   fs::create_directories(options.workdir);
   WriteQueue writer(options.db_path);
@@ -118,6 +132,7 @@ int run(const Options& options) {
   config.lease_s = options.lease_s;
   config.stall_s = options.stall_s;
   config.grace_s = options.grace_s;
+  config.on_pass = [&notifier] { notifier.feed_watchdog(); };
   std::unique_ptr<Executor> executor = make_executor(options, report_base(options, port));
   Scheduler scheduler(config, *executor, writer, bus);
   scheduler.recover();
@@ -131,18 +146,22 @@ int run(const Options& options) {
   spdlog::info("executor {} ({}); workdir {}; worker {}; workers report to {}", options.executor, slot_names,
                options.workdir, options.worker_path, config.report_url);
   // Tests and scripts read this line to learn the port (with --listen HOST:0).
-  std::cout << "ratiod listening on http://" << options.host << ":" << port << std::endl;
+  const std::string url = "http://" + options.host + ":" + std::to_string(port);
+  std::cout << "ratiod listening on " << url << std::endl;
+  // The database is open and the port bound (connections wait in its backlog): ready, before the
+  // scheduler thread's first watchdog keep-alive.
+  notifier.ready("listening on " + url);
   scheduler.start();
 
-  // SIGTERM/SIGINT are blocked in every thread (set in main) and taken here.
+  // SIGTERM/SIGINT/SIGHUP are blocked in every thread (set in main) and taken here.
   std::thread signals([&] {
-    sigset_t set;
-    sigemptyset(&set);
-    sigaddset(&set, SIGTERM);
-    sigaddset(&set, SIGINT);
     int sig = 0;
-    sigwait(&set, &sig);
+    do {
+      sigwait(&handled_signals(), &sig);
+      if (sig == SIGHUP) reopen_log();
+    } while (sig == SIGHUP);
     spdlog::info("signal {}: interrupting workers (they checkpoint) and shutting down", sig);
+    notifier.stopping();
     scheduler.shutdown();
     bus.close();
     server.stop();
@@ -157,20 +176,21 @@ int run(const Options& options) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  sigset_t set;
-  sigemptyset(&set);
-  sigaddset(&set, SIGTERM);
-  sigaddset(&set, SIGINT);
-  pthread_sigmask(SIG_BLOCK, &set, nullptr);  // inherited by every thread created below
-  signal(SIGPIPE, SIG_IGN);                   // a client hanging up must not kill the daemon
-  spdlog::set_default_logger(spdlog::stderr_color_mt("ratiod"));  // stdout carries only the listening line
+  pthread_sigmask(SIG_BLOCK, &handled_signals(), nullptr);  // inherited by every thread created below
+  signal(SIGPIPE, SIG_IGN);                                 // a client hanging up must not kill the daemon
+  Notifier notifier;  // before any thread: it edits the environment
 
   std::error_code ec;
   fs::path exe = fs::read_symlink("/proc/self/exe", ec);
   std::string exe_dir = ec ? "." : exe.parent_path().string();
   try {
-    Options options = parse_options(std::vector<std::string>(argv + 1, argv + argc), exe_dir);
-    return run(options);
+    const Invocation invocation = parse_command_line(std::vector<std::string>(argv + 1, argv + argc), exe_dir);
+    if (!invocation.text.empty()) {
+      std::cout << invocation.text;
+      return 0;
+    }
+    init_logging(invocation.options.log_file);
+    return run(invocation.options, notifier);
   } catch (const std::exception& e) {
     std::cerr << "ratiod: " << e.what() << "\n";
     return 2;

@@ -1,6 +1,8 @@
 #pragma once
-// ratiod's command line.
+// ratiod's command line and config file (--config FILE, YAML: every flag is a key, flags override
+// the file). CLI11 stays inside options.cpp: it is heavy and only that file parses options.
 
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -16,7 +18,8 @@ struct Options {
   std::vector<std::string> allow_paths;  // --allow-path DIR (repeatable): more folders jobs may read
   std::string worker_path;     // default: ratio-worker next to ratiod
   std::string token;           // read from --token-file; empty = no auth (loopback only)
-  std::string web_root;        // default: compiled-in build tree path, else <exe>/../share/ratio/web
+  std::string web_root;        // default: <exe>/../share/ratio/web, else the build tree's copy
+  std::string log_file;        // empty = stderr (journald under systemd); reopened on SIGHUP
   double lease_s = 600;        // no event from a running worker for this long -> lost
   double stall_s = 3600;       // iteration not advancing for this long -> lost (a hang)
   double grace_s = 30;         // SIGTERM -> SIGKILL delay for cancel and shutdown
@@ -30,11 +33,26 @@ struct Options {
   std::string report_url;                  // --report-url: how workers reach ratiod ("" = from --listen)
 };
 
-// Parses argv; throws std::invalid_argument with a message naming the flag and the fix.
-// exe_path is argv[0] resolved (for the default worker path and web root).
-Options parse_options(const std::vector<std::string>& args, const std::string& exe_dir);
+// A bad command line or config file; the message is one line: what, where (the flag, or
+// FILE:LINE:COLUMN: key), and how to fix it. ratiod exits 2.
+class UsageError : public std::invalid_argument {
+ public:
+  using std::invalid_argument::invalid_argument;
+};
 
-std::string usage();
+// What the command line asks for: run with `options`, or, when `text` is not empty (--help,
+// --version), print it and exit 0.
+struct Invocation {
+  Options options;
+  std::string text;
+};
+
+// Parses argv (without the program name) and the --config file. exe_dir is the directory of the
+// running ratiod (for the default worker path and web root). Throws UsageError.
+Invocation parse_command_line(const std::vector<std::string>& args, const std::string& exe_dir);
+
+// The flags' names without "--" (= the config file's keys), for the test that keeps the two equal.
+std::vector<std::string> config_keys();
 
 bool is_loopback(const std::string& host);
 

@@ -121,6 +121,7 @@ void Scheduler::loop() {
     } catch (const std::exception& e) {
       spdlog::error("scheduler: {}", e.what());
     }
+    if (config_.on_pass) config_.on_pass();
   }
 }
 

@@ -14,6 +14,7 @@
 #include <atomic>
 #include <condition_variable>
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -39,6 +40,9 @@ struct SchedulerConfig {
   double lease_s = 600;
   double stall_s = 3600;
   double grace_s = 30;
+  // Called by the scheduler thread after each pass (dispatch + liveness, every half second): feeds
+  // systemd's watchdog, so a scheduler stuck in a pass gets ratiod restarted. Empty = nothing.
+  std::function<void()> on_pass;
 };
 
 class Scheduler {

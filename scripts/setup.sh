@@ -12,6 +12,9 @@ PACKAGES=(
   libicu-dev
   chromium fortunes nodejs npm
 )
+# Issue 16: one option library (CLI11), man pages from --help (help2man), and what `make deb`
+# (CPack's DEB generator with dpkg-shlibdeps) runs: dpkg-dev and file.
+PACKAGES+=(libcli11-dev help2man dpkg-dev file)
 
 missing=()
 for p in "${PACKAGES[@]}"; do

@@ -5,10 +5,12 @@
 #include <cstdlib>
 #include <iostream>
 #include <limits>
-#include <map>
 #include <string>
 #include <vector>
 
+#include <CLI/CLI.hpp>
+
+#include "ratio/build_info.h"
 #include "worker/data.h"
 #include "worker/events.h"
 #include "worker/kv.h"
@@ -17,107 +19,52 @@
 
 namespace {
 
-const char* kUsage =
-    "usage:\n"
-    "  ratio-worker run --job JOB.json --workdir DIR [--data-dir DIR] [--report URL --token T] [--resume]\n"
-    "                   [--heartbeat-s S] [--max-threads N]\n"
-    "                   (train.gpus > 1: this is rank 0, which starts the others with --rank R --rendezvous FILE)\n"
-    "  ratio-worker prepare --input TEXT|DIR|JSONL --out DIR --tokenizer byte|gpt2 [--val-frac 0.1]\n"
-    "                       [--shard-tokens 100000000] [--threads N (default: every core)]\n"
-    "  ratio-worker kv-report [--contexts 1024,2048,4096]\n"
-    "exit codes: 0 done, 1 crashed, 2 invalid spec/arguments, 3 data error, 4 diverged, 5 out of memory, 6 interrupted\n";
+const char* kFooter = R"(
+Run `ratio-worker COMMAND --help` for a command's options.
+
+Environment: RATIO_DATA_DIR (the default --data-dir, else ~/.cache/ratio/data), RATIO_FORTUNES_DIR (the
+fortune files of the built-in corpus, else /usr/share/games/fortunes), RATIO_GPT2_VOCAB_DIR (GPT-2's
+encoder.json and vocab.bpe).
+
+Exit codes: 0 done, 1 crashed, 2 invalid spec/arguments, 3 data error, 4 diverged, 5 out of memory,
+6 interrupted.
+)";
 
 struct UsageError : std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 
-// --flag VALUE pairs and bare --switches; `switches` lists the flags that take no value.
-std::map<std::string, std::string> parse_flags(int argc, char** argv, int first, const std::vector<std::string>& allowed,
-                                               const std::vector<std::string>& switches) {
-  std::map<std::string, std::string> flags;
-  for (int i = first; i < argc; ++i) {
-    const std::string flag = argv[i];
-    auto is = [&](const std::vector<std::string>& list) {
-      for (const auto& f : list)
-        if (f == flag) return true;
-      return false;
-    };
-    if (is(switches)) {
-      flags[flag] = "1";
-    } else if (is(allowed)) {
-      if (i + 1 >= argc) throw UsageError(flag + " needs a value");
-      flags[flag] = argv[++i];
-    } else {
-      throw UsageError("unknown argument '" + flag + "'");
-    }
-  }
-  return flags;
+// A number in [min, max], an integer when `integer`; `what` completes "--flag needs ...".
+CLI::Validator number_in(double min, double max, bool integer, const std::string& what) {
+  return CLI::Validator(
+      [=](std::string& text) -> std::string {
+        char* end = nullptr;
+        const double value = std::strtod(text.c_str(), &end);
+        const bool ok = !text.empty() && *end == '\0' && value >= min && value <= max &&
+                        (!integer || value == std::floor(value));
+        return ok ? "" : "needs " + what + ", got '" + text + "'";
+      },
+      "");
 }
 
-std::string required(const std::map<std::string, std::string>& flags, const std::string& flag) {
-  auto it = flags.find(flag);
-  if (it == flags.end() || it->second.empty()) throw UsageError("missing " + flag);
-  return it->second;
+// "1024,2048,4096": positive integers.
+std::vector<int64_t> parse_contexts(const std::string& list) {
+  std::vector<int64_t> contexts;
+  size_t pos = 0;
+  while (pos <= list.size()) {
+    const size_t comma = list.find(',', pos);
+    const std::string item = list.substr(pos, comma == std::string::npos ? std::string::npos : comma - pos);
+    char* end = nullptr;
+    const long long value = std::strtoll(item.c_str(), &end, 10);
+    if (item.empty() || *end != '\0' || value <= 0) throw UsageError("--contexts: '" + item + "' is not a positive integer");
+    contexts.push_back(value);
+    if (comma == std::string::npos) break;
+    pos = comma + 1;
+  }
+  return contexts;
 }
 
-// A flag's number, NaN when it is not one (so every range check rejects it).
-double number_or_nan(const std::string& text) {
-  try {
-    return std::stod(text);
-  } catch (const std::exception&) {
-    return std::numeric_limits<double>::quiet_NaN();
-  }
-}
-
-int run_command(int argc, char** argv) {
-  auto flags = parse_flags(argc, argv, 2, {"--job", "--workdir", "--data-dir", "--report", "--token", "--heartbeat-s",
-                                          "--max-threads", "--rank", "--rendezvous"},
-                           {"--resume"});
-  ratio::worker::RunOptions options;
-  options.job_path = required(flags, "--job");
-  options.workdir = required(flags, "--workdir");
-  options.data_dir = flags.count("--data-dir") ? flags["--data-dir"] : "";
-  options.report_url = flags.count("--report") ? flags["--report"] : "";
-  options.token = flags.count("--token") ? flags["--token"] : "";
-  options.resume = flags.count("--resume") > 0;
-  if (flags.count("--heartbeat-s")) {
-    options.heartbeat_s = number_or_nan(flags["--heartbeat-s"]);
-    if (!(options.heartbeat_s > 0)) throw UsageError("--heartbeat-s needs a positive number of seconds");
-  }
-  if (flags.count("--max-threads")) {
-    const double threads = number_or_nan(flags["--max-threads"]);
-    if (!(threads >= 1 && threads <= std::numeric_limits<int>::max()))
-      throw UsageError("--max-threads needs a positive integer");
-    options.max_threads = static_cast<int>(threads);
-  }
-  if (flags.count("--rank")) {
-    const double rank = number_or_nan(flags["--rank"]);
-    if (!(rank >= 1 && rank <= 64 && rank == std::floor(rank))) throw UsageError("--rank needs an integer in [1, 64]");
-    options.rank = static_cast<int>(rank);
-    options.rendezvous = required(flags, "--rendezvous");
-  }
-  if (!options.report_url.empty() && options.token.empty()) throw UsageError("--report needs --token");
-  return ratio::worker::run_job(options);
-}
-
-int prepare_command(int argc, char** argv) {
-  auto flags = parse_flags(argc, argv, 2, {"--input", "--out", "--tokenizer", "--val-frac", "--shard-tokens", "--threads"}, {});
-  ratio::worker::PrepareOptions options;
-  options.input = required(flags, "--input");
-  options.out_dir = required(flags, "--out");
-  options.tokenizer = required(flags, "--tokenizer");
-  if (flags.count("--val-frac")) options.val_frac = number_or_nan(flags["--val-frac"]);
-  if (flags.count("--shard-tokens")) {
-    const double tokens = number_or_nan(flags["--shard-tokens"]);
-    if (!(tokens >= 1 && tokens <= std::numeric_limits<int32_t>::max() && tokens == std::floor(tokens)))
-      throw UsageError("--shard-tokens needs an integer in [1, 2^31 - 1]");
-    options.shard_tokens = static_cast<int64_t>(tokens);
-  }
-  if (flags.count("--threads")) {
-    const double threads = number_or_nan(flags["--threads"]);
-    if (!(threads >= 1 && threads <= 4096 && threads == std::floor(threads))) throw UsageError("--threads needs a positive integer");
-    options.threads = static_cast<int>(threads);
-  }
+int prepare(const ratio::worker::PrepareOptions& options) {
   try {
     const ratio::worker::PrepareStats s = ratio::worker::prepare_corpus(options, &std::cerr);
     std::cout << "wrote " << s.train_tokens << " train tokens (" << s.train_shards << " shards) and " << s.val_tokens
@@ -135,50 +82,82 @@ int prepare_command(int argc, char** argv) {
   }
 }
 
-int kv_report_command(int argc, char** argv) {
-  auto flags = parse_flags(argc, argv, 2, {"--contexts"}, {});
-  std::vector<int64_t> contexts = {1024, 2048, 4096};
-  if (flags.count("--contexts")) {
-    contexts.clear();
-    std::string list = flags["--contexts"];
-    size_t pos = 0;
-    while (pos <= list.size()) {
-      size_t comma = list.find(',', pos);
-      const std::string item = list.substr(pos, comma == std::string::npos ? std::string::npos : comma - pos);
-      char* end = nullptr;
-      const long long value = std::strtoll(item.c_str(), &end, 10);
-      if (item.empty() || *end != '\0' || value <= 0) throw UsageError("--contexts: '" + item + "' is not a positive integer");
-      contexts.push_back(value);
-      if (comma == std::string::npos) break;
-      pos = comma + 1;
-    }
-  }
-  return ratio::worker::kv_report(contexts, std::cout);
-}
-
 }  // namespace
 
 int main(int argc, char** argv) {
-  const std::string command = argc > 1 ? argv[1] : "";
-  if (command == "--help" || command == "-h" || command == "help") {
-    std::cout << kUsage;
-    return 0;
-  }
+  namespace w = ratio::worker;
+  CLI::App app("ratio-worker: trains one job of a RATIO matrix (docs/job-spec.md), prepares token shards, "
+               "and prints the KV-cache report.",
+               "ratio-worker");
+  app.set_version_flag("--version", ratio::version_text("ratio-worker"), "print the version and build id, then exit");
+  app.require_subcommand(1);
+  app.get_formatter()->column_width(30);
+
+  // A new option is one line on its command.
+  w::RunOptions run;
+  CLI::App* run_cmd = app.add_subcommand("run", "train one job; events (JSON lines) on stdout");
+  run_cmd->add_option("--job", run.job_path, "the job spec (JSON)")->required()->type_name("JOB.json");
+  run_cmd->add_option("--workdir", run.workdir, "checkpoints and result.json go here")->required()->type_name("DIR");
+  run_cmd->add_option("--data-dir", run.data_dir, "datasets (default $RATIO_DATA_DIR, else ~/.cache/ratio/data)")
+      ->type_name("DIR");
+  run_cmd->add_option("--report", run.report_url, "also POST every event to this URL (needs --token)")->type_name("URL");
+  run_cmd->add_option("--token", run.token, "bearer token for --report")->type_name("T");
+  run_cmd->add_flag("--resume", run.resume, "continue from the checkpoint in --workdir");
+  run_cmd->add_option("--heartbeat-s", run.heartbeat_s, "a heartbeat event this often, whatever training does")
+      ->type_name("S")->check(number_in(1e-9, 1e12, false, "a positive number of seconds"));
+  run_cmd->add_option("--max-threads", run.max_threads, "at most N CPU threads")
+      ->type_name("N")->check(number_in(1, std::numeric_limits<int>::max(), true, "a positive integer"));
+  CLI::Option* rendezvous = run_cmd->add_option("--rendezvous", run.rendezvous, "the ranks' c10d FileStore (with --rank)")
+                               ->type_name("FILE");
+  run_cmd->add_option("--rank", run.rank, "data-parallel rank R ≥ 1 of train.gpus; rank 0 (no --rank) starts the others")
+      ->type_name("R")->check(number_in(1, 64, true, "an integer in [1, 64]"))->needs(rendezvous);
+
+  w::PrepareOptions prep;
+  CLI::App* prepare_cmd = app.add_subcommand("prepare", "tokenize text into shards for data.dataset");
+  prepare_cmd->add_option("--input", prep.input, "a text file, a .jsonl file, or a folder of both")
+      ->required()->type_name("TEXT|DIR|JSONL");
+  prepare_cmd->add_option("--out", prep.out_dir, "the dataset folder to write")->required()->type_name("DIR");
+  prepare_cmd->add_option("--tokenizer", prep.tokenizer, "byte or gpt2")->required()->check(CLI::IsMember({"byte", "gpt2"}));
+  prepare_cmd->add_option("--val-frac", prep.val_frac, "the share of documents for validation")->capture_default_str();
+  prepare_cmd->add_option("--shard-tokens", prep.shard_tokens, "tokens per shard")
+      ->capture_default_str()->check(number_in(1, std::numeric_limits<int32_t>::max(), true, "an integer in [1, 2^31 - 1]"));
+  prepare_cmd->add_option("--threads", prep.threads, "tokenizer threads (default: every core)")
+      ->type_name("N")->check(number_in(1, 4096, true, "a positive integer"));
+
+  std::string contexts = "1024,2048,4096";
+  CLI::App* kv_cmd = app.add_subcommand("kv-report", "KV-cache bytes per token of each attention variant");
+  kv_cmd->add_option("--contexts", contexts, "context lengths")->capture_default_str()->type_name("N,N,...");
+  app.footer(kFooter);  // after the commands, which would inherit it
+
   try {
-    if (command == "run") {
-      try {
-        return run_command(argc, argv);
-      } catch (const UsageError& e) {  // a run always ends with a failed event, even for bad arguments
-        ratio::worker::EventSink(std::cout).emit(
-            "failed", {{"reason", std::string("invalid arguments: ") + e.what()}, {"exit_code", ratio::worker::kExitInvalid}});
-        throw;
-      }
+    try {
+      app.parse(argc, argv);
+      if (run_cmd->parsed() && !run.report_url.empty() && run.token.empty()) throw UsageError("--report needs --token");
+    } catch (const CLI::CallForHelp&) {
+      std::cout << app.help();
+      return w::kExitDone;
+    } catch (const CLI::CallForVersion&) {
+      std::cout << ratio::version_text("ratio-worker");
+      return w::kExitDone;
+    } catch (const CLI::ParseError& e) {
+      const std::vector<CLI::App*> commands = app.get_subcommands();
+      const std::string name = commands.empty() ? "" : commands.front()->get_name() + " ";
+      throw UsageError(std::string(e.what()) + " (ratio-worker " + name + "--help)");
     }
-    if (command == "prepare") return prepare_command(argc, argv);
-    if (command == "kv-report") return kv_report_command(argc, argv);
-    throw UsageError(command.empty() ? "missing command" : "unknown command '" + command + "'");
   } catch (const UsageError& e) {
-    std::cerr << "ratio-worker: " << e.what() << "\n" << kUsage;
-    return ratio::worker::kExitInvalid;
+    if (run_cmd->parsed())  // a run always ends with a failed event, even for bad arguments
+      w::EventSink(std::cout).emit("failed",
+                                   {{"reason", std::string("invalid arguments: ") + e.what()}, {"exit_code", w::kExitInvalid}});
+    std::cerr << "ratio-worker: " << e.what() << "\n";
+    return w::kExitInvalid;
+  }
+
+  try {
+    if (run_cmd->parsed()) return w::run_job(run);
+    if (prepare_cmd->parsed()) return prepare(prep);
+    return w::kv_report(parse_contexts(contexts), std::cout);
+  } catch (const UsageError& e) {
+    std::cerr << "ratio-worker: " << e.what() << "\n";
+    return w::kExitInvalid;
   }
 }

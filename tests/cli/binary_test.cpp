@@ -91,6 +91,19 @@ TEST(CliBinary, MissingMatrixFileExitsSixBeforeContactingTheDaemon) {
   EXPECT_NE(ran.err.find("cannot read matrix file '/nonexistent/m.yaml'"), std::string::npos) << ran.err;
 }
 
+TEST(CliBinary, VersionHelpAndUnknownFlag) {
+  const Ran version = run_ratio({"--version"});
+  EXPECT_EQ(version.code, 0);
+  EXPECT_EQ(version.out.rfind("ratio ", 0), 0u) << version.out;
+  EXPECT_NE(version.out.find("\nbuild "), std::string::npos) << version.out;
+  const Ran sub = run_ratio({"logs", "--help"});
+  EXPECT_EQ(sub.code, 0);
+  EXPECT_NE(sub.out.find("--tail"), std::string::npos) << sub.out;
+  const Ran bad = run_ratio({"--bogus", "status"});
+  EXPECT_EQ(bad.code, 2);
+  EXPECT_EQ(bad.err, "ratio: unknown option '--bogus' (ratio --help)\n");
+}
+
 TEST(CliBinary, HelpDocumentsExitCodes) {
   const Ran ran = run_ratio({"--help"});
   EXPECT_EQ(ran.code, 0);

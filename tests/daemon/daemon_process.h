@@ -153,6 +153,7 @@ class Daemon {
   }
 
   int port() const { return port_; }
+  pid_t pid() const { return pid_; }
   const fs::path& dir() const { return dir_; }
 
   static fs::path data_dir() { return fs::temp_directory_path() / "ratio-daemon-test-data"; }

@@ -11,6 +11,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <thread>
 
 #include "daemon/event_bus.h"
@@ -25,6 +26,29 @@
 using namespace ratio::daemon;
 namespace fs = std::filesystem;
 
+Options parse_options(const std::vector<std::string>& args, const std::string& exe_dir) {
+  return parse_command_line(args, exe_dir).options;
+}
+
+std::string error_of(const std::vector<std::string>& args) {
+  try {
+    parse_command_line(args, ".");
+  } catch (const UsageError& e) {
+    return e.what();
+  }
+  return "no error";
+}
+
+// A config file in the temp directory, removed with the object.
+struct ConfigFile {
+  explicit ConfigFile(const std::string& text)
+      : path(fs::temp_directory_path() / ("ratiod-config-" + std::to_string(getpid()) + ".yaml")) {
+    std::ofstream(path) << text;
+  }
+  ~ConfigFile() { fs::remove(path); }
+  fs::path path;
+};
+
 TEST(Options, DefaultsDeriveFromDbAndExecutable) {
   Options o = parse_options({"--db", "/tmp/x/ratio.db"}, "/opt/ratio/bin");
   EXPECT_EQ(o.host, "127.0.0.1");
@@ -35,20 +59,22 @@ TEST(Options, DefaultsDeriveFromDbAndExecutable) {
 }
 
 TEST(Options, ErrorsNameTheFlagAndTheFix) {
-  auto message = [](std::vector<std::string> args) {
-    try {
-      parse_options(args, ".");
-    } catch (const std::invalid_argument& e) {
-      return std::string(e.what());
-    }
-    return std::string("no error");
-  };
-  EXPECT_NE(message({}).find("--db PATH is required"), std::string::npos);
-  EXPECT_NE(message({"--db", "x", "--listen", "localhost"}).find("HOST:PORT"), std::string::npos);
-  EXPECT_NE(message({"--db", "x", "--listen", "127.0.0.1:99999"}).find("0..65535"), std::string::npos);
-  EXPECT_NE(message({"--db", "x", "--bogus", "1"}).find("unknown flag --bogus"), std::string::npos);
-  EXPECT_NE(message({"--db", "x", "--lease-s", "-3"}).find("positive number"), std::string::npos);
-  EXPECT_NE(message({"--db", "x", "--listen", "0.0.0.0:8080"}).find("requires --token-file"), std::string::npos);
+  EXPECT_NE(error_of({}).find("--db PATH is required"), std::string::npos);
+  EXPECT_NE(error_of({"--db", "x", "--listen", "localhost"}).find("HOST:PORT"), std::string::npos);
+  EXPECT_NE(error_of({"--db", "x", "--listen", "127.0.0.1:99999"}).find("0..65535"), std::string::npos);
+  EXPECT_EQ(error_of({"--db", "x", "--bogus", "1"}), "unknown flag --bogus (ratiod --help lists them)");
+  EXPECT_NE(error_of({"--db", "x", "--lease-s", "-3"}).find("--lease-s: expects a positive number"), std::string::npos);
+  EXPECT_NE(error_of({"--db", "x", "--listen", "0.0.0.0:8080"}).find("requires --token-file"), std::string::npos);
+  EXPECT_NE(error_of({"--db"}).find("--db"), std::string::npos);
+}
+
+TEST(Options, HelpAndVersionAreTextToPrint) {
+  const std::string help = parse_command_line({"--help"}, ".").text;
+  for (const std::string& key : config_keys()) EXPECT_NE(help.find("--" + key), std::string::npos) << key;
+  for (const char* flag : {"--config", "--version", "--help"}) EXPECT_NE(help.find(flag), std::string::npos) << flag;
+  const std::string version = parse_command_line({"--db", "x", "--version"}, ".").text;
+  EXPECT_EQ(version.rfind("ratiod ", 0), 0u) << version;
+  EXPECT_NE(version.find("\nbuild "), std::string::npos) << version;
 }
 
 TEST(Options, TokenFileAllowsListeningBeyondLoopback) {
@@ -58,7 +84,7 @@ TEST(Options, TokenFileAllowsListeningBeyondLoopback) {
   EXPECT_EQ(o.token, "0123456789abcdef0123");
   EXPECT_EQ(o.port, 9000);
   std::ofstream(token) << "short\n";
-  EXPECT_THROW(parse_options({"--db", "x", "--token-file", token.string()}, "."), std::invalid_argument);
+  EXPECT_THROW(parse_options({"--db", "x", "--token-file", token.string()}, "."), UsageError);
   fs::remove(token);
 }
 
@@ -76,6 +102,84 @@ TEST(Options, SlurmExecutorFlags) {
   EXPECT_EQ(parse_options({"--db", "x"}, ".").slurm_gres, "gpu:1");
   EXPECT_THROW(parse_options({"--db", "x", "--executor", "k8s"}, "."), std::invalid_argument);
   EXPECT_THROW(parse_options({"--db", "x", "--report-url", "head:8080"}, "."), std::invalid_argument);
+}
+
+TEST(Options, DataDirDefaultsToTheEnvironment) {
+  ::setenv("RATIO_DATA_DIR", "/srv/ratio-data", 1);
+  EXPECT_EQ(parse_options({"--db", "x"}, ".").data_dir, "/srv/ratio-data");
+  ::unsetenv("RATIO_DATA_DIR");
+  EXPECT_EQ(parse_options({"--db", "x", "--data-dir", "/d"}, ".").data_dir, "/d");
+}
+
+// Every flag is a key of the config file, under the same name, with the same conversion.
+TEST(ConfigFile, EveryFlagIsAKey) {
+  fs::path token = fs::temp_directory_path() / ("ratio-config-token-" + std::to_string(getpid()));
+  std::ofstream(token) << "0123456789abcdef0123\n";
+  const std::map<std::string, std::string> values = {
+      {"db", "/tmp/c/ratio.db"}, {"listen", "127.0.0.1:9001"}, {"slots", "cpu:3"}, {"workdir", "/tmp/c/work"},
+      {"data-dir", "/tmp/c/data"}, {"allow-path", "[/tmp/c/a, /tmp/c/b]"}, {"worker", "/tmp/c/w"},
+      {"token-file", token.string()}, {"web-root", "/tmp/c/web"}, {"log-file", "/tmp/c/ratiod.log"},
+      {"lease-s", "11"}, {"stall-s", "12"}, {"grace-s", "13"}, {"drain", "true"}, {"executor", "slurm"},
+      {"slurm-partition", "gpu"}, {"slurm-gres", "none"}, {"slurm-time", "1:00:00"},
+      {"slurm-arg", "[--account=lab, --qos=high]"}, {"report-url", "http://head:8080"}};
+  std::string text;
+  for (const std::string& key : config_keys()) {
+    ASSERT_TRUE(values.count(key)) << "no value in this test for the new flag --" << key;
+    text += key + ": " + values.at(key) + "\n";
+  }
+  ConfigFile file(text);
+  const Options o = parse_options({"--config", file.path.string()}, ".");
+  fs::remove(token);
+  EXPECT_EQ(o.db_path, "/tmp/c/ratio.db");
+  EXPECT_EQ(o.port, 9001);
+  EXPECT_EQ(o.slots, "cpu:3");
+  EXPECT_EQ(o.workdir, "/tmp/c/work");
+  EXPECT_EQ(o.data_dir, "/tmp/c/data");
+  EXPECT_EQ(o.allow_paths, (std::vector<std::string>{"/tmp/c/a", "/tmp/c/b"}));
+  EXPECT_EQ(o.worker_path, "/tmp/c/w");
+  EXPECT_EQ(o.token, "0123456789abcdef0123");
+  EXPECT_EQ(o.web_root, "/tmp/c/web");
+  EXPECT_EQ(o.log_file, "/tmp/c/ratiod.log");
+  EXPECT_DOUBLE_EQ(o.lease_s, 11);
+  EXPECT_DOUBLE_EQ(o.stall_s, 12);
+  EXPECT_DOUBLE_EQ(o.grace_s, 13);
+  EXPECT_TRUE(o.drain);
+  EXPECT_EQ(o.executor, "slurm");
+  EXPECT_EQ(o.slurm_partition, "gpu");
+  EXPECT_EQ(o.slurm_gres, "");
+  EXPECT_EQ(o.slurm_time, "1:00:00");
+  EXPECT_EQ(o.slurm_args, (std::vector<std::string>{"--account=lab", "--qos=high"}));
+  EXPECT_EQ(o.report_url, "http://head:8080");
+}
+
+TEST(ConfigFile, FlagsOverrideTheFile) {
+  ConfigFile file("db: /tmp/c/file.db\nslots: cpu:2\nlease-s: 30\nallow-path: /tmp/c/from-file\n");
+  const Options o = parse_options(
+      {"--slots", "cpu:1", "--config", file.path.string(), "--allow-path", "/tmp/c/from-flag"}, ".");
+  EXPECT_EQ(o.db_path, "/tmp/c/file.db");  // only in the file
+  EXPECT_EQ(o.slots, "cpu:1");
+  EXPECT_DOUBLE_EQ(o.lease_s, 30);
+  EXPECT_EQ(o.allow_paths, std::vector<std::string>{"/tmp/c/from-flag"});
+}
+
+TEST(ConfigFile, BadKeysAndValuesAreLocated) {
+  auto error_in = [](const std::string& text) {
+    ConfigFile file(text);
+    const std::string message = error_of({"--config", file.path.string()});
+    const std::string prefix = file.path.string() + ":";
+    return message.rfind(prefix, 0) == 0 ? message.substr(prefix.size()) : "(not located) " + message;
+  };
+  EXPECT_EQ(error_in("db: x\nleese-s: 3\n"),
+            "2:1: leese-s: unknown key; the keys are ratiod's flags without -- (ratiod --help)");
+  EXPECT_EQ(error_in("db: x\nlease-s: soon\n"), "2:10: lease-s: expects a positive number of seconds, got 'soon'");
+  EXPECT_EQ(error_in("db: x\nlisten: nowhere\n"),
+            "2:9: listen: --listen expects HOST:PORT (e.g. 127.0.0.1:8080), got 'nowhere'");
+  EXPECT_EQ(error_in("db: x\nslots: [cpu:1, cpu:2]\n"), "2:8: slots: expected one value");
+  EXPECT_EQ(error_in("db: x\ndb: y\n"), "2:1: db: duplicate key; keep only one");
+  EXPECT_EQ(error_in("db: x\nversion: true\n").substr(0, 13), "2:1: version:");
+  EXPECT_EQ(error_in("db: [x\n").substr(0, 2), "2:");  // YAML syntax: located too
+  EXPECT_NE(error_of({"--config", "/nonexistent/ratiod.yaml"}).find("cannot read '/nonexistent/ratiod.yaml'"),
+            std::string::npos);
 }
 
 TEST(Slots, ParsesCpuAndGpuLists) {

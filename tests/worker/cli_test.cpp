@@ -3,6 +3,7 @@
 // delivery to a real HTTP server.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <csignal>
@@ -70,6 +71,12 @@ class WorkerCli : public ::testing::Test {
     fs::remove_all(data_dir());
   }
   std::string path(const std::string& name) const { return (dir_ / name).string(); }
+  static std::string read_text(const std::string& file) {
+    std::ifstream in(file);
+    std::stringstream text;
+    text << in.rdbuf();
+    return text.str();
+  }
   // The fortunes corpus is prepared here by the worker itself (its first-use path).
   static std::string data_dir() { return (fs::temp_directory_path() / ("ratio_cli_data_" + std::to_string(::getpid()))).string(); }
 
@@ -531,10 +538,55 @@ TEST_F(WorkerCli, BadArgumentsAreInvalid) {
   EXPECT_EQ(r.exit_code, 2);
   ASSERT_FALSE(r.events.empty());
   EXPECT_EQ(r.events.back()["type"], "failed");
-  EXPECT_NE(r.stderr_text.find("missing --job"), std::string::npos);
+  EXPECT_NE(r.stderr_text.find("--job is required"), std::string::npos) << r.stderr_text;
   WorkerRun beat = collect(start({"run", "--job", "j.json", "--workdir", path("w"), "--heartbeat-s", "0"}, "beat"), "beat");
   EXPECT_EQ(beat.exit_code, 2);
-  EXPECT_NE(beat.stderr_text.find("--heartbeat-s needs a positive number"), std::string::npos) << beat.stderr_text;
+  EXPECT_NE(beat.stderr_text.find("--heartbeat-s: needs a positive number"), std::string::npos) << beat.stderr_text;
+}
+
+TEST_F(WorkerCli, HelpVersionAndUnknownFlags) {
+  WorkerRun help = collect(start({"--help"}, "help"), "help");
+  EXPECT_EQ(help.exit_code, 0);
+  const std::string top = read_text(path("help.out"));
+  for (const char* word : {"run", "prepare", "kv-report", "--version", "RATIO_DATA_DIR", "RATIO_FORTUNES_DIR",
+                           "RATIO_GPT2_VOCAB_DIR", "Exit codes"})
+    EXPECT_NE(top.find(word), std::string::npos) << word << " in\n" << top;
+  const std::map<std::string, std::vector<std::string>> options = {
+      {"run", {"--job", "--workdir", "--data-dir", "--report", "--token", "--resume", "--heartbeat-s", "--max-threads"}},
+      {"prepare", {"--input", "--out", "--tokenizer", "--val-frac", "--shard-tokens", "--threads"}},
+      {"kv-report", {"--contexts"}}};
+  for (const auto& [command, flags] : options) {
+    WorkerRun sub = collect(start({command, "--help"}, command), command);
+    EXPECT_EQ(sub.exit_code, 0) << command;
+    EXPECT_TRUE(sub.events.empty()) << "help is not a run: no failed event";
+    const std::string text = read_text(path(command + ".out"));
+    for (const std::string& flag : flags) EXPECT_NE(text.find(flag), std::string::npos) << flag << " in\n" << text;
+  }
+  collect(start({"--version"}, "version"), "version");
+  const std::string version = read_text(path("version.out"));
+  EXPECT_EQ(version.rfind("ratio-worker ", 0), 0u) << version;
+  EXPECT_NE(version.find("\nbuild "), std::string::npos) << version;
+  WorkerRun bad = collect(start({"kv-report", "--bogus"}, "bogus"), "bogus");
+  EXPECT_EQ(bad.exit_code, 2);
+  EXPECT_EQ(std::count(bad.stderr_text.begin(), bad.stderr_text.end(), '\n'), 1) << bad.stderr_text;
+  EXPECT_NE(bad.stderr_text.find("--bogus"), std::string::npos) << bad.stderr_text;
+}
+
+// Without --data-dir the worker prepares the fortunes corpus under $RATIO_DATA_DIR.
+TEST_F(WorkerCli, DataDirDefaultsToTheEnvironment) {
+  json job = tiny_job();
+  job["train"]["max_iters"] = 2;
+  job["train"]["warmup_iters"] = 1;
+  job["train"]["eval_interval"] = 2;
+  job["train"]["checkpoint_interval"] = 2;
+  job["train"]["grad_norm_interval"] = 2;
+  job["train"]["log_interval"] = 1;
+  const std::string env_dir = path("env-data");
+  WorkerRun r = collect(start({"run", "--job", write_job("env.json", job), "--workdir", path("env_work")}, "env",
+                              {{"RATIO_DATA_DIR", env_dir}}),
+                        "env");
+  ASSERT_EQ(r.exit_code, 0) << r.stderr_text;
+  EXPECT_TRUE(fs::is_directory(env_dir + "/fortunes-byte")) << env_dir;
 }
 
 TEST_F(WorkerCli, NanLossIsDiverged) {
@@ -594,7 +646,7 @@ TEST_F(WorkerCli, PrepareWritesGpt2Shards) {
   WorkerRun bad = collect(start({"prepare", "--input", path("in.txt"), "--out", path("prep2"), "--tokenizer", "gpt2",
                            "--shard-tokens", "0"}, "prep2"), "prep2");
   EXPECT_EQ(bad.exit_code, 2) << bad.stderr_text;
-  EXPECT_NE(bad.stderr_text.find("--shard-tokens needs an integer"), std::string::npos) << bad.stderr_text;
+  EXPECT_NE(bad.stderr_text.find("--shard-tokens: needs an integer"), std::string::npos) << bad.stderr_text;
 }
 
 // ---- the step as a CUDA graph (train.cuda_graph) ------------------------------------------------

@@ -15,6 +15,9 @@ PACKAGES=(
 # Issue 16: one option library (CLI11), man pages from --help (help2man), and what `make deb`
 # (CPack's DEB generator with dpkg-shlibdeps) runs: dpkg-dev and file.
 PACKAGES+=(libcli11-dev help2man dpkg-dev file)
+# Issue 12: the SLURM executor's tests start a private one-node cluster on localhost
+# (tests/daemon/slurm_cluster.h); installing the packages starts nothing they need.
+PACKAGES+=(slurmctld slurmd slurm-client munge)
 
 missing=()
 for p in "${PACKAGES[@]}"; do
@@ -38,16 +41,3 @@ if [ -f web/package.json ] && [ ! -f web/node_modules/.package-lock.json ] ; the
   (cd web && npm ci --no-audit --no-fund --loglevel=error) >&2
 fi
 
-# SLURM (issue 12): the SLURM executor's tests start a private one-node cluster on localhost
-# (tests/daemon/slurm_cluster.h); installing the packages starts nothing they need.
-SLURM_PACKAGES=(slurmctld slurmd slurm-client munge)
-slurm_missing=()
-for p in "${SLURM_PACKAGES[@]}"; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || slurm_missing+=("$p")
-done
-if ((${#slurm_missing[@]})); then
-  echo "setup: installing SLURM packages: ${slurm_missing[*]}" >&2
-  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
-  $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${slurm_missing[@]}" >&2
-fi

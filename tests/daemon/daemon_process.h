@@ -2,6 +2,7 @@
 // One real ratiod process on a free loopback port with its own database, for the integration and fuzz
 // tests of tests/daemon. Nothing is mocked.
 
+#include <algorithm>
 #include <gtest/gtest.h>
 
 #include <fcntl.h>
@@ -70,10 +71,12 @@ class Daemon {
     static int launches = 0;
     out_path_ = dir_ / ("ratiod-" + std::to_string(++launches) + ".log");
     std::vector<std::string> args = {(bin_dir() / "ratiod").string(), "--db", (dir_ / "ratio.db").string(),
-                                     "--listen", "127.0.0.1:0", "--slots", "cpu:1",
                                      "--data-dir", data_dir().string(), "--grace-s", "20"};
     args.insert(args.end(), extra_.begin(), extra_.end());
     args.insert(args.end(), more.begin(), more.end());
+    // A free port and one CPU slot unless the test asks otherwise (ratiod refuses a flag given twice).
+    for (const auto& [flag, value] : {std::pair<std::string, std::string>{"--listen", "127.0.0.1:0"}, {"--slots", "cpu:1"}})
+      if (std::find(args.begin(), args.end(), flag) == args.end()) args.insert(args.end(), {flag, value});
     std::vector<char*> argv;
     for (auto& a : args) argv.push_back(a.data());
     argv.push_back(nullptr);

@@ -140,7 +140,7 @@ TEST_F(RatiodService, SighupReopensTheLogFile) {
   const fs::path log = dir_ / "ratiod.log";
   Daemon d(dir_, {"--drain", "--log-file", log.string()});
   d.start();
-  EXPECT_TRUE(d.wait_for([&] { return read_file(log).find("slots cpu:0") != std::string::npos; }, 10,
+  EXPECT_TRUE(d.wait_for([&] { return read_file(log).find("executor local (cpu:0)") != std::string::npos; }, 10,
                          "the first log line in --log-file"));
   fs::rename(log, dir_ / "ratiod.log.1");  // what logrotate does
   ::kill(d.pid(), SIGHUP);

@@ -75,6 +75,9 @@ class Executor {
 
   // The places attempts run in, for /api/health: local slots, or "slurm".
   virtual std::vector<std::string> slot_names() const = 0;
+  // At most how many queued jobs could start now, given the slots of the attempts running (0: none),
+  // so the scheduler reads no more of the queue than place() can use.
+  virtual int room(const std::vector<std::string>& busy) const = 0;
   // Which of the queued jobs (claim order, each with the GPUs it needs) start now, given the slots
   // of the attempts running.
   virtual Placements place(const std::vector<std::string>& busy, const std::vector<WaitingJob>& queue) const = 0;

@@ -12,27 +12,22 @@ std::vector<std::string> LocalExecutor::slot_names() const {
   return names;
 }
 
-namespace {
-
-// The slot names a held slot stands for: "gpu:0,1" -> {"gpu:0", "gpu:1"} (combine_slots' names).
-std::vector<std::string> member_names(const std::string& held) {
-  const size_t colon = held.find(':');
-  std::vector<std::string> names;
-  size_t start = colon + 1;
-  for (size_t comma; (comma = held.find(',', start)) != std::string::npos; start = comma + 1)
-    names.push_back(held.substr(0, colon + 1) + held.substr(start, comma - start));
-  names.push_back(held.substr(0, colon + 1) + held.substr(start));
-  return names;
+// taken[i]: slot i is held by a running attempt (a multi-GPU attempt holds "gpu:0,1").
+std::vector<bool> LocalExecutor::taken(const std::vector<std::string>& busy) const {
+  std::vector<bool> out(slots_.size(), false);
+  for (const std::string& held : busy)
+    for (const std::string& name : combined_slot_names(held))
+      for (size_t i = 0; i < slots_.size(); ++i) out[i] = out[i] || slots_[i].name == name;
+  return out;
 }
 
-}  // namespace
+int LocalExecutor::room(const std::vector<std::string>& busy) const {
+  const std::vector<bool> held = taken(busy);
+  return static_cast<int>(std::count(held.begin(), held.end(), false));
+}
 
 Placements LocalExecutor::place(const std::vector<std::string>& busy, const std::vector<WaitingJob>& queue) const {
-  std::vector<bool> taken(slots_.size(), false);
-  for (const std::string& held : busy)
-    for (const std::string& name : member_names(held))
-      for (size_t i = 0; i < slots_.size(); ++i) taken[i] = taken[i] || slots_[i].name == name;
-  const Allocation allocation = allocate_slots(taken, queue);
+  const Allocation allocation = allocate_slots(taken(busy), queue);
   Placements out;
   for (const SlotGrant& grant : allocation.start) {
     std::vector<Slot> slots;
@@ -49,7 +44,7 @@ Placements LocalExecutor::place(const std::vector<std::string>& busy, const std:
 
 Handle LocalExecutor::start(const Launch& launch) {
   std::vector<Slot> slots;
-  for (const std::string& name : member_names(launch.slot)) {
+  for (const std::string& name : combined_slot_names(launch.slot)) {
     auto slot = std::find_if(slots_.begin(), slots_.end(), [&](const Slot& s) { return s.name == name; });
     if (slot == slots_.end()) throw std::runtime_error("no slot named " + name);
     slots.push_back(*slot);

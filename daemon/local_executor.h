@@ -19,6 +19,7 @@ class LocalExecutor : public Executor {
   explicit LocalExecutor(std::vector<Slot> slots) : slots_(std::move(slots)) {}
 
   std::vector<std::string> slot_names() const override;
+  int room(const std::vector<std::string>& busy) const override;  // its free slots
   // By daemon/gpu_allocation.h's policy: a job of train.gpus N takes N slots ("gpu:0,1").
   Placements place(const std::vector<std::string>& busy, const std::vector<WaitingJob>& queue) const override;
   Handle start(const Launch& launch) override;
@@ -28,6 +29,8 @@ class LocalExecutor : public Executor {
   bool keeps_running_on_shutdown() const override { return false; }
 
  private:
+  std::vector<bool> taken(const std::vector<std::string>& busy) const;
+
   std::vector<Slot> slots_;
   // Workers of a previous daemon are not our children (no exit status to wait for): followed by
   // their token, which is on their command line.

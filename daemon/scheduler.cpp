@@ -21,7 +21,6 @@ using nlohmann::json;
 namespace {
 
 constexpr double kTickSeconds = 0.5;
-constexpr int kDispatchBatch = 256;  // queued jobs read per dispatch pass
 const db::AttemptEnd kShutdownEnd = {"interrupted", "the daemon shut down", std::nullopt, db::Retry::kAlways};
 
 // 128 random bits as hex: the attempt's bearer token for POST /api/report.
@@ -126,7 +125,7 @@ void Scheduler::loop() {
 }
 
 // Queued jobs to the executor's places (locally daemon/gpu_allocation.h's policy: a job of train.gpus
-// N takes N slots). Enough of the queue for any plan: a local machine starts at most one job per slot.
+// N takes N slots). Only as much of the queue as the executor has room for is read.
 void Scheduler::dispatch() {
   std::vector<std::string> busy;
   {
@@ -134,7 +133,9 @@ void Scheduler::dispatch() {
     if (stopping_) return;
     for (const auto& [id, live] : live_) busy.push_back(live->slot);
   }
-  const auto queued = writer_.run([&](db::Store& s) { return s.queued_jobs(kDispatchBatch); });
+  const int room = executor_.room(busy);
+  if (room == 0) return;
+  const auto queued = writer_.run([&](db::Store& s) { return s.queued_jobs(room); });
   if (queued.empty()) return;
   std::vector<WaitingJob> waiting;
   for (const db::QueuedJob& q : queued) waiting.push_back({q.job_id, q.gpus});

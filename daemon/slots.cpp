@@ -87,6 +87,16 @@ Slot combine_slots(const std::vector<Slot>& slots) {
   return out;
 }
 
+std::vector<std::string> combined_slot_names(const std::string& name) {
+  const std::string kind = name.substr(0, name.find(':') + 1);  // "gpu:"
+  std::vector<std::string> names;
+  size_t start = kind.size();
+  for (size_t comma; (comma = name.find(',', start)) != std::string::npos; start = comma + 1)
+    names.push_back(kind + name.substr(start, comma - start));
+  names.push_back(kind + name.substr(start));
+  return names;
+}
+
 std::vector<Slot> parse_slots(const std::string& spec) {
   std::vector<Slot> slots = parse_slot_list(spec);
   const int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));

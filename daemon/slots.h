@@ -24,6 +24,8 @@ std::vector<Slot> parse_slots(const std::string& spec);
 // records and the API shows), CUDA_VISIBLE_DEVICES "0,1" (rank r takes the r-th), and each rank's
 // thread cap. `slots` is non-empty and of one kind.
 Slot combine_slots(const std::vector<Slot>& slots);
+// Its inverse on names: "gpu:0,1" -> {"gpu:0", "gpu:1"}; a single slot's name -> {that name}.
+std::vector<std::string> combined_slot_names(const std::string& name);
 
 // Number of NVIDIA GPUs visible on this machine (0 when none or no driver).
 int count_gpus();

@@ -38,8 +38,10 @@ class SlurmExecutor : public Executor {
   static std::vector<std::pair<std::string, std::string>> nodes();
 
   std::vector<std::string> slot_names() const override { return {"slurm"}; }
-  // SLURM queues what it cannot run yet: every queued job is submitted.
-  // Every queued job goes to SLURM at once; SLURM schedules them (a job of train.gpus N asks for N GPUs).
+  // SLURM queues what it cannot run yet: every queued job is submitted, kSubmitBatch a pass, and
+  // SLURM schedules them (a job of train.gpus N asks for N GPUs).
+  static constexpr int kSubmitBatch = 256;
+  int room(const std::vector<std::string>&) const override { return kSubmitBatch; }
   Placements place(const std::vector<std::string>& busy, const std::vector<WaitingJob>& queue) const override;
   Handle start(const Launch& launch) override;
   void signal(const Handle& handle, int sig) override;

@@ -28,6 +28,7 @@
 #include "../cli/cli_process.h"
 #include "db/store.h"
 #include "tests/daemon/daemon_process.h"
+#include "tests/process_tree.h"
 
 namespace fs = std::filesystem;
 using nlohmann::json;
@@ -680,22 +681,6 @@ TEST_F(RatiodTest, KilledWorkerIsRetriedAndResumesFromItsCheckpoint) {
   EXPECT_GE(iters.back(), 395);
 }
 
-// The processes whose parent is `pid`.
-std::vector<pid_t> children_of(pid_t pid) {
-  std::vector<pid_t> out;
-  for (const auto& entry : fs::directory_iterator("/proc")) {
-    const std::string name = entry.path().filename().string();
-    if (name.find_first_not_of("0123456789") != std::string::npos) continue;
-    std::ifstream stat(entry.path() / "stat");
-    std::string line;
-    if (!std::getline(stat, line) || line.rfind(')') == std::string::npos) continue;
-    std::istringstream rest(line.substr(line.rfind(')') + 2));  // "S PPID ...": the name may hold spaces
-    char state = 0;
-    pid_t ppid = 0;
-    if (rest >> state >> ppid && ppid == pid) out.push_back(std::stoi(name));
-  }
-  return out;
-}
 
 // A 2-rank job (train.gpus: 2) on a 2-slot CPU daemon: the attempt holds both slots; kill -9 of
 // rank 1 ends it with that reason, the retry resumes from rank 0's checkpoint, the series has no gap.

@@ -262,6 +262,9 @@ TEST(Slots, SeveralSlotsOfOneJobShowAsOne) {
   EXPECT_EQ(cpu.name, "cpu:0,1");
   EXPECT_EQ(cpu.cuda_devices, "");
   EXPECT_EQ(cpu.threads, parse_slots("cpu:2")[0].threads) << "a cap per rank";
+  EXPECT_EQ(combined_slot_names(two.name), (std::vector<std::string>{"gpu:1", "gpu:3"}));
+  EXPECT_EQ(combined_slot_names(cpu.name), (std::vector<std::string>{"cpu:0", "cpu:1"}));
+  EXPECT_EQ(combined_slot_names("gpu:2"), (std::vector<std::string>{"gpu:2"}));
 }
 
 TEST(Slots, ShareTheCoresBetweenThem) {

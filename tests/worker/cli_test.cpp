@@ -24,11 +24,13 @@
 
 #include "model/gpt.h"
 #include "model/safetensors.h"
+#include "tests/process_tree.h"
 #include "worker/checkpoint.h"
 #include "worker/data.h"
 
 namespace fs = std::filesystem;
 using nlohmann::json;
+using ratio_test::children_of;
 
 namespace {
 
@@ -293,22 +295,6 @@ TEST_F(WorkerCli, SigtermCheckpointsExitsSixAndResumes) {
   EXPECT_TRUE(std::equal(resumed_losses.rbegin(), resumed_losses.rend(), straight_losses.rbegin()));
 }
 
-// The processes whose parent is `pid` (rank 0's ranks).
-std::vector<pid_t> children_of(pid_t pid) {
-  std::vector<pid_t> out;
-  for (const auto& entry : fs::directory_iterator("/proc")) {
-    const std::string name = entry.path().filename().string();
-    if (name.find_first_not_of("0123456789") != std::string::npos) continue;
-    std::ifstream stat(entry.path() / "stat");
-    std::string line;
-    if (!std::getline(stat, line) || line.rfind(')') == std::string::npos) continue;
-    std::istringstream rest(line.substr(line.rfind(')') + 2));  // "S PPID ...": the name may hold spaces
-    char state = 0;
-    pid_t ppid = 0;
-    if (rest >> state >> ppid && ppid == pid) out.push_back(std::stoi(name));
-  }
-  return out;
-}
 
 // A checkpoint's meta and its model parameters ("model/..."), read through the worker's own loader.
 std::pair<json, ratio::worker::NamedTensors> model_tensors(const std::string& ckpt) {

@@ -6,6 +6,7 @@
 #include <limits>
 #include <stdexcept>
 
+#include "model/fused_ra.h"
 #include "model/gpt.h"
 #include "model/layers.h"
 #include "model/torch_compat.h"
@@ -184,14 +185,18 @@ torch::Tensor AttentionImpl::attend_materialised(const torch::Tensor& q, const t
   return y;
 }
 
-torch::Tensor AttentionImpl::attend_fused(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v) {
+torch::Tensor AttentionImpl::attend_fused(const torch::Tensor& q, const torch::Tensor& shared_k, const torch::Tensor& v) {
   const double dropout_p = is_training() ? config_.dropout : 0.0;
+  const int64_t T = q.size(2);
+  if (fused_ && config_.ra.enabled && ra_band_limited(T) && dropout_p == 0.0 &&
+      fused::supports_ra_band(q, shared_k, v, config_.ra.window))
+    return fused::ra_band_attention(q, shared_k, v, ra_alpha, config_.ra.window, score_scale());
+  const auto k = shared_k.expand_as(q);  // MLA: one latent key for every head
   if (!config_.ra.enabled) return compat::sdpa(q, k, v, /*is_causal=*/true, score_scale(), {}, dropout_p);
   // [q, alpha·k]·[k, q]ᵀ = S + alpha·Sᵀ; the scale is given explicitly because the concatenated
   // width would otherwise change it.
   auto q_ra = torch::cat({q, k * ra_alpha.to(q.scalar_type())}, -1);  // [B, H, T, 2Dk]
   auto k_ra = torch::cat({k, q}, -1);
-  const int64_t T = q.size(2);
   if (!ra_band_limited(T)) return compat::sdpa(q_ra, k_ra, v, /*is_causal=*/true, score_scale(), {}, dropout_p);
   // Band-limited RA in one call over 2T keys: key j appears as [k_j, q_j] (S + alpha·Sᵀ, used inside
   // the band) and as [k_j, 0] (plain S, used outside it); the mask lets each query see exactly one of the pair.
@@ -223,7 +228,7 @@ AttentionOutput AttentionImpl::forward(const torch::Tensor& a, const torch::Tens
   if (need_weights) {
     y = attend_materialised(p.q, p.k, p.v, p.q, &out, keep_weights);
   } else {
-    y = attend_fused(p.q, p.k.expand_as(p.q), p.v);  // MLA: one latent key shared by all heads
+    y = attend_fused(p.q, p.k, p.v);
   }
   if (head_gate_ && !head_gate.defined()) throw std::logic_error("mechanism 1: layer expects a head gate");
   out.y = merge_heads_and_project(y, head_gate_ ? head_gate : torch::Tensor());

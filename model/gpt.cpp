@@ -310,7 +310,11 @@ void GPTImpl::set_fused_kernels(bool on) {
   fused_kernels_ = on;
   for (auto& block : blocks_) block->set_fused_kernels(on);
   for (auto& module : modules(/*include_self=*/false))
-    if (auto* linear = module->as<LinearImpl>()) linear->set_fused(on);
+    if (auto* linear = module->as<LinearImpl>()) {
+      linear->set_fused(on);
+    } else if (auto* attention = module->as<AttentionImpl>()) {
+      attention->set_fused(on);
+    }
 }
 
 torch::Tensor LinearImpl::forward(const torch::Tensor& input) {

@@ -70,6 +70,8 @@ class AttentionImpl : public torch::nn::Module {
                                  const torch::Tensor& latent_ctx, LayerCache& cache,
                                  std::optional<torch::ScalarType> storage);
 
+  // Band RA on the CUDA kernels of model/fused_ra.h where they can run (GPT::set_fused_kernels).
+  void set_fused(bool on) { fused_ = on; }
 
  private:
   // Queries, keys and values in the shapes the score product needs.
@@ -90,7 +92,8 @@ class AttentionImpl : public torch::nn::Module {
   // all_q [B, H, Tk, Dk]: the queries of every visible position (RA's S[j, i] = q_j·k_i).
   torch::Tensor attend_materialised(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
                                     const torch::Tensor& all_q, AttentionOutput* out, bool keep_weights);
-  // SDPA path (no T×T tensor on GPU): plain, full-range RA, or band RA over 2T keys. [B, H, T, D]
+  // No T×T tensor on GPU: band RA in model/fused_ra.h's kernels where they apply (fused_), else SDPA
+  // (plain, full-range RA, or band RA over 2T keys). k [B, H|1, T, Dk]. Returns [B, H, T, D].
   torch::Tensor attend_fused(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v);
   torch::Tensor ct_gate(const torch::Tensor& weights) const;  // [B, H, Tq]
   torch::Tensor merge_heads_and_project(torch::Tensor y, const torch::Tensor& head_gate);
@@ -99,6 +102,7 @@ class AttentionImpl : public torch::nn::Module {
   bool mla_;
   bool ct_;          // RA-CT active (enabled and gates not forced open)
   bool head_gate_;   // mechanism 1 consumer (layer >= 1, gates not forced open)
+  bool fused_ = false;
   Linear c_attn{nullptr}, q_proj{nullptr}, k_down{nullptr}, v_down{nullptr}, v_up{nullptr};
   Linear c_proj{nullptr};
   torch::Tensor q_to_latent;  // [H, D, L]

@@ -109,4 +109,81 @@ cudaError_t spam_adamw_step(const AdamWTensorList* lists, int64_t n_lists, float
                             const SpamAdamWConfig& config, cudaStream_t stream);
 int64_t adamw_partial_floats(int64_t n_lists);
 
+// ---- ra_band.cu: band-limited reciprocal attention (issue 11) -----------------------------------
+
+// RA's scores inside the band: S'[i, j] = scale·(q_i·k_j + alpha·q_j·k_i) for 0 ≤ i − j ≤ window;
+// outside it (j < i − window) the plain scale·q_i·k_j. The far part is ordinary causal attention of
+// the queries i ≥ window + 1 over the keys j ≤ T − window − 2 (a flash kernel computes it, with its
+// log-sum-exp); these kernels add the band and merge the two softmaxes exactly, so no T×T tensor
+// exists. A block takes 64 query rows and the 128 key positions before and at them, so window ≤ 64.
+//
+// Tensors are [B, heads, T, D] bf16 with the last dimension contiguous and the other strides given
+// (in elements); k may have one head for all (MLA's shared latent key: head stride 0).
+struct RaStrided {
+  const void* data;
+  int64_t sb, sh, st;  // batch, head and time strides in elements
+};
+struct RaStridedOut {
+  void* data;
+  int64_t sb, sh, st;
+};
+
+struct RaBandShape {
+  int B, H, T;
+  int window;          // 1..kRaMaxWindow
+  float scale;         // the score scale (1/sqrt(Dk))
+  const float* alpha;  // device scalar: RA's mixing weight
+};
+constexpr int kRaMaxWindow = 64;
+// Head widths the kernels are built for (Dk, Dv): the standard head (64, 64) and MLA's latent
+// keys with 64-wide value heads (128, 64).
+bool ra_band_supports(int64_t dk, int64_t dv);
+
+// Forward. out_far [B, H, T_far, Dv] and lse_far [B, H, ≥T_far] (fp32, rows contiguous, head and
+// batch strides given) are the far part's output and log-sum-exp for query rows window + 1 ..
+// (T_far = T − window − 1 ≥ 1). Writes out [B, H, T, Dv] (strided) and lse [B, H, T] fp32 contiguous,
+// the merged log-sum-exp the backward needs.
+struct RaBandForwardArgs {
+  RaBandShape shape;
+  int dk, dv;
+  RaStrided q, k, v, out_far;
+  const float* lse_far;
+  int64_t lse_far_sb, lse_far_sh;
+  RaStridedOut out;
+  float* lse;
+};
+cudaError_t ra_band_forward(const RaBandForwardArgs& args, cudaStream_t stream);
+
+// Backward of the band (the far part's backward is the flash kernel's, fed the merged output and
+// log-sum-exp). Per 64-row block it recomputes S', P = exp(S' − lse) and dS = P·(dP − D),
+// D_i = dO_i·O_i, and writes fp32 [B, H, T_pad, D] partial gradients, T_pad = T rounded up to 64:
+//   own_*:  rows of the block's own positions (every row written by exactly one block);
+//   prev_*: the key-side contributions to the 64 positions before the block (rows of the block
+//           before it; the last block's rows get none).
+// dalpha_partial: one float per block (B·H·ceil(T/64)), summed by the caller (fixed order).
+struct RaBandBackwardArgs {
+  RaBandShape shape;
+  int dk, dv;
+  RaStrided q, k, v, out, dout;
+  const float* lse;  // [B, H, T]
+  float *own_q, *own_k, *own_v, *prev_q, *prev_k, *prev_v;
+  float* dalpha_partial;
+};
+cudaError_t ra_band_backward(const RaBandBackwardArgs& args, cudaStream_t stream);
+int64_t ra_band_blocks(int64_t B, int64_t H, int64_t T);  // blocks of a launch = dalpha_partial floats
+int64_t ra_band_padded_t(int64_t T);
+
+// One input's gradient: out[b, g, t] = Σ_{h in g} own[b, h, t] + prev[b, h, t] (where the block after
+// t's exists) + far[b, h, t − far_offset] (where 0 ≤ t − far_offset < T_far). heads_out is H (one
+// output per head) or 1 (every head summed: MLA's shared key). own, prev: [B, H, T_pad, D] fp32;
+// far: [B, H, T_far, D] bf16 strided; out: [B, heads_out, T, D] bf16 strided. D a multiple of 8.
+struct RaBandCombineArgs {
+  int B, H, heads_out, T, D;
+  const float *own, *prev;
+  RaStrided far;
+  int64_t t_far, far_offset;
+  RaStridedOut out;
+};
+cudaError_t ra_band_combine(const RaBandCombineArgs& args, cudaStream_t stream);
+
 }  // namespace ratio::kernels

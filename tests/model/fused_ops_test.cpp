@@ -7,7 +7,7 @@
 #include <torch/torch.h>
 
 #include "model/fused.h"
-#include "support.h"
+#include "tests/model/fused_support.h"
 
 namespace ratio::model {
 namespace {
@@ -15,16 +15,10 @@ namespace {
 namespace F = torch::nn::functional;
 using testing::all_on;
 using testing::AutocastGuard;
+using testing::expect_model_paths_agree;
+using testing::have_kernels;
+using testing::rel_err;
 using testing::tiny;
-
-bool have_kernels() { return torch::cuda::is_available() && fused_kernels_built(); }
-
-// ‖a − b‖ / ‖b‖ in fp64.
-double rel_err(const torch::Tensor& a, const torch::Tensor& b) {
-  auto a64 = a.detach().to(torch::kCPU, torch::kFloat64), b64 = b.detach().to(torch::kCPU, torch::kFloat64);
-  EXPECT_TRUE(a64.isfinite().all().item<bool>()) << "non-finite values";
-  return (a64 - b64).norm().item<double>() / std::max(b64.norm().item<double>(), 1e-30);
-}
 
 // ---- residual add + layer norm ---------------------------------------------------------------------
 
@@ -253,37 +247,6 @@ TEST(FusedClassifier, TargetOutsideTheVocabularyGivesNaN) {
 }
 
 // ---- the model --------------------------------------------------------------------------------------
-
-// One forward and backward of the same model, fused and not: same loss and every gradient.
-void expect_model_paths_agree(const ModelConfig& config, torch::Device device, bool bf16, double tol) {
-  torch::manual_seed(3);
-  GPT model(config);
-  model->to(device);
-  const auto ids = torch::TensorOptions().dtype(torch::kLong).device(device);
-  auto idx = torch::randint(config.vocab_size, {2, config.block_size}, ids);
-  auto targets = torch::randint(config.vocab_size, {2, config.block_size}, ids);
-  auto run = [&](bool fused) {
-    model->set_fused_kernels(fused);
-    model->zero_grad();
-    AutocastGuard autocast(bf16);
-    auto out = model->forward(idx, targets);
-    out.loss.backward();
-    std::vector<torch::Tensor> grads;
-    for (const auto& p : model->parameters()) grads.push_back(p.grad().defined() ? p.grad().clone() : torch::Tensor());
-    return std::make_pair(out.loss.detach(), grads);
-  };
-  auto [loss_ref, grads_ref] = run(false);
-  auto [loss, grads] = run(true);
-  EXPECT_LT(rel_err(loss, loss_ref), tol);
-  const auto names = model->named_parameters().keys();
-  for (size_t i = 0; i < grads.size(); ++i) {
-    ASSERT_EQ(grads[i].defined(), grads_ref[i].defined()) << names[i];
-    if (!grads[i].defined()) continue;
-    // Gradients of order 1e-9 (a mixing scalar at init) are rounding; compare where there is signal.
-    if (grads_ref[i].abs().max().item<double>() < 1e-6) continue;
-    EXPECT_LT(rel_err(grads[i], grads_ref[i]), bf16 ? 5e-2 : 1e-4) << names[i];
-  }
-}
 
 TEST(FusedModel, CudaGptBaselineAndEveryMechanismMatchTheReferencePath) {
   if (!have_kernels()) GTEST_SKIP() << "no CUDA kernels in this build or no GPU";

@@ -1,0 +1,223 @@
+// Band-limited reciprocal attention as an autograd operation (model/fused_ra.h).
+#include "model/fused_ra.h"
+
+#ifdef RATIO_WITH_CUDA_KERNELS
+#include <array>
+#include <optional>
+
+#include <c10/cuda/CUDAStream.h>
+
+#include "model/kernels/kernels.h"
+#endif
+
+namespace ratio::model::fused {
+
+#ifdef RATIO_WITH_CUDA_KERNELS
+
+namespace {
+
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+
+void check_launch(cudaError_t err, const char* kernel) {
+  TORCH_CHECK(err == cudaSuccess, "CUDA kernel ", kernel, " failed: ", cudaGetErrorString(err));
+}
+
+// [B, heads, T, D] strides for the kernels; one head broadcast to all gets head stride 0.
+kernels::RaStrided strided(const torch::Tensor& t) {
+  return {t.data_ptr(), t.stride(0), t.size(1) == 1 ? 0 : t.stride(1), t.stride(2)};
+}
+kernels::RaStridedOut strided_out(const torch::Tensor& t) {
+  return {t.data_ptr(), t.stride(0), t.stride(1), t.stride(2)};
+}
+
+bool kernel_layout(const torch::Tensor& t) {
+  return t.dim() == 4 && t.stride(3) == 1 && reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 == 0 &&
+         t.stride(0) % 8 == 0 && t.stride(1) % 8 == 0 && t.stride(2) % 8 == 0;
+}
+
+// The far part: queries at positions window + 1 .. T − 1 against keys at 0 .. T − window − 2, causal.
+// Query row a (position a + window + 1) sees key rows b ≤ a, i.e. exactly the keys more than
+// `window` back; the lengths are equal, so the causal mask is the same whichever corner it is
+// aligned to. MLA's shared key is expanded to every head (the kernels want one per head).
+struct FarInputs {
+  torch::Tensor q, k, v;  // [B, H, T_far, D]
+};
+FarInputs far_inputs(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v, int64_t window) {
+  const int64_t T = q.size(2), t_far = T - window - 1;
+  auto k_far = k.narrow(2, 0, t_far);
+  if (k.size(1) != q.size(1)) k_far = k_far.expand({q.size(0), q.size(1), t_far, k.size(3)}).contiguous();
+  return {q.narrow(2, window + 1, t_far), k_far, v.narrow(2, 0, t_far)};
+}
+
+// ATen's flash kernel where the key and value widths agree, the memory-efficient one otherwise
+// (MLA: 128-wide latent keys, 64-wide values); both give the log-sum-exp the merge needs.
+struct FarForward {
+  torch::Tensor out;  // [B, H, T_far, Dv]
+  torch::Tensor lse;  // [B, H, ≥ T_far] fp32
+  torch::Tensor philox_seed, philox_offset;
+};
+bool far_uses_flash(const FarInputs& f) { return f.q.size(-1) == f.v.size(-1); }
+
+FarForward far_forward(const FarInputs& f, double scale) {
+  if (far_uses_flash(f)) {
+    auto r = at::_scaled_dot_product_flash_attention(f.q, f.k, f.v, /*dropout_p=*/0.0, /*is_causal=*/true,
+                                                     /*return_debug_mask=*/false, scale);
+    return {std::get<0>(r), std::get<1>(r), std::get<6>(r), std::get<7>(r)};
+  }
+  auto r = at::_scaled_dot_product_efficient_attention(f.q, f.k, f.v, /*attn_bias=*/std::nullopt,
+                                                       /*compute_log_sumexp=*/true, /*dropout_p=*/0.0,
+                                                       /*is_causal=*/true, scale);
+  return {std::get<0>(r), std::get<1>(r), std::get<2>(r), std::get<3>(r)};
+}
+
+// The far part's gradients under the MERGED softmax: given the merged output and log-sum-exp, the
+// flash backward's P = exp(S − lse) and D = dO·O are those of the whole row, so its dS is exactly
+// the far scores' share of the gradient.
+std::array<torch::Tensor, 3> far_backward(const FarInputs& f, const FarForward& saved, const torch::Tensor& dout,
+                                          const torch::Tensor& out, const torch::Tensor& lse, double scale) {
+  const int64_t t_far = f.q.size(2);
+  if (far_uses_flash(f)) {
+    auto r = at::_scaled_dot_product_flash_attention_backward(dout, f.q, f.k, f.v, out, lse, /*cum_seq_q=*/{},
+                                                              /*cum_seq_k=*/{}, t_far, t_far, /*dropout_p=*/0.0,
+                                                              /*is_causal=*/true, saved.philox_seed,
+                                                              saved.philox_offset, scale);
+    return {std::get<0>(r), std::get<1>(r), std::get<2>(r)};
+  }
+  auto r = at::_scaled_dot_product_efficient_attention_backward(
+      dout, f.q, f.k, f.v, /*attn_bias=*/{}, out, lse, saved.philox_seed, saved.philox_offset, /*dropout_p=*/0.0,
+      /*grad_input_mask=*/{true, true, true, false}, /*is_causal=*/true, scale);
+  return {std::get<0>(r), std::get<1>(r), std::get<2>(r)};
+}
+
+kernels::RaBandShape band_shape(const torch::Tensor& q, int64_t window, double scale, const torch::Tensor& alpha) {
+  return {int(q.size(0)), int(q.size(1)), int(q.size(2)), int(window), float(scale), alpha.data_ptr<float>()};
+}
+
+// One input's gradient from the band's partials and the far part's, in `grad` ([B, heads, T, D]).
+void combine(const torch::Tensor& own, const torch::Tensor& prev, const torch::Tensor& far, int64_t far_offset,
+             const torch::Tensor& grad) {
+  TORCH_CHECK(far.stride(-1) == 1, "ra_band_attention: the far part's gradient has a strided last dimension");
+  kernels::RaBandCombineArgs args{int(own.size(0)), int(own.size(1)), int(grad.size(1)), int(grad.size(2)),
+                                  int(grad.size(3)), own.data_ptr<float>(), prev.data_ptr<float>(), strided(far),
+                                  far.size(2), far_offset, strided_out(grad)};
+  check_launch(kernels::ra_band_combine(args, c10::cuda::getCurrentCUDAStream()), "ra_band_combine");
+}
+
+struct RaBandFunction : torch::autograd::Function<RaBandFunction> {
+  static variable_list forward(AutogradContext* ctx, const torch::Tensor& q, const torch::Tensor& k,
+                               const torch::Tensor& v, const torch::Tensor& alpha, int64_t window, double scale) {
+    const int64_t B = q.size(0), H = q.size(1), T = q.size(2), Dv = v.size(3);
+    const auto far = far_inputs(q, k, v, window);
+    const FarForward far_out = far_forward(far, scale);
+    auto alpha32 = alpha.to(torch::kFloat32).contiguous();
+    auto out = at::empty({B, T, H, Dv}, v.options()).transpose(1, 2);     // [B, H, T, Dv]
+    auto lse = at::empty({B, H, T}, q.options().dtype(torch::kFloat32));  // merged log-sum-exp
+    TORCH_CHECK(far_out.lse.stride(2) == 1, "ra_band_attention: far log-sum-exp rows are not contiguous");
+    kernels::RaBandForwardArgs args{band_shape(q, window, scale, alpha32),
+                                    int(q.size(3)),
+                                    int(Dv),
+                                    strided(q),
+                                    strided(k),
+                                    strided(v),
+                                    strided(far_out.out),
+                                    far_out.lse.data_ptr<float>(),
+                                    far_out.lse.stride(0),
+                                    far_out.lse.stride(1),
+                                    strided_out(out),
+                                    lse.data_ptr<float>()};
+    check_launch(kernels::ra_band_forward(args, c10::cuda::getCurrentCUDAStream()), "ra_band_forward");
+    ctx->save_for_backward({q, k, v, alpha, out, lse, far_out.lse, far_out.philox_seed, far_out.philox_offset});
+    ctx->saved_data["window"] = window;
+    ctx->saved_data["scale"] = scale;
+    return {out};
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const auto saved = ctx->get_saved_variables();
+    const torch::Tensor &q = saved[0], &k = saved[1], &v = saved[2], &alpha = saved[3], &out = saved[4],
+                        &lse = saved[5];
+    const int64_t window = ctx->saved_data["window"].toInt();
+    const double scale = ctx->saved_data["scale"].toDouble();
+    if (!grads[0].defined()) return {torch::Tensor(), torch::Tensor(), torch::Tensor(), torch::Tensor(), {}, {}};
+    auto dout = grads[0].to(torch::kBFloat16);
+    if (!kernel_layout(dout)) dout = dout.contiguous();
+    const int64_t B = q.size(0), H = q.size(1), T = q.size(2), Dk = q.size(3), Dv = v.size(3);
+    const int64_t t_far = T - window - 1;
+
+    // Far part, under the merged log-sum-exp (in the far kernel's own [B, H, ≥ T_far] layout).
+    const auto far = far_inputs(q, k, v, window);
+    const FarForward far_saved{torch::Tensor(), saved[6], saved[7], saved[8]};
+    auto lse_far = at::zeros_like(saved[6]);
+    lse_far.narrow(2, 0, t_far).copy_(lse.narrow(2, window + 1, t_far));
+    const auto far_grads = far_backward(far, far_saved, dout.narrow(2, window + 1, t_far),
+                                        out.narrow(2, window + 1, t_far), lse_far, scale);
+
+    // Band: fp32 partials per row, then one pass per input adds them to the far part's.
+    auto alpha32 = alpha.to(torch::kFloat32).contiguous();
+    const int64_t t_pad = kernels::ra_band_padded_t(T);
+    auto f32 = q.options().dtype(torch::kFloat32);
+    auto own_q = at::empty({B, H, t_pad, Dk}, f32), prev_q = at::empty_like(own_q);
+    auto own_k = at::empty({B, H, t_pad, Dk}, f32), prev_k = at::empty_like(own_k);
+    auto own_v = at::empty({B, H, t_pad, Dv}, f32), prev_v = at::empty_like(own_v);
+    auto dalpha_partial = at::empty({kernels::ra_band_blocks(B, H, T)}, f32);
+    kernels::RaBandBackwardArgs args{band_shape(q, window, scale, alpha32),
+                                     int(Dk),
+                                     int(Dv),
+                                     strided(q),
+                                     strided(k),
+                                     strided(v),
+                                     strided(out),
+                                     strided(dout),
+                                     lse.data_ptr<float>(),
+                                     own_q.data_ptr<float>(),
+                                     own_k.data_ptr<float>(),
+                                     own_v.data_ptr<float>(),
+                                     prev_q.data_ptr<float>(),
+                                     prev_k.data_ptr<float>(),
+                                     prev_v.data_ptr<float>(),
+                                     dalpha_partial.data_ptr<float>()};
+    check_launch(kernels::ra_band_backward(args, c10::cuda::getCurrentCUDAStream()), "ra_band_backward");
+
+    auto dq = at::empty({B, T, H, Dk}, q.options()).transpose(1, 2);  // [B, H, T, Dk]
+    auto dk = at::empty({B, T, k.size(1), Dk}, k.options()).transpose(1, 2);
+    auto dv = at::empty({B, T, H, Dv}, v.options()).transpose(1, 2);
+    combine(own_q, prev_q, far_grads[0], window + 1, dq);  // far query rows start at position window + 1
+    combine(own_k, prev_k, far_grads[1], 0, dk);           // MLA: the heads' key gradients summed
+    combine(own_v, prev_v, far_grads[2], 0, dv);
+    torch::Tensor dalpha;
+    if (alpha.requires_grad()) dalpha = dalpha_partial.sum().view(alpha.sizes()).to(alpha.scalar_type());
+    return {dq, dk, dv, dalpha, torch::Tensor(), torch::Tensor()};
+  }
+};
+
+}  // namespace
+
+bool supports_ra_band(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v, int64_t window) {
+  if (!q.is_cuda() || q.scalar_type() != torch::kBFloat16 || k.scalar_type() != torch::kBFloat16 ||
+      v.scalar_type() != torch::kBFloat16)
+    return false;
+  if (!kernel_layout(q) || !kernel_layout(k) || !kernel_layout(v)) return false;
+  const int64_t T = q.size(2);
+  return kernels::ra_band_supports(q.size(3), v.size(3)) && k.size(3) == q.size(3) &&
+         (k.size(1) == q.size(1) || k.size(1) == 1) && window >= 1 && window <= kernels::kRaMaxWindow &&
+         window < T - 1;
+}
+
+torch::Tensor ra_band_attention(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
+                                const torch::Tensor& alpha, int64_t window, double scale) {
+  return RaBandFunction::apply(q, k, v, alpha, window, scale)[0];
+}
+
+#else
+
+bool supports_ra_band(const torch::Tensor&, const torch::Tensor&, const torch::Tensor&, int64_t) { return false; }
+
+torch::Tensor ra_band_attention(const torch::Tensor&, const torch::Tensor&, const torch::Tensor&, const torch::Tensor&,
+                                int64_t, double) {
+  TORCH_CHECK(false, "fused::ra_band_attention: this build has no CUDA kernels");
+}
+
+#endif
+
+}  // namespace ratio::model::fused

@@ -1,0 +1,455 @@
+// Band-limited reciprocal attention (kernels.h, "ra_band.cu"): the band's scores, softmax and
+// gradients in 64-row blocks on tensor cores (WMMA, bf16 in, fp32 accumulate), merged with the far
+// part that a flash kernel computes. Nothing T×T is stored: a block holds its 64×128 score tile in
+// shared memory and the backward recomputes it from q, k, v and the saved log-sum-exp.
+//
+// Geometry of one block (b, h, rows i0 .. i0+63):
+//   window rows w = 0..127 are positions p0 + w, p0 = i0 − 64; rows 64..127 are the block's own.
+//   Query row r (position i0 + r) and window column c (position p0 + c) are i − j = 64 + r − c apart;
+//   the pair is in the band when 0 ≤ 64 + r − c ≤ window and p0 + c ≥ 0.
+//   16×16 tiles outside the band are skipped, not masked.
+
+#include <cstdint>
+
+#include <cuda_bf16.h>
+#include <mma.h>
+
+#include "model/kernels/kernels.h"
+#include "model/kernels/vec.cuh"
+
+namespace ratio::kernels {
+
+namespace {
+
+using namespace nvcuda;
+using bf16 = __nv_bfloat16;
+
+constexpr int kRows = 64;                     // query rows per block
+constexpr int kWindowRows = 2 * kRows;        // the 64 positions before the block and its own 64
+constexpr int kWarps = kRows / 16;            // one warp per 16 query rows
+constexpr int kThreads = kWarps * kWarpSize;  // 128
+constexpr int kLdScore = kWindowRows + 4;     // fp32 score rows (padded against bank conflicts)
+constexpr int kLdProb = kWindowRows + 8;      // bf16 probability rows
+
+// Rows of the partial-gradient buffers: T rounded up to whole blocks.
+__host__ __device__ inline int64_t padded_t(int64_t T) { return (T + kRows - 1) / kRows * kRows; }
+
+using FragA = wmma::fragment<wmma::matrix_a, 16, 16, 16, bf16, wmma::row_major>;
+using FragAT = wmma::fragment<wmma::matrix_a, 16, 16, 16, bf16, wmma::col_major>;  // A read transposed
+using FragB = wmma::fragment<wmma::matrix_b, 16, 16, 16, bf16, wmma::row_major>;
+using FragBT = wmma::fragment<wmma::matrix_b, 16, 16, 16, bf16, wmma::col_major>;  // B read transposed
+using FragC = wmma::fragment<wmma::accumulator, 16, 16, 16, float>;
+
+// Whether the 16×16 tile of query tile qt (block rows 16·qt..) and window tile kt holds any pair
+// with 0 ≤ i − j ≤ window.
+__device__ inline bool tile_in_band(int qt, int kt, int window) {
+  const int d_max = kRows + 16 * qt + 15 - 16 * kt;
+  const int d_min = kRows + 16 * qt - 16 * kt - 15;
+  return d_max >= 0 && d_min <= window;
+}
+
+// Whether query row r (block-local) and window column c are an attended pair of the band.
+__device__ inline bool in_band(int r, int c, int i, int p0, int T, int window) {
+  const int d = kRows + r - c;
+  return i < T && p0 + c >= 0 && d >= 0 && d <= window;
+}
+
+// Rows [p0, p0 + n_rows) of one (b, h) slice into shared memory rows of `ld` elements; positions
+// outside [0, T) become zeros. 16-byte vectors; D a multiple of 8.
+template <int D>
+__device__ void load_rows(bf16* dst, int ld, const RaStrided& src, int b, int h, int p0, int n_rows, int T) {
+  const bf16* base = static_cast<const bf16*>(src.data) + b * src.sb + h * src.sh;
+  constexpr int kVecs = D / 8;
+  for (int idx = threadIdx.x; idx < n_rows * kVecs; idx += blockDim.x) {
+    const int row = idx / kVecs, col = (idx % kVecs) * 8, pos = p0 + row;
+    uint4 v = make_uint4(0, 0, 0, 0);
+    if (pos >= 0 && pos < T) v = *reinterpret_cast<const uint4*>(base + pos * src.st + col);
+    *reinterpret_cast<uint4*>(dst + row * ld + col) = v;
+  }
+}
+
+// S' for the warp's 16 query rows against the 128 window columns, tiles in the band only:
+// scale·(Q_own·K_winᵀ + alpha·K_own·Q_winᵀ), both products accumulated in fp32. → score [16][kLdScore]
+template <int DK>
+__device__ void band_scores(const bf16* sQ, const bf16* sK, float* score, int warp, int window, float scale,
+                            float alpha) {
+  constexpr int kLd = DK + 8;
+  const int own = kRows + 16 * warp;  // the warp's query rows among the window rows
+  for (int kt = 0; kt < kWindowRows / 16; ++kt) {
+    if (!tile_in_band(warp, kt, window)) continue;
+    FragC direct, reciprocal;
+    wmma::fill_fragment(direct, 0.0f);
+    wmma::fill_fragment(reciprocal, 0.0f);
+#pragma unroll
+    for (int kk = 0; kk < DK / 16; ++kk) {
+      FragA a;
+      FragBT bt;
+      wmma::load_matrix_sync(a, sQ + own * kLd + 16 * kk, kLd);
+      wmma::load_matrix_sync(bt, sK + 16 * kt * kLd + 16 * kk, kLd);
+      wmma::mma_sync(direct, a, bt, direct);  // q_i·k_j
+      wmma::load_matrix_sync(a, sK + own * kLd + 16 * kk, kLd);
+      wmma::load_matrix_sync(bt, sQ + 16 * kt * kLd + 16 * kk, kLd);
+      wmma::mma_sync(reciprocal, a, bt, reciprocal);  // k_i·q_j = S[j, i]
+    }
+#pragma unroll
+    for (int e = 0; e < direct.num_elements; ++e) direct.x[e] = scale * (direct.x[e] + alpha * reciprocal.x[e]);
+    wmma::store_matrix_sync(score + 16 * kt, direct, kLdScore, wmma::mem_row_major);
+  }
+}
+
+template <int DK, int DV>
+constexpr size_t forward_smem_bytes() {
+  return sizeof(bf16) * (2 * kWindowRows * (DK + 8) + kWindowRows * (DV + 8) + kRows * kLdProb) +
+         sizeof(float) * (kRows * kLdScore + kRows);
+}
+
+template <int DK, int DV>
+__global__ void __launch_bounds__(kThreads) ra_band_forward_kernel(RaBandForwardArgs a) {
+  constexpr int kLdK = DK + 8, kLdV = DV + 8;
+  extern __shared__ __align__(128) unsigned char smem[];
+  bf16* sQ = reinterpret_cast<bf16*>(smem);             // [128][kLdK] window queries (rows 64.. the block's)
+  bf16* sK = sQ + kWindowRows * kLdK;                   // [128][kLdK] window keys
+  bf16* sV = sK + kWindowRows * kLdK;                   // [128][kLdV] window values
+  bf16* sP = sV + kWindowRows * kLdV;                   // [64][kLdProb] probabilities
+  float* sS = reinterpret_cast<float*>(sP + kRows * kLdProb);  // [64][kLdScore] scores, then P·V
+  float* sFar = sS + kRows * kLdScore;                  // [64] weight of the far part's output
+
+  const RaBandShape& s = a.shape;
+  const int b = blockIdx.z, h = blockIdx.y, i0 = blockIdx.x * kRows, p0 = i0 - kRows;
+  const int warp = threadIdx.x / kWarpSize, lane = threadIdx.x % kWarpSize;
+  const float alpha = *s.alpha;
+  load_rows<DK>(sQ, kLdK, a.q, b, h, p0, kWindowRows, s.T);
+  load_rows<DK>(sK, kLdK, a.k, b, h, p0, kWindowRows, s.T);
+  load_rows<DV>(sV, kLdV, a.v, b, h, p0, kWindowRows, s.T);
+  __syncthreads();
+
+  float* score = sS + 16 * warp * kLdScore;  // the warp's 16 rows
+  band_scores<DK>(sQ, sK, score, warp, s.window, s.scale, alpha);
+  __syncwarp();
+
+  // Softmax of each row over band ∪ far: lse = log(Σ_band exp(S') + exp(lse_far)).
+  const int64_t bh = int64_t(b) * s.H + h;
+  for (int rr = 0; rr < 16; ++rr) {
+    const int r = 16 * warp + rr, i = i0 + r;
+    float x[kWindowRows / kWarpSize];
+    float row_max = -INFINITY;
+#pragma unroll
+    for (int m = 0; m < kWindowRows / kWarpSize; ++m) {
+      const int c = lane + kWarpSize * m;
+      x[m] = in_band(r, c, i, p0, s.T, s.window) ? score[rr * kLdScore + c] : -INFINITY;
+      row_max = fmaxf(row_max, x[m]);
+    }
+    row_max = warp_max(row_max);
+    float lse = INFINITY, far_weight = 0.0f;  // rows past T: every probability 0
+    if (i < s.T) {                        // the diagonal is in the band, so row_max is finite
+      float band_sum = 0.0f;
+#pragma unroll
+      for (int m = 0; m < kWindowRows / kWarpSize; ++m) band_sum += expf(x[m] - row_max);
+      band_sum = warp_sum(band_sum);
+      const float lse_far = i > s.window ? a.lse_far[b * a.lse_far_sb + h * a.lse_far_sh + (i - s.window - 1)] : -INFINITY;
+      const float top = fmaxf(row_max, lse_far);
+      lse = top + logf(band_sum * expf(row_max - top) + expf(lse_far - top));
+      far_weight = expf(lse_far - lse);
+      if (lane == 0) a.lse[bh * s.T + i] = lse;
+    }
+#pragma unroll
+    for (int m = 0; m < kWindowRows / kWarpSize; ++m)
+      sP[r * kLdProb + lane + kWarpSize * m] = __float2bfloat16(expf(x[m] - lse));
+    if (lane == 0) sFar[r] = far_weight;
+  }
+  __syncwarp();
+
+  // The band's share of the output, P·V_win, into the warp's score rows. [16, DV]
+#pragma unroll
+  for (int ot = 0; ot < DV / 16; ++ot) {
+    FragC acc;
+    wmma::fill_fragment(acc, 0.0f);
+    for (int kt = 0; kt < kWindowRows / 16; ++kt) {
+      if (!tile_in_band(warp, kt, s.window)) continue;
+      FragA p;
+      FragB v;
+      wmma::load_matrix_sync(p, sP + 16 * warp * kLdProb + 16 * kt, kLdProb);
+      wmma::load_matrix_sync(v, sV + 16 * kt * kLdV + 16 * ot, kLdV);
+      wmma::mma_sync(acc, p, v, acc);
+    }
+    wmma::store_matrix_sync(score + 16 * ot, acc, kLdScore, wmma::mem_row_major);
+  }
+  __syncwarp();
+
+  // out = far_weight·out_far + P·V (out_far already normalised by its own softmax).
+  const bf16* far = static_cast<const bf16*>(a.out_far.data) + b * a.out_far.sb + h * a.out_far.sh;
+  bf16* out = static_cast<bf16*>(a.out.data) + b * a.out.sb + h * a.out.sh;
+  for (int rr = 0; rr < 16; ++rr) {
+    const int r = 16 * warp + rr, i = i0 + r;
+    if (i >= s.T) break;
+    const bool has_far = i > s.window;
+    for (int c = lane; c < DV; c += kWarpSize) {
+      float o = score[rr * kLdScore + c];
+      if (has_far) o += sFar[r] * __bfloat162float(far[(i - s.window - 1) * a.out_far.st + c]);
+      out[i * a.out.st + c] = __float2bfloat16(o);
+    }
+  }
+}
+
+template <int DK, int DV>
+constexpr size_t backward_smem_bytes() {
+  return sizeof(bf16) * (2 * kWindowRows * (DK + 8) + kWindowRows * (DV + 8) + kRows * (DV + 8) +
+                         2 * kRows * kLdProb) +
+         sizeof(float) * (2 * kRows * kLdScore + 2 * kRows + kWarps);
+}
+
+// acc ·= factor, element by element (the fragment layout does not matter for a uniform factor).
+__device__ inline void scale_fragment(FragC& acc, float factor) {
+#pragma unroll
+  for (int e = 0; e < acc.num_elements; ++e) acc.x[e] *= factor;
+}
+
+// acc += Σ over the block's query tiles i of Aᵀ[t, i]·rows[i]: the key-side sum for window tile wt,
+// A = sdS or sP [64][kLdProb] read transposed, rows = the block's own rows of a [.., ld] operand.
+__device__ inline void key_side(FragC& acc, const bf16* a, const bf16* rows, int ld, int wt, int ct, int window) {
+  for (int it = 0; it < kWarps; ++it) {
+    if (!tile_in_band(it, wt, window)) continue;
+    FragAT at;
+    FragB r;
+    wmma::load_matrix_sync(at, a + 16 * it * kLdProb + 16 * wt, kLdProb);
+    wmma::load_matrix_sync(r, rows + 16 * it * ld + 16 * ct, ld);
+    wmma::mma_sync(acc, at, r, acc);
+  }
+}
+
+// acc += Σ over window tiles j of dS[r, j]·window[j]: the query-side sum for the warp's rows.
+__device__ inline void query_side(FragC& acc, const bf16* sdS, const bf16* window_rows, int ld, int warp, int ct,
+                                  int window) {
+  for (int kt = 0; kt < kWindowRows / 16; ++kt) {
+    if (!tile_in_band(warp, kt, window)) continue;
+    FragA ds;
+    FragB w;
+    wmma::load_matrix_sync(ds, sdS + 16 * warp * kLdProb + 16 * kt, kLdProb);
+    wmma::load_matrix_sync(w, window_rows + 16 * kt * ld + 16 * ct, ld);
+    wmma::mma_sync(acc, ds, w, acc);
+  }
+}
+
+template <int DK, int DV>
+__global__ void __launch_bounds__(kThreads) ra_band_backward_kernel(RaBandBackwardArgs a) {
+  constexpr int kLdK = DK + 8, kLdV = DV + 8;
+  extern __shared__ __align__(128) unsigned char smem[];
+  bf16* sQ = reinterpret_cast<bf16*>(smem);  // [128][kLdK] window queries
+  bf16* sK = sQ + kWindowRows * kLdK;        // [128][kLdK] window keys
+  bf16* sV = sK + kWindowRows * kLdK;        // [128][kLdV] window values
+  bf16* sdO = sV + kWindowRows * kLdV;       // [64][kLdV] output gradient of the block's rows
+  bf16* sP = sdO + kRows * kLdV;             // [64][kLdProb] P
+  bf16* sdS = sP + kRows * kLdProb;          // [64][kLdProb] dS
+  float* sS = reinterpret_cast<float*>(sdS + kRows * kLdProb);  // [64][kLdScore] S', then staging
+  float* sdP = sS + kRows * kLdScore;        // [64][kLdScore] dP = dO·Vᵀ
+  float* sD = sdP + kRows * kLdScore;        // [64] D_i = dO_i·O_i
+  float* sLse = sD + kRows;                  // [64]
+  float* sAlpha = sLse + kRows;              // [kWarps] the warps' dalpha sums
+
+  const RaBandShape& s = a.shape;
+  const int b = blockIdx.z, h = blockIdx.y, i0 = blockIdx.x * kRows, p0 = i0 - kRows;
+  const int warp = threadIdx.x / kWarpSize, lane = threadIdx.x % kWarpSize;
+  const float alpha = *s.alpha;
+  const int64_t bh = int64_t(b) * s.H + h;
+  load_rows<DK>(sQ, kLdK, a.q, b, h, p0, kWindowRows, s.T);
+  load_rows<DK>(sK, kLdK, a.k, b, h, p0, kWindowRows, s.T);
+  load_rows<DV>(sV, kLdV, a.v, b, h, p0, kWindowRows, s.T);
+  load_rows<DV>(sdO, kLdV, a.dout, b, h, i0, kRows, s.T);
+  __syncthreads();
+
+  const bf16* out = static_cast<const bf16*>(a.out.data) + b * a.out.sb + h * a.out.sh;
+  for (int rr = 0; rr < 16; ++rr) {  // the warp's rows: D_i and the saved log-sum-exp
+    const int r = 16 * warp + rr, i = i0 + r;
+    float d = 0.0f;
+    if (i < s.T)
+      for (int c = lane; c < DV; c += kWarpSize)
+        d += __bfloat162float(out[i * a.out.st + c]) * __bfloat162float(sdO[r * kLdV + c]);
+    d = warp_sum(d);
+    if (lane == 0) {
+      sD[r] = d;
+      sLse[r] = i < s.T ? a.lse[bh * s.T + i] : INFINITY;
+    }
+  }
+
+  float* score = sS + 16 * warp * kLdScore;
+  float* dprob = sdP + 16 * warp * kLdScore;
+  band_scores<DK>(sQ, sK, score, warp, s.window, s.scale, alpha);
+  for (int kt = 0; kt < kWindowRows / 16; ++kt) {  // dP = dO_own·V_winᵀ
+    if (!tile_in_band(warp, kt, s.window)) continue;
+    FragC acc;
+    wmma::fill_fragment(acc, 0.0f);
+#pragma unroll
+    for (int kk = 0; kk < DV / 16; ++kk) {
+      FragA dout;
+      FragBT vt;
+      wmma::load_matrix_sync(dout, sdO + 16 * warp * kLdV + 16 * kk, kLdV);
+      wmma::load_matrix_sync(vt, sV + 16 * kt * kLdV + 16 * kk, kLdV);
+      wmma::mma_sync(acc, dout, vt, acc);
+    }
+    wmma::store_matrix_sync(dprob + 16 * kt, acc, kLdScore, wmma::mem_row_major);
+  }
+  __syncwarp();
+
+  // P = exp(S' − lse), dS = P·(dP − D); zero outside the band.
+  for (int rr = 0; rr < 16; ++rr) {
+    const int r = 16 * warp + rr, i = i0 + r;
+    for (int c = lane; c < kWindowRows; c += kWarpSize) {
+      float p = 0.0f, ds = 0.0f;
+      if (in_band(r, c, i, p0, s.T, s.window)) {
+        p = expf(score[rr * kLdScore + c] - sLse[r]);
+        ds = p * (dprob[rr * kLdScore + c] - sD[r]);
+      }
+      sP[r * kLdProb + c] = __float2bfloat16(p);
+      sdS[r * kLdProb + c] = __float2bfloat16(ds);
+    }
+  }
+  __syncthreads();  // the key-side sums below read every warp's rows of P and dS
+
+  // Own rows (positions i0 + 16·warp ..): query side (this warp's rows of dS) plus key side (window
+  // tile 4 + warp, the same positions, from every query row of the block).
+  const int own_wt = kWarps + warp;
+  const int64_t own_row = bh * padded_t(s.T) + i0 + 16 * warp;
+  const bf16* sQ_own = sQ + kRows * kLdK;
+  const bf16* sK_own = sK + kRows * kLdK;
+  float* staging = score;  // the warp's 16 rows of S' are no longer needed
+#pragma unroll
+  for (int ct = 0; ct < DK / 16; ++ct) {
+    FragC acc;  // dq_t = scale·(alpha·Σ_i dS[i, t]·k_i + Σ_j dS[t, j]·k_j)
+    wmma::fill_fragment(acc, 0.0f);
+    key_side(acc, sdS, sK_own, kLdK, own_wt, ct, s.window);
+    scale_fragment(acc, alpha);
+    query_side(acc, sdS, sK, kLdK, warp, ct, s.window);
+    scale_fragment(acc, s.scale);
+    wmma::store_matrix_sync(a.own_q + own_row * DK + 16 * ct, acc, DK, wmma::mem_row_major);
+
+    wmma::fill_fragment(acc, 0.0f);  // dk_t = scale·(alpha·G_t + Σ_i dS[i, t]·q_i), G_t = Σ_j dS[t, j]·q_j
+    query_side(acc, sdS, sQ, kLdK, warp, ct, s.window);
+    wmma::store_matrix_sync(staging + 16 * ct, acc, kLdScore, wmma::mem_row_major);  // G, for dalpha
+    scale_fragment(acc, alpha);
+    key_side(acc, sdS, sQ_own, kLdK, own_wt, ct, s.window);
+    scale_fragment(acc, s.scale);
+    wmma::store_matrix_sync(a.own_k + own_row * DK + 16 * ct, acc, DK, wmma::mem_row_major);
+  }
+#pragma unroll
+  for (int ct = 0; ct < DV / 16; ++ct) {
+    FragC acc;  // dv_t = Σ_i P[i, t]·dO_i
+    wmma::fill_fragment(acc, 0.0f);
+    key_side(acc, sP, sdO, kLdV, own_wt, ct, s.window);
+    wmma::store_matrix_sync(a.own_v + own_row * DV + 16 * ct, acc, DV, wmma::mem_row_major);
+  }
+  __syncwarp();
+
+  // dalpha = scale·Σ_ij dS[i, j]·q_j·k_i = scale·Σ_i k_i·G_i over the block's rows.
+  float dalpha = 0.0f;
+  for (int rr = 0; rr < 16; ++rr)
+    for (int c = lane; c < DK; c += kWarpSize)
+      dalpha += staging[rr * kLdScore + c] * __bfloat162float(sK_own[(16 * warp + rr) * kLdK + c]);
+  dalpha = warp_sum(dalpha);
+  if (lane == 0) sAlpha[warp] = dalpha;
+
+  // The 64 positions before the block (window tile `warp`): key-side contributions only.
+  if (blockIdx.x > 0) {
+    const int64_t prev_row = bh * padded_t(s.T) + p0 + 16 * warp;
+#pragma unroll
+    for (int ct = 0; ct < DK / 16; ++ct) {
+      FragC acc;
+      wmma::fill_fragment(acc, 0.0f);
+      key_side(acc, sdS, sK_own, kLdK, warp, ct, s.window);
+      scale_fragment(acc, alpha * s.scale);
+      wmma::store_matrix_sync(a.prev_q + prev_row * DK + 16 * ct, acc, DK, wmma::mem_row_major);
+      wmma::fill_fragment(acc, 0.0f);
+      key_side(acc, sdS, sQ_own, kLdK, warp, ct, s.window);
+      scale_fragment(acc, s.scale);
+      wmma::store_matrix_sync(a.prev_k + prev_row * DK + 16 * ct, acc, DK, wmma::mem_row_major);
+    }
+#pragma unroll
+    for (int ct = 0; ct < DV / 16; ++ct) {
+      FragC acc;
+      wmma::fill_fragment(acc, 0.0f);
+      key_side(acc, sP, sdO, kLdV, warp, ct, s.window);
+      wmma::store_matrix_sync(a.prev_v + prev_row * DV + 16 * ct, acc, DV, wmma::mem_row_major);
+    }
+  }
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    float sum = 0.0f;
+    for (int w = 0; w < kWarps; ++w) sum += sAlpha[w];
+    a.dalpha_partial[bh * gridDim.x + blockIdx.x] = s.scale * sum;
+  }
+}
+
+__global__ void ra_band_combine_kernel(RaBandCombineArgs a) {
+  const int vecs = a.D / 8;
+  const int64_t idx = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;  // over [B, heads_out, T, D/8]
+  if (idx >= int64_t(a.B) * a.heads_out * a.T * vecs) return;
+  const int col = int(idx % vecs) * 8;
+  const int t = int((idx / vecs) % a.T);
+  const int g = int((idx / vecs / a.T) % a.heads_out);
+  const int b = int(idx / vecs / a.T / a.heads_out);
+  const int64_t t_pad = padded_t(a.T);
+  const bool has_prev = t / kRows + 1 < t_pad / kRows;
+  const int64_t far_t = t - a.far_offset;
+  const bool has_far = far_t >= 0 && far_t < a.t_far;
+  float sum[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  const int h_begin = a.heads_out == 1 ? 0 : g, h_end = a.heads_out == 1 ? a.H : g + 1;
+  for (int h = h_begin; h < h_end; ++h) {
+    const int64_t row = (int64_t(b) * a.H + h) * t_pad + t;
+    float part[8];
+    load_vec<8>(a.own + row * a.D + col, part);
+#pragma unroll
+    for (int e = 0; e < 8; ++e) sum[e] += part[e];
+    if (has_prev) {
+      load_vec<8>(a.prev + row * a.D + col, part);
+#pragma unroll
+      for (int e = 0; e < 8; ++e) sum[e] += part[e];
+    }
+    if (has_far) {
+      load_vec<8>(static_cast<const bf16*>(a.far.data) + b * a.far.sb + h * a.far.sh + far_t * a.far.st + col, part);
+#pragma unroll
+      for (int e = 0; e < 8; ++e) sum[e] += part[e];
+    }
+  }
+  store_vec<8>(static_cast<bf16*>(a.out.data) + b * a.out.sb + g * a.out.sh + t * a.out.st + col, sum);
+}
+
+dim3 band_grid(const RaBandShape& s) { return dim3((s.T + kRows - 1) / kRows, s.H, s.B); }
+
+}  // namespace
+
+bool ra_band_supports(int64_t dk, int64_t dv) { return (dk == 64 && dv == 64) || (dk == 128 && dv == 64); }
+
+int64_t ra_band_padded_t(int64_t T) { return padded_t(T); }
+
+int64_t ra_band_blocks(int64_t B, int64_t H, int64_t T) { return B * H * ((T + kRows - 1) / kRows); }
+
+cudaError_t ra_band_forward(const RaBandForwardArgs& args, cudaStream_t stream) {
+  if (!ra_band_supports(args.dk, args.dv) || args.shape.window < 1 || args.shape.window > kRaMaxWindow)
+    return cudaErrorInvalidValue;
+  auto kernel = args.dk == 64 ? ra_band_forward_kernel<64, 64> : ra_band_forward_kernel<128, 64>;
+  const size_t smem = args.dk == 64 ? forward_smem_bytes<64, 64>() : forward_smem_bytes<128, 64>();
+  const cudaError_t attr = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
+  if (attr != cudaSuccess) return attr;
+  kernel<<<band_grid(args.shape), kThreads, smem, stream>>>(args);
+  return cudaGetLastError();
+}
+
+cudaError_t ra_band_backward(const RaBandBackwardArgs& args, cudaStream_t stream) {
+  if (!ra_band_supports(args.dk, args.dv) || args.shape.window < 1 || args.shape.window > kRaMaxWindow)
+    return cudaErrorInvalidValue;
+  auto kernel = args.dk == 64 ? ra_band_backward_kernel<64, 64> : ra_band_backward_kernel<128, 64>;
+  const size_t smem = args.dk == 64 ? backward_smem_bytes<64, 64>() : backward_smem_bytes<128, 64>();
+  const cudaError_t attr = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
+  if (attr != cudaSuccess) return attr;
+  kernel<<<band_grid(args.shape), kThreads, smem, stream>>>(args);
+  return cudaGetLastError();
+}
+
+cudaError_t ra_band_combine(const RaBandCombineArgs& args, cudaStream_t stream) {
+  if (args.D % 8 != 0) return cudaErrorInvalidValue;
+  const int64_t work = int64_t(args.B) * args.heads_out * args.T * (args.D / 8);
+  constexpr int kBlock = 256;
+  ra_band_combine_kernel<<<unsigned((work + kBlock - 1) / kBlock), kBlock, 0, stream>>>(args);
+  return cudaGetLastError();
+}
+
+}  // namespace ratio::kernels

@@ -1,0 +1,192 @@
+// Band-limited reciprocal attention on the CUDA kernels (model/fused_ra.h, model/kernels/ra_band.cu)
+// against the materialised reference it replaces: S' = S + alpha·Sᵀ inside the band, causal softmax,
+// in fp32 from the same bf16 inputs; forward and every gradient (q, k, v, alpha), standard heads and
+// MLA's shared latent key, T not a multiple of the 64-row blocks, windows 1 .. 64. Then the whole
+// model fused vs ATen's path, and causality of every step of the study's presets on CUDA with the
+// kernels on. CUDA only (skipped elsewhere).
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <limits>
+#include <set>
+
+#include <torch/torch.h>
+
+#include "matrix/matrix.h"
+#include "model/fused_ra.h"
+#include "tests/model/fused_support.h"
+
+namespace ratio::model {
+namespace {
+
+using testing::AutocastGuard;
+using testing::expect_model_paths_agree;
+using testing::have_kernels;
+using testing::rel_err;
+
+struct RaShape {
+  bool mla;  // k [B, 1, T, 128] shared by the heads, v 64 wide
+  int64_t T;
+  int64_t window;
+};
+
+void PrintTo(const RaShape& s, std::ostream* os) {
+  *os << (s.mla ? "mla" : "standard") << "_T" << s.T << "_w" << s.window;
+}
+
+struct RaInputs {
+  torch::Tensor q, k, v, alpha, dout;  // bf16 leaves (alpha fp32 [1]), dout the upstream gradient
+  double scale;
+};
+
+RaInputs make_inputs(const RaShape& s, uint64_t seed) {
+  torch::manual_seed(seed);
+  const int64_t B = 2, H = 3, Dk = s.mla ? 128 : 64, Dv = 64;
+  auto opts = torch::TensorOptions().device(torch::kCUDA);
+  auto bf = [&](std::vector<int64_t> shape) {
+    return torch::randn(shape, opts).to(torch::kBFloat16).requires_grad_(true);
+  };
+  RaInputs in;
+  in.q = bf({B, H, s.T, Dk});
+  in.k = bf({B, s.mla ? 1 : H, s.T, Dk});
+  in.v = bf({B, H, s.T, Dv});
+  in.alpha = torch::full({1}, 0.7, opts.dtype(torch::kFloat32)).requires_grad_(true);
+  in.dout = torch::randn({B, H, s.T, Dv}, opts).to(torch::kBFloat16);
+  in.scale = 1.0 / std::sqrt(double(Dk));
+  return in;
+}
+
+// The materialised path's arithmetic in fp32: scores, the reciprocal term inside the band, causal
+// mask, softmax, weights·v.
+torch::Tensor reference(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
+                        const torch::Tensor& alpha, int64_t window, double scale) {
+  const int64_t T = q.size(2);
+  auto scores = torch::matmul(q, k.transpose(-2, -1)) * scale;      // [B, H, T, T]  q_i·k_j
+  auto reciprocal = torch::matmul(k, q.transpose(-2, -1)) * scale;  // [B, H, T, T]  k_i·q_j = S[j, i]
+  auto i = torch::arange(T, q.options().dtype(torch::kLong)).unsqueeze(1);
+  auto j = torch::arange(T, q.options().dtype(torch::kLong)).unsqueeze(0);
+  auto band = (j <= i).logical_and(i - j <= window);
+  scores = scores + (reciprocal * alpha).masked_fill(band.logical_not(), 0.0);
+  scores = scores.masked_fill((j <= i).logical_not(), -std::numeric_limits<float>::infinity());
+  return torch::matmul(torch::softmax(scores, -1), v);
+}
+
+struct Grads {
+  torch::Tensor out, dq, dk, dv, dalpha;
+};
+
+Grads run_kernel(const RaInputs& in, int64_t window) {
+  for (auto t : {in.q, in.k, in.v, in.alpha}) t.mutable_grad() = torch::Tensor();
+  auto out = fused::ra_band_attention(in.q, in.k, in.v, in.alpha, window, in.scale);
+  out.backward(in.dout);
+  return {out.detach(), in.q.grad().clone(), in.k.grad().clone(), in.v.grad().clone(), in.alpha.grad().clone()};
+}
+
+Grads run_reference(const RaInputs& in, int64_t window) {
+  auto leaf = [](const torch::Tensor& t) { return t.detach().to(torch::kFloat32).requires_grad_(true); };
+  auto q = leaf(in.q), k = leaf(in.k), v = leaf(in.v), alpha = leaf(in.alpha);
+  auto out = reference(q, k, v, alpha, window, in.scale);
+  out.backward(in.dout.to(torch::kFloat32));
+  return {out.detach(), q.grad(), k.grad(), v.grad(), alpha.grad()};
+}
+
+class FusedRaBand : public ::testing::TestWithParam<RaShape> {};
+
+TEST_P(FusedRaBand, MatchesMaterialisedReference) {
+  if (!have_kernels()) GTEST_SKIP() << "no CUDA kernels in this build or no GPU";
+  const auto& s = GetParam();
+  auto in = make_inputs(s, 11);
+  ASSERT_TRUE(fused::supports_ra_band(in.q, in.k, in.v, s.window));
+  const auto got = run_kernel(in, s.window), want = run_reference(in, s.window);
+  ASSERT_EQ(got.out.scalar_type(), torch::kBFloat16);
+  ASSERT_EQ(got.dk.sizes(), in.k.sizes());
+  // bf16 probabilities and dS feed the tensor-core products, as in flash attention.
+  EXPECT_LT(rel_err(got.out, want.out), 1e-2);
+  EXPECT_LT(rel_err(got.dq, want.dq), 2e-2);
+  EXPECT_LT(rel_err(got.dk, want.dk), 2e-2);
+  EXPECT_LT(rel_err(got.dv, want.dv), 2e-2);
+  EXPECT_LT(rel_err(got.dalpha, want.dalpha), 2e-2);
+  // The reciprocal term must matter here, or the comparison above would not test it.
+  auto no_ra = reference(in.q.detach().to(torch::kFloat32), in.k.detach().to(torch::kFloat32),
+                         in.v.detach().to(torch::kFloat32), torch::zeros_like(in.alpha), s.window, in.scale);
+  EXPECT_GT(rel_err(got.out, no_ra), 5e-2);
+}
+
+INSTANTIATE_TEST_SUITE_P(Shapes, FusedRaBand,
+                         ::testing::Values(RaShape{false, 200, 64}, RaShape{false, 130, 7}, RaShape{false, 67, 64},
+                                           RaShape{false, 256, 1}, RaShape{true, 200, 64}, RaShape{true, 97, 13}));
+
+TEST(FusedRaBand, RepeatedRunsAreBitIdentical) {
+  if (!have_kernels()) GTEST_SKIP() << "no CUDA kernels in this build or no GPU";
+  auto in = make_inputs({false, 300, 64}, 5);
+  const auto a = run_kernel(in, 64), b = run_kernel(in, 64);
+  EXPECT_TRUE(torch::equal(a.out, b.out));
+  EXPECT_TRUE(torch::equal(a.dq, b.dq));
+  EXPECT_TRUE(torch::equal(a.dk, b.dk));
+  EXPECT_TRUE(torch::equal(a.dv, b.dv));
+  EXPECT_TRUE(torch::equal(a.dalpha, b.dalpha));
+}
+
+TEST(FusedRaBand, TakesOnlyWhatItSupports) {
+  if (!have_kernels()) GTEST_SKIP() << "no CUDA kernels in this build or no GPU";
+  auto in = make_inputs({false, 100, 64}, 1);
+  EXPECT_TRUE(fused::supports_ra_band(in.q, in.k, in.v, 64));
+  EXPECT_FALSE(fused::supports_ra_band(in.q, in.k, in.v, 65));  // wider than a block's window
+  EXPECT_FALSE(fused::supports_ra_band(in.q, in.k, in.v, 0));   // the whole range: SDPA's concatenation
+  EXPECT_FALSE(fused::supports_ra_band(in.q, in.k, in.v, 99));  // the band covers every key
+  EXPECT_FALSE(fused::supports_ra_band(in.q.to(torch::kFloat32), in.k, in.v, 64));
+  EXPECT_FALSE(fused::supports_ra_band(in.q.cpu(), in.k.cpu(), in.v.cpu(), 64));
+}
+
+// A GPT with heads the kernels take (D = 64; MLA latent 128) so the model really runs them.
+ModelConfig kernel_sized(bool mla) {
+  auto c = testing::tiny();
+  c.n_layer = 2;
+  c.n_embd = 128;
+  c.n_head = 2;
+  c.block_size = 160;
+  c.ra.enabled = true;
+  c.ra.window = 64;
+  c.mla.enabled = mla;
+  c.mla.latent_dim = 128;
+  return c;
+}
+
+TEST(FusedRaBand, ModelMatchesTheReferencePath) {
+  if (!have_kernels()) GTEST_SKIP() << "no CUDA kernels in this build or no GPU";
+  for (bool mla : {false, true}) {
+    SCOPED_TRACE(mla ? "mla" : "standard");
+    expect_model_paths_agree(kernel_sized(mla), torch::kCUDA, /*bf16=*/true, 2e-3);
+  }
+}
+
+// Every step of the study's matrix and of its forced-gate twins, at a size where the kernels run
+// (heads 64 wide, MLA latent 128, T > window + 1): changing the tokens after position `cut` never
+// changes a logit at or before it.
+TEST(FusedRaBand, EveryPresetStepIsCausalOnCuda) {
+  if (!have_kernels()) GTEST_SKIP() << "no CUDA kernels in this build or no GPU";
+  for (const std::string preset : {"gpt2-ratio-ablation", "gpt2-ratio-forced-gates"}) {
+    std::set<std::string> seen;
+    for (const auto& job : expand_preset(preset).jobs) {
+      if (!seen.insert(job.spec.step).second) continue;
+      SCOPED_TRACE(preset + " step " + job.spec.step);
+      auto c = job.spec.model;
+      c.n_layer = 2, c.n_embd = 128, c.n_head = 2, c.block_size = 160, c.vocab_size = 97, c.vocab_pad_to = 1;
+      c.dropout = 0.0;
+      auto model = testing::make_model(c, 1, torch::kCUDA);
+      model->set_fused_kernels(true);
+      AutocastGuard autocast(true);
+      torch::NoGradGuard no_grad;
+      const int64_t T = 160, cut = 100;
+      auto idx = testing::random_tokens(c, 2, T, 7, torch::kCUDA);
+      auto changed = idx.clone();
+      changed.slice(1, cut + 1, T).copy_(testing::random_tokens(c, 2, T - cut - 1, 8, torch::kCUDA));
+      auto a = model->forward(idx).logits.to(torch::kFloat32), b = model->forward(changed).logits.to(torch::kFloat32);
+      EXPECT_LT(testing::max_abs_diff(a.slice(1, 0, cut + 1), b.slice(1, 0, cut + 1)), 1e-5);
+      EXPECT_GT(testing::max_abs_diff(a.slice(1, cut + 1, T), b.slice(1, cut + 1, T)), 1e-4);
+    }
+  }
+}
+
+}  // namespace
+}  // namespace ratio::model

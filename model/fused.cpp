@@ -188,17 +188,59 @@ struct ClassifierLossFunction : torch::autograd::Function<ClassifierLossFunction
   }
 };
 
+// ---- cuBLASLt matmuls -------------------------------------------------------------------------------
+
+// Scratch for one cuBLASLt matmul, from the caching allocator (capture-safe, reused across calls).
+torch::Tensor matmul_workspace(const torch::Tensor& like) {
+  return at::empty({static_cast<int64_t>(kernels::kMatmulWorkspaceBytes)}, like.options().dtype(torch::kUInt8));
+}
+
+// True when the matmul was launched; false when cuBLASLt does not take it (the caller's ATen path runs).
+bool launched(const kernels::MatmulStatus& status) {
+  TORCH_CHECK(status.code != kernels::MatmulStatus::kFailed, "cuBLASLt matmul failed: ", status.error);
+  return status.code == kernels::MatmulStatus::kLaunched;
+}
+
+// dweight = dyᵀ·x in fp32, written by the matmul itself. dy: [N, M] bf16; x: [N, C] bf16. Returns [M, C] fp32.
+torch::Tensor weight_grad(const torch::Tensor& dy_rows, const torch::Tensor& x_rows) {
+  const int64_t N = dy_rows.size(0), M = dy_rows.size(1), C = x_rows.size(1);
+  auto dweight = at::empty({M, C}, dy_rows.options().dtype(torch::kFloat32));
+  if (launched(kernels::weight_grad_fp32(dy_rows.data_ptr(), x_rows.data_ptr(), f32(dweight), N, M, C,
+                                         matmul_workspace(dy_rows).data_ptr(), current_stream()))) {
+    return dweight;
+  }
+  return at::mm(dy_rows.t(), x_rows).to(torch::kFloat32);  // no cuBLASLt algorithm: a bf16 product, then a copy
+}
+
 // ---- linear + gelu ---------------------------------------------------------------------------------
+
+// x_bf16: [.., C]; w_bf16: [M, C]; b_bf16: [M]; all bf16 and contiguous. h and pre: [.., M] bf16.
+LinearGeluOutput linear_gelu_bf16(const torch::Tensor& x_bf16, const torch::Tensor& w_bf16,
+                                  const torch::Tensor& b_bf16) {
+  const int64_t M = w_bf16.size(0), C = w_bf16.size(1), N = x_bf16.numel() / C;
+  auto out_sizes = x_bf16.sizes().vec();
+  out_sizes.back() = M;
+  if (kernels::linear_gelu_epilogue_takes(M)) {
+    auto h = at::empty(out_sizes, x_bf16.options()), pre = at::empty(out_sizes, x_bf16.options());
+    if (launched(kernels::linear_gelu_forward(x_bf16.data_ptr(), w_bf16.data_ptr(), b_bf16.data_ptr(), h.data_ptr(),
+                                              pre.data_ptr(), N, M, C, matmul_workspace(x_bf16).data_ptr(),
+                                              current_stream()))) {
+      return {h, pre, /*epilogue=*/true};
+    }
+  }
+  auto pre = at::linear(x_bf16, w_bf16, b_bf16);  // cuBLASLt's bias epilogue, then a pass for gelu
+  return {at::gelu(pre, "tanh"), pre, /*epilogue=*/false};
+}
 
 struct LinearGeluFunction : torch::autograd::Function<LinearGeluFunction> {
   static variable_list forward(AutogradContext* ctx, const torch::Tensor& x, const torch::Tensor& weight,
                                const torch::Tensor& bias) {
-    auto x_bf16 = x.to(torch::kBFloat16);
-    auto w_bf16 = weight.to(torch::kBFloat16);
-    auto pre = at::linear(x_bf16, w_bf16, bias.to(torch::kBFloat16));  // [.., M] bf16
-    ctx->save_for_backward({x_bf16, w_bf16, pre});
+    auto x_bf16 = x.to(torch::kBFloat16).contiguous();
+    auto w_bf16 = weight.to(torch::kBFloat16).contiguous();
+    LinearGeluOutput out = linear_gelu_bf16(x_bf16, w_bf16, bias.to(torch::kBFloat16).contiguous());
+    ctx->save_for_backward({x_bf16, w_bf16, out.pre});
     ctx->saved_data["x_dtype"] = x.scalar_type();
-    return {at::gelu(pre, "tanh")};
+    return {out.h};
   }
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     const auto saved = ctx->get_saved_variables();
@@ -213,8 +255,8 @@ struct LinearGeluFunction : torch::autograd::Function<LinearGeluFunction> {
                                                   f32(partial), N, M, current_stream()),
                  "gelu_backward_bias_grad");
     auto dpre_rows = dpre.view({N, M});
-    auto dx = at::mm(dpre_rows, w_bf16).view(x_bf16.sizes());                        // [N, M]·[M, C]
-    auto dweight = at::mm(dpre_rows.t(), x_bf16.reshape({N, C})).to(torch::kFloat32);  // [M, N]·[N, C]
+    auto dx = at::mm(dpre_rows, w_bf16).view(x_bf16.sizes());     // [N, M]·[M, C]
+    auto dweight = weight_grad(dpre_rows, x_bf16.view({N, C}));  // [M, N]·[N, C] fp32
     return {dx.to(ctx->saved_data["x_dtype"].toScalarType()), dweight, dbias};
   }
 };
@@ -240,8 +282,8 @@ struct LinearFunction : torch::autograd::Function<LinearFunction> {
     auto partial = at::empty({kernels::gelu_backward_partial_floats(N, M)}, dbias.options());
     check_launch(kernels::bias_grad(dy.data_ptr(), f32(dbias), f32(partial), N, M, current_stream()), "bias_grad");
     auto dy_rows = dy.view({N, M});
-    auto dx = at::mm(dy_rows, w_bf16).view(x_bf16.sizes());                          // [N, M]·[M, C]
-    auto dweight = at::mm(dy_rows.t(), x_bf16.reshape({N, C})).to(torch::kFloat32);  // [M, N]·[N, C]
+    auto dx = at::mm(dy_rows, w_bf16).view(x_bf16.sizes());                  // [N, M]·[M, C]
+    auto dweight = weight_grad(dy_rows, x_bf16.reshape({N, C}).contiguous());  // [M, N]·[N, C] fp32
     return {dx.to(ctx->saved_data["x_dtype"].toScalarType()), dweight, dbias};
   }
 };
@@ -254,6 +296,11 @@ torch::Tensor linear(const torch::Tensor& x, const torch::Tensor& weight, const 
 
 bool supports_linear_gelu(const torch::Tensor& x) {
   return x.is_cuda() && compat::cuda_autocast_enabled();
+}
+
+LinearGeluOutput linear_gelu_forward(const torch::Tensor& x, const torch::Tensor& weight, const torch::Tensor& bias) {
+  return linear_gelu_bf16(x.to(torch::kBFloat16).contiguous(), weight.to(torch::kBFloat16).contiguous(),
+                          bias.to(torch::kBFloat16).contiguous());
 }
 
 torch::Tensor linear_gelu(const torch::Tensor& x, const torch::Tensor& weight, const torch::Tensor& bias) {
@@ -289,6 +336,10 @@ torch::Tensor classifier_loss(const torch::Tensor& x, const torch::Tensor& weigh
 
 bool supports_layer_norm(const torch::Tensor&, const torch::nn::LayerNorm&) { return false; }
 bool supports_linear_gelu(const torch::Tensor&) { return false; }
+
+LinearGeluOutput linear_gelu_forward(const torch::Tensor&, const torch::Tensor&, const torch::Tensor&) {
+  TORCH_CHECK(false, "fused::linear_gelu_forward: this build has no CUDA kernels");
+}
 
 torch::Tensor linear_gelu(const torch::Tensor&, const torch::Tensor&, const torch::Tensor&) {
   TORCH_CHECK(false, "fused::linear_gelu: this build has no CUDA kernels");

@@ -22,13 +22,24 @@ bool supports_classifier(const torch::Tensor& x);
 // True where linear_gelu can take x: built with the kernels, on CUDA, under bf16 autocast.
 bool supports_linear_gelu(const torch::Tensor& x);
 
-// gelu_tanh(x·weightᵀ + bias) under bf16 autocast, as ATen computes it (cuBLASLt's bias epilogue,
-// then gelu); its backward runs gelu's derivative and the bias gradient in one kernel.
+// gelu_tanh(x·weightᵀ + bias) under bf16 autocast in one cuBLASLt matmul whose epilogue adds the bias,
+// applies gelu and keeps the pre-activation for the backward (for M not a multiple of 8, ATen's
+// linear then gelu); its backward runs gelu's derivative and the bias gradient in one kernel, and
+// the weight gradient comes out of its matmul in fp32.
 // x [.., C]; weight [M, C] and bias [M] fp32. Returns bf16 [.., M].
 torch::Tensor linear_gelu(const torch::Tensor& x, const torch::Tensor& weight, const torch::Tensor& bias);
 
+// linear_gelu's forward without autograd (for the tests): h = gelu_tanh(pre) and pre = x·wᵀ + bias,
+// both bf16 [.., M], and whether cuBLASLt's GELU epilogue computed them (else ATen's linear, gelu).
+struct LinearGeluOutput {
+  torch::Tensor h, pre;
+  bool epilogue;
+};
+LinearGeluOutput linear_gelu_forward(const torch::Tensor& x, const torch::Tensor& weight, const torch::Tensor& bias);
+
 // x·weightᵀ + bias under bf16 autocast, as ATen computes it (cuBLASLt's bias epilogue); its backward
-// sums the bias gradient in our column-sum kernel instead of ATen's reduction.
+// sums the bias gradient in our column-sum kernel instead of ATen's reduction, and the weight
+// gradient comes out of its matmul in fp32.
 // x [.., C]; weight [M, C] and bias [M] fp32. Returns bf16 [.., M]. Same conditions as linear_gelu.
 torch::Tensor linear(const torch::Tensor& x, const torch::Tensor& weight, const torch::Tensor& bias);
 

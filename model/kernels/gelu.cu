@@ -3,7 +3,8 @@
 // gelu_backward and the column sum that linear's backward runs for its bias: one read of dh and pre
 // and one write of dpre instead of those plus a second full read of dpre; the second replaces ATen's
 // reduction (about 3x slower on GPT-2's [16384, 768] and [16384, 2304]). Reference ops:
-// tests/model/fused_ops_test.cpp. The forwards stay ATen's (cuBLASLt's bias epilogue, then gelu).
+// tests/model/fused_ops_test.cpp. c_fc's forward is matmul.cu's GELU epilogue; the other linears'
+// forwards stay ATen's (cuBLASLt's bias epilogue).
 #include <algorithm>
 
 #include "model/kernels/kernels.h"

@@ -1,6 +1,6 @@
 #pragma once
 // Fused CUDA kernels for the dense GPT-2 step (issue 10), one file per kernel family beside this
-// header: layernorm.cu, classifier.cu, gelu.cu, adamw.cu. Plain CUDA C++ without LibTorch:
+// header: layernorm.cu, classifier.cu, gelu.cu, matmul.cu, adamw.cu. Plain CUDA C++ without LibTorch:
 // model/fused.cpp wraps each launch in an autograd function (model/fused_adamw.cpp the optimizer's
 // step) and the tests hold the reference op it replaces. Compiled only when CMake finds CUDA and a
 // CUDA LibTorch (RATIO_WITH_CUDA_KERNELS); the CPU build never sees this file.
@@ -8,7 +8,9 @@
 // Element types: activations are fp32 or bf16 (`DType`), statistics and parameters fp32.
 // Every launch is asynchronous on `stream` and returns the launch's cudaError_t.
 
+#include <cstddef>
 #include <cstdint>
+#include <string>
 
 #include <cuda_runtime_api.h>
 
@@ -68,6 +70,38 @@ int64_t gelu_backward_partial_floats(int64_t N, int64_t M);
 // The bias gradient of a linear alone: dbias[m] = Σ_rows dy[:, m]. dy: [N, M] bf16; dbias: [M] fp32,
 // overwritten; partial: gelu_backward_partial_floats(N, M) floats. Deterministic, as above.
 cudaError_t bias_grad(const void* dy, float* dbias, float* partial, int64_t N, int64_t M, cudaStream_t stream);
+
+// ---- matmul.cu: matmuls with cuBLASLt epilogues ---------------------------------------------------
+
+// What a cuBLASLt matmul did. kUnsupported: cuBLASLt takes no such matmul (a documented shape rule,
+// or its heuristic found no algorithm); nothing was launched and the caller runs its ATen composite.
+// kFailed: `error` names the function, the cuBLASLt or CUDA call and its status.
+struct MatmulStatus {
+  enum Code { kLaunched, kUnsupported, kFailed };
+  Code code;
+  std::string error;
+};
+
+// Scratch for cuBLASLt's split-K algorithms, from the caller (so that nothing here allocates, inside
+// a CUDA graph capture or out): this many bytes, like ATen's cuBLASLt workspace on Hopper.
+constexpr size_t kMatmulWorkspaceBytes = size_t(32) << 20;
+
+// c_fc's forward as one matmul, bias and GELU (tanh form) in cuBLASLt's GELU_AUX_BIAS epilogue:
+//   pre = x·wᵀ + bias,   h = gelu_tanh(pre)
+// x: [N, C] bf16; w: [M, C] bf16; bias: [M] bf16 (cuBLASLt's bias has the output's type);
+// h, pre: [N, M] bf16 (pre is the epilogue's aux output, for gelu_backward_bias_grad).
+// All contiguous. The handle is created on the first call, which must precede any graph capture.
+MatmulStatus linear_gelu_forward(const void* x, const void* w, const void* bias, void* h, void* pre, int64_t N,
+                                 int64_t M, int64_t C, void* workspace, cudaStream_t stream);
+// Whether the epilogue takes width M: cuBLASLt wants the aux output's leading dimension (M) to be a
+// multiple of 8. linear_gelu_forward returns kUnsupported for other widths.
+bool linear_gelu_epilogue_takes(int64_t M);
+
+// A linear's weight gradient written in fp32 by the matmul (bf16 in, fp32 accumulation and out):
+//   dweight = dyᵀ·x
+// dy: [N, M] bf16; x: [N, C] bf16; dweight: [M, C] fp32, overwritten. All contiguous.
+MatmulStatus weight_grad_fp32(const void* dy, const void* x, float* dweight, int64_t N, int64_t M, int64_t C,
+                              void* workspace, cudaStream_t stream);
 
 // ---- adamw.cu -------------------------------------------------------------------------------------
 

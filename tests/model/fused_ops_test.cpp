@@ -110,18 +110,27 @@ TEST(FusedAddLayerNorm, OutputIsBf16UnderAutocastAndWrittenEverywhere) {
   EXPECT_NEAR(y32.var(-1, /*unbiased=*/false).mean().item<double>(), 1.0, 2e-2);
 }
 
-// ---- c_fc + gelu ------------------------------------------------------------------------------------
+// ---- c_fc + gelu, and the linears ---------------------------------------------------------------------
 
-class FusedLinearGelu : public ::testing::TestWithParam<int64_t> {};  // M, the hidden width
+struct LinearCase {
+  int64_t M, C;  // output and input widths
+};
+
+void PrintTo(const LinearCase& c, std::ostream* os) { *os << "M" << c.M << "_C" << c.C; }
+
+// 3·37 rows: not a multiple of 8, 16 or 64 (the matmuls' tiles, the bias-gradient kernels' row groups).
+constexpr int64_t kBatch = 3, kSeq = 37;
+
+class FusedLinearGelu : public ::testing::TestWithParam<LinearCase> {};
 
 TEST_P(FusedLinearGelu, MatchesLinearThenGeluUnderAutocast) {
   if (!have_kernels()) GTEST_SKIP() << "no CUDA kernels in this build or no GPU";
-  const int64_t M = GetParam(), C = 96;
+  const LinearCase p = GetParam();
   const auto dev = torch::TensorOptions().device(torch::kCUDA);
   torch::manual_seed(13);
-  const auto x0 = torch::randn({3, 41, C}, dev).to(torch::kBFloat16);  // what the fused layer norm hands over
-  const auto w0 = torch::randn({M, C}, dev) * 0.1, b0 = torch::randn({M}, dev) * 0.5;
-  const auto g = torch::randn({3, 41, M}, dev);
+  const auto x0 = torch::randn({kBatch, kSeq, p.C}, dev).to(torch::kBFloat16);  // what the fused layer norm hands over
+  const auto w0 = torch::randn({p.M, p.C}, dev) * (1.0 / std::sqrt(double(p.C))), b0 = torch::randn({p.M}, dev) * 0.5;
+  const auto g = torch::randn({kBatch, kSeq, p.M}, dev);
   auto run = [&](bool fused) {
     auto x = x0.clone().requires_grad_(true), w = w0.clone().requires_grad_(true), b = b0.clone().requires_grad_(true);
     AutocastGuard autocast(true);
@@ -134,25 +143,87 @@ TEST_P(FusedLinearGelu, MatchesLinearThenGeluUnderAutocast) {
   EXPECT_EQ(h.scalar_type(), h_ref.scalar_type());
   EXPECT_EQ(dx.scalar_type(), torch::kBFloat16);
   EXPECT_EQ(dw.scalar_type(), torch::kFloat32);
+  EXPECT_EQ(db.scalar_type(), torch::kFloat32);
   EXPECT_LT(rel_err(h, h_ref), 1e-2);
   EXPECT_LT(rel_err(dx, dx_ref), 1e-2);
   EXPECT_LT(rel_err(dw, dw_ref), 1e-2);
   EXPECT_LT(rel_err(db, db_ref), 1e-2);
 }
 
-// 3072: GPT-2's MLP (8-wide vectors); 2048: the golden-ratio width; 100: neither (scalar path).
-INSTANTIATE_TEST_SUITE_P(Widths, FusedLinearGelu, ::testing::Values(3072, 2048, 100));
+TEST_P(FusedLinearGelu, ForwardWritesGeluAndItsPreActivation) {
+  if (!have_kernels()) GTEST_SKIP() << "no CUDA kernels in this build or no GPU";
+  const LinearCase p = GetParam();
+  const auto dev = torch::TensorOptions().device(torch::kCUDA);
+  torch::manual_seed(19);
+  const auto x = torch::randn({kBatch, kSeq, p.C}, dev).to(torch::kBFloat16);
+  const auto w = torch::randn({p.M, p.C}, dev) * (1.0 / std::sqrt(double(p.C))), b = torch::randn({p.M}, dev) * 0.5;
+  torch::NoGradGuard no_grad;
+  const fused::LinearGeluOutput out = fused::linear_gelu_forward(x, w, b);
+  // ATen's composite: the linear (its bias in cuBLASLt's epilogue), then gelu of the bf16 result.
+  const auto pre_ref = at::linear(x, w.to(torch::kBFloat16), b.to(torch::kBFloat16));
+  const auto h_ref = torch::gelu(pre_ref, "tanh");
+  // cuBLASLt takes the aux output's leading dimension (M) only in multiples of 8.
+  EXPECT_EQ(out.epilogue, p.M % 8 == 0);
+  ASSERT_EQ(out.h.sizes(), h_ref.sizes());
+  ASSERT_EQ(out.pre.sizes(), pre_ref.sizes());
+  EXPECT_EQ(out.h.scalar_type(), torch::kBFloat16);
+  EXPECT_EQ(out.pre.scalar_type(), torch::kBFloat16);
+  if (out.epilogue) {
+    // The same fp32 sums rounded to bf16, in another order: a few values one bf16 step apart.
+    EXPECT_LT(rel_err(out.pre, pre_ref), 1e-2);
+    // The epilogue takes gelu of the fp32 sum, ATen of the bf16 pre: both within bf16 rounding.
+    EXPECT_LT(rel_err(out.h, h_ref), 1e-2);
+    // h is gelu_tanh of the very pre that the backward reads.
+    EXPECT_LT(rel_err(out.h, torch::gelu(out.pre.to(torch::kFloat32), "tanh")), 1e-2);
+  } else {
+    // The fallback is ATen's composite itself, bit for bit.
+    EXPECT_TRUE(torch::equal(out.pre, pre_ref));
+    EXPECT_TRUE(torch::equal(out.h, h_ref));
+  }
+}
 
-class FusedLinear : public ::testing::TestWithParam<int64_t> {};  // M, the output width
+// 3072: GPT-2's MLP; 2048: the golden-ratio width; 104: a multiple of 8 but not of 16 or 64 (the
+// epilogue, on a small input width); 100: not a multiple of 8 (ATen's linear and gelu forward, the
+// backward kernel's scalar path).
+INSTANTIATE_TEST_SUITE_P(Widths, FusedLinearGelu,
+                         ::testing::Values(LinearCase{3072, 768}, LinearCase{2048, 768}, LinearCase{104, 96},
+                                           LinearCase{100, 768}));
+
+// With weight = [I | 0] (M ≤ C), dx = dpre·weight is dpre itself, exactly (one product per sum), so
+// the weight gradient must be dpreᵀ·x of those bf16 operands: fp32 accumulation and output stay within
+// 1e-4 of it in fp64, where a bf16 product copied to fp32 (the path this replaced) is about 2^-9 off.
+TEST(FusedLinearGelu, WeightGradientIsTheFp32Product) {
+  if (!have_kernels()) GTEST_SKIP() << "no CUDA kernels in this build or no GPU";
+  const auto dev = torch::TensorOptions().device(torch::kCUDA);
+  const int64_t C = 768, N = kBatch * kSeq;
+  for (int64_t M : {256, 100}) {  // the epilogue's forward, and ATen's
+    torch::manual_seed(23);
+    auto x = torch::randn({kBatch, kSeq, C}, dev).to(torch::kBFloat16).requires_grad_(true);
+    auto w = torch::eye(M, C, dev).requires_grad_(true);
+    auto b = (torch::randn({M}, dev) * 0.5).requires_grad_(true);
+    const auto g = torch::randn({kBatch, kSeq, M}, dev);
+    {
+      AutocastGuard autocast(true);
+      (fused::linear_gelu(x, w, b).to(torch::kFloat32) * g).sum().backward();
+    }
+    const auto dpre64 = x.grad().narrow(-1, 0, M).to(torch::kFloat64).reshape({N, M});
+    EXPECT_GT(dpre64.abs().max().item<double>(), 0.0) << "M " << M;
+    EXPECT_EQ(w.grad().scalar_type(), torch::kFloat32);
+    EXPECT_LT(rel_err(w.grad(), dpre64.t().mm(x.detach().to(torch::kFloat64).reshape({N, C}))), 1e-4)
+        << "M " << M << ": the weight gradient went through bf16";
+  }
+}
+
+class FusedLinear : public ::testing::TestWithParam<LinearCase> {};
 
 TEST_P(FusedLinear, MatchesAtenLinearUnderAutocast) {
   if (!have_kernels()) GTEST_SKIP() << "no CUDA kernels in this build or no GPU";
-  const int64_t M = GetParam(), C = 96;
+  const LinearCase p = GetParam();
   const auto dev = torch::TensorOptions().device(torch::kCUDA);
   torch::manual_seed(17);
-  const auto x0 = torch::randn({3, 41, C}, dev).to(torch::kBFloat16);
-  const auto w0 = torch::randn({M, C}, dev) * 0.1, b0 = torch::randn({M}, dev) * 0.5;
-  const auto g = torch::randn({3, 41, M}, dev);
+  const auto x0 = torch::randn({kBatch, kSeq, p.C}, dev).to(torch::kBFloat16);
+  const auto w0 = torch::randn({p.M, p.C}, dev) * (1.0 / std::sqrt(double(p.C))), b0 = torch::randn({p.M}, dev) * 0.5;
+  const auto g = torch::randn({kBatch, kSeq, p.M}, dev);
   auto run = [&](bool fused) {
     auto x = x0.clone().requires_grad_(true), w = w0.clone().requires_grad_(true), b = b0.clone().requires_grad_(true);
     AutocastGuard autocast(true);
@@ -170,10 +241,21 @@ TEST_P(FusedLinear, MatchesAtenLinearUnderAutocast) {
   EXPECT_LT(rel_err(dx, dx_ref), 1e-2);
   EXPECT_LT(rel_err(dw, dw_ref), 1e-2);
   EXPECT_LT(rel_err(db, db_ref), 1e-3);  // both sum bf16 rows in fp32
+
+  // The gradient reaching y is g in bf16 (the backward of y.to(fp32)), so the weight gradient is
+  // exactly dyᵀ·x of bf16 operands: fp32 accumulation and output stay within 1e-4 of it in fp64,
+  // where a bf16 product copied to fp32 (the path this replaced) is about 2^-9 off.
+  const int64_t N = kBatch * kSeq;
+  const auto dy64 = g.to(torch::kBFloat16).to(torch::kFloat64).reshape({N, p.M});
+  const auto x64 = x0.to(torch::kFloat64).reshape({N, p.C});
+  EXPECT_LT(rel_err(dw, dy64.t().mm(x64)), 1e-4) << "the weight gradient went through bf16";
 }
 
-// 2304: c_attn; 768: the c_projs (8-wide vectors); 100: neither (scalar path).
-INSTANTIATE_TEST_SUITE_P(Widths, FusedLinear, ::testing::Values(2304, 768, 100));
+// 2304: c_attn; 768: the attention's c_proj; 768 from 3072: the MLP's c_proj; 100: not a multiple of 8
+// (dy's rows 200 bytes apart in the weight gradient's matmul, the bias kernel's scalar path).
+INSTANTIATE_TEST_SUITE_P(Widths, FusedLinear,
+                         ::testing::Values(LinearCase{2304, 768}, LinearCase{768, 768}, LinearCase{768, 3072},
+                                           LinearCase{100, 768}));
 
 // ---- classifier -----------------------------------------------------------------------------------
 

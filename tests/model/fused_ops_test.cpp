@@ -343,6 +343,12 @@ TEST(FusedModel, CudaGptBaselineAndEveryMechanismMatchTheReferencePath) {
   every.mla.latent_dim = 16;
   every.mlp_latent.latent_dim = 16;
   expect_model_paths_agree(every, torch::kCUDA, /*bf16=*/false, 1e-5);
+  // Under bf16 the two paths round differently (c_fc's GELU in cuBLASLt's epilogue from the fp32
+  // accumulator, ATen's from the bf16 pre-activation), and a different rounding can flip a top-k
+  // choice of mechanism 2 or RA-CT, which moves gradients discontinuously. Compare the smooth modes
+  // there; fp32 above checks the top-k ones exactly.
+  every.mlp_cross.sparsify = "none";
+  every.ra_ct.mode = "entropy";
   expect_model_paths_agree(every, torch::kCUDA, /*bf16=*/true, 2e-3);
 }
 

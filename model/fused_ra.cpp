@@ -39,54 +39,41 @@ bool kernel_layout(const torch::Tensor& t) {
 // The far part: queries at positions window + 1 .. T − 1 against keys at 0 .. T − window − 2, causal.
 // Query row a (position a + window + 1) sees key rows b ≤ a, i.e. exactly the keys more than
 // `window` back; the lengths are equal, so the causal mask is the same whichever corner it is
-// aligned to. MLA's shared key is expanded to every head (the kernels want one per head).
+// aligned to. MLA's shared key is broadcast to every head (a stride-0 view, no copy).
 struct FarInputs {
   torch::Tensor q, k, v;  // [B, H, T_far, D]
 };
 FarInputs far_inputs(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v, int64_t window) {
   const int64_t T = q.size(2), t_far = T - window - 1;
   auto k_far = k.narrow(2, 0, t_far);
-  if (k.size(1) != q.size(1)) k_far = k_far.expand({q.size(0), q.size(1), t_far, k.size(3)}).contiguous();
+  if (k.size(1) != q.size(1)) k_far = k_far.expand({q.size(0), q.size(1), t_far, k.size(3)});
   return {q.narrow(2, window + 1, t_far), k_far, v.narrow(2, 0, t_far)};
 }
 
-// ATen's flash kernel where the key and value widths agree, the memory-efficient one otherwise
-// (MLA: 128-wide latent keys, 64-wide values); both give the log-sum-exp the merge needs.
+// cuDNN's attention, the kernel SDPA itself picks on Hopper (faster there than FlashAttention-2,
+// and it takes MLA's 128-wide keys with 64-wide values); it returns the log-sum-exp the merge needs.
 struct FarForward {
   torch::Tensor out;  // [B, H, T_far, Dv]
-  torch::Tensor lse;  // [B, H, ≥ T_far] fp32
+  torch::Tensor lse;  // [B, H, T_far(, 1)] fp32
   torch::Tensor philox_seed, philox_offset;
 };
-bool far_uses_flash(const FarInputs& f) { return f.q.size(-1) == f.v.size(-1); }
 
 FarForward far_forward(const FarInputs& f, double scale) {
-  if (far_uses_flash(f)) {
-    auto r = at::_scaled_dot_product_flash_attention(f.q, f.k, f.v, /*dropout_p=*/0.0, /*is_causal=*/true,
-                                                     /*return_debug_mask=*/false, scale);
-    return {std::get<0>(r), std::get<1>(r), std::get<6>(r), std::get<7>(r)};
-  }
-  auto r = at::_scaled_dot_product_efficient_attention(f.q, f.k, f.v, /*attn_bias=*/std::nullopt,
-                                                       /*compute_log_sumexp=*/true, /*dropout_p=*/0.0,
-                                                       /*is_causal=*/true, scale);
-  return {std::get<0>(r), std::get<1>(r), std::get<2>(r), std::get<3>(r)};
+  auto r = at::_scaled_dot_product_cudnn_attention(f.q, f.k, f.v, /*attn_bias=*/std::nullopt,
+                                                   /*compute_log_sumexp=*/true, /*dropout_p=*/0.0,
+                                                   /*is_causal=*/true, /*return_debug_mask=*/false, scale);
+  return {std::get<0>(r), std::get<1>(r), std::get<6>(r), std::get<7>(r)};
 }
 
 // The far part's gradients under the MERGED softmax: given the merged output and log-sum-exp, the
-// flash backward's P = exp(S − lse) and D = dO·O are those of the whole row, so its dS is exactly
-// the far scores' share of the gradient.
+// backward's P = exp(S − lse) and D = dO·O are those of the whole row, so its dS is exactly the far
+// scores' share of the gradient.
 std::array<torch::Tensor, 3> far_backward(const FarInputs& f, const FarForward& saved, const torch::Tensor& dout,
                                           const torch::Tensor& out, const torch::Tensor& lse, double scale) {
   const int64_t t_far = f.q.size(2);
-  if (far_uses_flash(f)) {
-    auto r = at::_scaled_dot_product_flash_attention_backward(dout, f.q, f.k, f.v, out, lse, /*cum_seq_q=*/{},
-                                                              /*cum_seq_k=*/{}, t_far, t_far, /*dropout_p=*/0.0,
-                                                              /*is_causal=*/true, saved.philox_seed,
-                                                              saved.philox_offset, scale);
-    return {std::get<0>(r), std::get<1>(r), std::get<2>(r)};
-  }
-  auto r = at::_scaled_dot_product_efficient_attention_backward(
-      dout, f.q, f.k, f.v, /*attn_bias=*/{}, out, lse, saved.philox_seed, saved.philox_offset, /*dropout_p=*/0.0,
-      /*grad_input_mask=*/{true, true, true, false}, /*is_causal=*/true, scale);
+  auto r = at::_scaled_dot_product_cudnn_attention_backward(
+      dout, f.q, f.k, f.v, out, lse, saved.philox_seed, saved.philox_offset, /*attn_bias=*/{}, /*cum_seq_q=*/{},
+      /*cum_seq_k=*/{}, t_far, t_far, /*dropout_p=*/0.0, /*is_causal=*/true, scale);
   return {std::get<0>(r), std::get<1>(r), std::get<2>(r)};
 }
 
@@ -113,7 +100,6 @@ struct RaBandFunction : torch::autograd::Function<RaBandFunction> {
     auto alpha32 = alpha.to(torch::kFloat32).contiguous();
     auto out = at::empty({B, T, H, Dv}, v.options()).transpose(1, 2);     // [B, H, T, Dv]
     auto lse = at::empty({B, H, T}, q.options().dtype(torch::kFloat32));  // merged log-sum-exp
-    TORCH_CHECK(far_out.lse.stride(2) == 1, "ra_band_attention: far log-sum-exp rows are not contiguous");
     kernels::RaBandForwardArgs args{band_shape(q, window, scale, alpha32),
                                     int(q.size(3)),
                                     int(Dv),
@@ -124,6 +110,7 @@ struct RaBandFunction : torch::autograd::Function<RaBandFunction> {
                                     far_out.lse.data_ptr<float>(),
                                     far_out.lse.stride(0),
                                     far_out.lse.stride(1),
+                                    far_out.lse.stride(2),
                                     strided_out(out),
                                     lse.data_ptr<float>()};
     check_launch(kernels::ra_band_forward(args, c10::cuda::getCurrentCUDAStream()), "ra_band_forward");
@@ -145,11 +132,12 @@ struct RaBandFunction : torch::autograd::Function<RaBandFunction> {
     const int64_t B = q.size(0), H = q.size(1), T = q.size(2), Dk = q.size(3), Dv = v.size(3);
     const int64_t t_far = T - window - 1;
 
-    // Far part, under the merged log-sum-exp (in the far kernel's own [B, H, ≥ T_far] layout).
+    // Far part, under the merged log-sum-exp (in the far kernel's own layout).
     const auto far = far_inputs(q, k, v, window);
     const FarForward far_saved{torch::Tensor(), saved[6], saved[7], saved[8]};
     auto lse_far = at::zeros_like(saved[6]);
-    lse_far.narrow(2, 0, t_far).copy_(lse.narrow(2, window + 1, t_far));
+    auto lse_far_rows = lse_far.narrow(2, 0, t_far);
+    lse_far_rows.copy_(lse.narrow(2, window + 1, t_far).reshape(lse_far_rows.sizes()));
     const auto far_grads = far_backward(far, far_saved, dout.narrow(2, window + 1, t_far),
                                         out.narrow(2, window + 1, t_far), lse_far, scale);
 

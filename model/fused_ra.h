@@ -1,7 +1,7 @@
 #pragma once
 // Band-limited reciprocal attention on the CUDA kernels of model/kernels/ra_band.cu (issue 11), as
 // one autograd operation. The far part (keys more than `window` positions back) is ordinary causal
-// attention and runs in ATen's flash or memory-efficient kernel, which also return its log-sum-exp;
+// attention and runs in ATen's cuDNN attention kernel, which also returns its log-sum-exp;
 // the band's scores S + alpha·Sᵀ, the merge of the two softmaxes and every gradient (q, k, v, alpha)
 // are ours. No T×T tensor exists, forward or backward. tests/model/fused_ra_test.cpp compares it
 // with the materialised path on CUDA.

@@ -173,8 +173,8 @@ constexpr int kRaMaxWindow = 64;
 // keys with 64-wide value heads (128, 64).
 bool ra_band_supports(int64_t dk, int64_t dv);
 
-// Forward. out_far [B, H, T_far, Dv] and lse_far [B, H, ≥T_far] (fp32, rows contiguous, head and
-// batch strides given) are the far part's output and log-sum-exp for query rows window + 1 ..
+// Forward. out_far [B, H, T_far, Dv] and lse_far [B, H, ≥T_far] (fp32, strides given) are the far
+// part's output and log-sum-exp (natural log, scaled scores) for query rows window + 1 ..
 // (T_far = T − window − 1 ≥ 1). Writes out [B, H, T, Dv] (strided) and lse [B, H, T] fp32 contiguous,
 // the merged log-sum-exp the backward needs.
 struct RaBandForwardArgs {
@@ -182,7 +182,7 @@ struct RaBandForwardArgs {
   int dk, dv;
   RaStrided q, k, v, out_far;
   const float* lse_far;
-  int64_t lse_far_sb, lse_far_sh;
+  int64_t lse_far_sb, lse_far_sh, lse_far_st;
   RaStridedOut out;
   float* lse;
 };

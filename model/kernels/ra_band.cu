@@ -12,6 +12,7 @@
 #include <cstdint>
 
 #include <cuda_bf16.h>
+#include <cuda_pipeline.h>
 #include <mma.h>
 
 #include "model/kernels/kernels.h"
@@ -54,17 +55,44 @@ __device__ inline bool in_band(int r, int c, int i, int p0, int T, int window) {
   return i < T && p0 + c >= 0 && d >= 0 && d <= window;
 }
 
-// Rows [p0, p0 + n_rows) of one (b, h) slice into shared memory rows of `ld` elements; positions
-// outside [0, T) become zeros. 16-byte vectors; D a multiple of 8.
+// Starts copying rows [p0, p0 + n_rows) of one (b, h) slice into shared memory rows of `ld`
+// elements (cp.async, 16 bytes a copy, all in flight at once); positions outside [0, T) become zeros.
+// The caller commits and waits (wait_for_rows). D a multiple of 8.
 template <int D>
-__device__ void load_rows(bf16* dst, int ld, const RaStrided& src, int b, int h, int p0, int n_rows, int T) {
+__device__ void load_rows_async(bf16* dst, int ld, const RaStrided& src, int b, int h, int p0, int n_rows, int T) {
   const bf16* base = static_cast<const bf16*>(src.data) + b * src.sb + h * src.sh;
   constexpr int kVecs = D / 8;
   for (int idx = threadIdx.x; idx < n_rows * kVecs; idx += blockDim.x) {
     const int row = idx / kVecs, col = (idx % kVecs) * 8, pos = p0 + row;
-    uint4 v = make_uint4(0, 0, 0, 0);
-    if (pos >= 0 && pos < T) v = *reinterpret_cast<const uint4*>(base + pos * src.st + col);
-    *reinterpret_cast<uint4*>(dst + row * ld + col) = v;
+    if (pos >= 0 && pos < T) {
+      __pipeline_memcpy_async(dst + row * ld + col, base + pos * src.st + col, 16);
+    } else {
+      *reinterpret_cast<uint4*>(dst + row * ld + col) = make_uint4(0, 0, 0, 0);
+    }
+  }
+}
+
+__device__ inline void wait_for_rows() {
+  __pipeline_commit();
+  __pipeline_wait_prior(0);
+  __syncthreads();
+}
+
+// Rows i0 + 16·warp .. + 15 of a [.., T, DV] slice as bf16 pairs in registers, every load issued
+// before any is used: pairs[rr][m] holds columns 2·(lane + 32·m) and the one after. Rows ≥ T and
+// rows before `first_row` read as zeros.
+template <int DV>
+__device__ void load_warp_rows(__nv_bfloat162 (&pairs)[16][DV / 64], const bf16* base, int64_t st, int row0,
+                               int first_row, int T, int lane) {
+#pragma unroll
+  for (int rr = 0; rr < 16; ++rr) {
+    const int row = row0 + rr;
+    const bool valid = row >= first_row && row < T;
+#pragma unroll
+    for (int m = 0; m < DV / 64; ++m) {
+      pairs[rr][m] = valid ? *reinterpret_cast<const __nv_bfloat162*>(base + row * st + 2 * (lane + 32 * m))
+                           : __floats2bfloat162_rn(0.0f, 0.0f);
+    }
   }
 }
 
@@ -118,10 +146,10 @@ __global__ void __launch_bounds__(kThreads) ra_band_forward_kernel(RaBandForward
   const int b = blockIdx.z, h = blockIdx.y, i0 = blockIdx.x * kRows, p0 = i0 - kRows;
   const int warp = threadIdx.x / kWarpSize, lane = threadIdx.x % kWarpSize;
   const float alpha = *s.alpha;
-  load_rows<DK>(sQ, kLdK, a.q, b, h, p0, kWindowRows, s.T);
-  load_rows<DK>(sK, kLdK, a.k, b, h, p0, kWindowRows, s.T);
-  load_rows<DV>(sV, kLdV, a.v, b, h, p0, kWindowRows, s.T);
-  __syncthreads();
+  load_rows_async<DK>(sQ, kLdK, a.q, b, h, p0, kWindowRows, s.T);
+  load_rows_async<DK>(sK, kLdK, a.k, b, h, p0, kWindowRows, s.T);
+  load_rows_async<DV>(sV, kLdV, a.v, b, h, p0, kWindowRows, s.T);
+  wait_for_rows();
 
   float* score = sS + 16 * warp * kLdScore;  // the warp's 16 rows
   band_scores<DK>(sQ, sK, score, warp, s.window, s.scale, alpha);
@@ -146,7 +174,8 @@ __global__ void __launch_bounds__(kThreads) ra_band_forward_kernel(RaBandForward
 #pragma unroll
       for (int m = 0; m < kWindowRows / kWarpSize; ++m) band_sum += expf(x[m] - row_max);
       band_sum = warp_sum(band_sum);
-      const float lse_far = i > s.window ? a.lse_far[b * a.lse_far_sb + h * a.lse_far_sh + (i - s.window - 1)] : -INFINITY;
+      const float lse_far =
+          i > s.window ? a.lse_far[b * a.lse_far_sb + h * a.lse_far_sh + (i - s.window - 1) * a.lse_far_st] : -INFINITY;
       const float top = fmaxf(row_max, lse_far);
       lse = top + logf(band_sum * expf(row_max - top) + expf(lse_far - top));
       far_weight = expf(lse_far - lse);
@@ -176,17 +205,22 @@ __global__ void __launch_bounds__(kThreads) ra_band_forward_kernel(RaBandForward
   }
   __syncwarp();
 
-  // out = far_weight·out_far + P·V (out_far already normalised by its own softmax).
+  // out = far_weight·out_far + P·V (out_far already normalised by its own softmax). Far row of
+  // position i: i − window − 1.
   const bf16* far = static_cast<const bf16*>(a.out_far.data) + b * a.out_far.sb + h * a.out_far.sh;
+  __nv_bfloat162 far_pairs[16][DV / 64];
+  load_warp_rows<DV>(far_pairs, far, a.out_far.st, i0 + 16 * warp - s.window - 1, 0, s.T - s.window - 1, lane);
   bf16* out = static_cast<bf16*>(a.out.data) + b * a.out.sb + h * a.out.sh;
+#pragma unroll
   for (int rr = 0; rr < 16; ++rr) {
     const int r = 16 * warp + rr, i = i0 + r;
     if (i >= s.T) break;
-    const bool has_far = i > s.window;
-    for (int c = lane; c < DV; c += kWarpSize) {
-      float o = score[rr * kLdScore + c];
-      if (has_far) o += sFar[r] * __bfloat162float(far[(i - s.window - 1) * a.out_far.st + c]);
-      out[i * a.out.st + c] = __float2bfloat16(o);
+#pragma unroll
+    for (int m = 0; m < DV / 64; ++m) {
+      const int c = 2 * (lane + 32 * m);
+      const float2 f = __bfloat1622float2(far_pairs[rr][m]);
+      *reinterpret_cast<__nv_bfloat162*>(out + i * a.out.st + c) = __floats2bfloat162_rn(
+          score[rr * kLdScore + c] + sFar[r] * f.x, score[rr * kLdScore + c + 1] + sFar[r] * f.y);
     }
   }
 }
@@ -251,25 +285,32 @@ __global__ void __launch_bounds__(kThreads) ra_band_backward_kernel(RaBandBackwa
   const int warp = threadIdx.x / kWarpSize, lane = threadIdx.x % kWarpSize;
   const float alpha = *s.alpha;
   const int64_t bh = int64_t(b) * s.H + h;
-  load_rows<DK>(sQ, kLdK, a.q, b, h, p0, kWindowRows, s.T);
-  load_rows<DK>(sK, kLdK, a.k, b, h, p0, kWindowRows, s.T);
-  load_rows<DV>(sV, kLdV, a.v, b, h, p0, kWindowRows, s.T);
-  load_rows<DV>(sdO, kLdV, a.dout, b, h, i0, kRows, s.T);
-  __syncthreads();
+  load_rows_async<DK>(sQ, kLdK, a.q, b, h, p0, kWindowRows, s.T);
+  load_rows_async<DK>(sK, kLdK, a.k, b, h, p0, kWindowRows, s.T);
+  load_rows_async<DV>(sV, kLdV, a.v, b, h, p0, kWindowRows, s.T);
+  load_rows_async<DV>(sdO, kLdV, a.dout, b, h, i0, kRows, s.T);
+  __nv_bfloat162 out_pairs[16][DV / 64];  // the warp's rows of the output, for D_i
+  load_warp_rows<DV>(out_pairs, static_cast<const bf16*>(a.out.data) + b * a.out.sb + h * a.out.sh, a.out.st,
+                     i0 + 16 * warp, 0, s.T, lane);
+  wait_for_rows();
 
-  const bf16* out = static_cast<const bf16*>(a.out.data) + b * a.out.sb + h * a.out.sh;
-  for (int rr = 0; rr < 16; ++rr) {  // the warp's rows: D_i and the saved log-sum-exp
+#pragma unroll
+  for (int rr = 0; rr < 16; ++rr) {  // the warp's rows: D_i = dO_i·O_i and the saved log-sum-exp
     const int r = 16 * warp + rr, i = i0 + r;
     float d = 0.0f;
-    if (i < s.T)
-      for (int c = lane; c < DV; c += kWarpSize)
-        d += __bfloat162float(out[i * a.out.st + c]) * __bfloat162float(sdO[r * kLdV + c]);
+#pragma unroll
+    for (int m = 0; m < DV / 64; ++m) {
+      const int c = 2 * (lane + 32 * m);
+      const float2 o = __bfloat1622float2(out_pairs[rr][m]);
+      d += o.x * __bfloat162float(sdO[r * kLdV + c]) + o.y * __bfloat162float(sdO[r * kLdV + c + 1]);
+    }
     d = warp_sum(d);
     if (lane == 0) {
       sD[r] = d;
       sLse[r] = i < s.T ? a.lse[bh * s.T + i] : INFINITY;
     }
   }
+  __syncwarp();
 
   float* score = sS + 16 * warp * kLdScore;
   float* dprob = sdP + 16 * warp * kLdScore;

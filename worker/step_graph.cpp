@@ -24,8 +24,8 @@ struct StepGraph::Impl {
 
 bool StepGraph::available() { return true; }
 
-void StepGraph::use_side_stream() {
-  impl_->stream_guard.emplace(c10::cuda::getStreamFromPool(/*isHighPriority=*/false, /*device=*/0));
+void StepGraph::use_side_stream(int device) {
+  impl_->stream_guard.emplace(c10::cuda::getStreamFromPool(/*isHighPriority=*/false, static_cast<c10::DeviceIndex>(device)));
 }
 
 std::string StepGraph::capture(const std::function<void()>& step) {
@@ -34,6 +34,12 @@ std::string StepGraph::capture(const std::function<void()>& step) {
   // cached blocks go back to the driver, or they and the graph's pool would both hold the activations.
   c10::cuda::device_synchronize();
   c10::cuda::CUDACachingAllocator::emptyCache();
+  // The default capture mode, global: the backward, and with it the gradient hooks that launch a
+  // data-parallel job's all-reduces (worker/distributed.cpp), runs on autograd's device thread, not
+  // the one that captures; only in global mode does an unsafe call there (a synchronising copy,
+  // say) fail the capture instead of running once outside the graph. ProcessGroupNCCL's watchdog
+  // thread queries its events in thread-local mode (PyTorch 2.7 on, pytorch#148594), so it cannot
+  // invalidate a global capture.
   try {
     graph->capture_begin();
   } catch (const c10::Error& e) {
@@ -59,15 +65,18 @@ bool StepGraph::captured() const { return impl_->graph != nullptr; }
 
 void StepGraph::replay() { impl_->graph->replay(); }
 
+void StepGraph::discard() { impl_->graph.reset(); }
+
 #else  // a CPU LibTorch: no graphs
 
 struct StepGraph::Impl {};
 
 bool StepGraph::available() { return false; }
-void StepGraph::use_side_stream() { throw std::logic_error("StepGraph: this build has no CUDA"); }
+void StepGraph::use_side_stream(int) { throw std::logic_error("StepGraph: this build has no CUDA"); }
 std::string StepGraph::capture(const std::function<void()>&) { return "this build has no CUDA"; }
 bool StepGraph::captured() const { return false; }
 void StepGraph::replay() { throw std::logic_error("StepGraph: this build has no CUDA"); }
+void StepGraph::discard() {}
 
 #endif
 

@@ -90,7 +90,10 @@ struct DataParallel::Impl {
 
   // The hook: params[i]'s gradient from this micro-batch plus what earlier micro-batches left in
   // .grad (the hook runs before autograd accumulates it) is the rank's whole gradient.
-  // Hooks run on the autograd thread of the device, one at a time: no lock.
+  // Hooks run on the autograd thread of the device, one at a time: no lock. Autograd runs them on
+  // the stream the forward ran on (the side stream a CUDA graph is captured on), and allreduce
+  // makes NCCL's stream wait for the calling thread's current stream: each collective follows its
+  // bucket's copies, and joins the capture where there is one.
   void on_gradient(size_t i, const torch::Tensor& grad) {
     if (!sync) return;
     TORCH_CHECK(!arrived[i], "data parallel: a parameter received two gradients in one backward");

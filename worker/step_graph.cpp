@@ -34,12 +34,12 @@ std::string StepGraph::capture(const std::function<void()>& step) {
   // cached blocks go back to the driver, or they and the graph's pool would both hold the activations.
   c10::cuda::device_synchronize();
   c10::cuda::CUDACachingAllocator::emptyCache();
-  // The default capture mode, global: the backward, and with it the gradient hooks that launch a
-  // data-parallel job's all-reduces (worker/distributed.cpp), runs on autograd's device thread, not
-  // the one that captures; only in global mode does an unsafe call there (a synchronising copy,
-  // say) fail the capture instead of running once outside the graph. ProcessGroupNCCL's watchdog
-  // thread queries its events in thread-local mode (PyTorch 2.7 on, pytorch#148594), so it cannot
-  // invalidate a global capture.
+  // The default capture mode, global, the strictest: an unsafe call (one that may synchronise)
+  // from any thread fails the capture, autograd's device thread included, where the backward and
+  // a data-parallel job's gradient hooks, which launch the all-reduces, run. NCCL supports it with
+  // one GPU per process. ProcessGroupNCCL's watchdog thread polls its events in thread-local mode
+  // (PyTorch 2.7 on, pytorch#148594; its test_nccl_watchdog_cudagraph), so its polling of the
+  // warm-up's all-reduces cannot invalidate the capture.
   try {
     graph->capture_begin();
   } catch (const c10::Error& e) {

@@ -17,12 +17,15 @@ import tempfile
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
-# Variant -> model overrides of the job spec (docs/job-spec.md); "ratio" is step 16, full RATIO.
+# Variant -> model overrides of the job spec (docs/job-spec.md); "step12" is step 12 (RA + MLA + ratio +
+# mechanisms 1 and 2), "ratio" step 16, full RATIO (step 12 + RA-CT).
 VARIANTS = {
     "baseline": {},
     "mla": {"mla": {"enabled": True, "latent_dim": 128}},
     "ra": {"ra": {"enabled": True, "alpha": 0.3, "window": 64}},
     "ra_mla": {"mla": {"enabled": True, "latent_dim": 128}, "ra": {"enabled": True, "alpha": 0.3, "window": 64}},
+    "step12": {"mla": {"enabled": True, "latent_dim": 128}, "ra": {"enabled": True, "alpha": 0.3, "window": 64},
+               "mlp_ratio": 2048 / 768, "mlp_gate": {"enabled": True}, "mlp_cross": {"enabled": True}},
     "ratio": {"mla": {"enabled": True, "latent_dim": 128}, "ra": {"enabled": True, "alpha": 0.3, "window": 64},
               "mlp_ratio": 2048 / 768, "mlp_gate": {"enabled": True}, "mlp_cross": {"enabled": True},
               "ra_ct": {"enabled": True, "mode": "topk", "apply": "output"}},

@@ -26,6 +26,7 @@ VARIANTS = {
     "mla":      (True, False, 4.0, False, False, False),
     "ra":       (False, True, 4.0, False, False, False),
     "ra_mla":   (True, True, 4.0, False, False, False),
+    "step12":   (True, True, 2048 / 768, True, True, False),  # step 12: RA + MLA + ratio + mechanisms
     "ratio":    (True, True, 2048 / 768, True, True, True),  # step 16, full RATIO
 }
 

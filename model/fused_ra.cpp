@@ -86,7 +86,7 @@ void combine(const torch::Tensor& own, const torch::Tensor& prev, const torch::T
              const torch::Tensor& grad) {
   TORCH_CHECK(far.stride(-1) == 1, "ra_band_attention: the far part's gradient has a strided last dimension");
   kernels::RaBandCombineArgs args{int(own.size(0)), int(own.size(1)), int(grad.size(1)), int(grad.size(2)),
-                                  int(grad.size(3)), own.data_ptr<float>(), prev.data_ptr<float>(), strided(far),
+                                  int(grad.size(3)), own.data_ptr(), prev.data_ptr(), strided(far),
                                   far.size(2), far_offset, strided_out(grad)};
   check_launch(kernels::ra_band_combine(args, c10::cuda::getCurrentCUDAStream()), "ra_band_combine");
 }
@@ -141,14 +141,14 @@ struct RaBandFunction : torch::autograd::Function<RaBandFunction> {
     const auto far_grads = far_backward(far, far_saved, dout.narrow(2, window + 1, t_far),
                                         out.narrow(2, window + 1, t_far), lse_far, scale);
 
-    // Band: fp32 partials per row, then one pass per input adds them to the far part's.
+    // Band: bf16 partials per row, then one pass per input adds them to the far part's.
     auto alpha32 = alpha.to(torch::kFloat32).contiguous();
     const int64_t t_pad = kernels::ra_band_padded_t(T);
-    auto f32 = q.options().dtype(torch::kFloat32);
-    auto own_q = at::empty({B, H, t_pad, Dk}, f32), prev_q = at::empty_like(own_q);
-    auto own_k = at::empty({B, H, t_pad, Dk}, f32), prev_k = at::empty_like(own_k);
-    auto own_v = at::empty({B, H, t_pad, Dv}, f32), prev_v = at::empty_like(own_v);
-    auto dalpha_partial = at::empty({kernels::ra_band_blocks(B, H, T)}, f32);
+    auto bf16 = q.options().dtype(torch::kBFloat16);
+    auto own_q = at::empty({B, H, t_pad, Dk}, bf16), prev_q = at::empty_like(own_q);
+    auto own_k = at::empty({B, H, t_pad, Dk}, bf16), prev_k = at::empty_like(own_k);
+    auto own_v = at::empty({B, H, t_pad, Dv}, bf16), prev_v = at::empty_like(own_v);
+    auto dalpha_partial = at::empty({kernels::ra_band_blocks(B, H, T)}, q.options().dtype(torch::kFloat32));
     kernels::RaBandBackwardArgs args{band_shape(q, window, scale, alpha32),
                                      int(Dk),
                                      int(Dv),
@@ -158,12 +158,12 @@ struct RaBandFunction : torch::autograd::Function<RaBandFunction> {
                                      strided(out),
                                      strided(dout),
                                      lse.data_ptr<float>(),
-                                     own_q.data_ptr<float>(),
-                                     own_k.data_ptr<float>(),
-                                     own_v.data_ptr<float>(),
-                                     prev_q.data_ptr<float>(),
-                                     prev_k.data_ptr<float>(),
-                                     prev_v.data_ptr<float>(),
+                                     own_q.data_ptr(),
+                                     own_k.data_ptr(),
+                                     own_v.data_ptr(),
+                                     prev_q.data_ptr(),
+                                     prev_k.data_ptr(),
+                                     prev_v.data_ptr(),
                                      dalpha_partial.data_ptr<float>()};
     check_launch(kernels::ra_band_backward(args, c10::cuda::getCurrentCUDAStream()), "ra_band_backward");
 

@@ -190,7 +190,8 @@ cudaError_t ra_band_forward(const RaBandForwardArgs& args, cudaStream_t stream);
 
 // Backward of the band (the far part's backward is the flash kernel's, fed the merged output and
 // log-sum-exp). Per 64-row block it recomputes S', P = exp(S' − lse) and dS = P·(dP − D),
-// D_i = dO_i·O_i, and writes fp32 [B, H, T_pad, D] partial gradients, T_pad = T rounded up to 64:
+// D_i = dO_i·O_i, and writes bf16 [B, H, T_pad, D] partial gradients (each an fp32 sum rounded
+// once), T_pad = T rounded up to 64:
 //   own_*:  rows of the block's own positions (every row written by exactly one block);
 //   prev_*: the key-side contributions to the 64 positions before the block (rows of the block
 //           before it; the last block's rows get none).
@@ -200,7 +201,7 @@ struct RaBandBackwardArgs {
   int dk, dv;
   RaStrided q, k, v, out, dout;
   const float* lse;  // [B, H, T]
-  float *own_q, *own_k, *own_v, *prev_q, *prev_k, *prev_v;
+  void *own_q, *own_k, *own_v, *prev_q, *prev_k, *prev_v;  // bf16
   float* dalpha_partial;
 };
 cudaError_t ra_band_backward(const RaBandBackwardArgs& args, cudaStream_t stream);
@@ -209,11 +210,11 @@ int64_t ra_band_padded_t(int64_t T);
 
 // One input's gradient: out[b, g, t] = Σ_{h in g} own[b, h, t] + prev[b, h, t] (where the block after
 // t's exists) + far[b, h, t − far_offset] (where 0 ≤ t − far_offset < T_far). heads_out is H (one
-// output per head) or 1 (every head summed: MLA's shared key). own, prev: [B, H, T_pad, D] fp32;
+// output per head) or 1 (every head summed: MLA's shared key). own, prev: [B, H, T_pad, D] bf16;
 // far: [B, H, T_far, D] bf16 strided; out: [B, heads_out, T, D] bf16 strided. D a multiple of 8.
 struct RaBandCombineArgs {
   int B, H, heads_out, T, D;
-  const float *own, *prev;
+  const void *own, *prev;  // bf16
   RaStrided far;
   int64_t t_far, far_offset;
   RaStridedOut out;

@@ -229,13 +229,25 @@ template <int DK, int DV>
 constexpr size_t backward_smem_bytes() {
   return sizeof(bf16) * (2 * kWindowRows * (DK + 8) + kWindowRows * (DV + 8) + kRows * (DV + 8) +
                          2 * kRows * kLdProb) +
-         sizeof(float) * (2 * kRows * kLdScore + 2 * kRows + kWarps);
+         sizeof(float) * (2 * kRows * kLdScore + 2 * kRows + kWarps + kWarps * 16 * 16);
 }
 
 // acc ·= factor, element by element (the fragment layout does not matter for a uniform factor).
 __device__ inline void scale_fragment(FragC& acc, float factor) {
 #pragma unroll
   for (int e = 0; e < acc.num_elements; ++e) acc.x[e] *= factor;
+}
+
+// A 16×16 tile of fp32 accumulators to bf16 rows `ld` elements apart, through the warp's staging
+// tile: WMMA stores accumulators only as fp32, and bf16 halves the partials' traffic.
+__device__ inline void store_bf16(const FragC& acc, float* tile, bf16* dst, int ld, int lane) {
+  wmma::store_matrix_sync(tile, acc, 16, wmma::mem_row_major);
+  __syncwarp();
+  const int row = lane / 2, col = (lane % 2) * 8;
+  float v[8];
+  load_vec<8>(tile + row * 16 + col, v);
+  store_vec<8>(dst + row * ld + col, v);
+  __syncwarp();
 }
 
 // acc += Σ over the block's query tiles i of Aᵀ[t, i]·rows[i]: the key-side sum for window tile wt,
@@ -276,7 +288,8 @@ __global__ void __launch_bounds__(kThreads) ra_band_backward_kernel(RaBandBackwa
   bf16* sdS = sP + kRows * kLdProb;          // [64][kLdProb] dS
   float* sS = reinterpret_cast<float*>(sdS + kRows * kLdProb);  // [64][kLdScore] S', then staging
   float* sdP = sS + kRows * kLdScore;        // [64][kLdScore] dP = dO·Vᵀ
-  float* sD = sdP + kRows * kLdScore;        // [64] D_i = dO_i·O_i
+  float* sTiles = sdP + kRows * kLdScore;    // [kWarps][16][16] the warps' bf16 conversion tiles
+  float* sD = sTiles + kWarps * 16 * 16;     // [64] D_i = dO_i·O_i
   float* sLse = sD + kRows;                  // [64]
   float* sAlpha = sLse + kRows;              // [kWarps] the warps' dalpha sums
 
@@ -285,6 +298,7 @@ __global__ void __launch_bounds__(kThreads) ra_band_backward_kernel(RaBandBackwa
   const int warp = threadIdx.x / kWarpSize, lane = threadIdx.x % kWarpSize;
   const float alpha = *s.alpha;
   const int64_t bh = int64_t(b) * s.H + h;
+  float* sTile = sTiles + 16 * 16 * warp;
   load_rows_async<DK>(sQ, kLdK, a.q, b, h, p0, kWindowRows, s.T);
   load_rows_async<DK>(sK, kLdK, a.k, b, h, p0, kWindowRows, s.T);
   load_rows_async<DV>(sV, kLdV, a.v, b, h, p0, kWindowRows, s.T);
@@ -361,7 +375,7 @@ __global__ void __launch_bounds__(kThreads) ra_band_backward_kernel(RaBandBackwa
     scale_fragment(acc, alpha);
     query_side(acc, sdS, sK, kLdK, warp, ct, s.window);
     scale_fragment(acc, s.scale);
-    wmma::store_matrix_sync(a.own_q + own_row * DK + 16 * ct, acc, DK, wmma::mem_row_major);
+    store_bf16(acc, sTile, static_cast<bf16*>(a.own_q) + own_row * DK + 16 * ct, DK, lane);
 
     wmma::fill_fragment(acc, 0.0f);  // dk_t = scale·(alpha·G_t + Σ_i dS[i, t]·q_i), G_t = Σ_j dS[t, j]·q_j
     query_side(acc, sdS, sQ, kLdK, warp, ct, s.window);
@@ -369,14 +383,14 @@ __global__ void __launch_bounds__(kThreads) ra_band_backward_kernel(RaBandBackwa
     scale_fragment(acc, alpha);
     key_side(acc, sdS, sQ_own, kLdK, own_wt, ct, s.window);
     scale_fragment(acc, s.scale);
-    wmma::store_matrix_sync(a.own_k + own_row * DK + 16 * ct, acc, DK, wmma::mem_row_major);
+    store_bf16(acc, sTile, static_cast<bf16*>(a.own_k) + own_row * DK + 16 * ct, DK, lane);
   }
 #pragma unroll
   for (int ct = 0; ct < DV / 16; ++ct) {
     FragC acc;  // dv_t = Σ_i P[i, t]·dO_i
     wmma::fill_fragment(acc, 0.0f);
     key_side(acc, sP, sdO, kLdV, own_wt, ct, s.window);
-    wmma::store_matrix_sync(a.own_v + own_row * DV + 16 * ct, acc, DV, wmma::mem_row_major);
+    store_bf16(acc, sTile, static_cast<bf16*>(a.own_v) + own_row * DV + 16 * ct, DV, lane);
   }
   __syncwarp();
 
@@ -397,18 +411,18 @@ __global__ void __launch_bounds__(kThreads) ra_band_backward_kernel(RaBandBackwa
       wmma::fill_fragment(acc, 0.0f);
       key_side(acc, sdS, sK_own, kLdK, warp, ct, s.window);
       scale_fragment(acc, alpha * s.scale);
-      wmma::store_matrix_sync(a.prev_q + prev_row * DK + 16 * ct, acc, DK, wmma::mem_row_major);
+      store_bf16(acc, sTile, static_cast<bf16*>(a.prev_q) + prev_row * DK + 16 * ct, DK, lane);
       wmma::fill_fragment(acc, 0.0f);
       key_side(acc, sdS, sQ_own, kLdK, warp, ct, s.window);
       scale_fragment(acc, s.scale);
-      wmma::store_matrix_sync(a.prev_k + prev_row * DK + 16 * ct, acc, DK, wmma::mem_row_major);
+      store_bf16(acc, sTile, static_cast<bf16*>(a.prev_k) + prev_row * DK + 16 * ct, DK, lane);
     }
 #pragma unroll
     for (int ct = 0; ct < DV / 16; ++ct) {
       FragC acc;
       wmma::fill_fragment(acc, 0.0f);
       key_side(acc, sP, sdO, kLdV, warp, ct, s.window);
-      wmma::store_matrix_sync(a.prev_v + prev_row * DV + 16 * ct, acc, DV, wmma::mem_row_major);
+      store_bf16(acc, sTile, static_cast<bf16*>(a.prev_v) + prev_row * DV + 16 * ct, DV, lane);
     }
   }
   __syncthreads();
@@ -436,11 +450,11 @@ __global__ void ra_band_combine_kernel(RaBandCombineArgs a) {
   for (int h = h_begin; h < h_end; ++h) {
     const int64_t row = (int64_t(b) * a.H + h) * t_pad + t;
     float part[8];
-    load_vec<8>(a.own + row * a.D + col, part);
+    load_vec<8>(static_cast<const bf16*>(a.own) + row * a.D + col, part);
 #pragma unroll
     for (int e = 0; e < 8; ++e) sum[e] += part[e];
     if (has_prev) {
-      load_vec<8>(a.prev + row * a.D + col, part);
+      load_vec<8>(static_cast<const bf16*>(a.prev) + row * a.D + col, part);
 #pragma unroll
       for (int e = 0; e < 8; ++e) sum[e] += part[e];
     }

@@ -27,8 +27,11 @@ using bf16 = __nv_bfloat16;
 
 constexpr int kRows = 64;                     // query rows per block
 constexpr int kWindowRows = 2 * kRows;        // the 64 positions before the block and its own 64
-constexpr int kWarps = kRows / 16;            // one warp per 16 query rows
-constexpr int kThreads = kWarps * kWarpSize;  // 128
+constexpr int kGroups = kRows / 16;           // 16-row query groups (WMMA's tile height)
+constexpr int kSplit = 2;                     // warps per group: each takes every other tile and half the rows
+constexpr int kWarps = kGroups * kSplit;      // 8: two warps per 16 rows hide each other's latency
+constexpr int kThreads = kWarps * kWarpSize;  // 256
+constexpr int kWarpRows = 16 / kSplit;        // rows a warp owns in the row-by-row passes
 constexpr int kLdScore = kWindowRows + 4;     // fp32 score rows (padded against bank conflicts)
 constexpr int kLdProb = kWindowRows + 8;      // bf16 probability rows
 
@@ -78,14 +81,14 @@ __device__ inline void wait_for_rows() {
   __syncthreads();
 }
 
-// Rows i0 + 16·warp .. + 15 of a [.., T, DV] slice as bf16 pairs in registers, every load issued
-// before any is used: pairs[rr][m] holds columns 2·(lane + 32·m) and the one after. Rows ≥ T and
-// rows before `first_row` read as zeros.
+// Rows row0 .. row0 + kWarpRows − 1 of a [.., T, DV] slice as bf16 pairs in registers, every load
+// issued before any is used: pairs[rr][m] holds columns 2·(lane + 32·m) and the one after. Rows ≥ T
+// and rows before `first_row` read as zeros.
 template <int DV>
-__device__ void load_warp_rows(__nv_bfloat162 (&pairs)[16][DV / 64], const bf16* base, int64_t st, int row0,
+__device__ void load_warp_rows(__nv_bfloat162 (&pairs)[kWarpRows][DV / 64], const bf16* base, int64_t st, int row0,
                                int first_row, int T, int lane) {
 #pragma unroll
-  for (int rr = 0; rr < 16; ++rr) {
+  for (int rr = 0; rr < kWarpRows; ++rr) {
     const int row = row0 + rr;
     const bool valid = row >= first_row && row < T;
 #pragma unroll
@@ -96,15 +99,16 @@ __device__ void load_warp_rows(__nv_bfloat162 (&pairs)[16][DV / 64], const bf16*
   }
 }
 
-// S' for the warp's 16 query rows against the 128 window columns, tiles in the band only:
-// scale·(Q_own·K_winᵀ + alpha·K_own·Q_winᵀ), both products accumulated in fp32. → score [16][kLdScore]
+// S' for a group's 16 query rows against the window columns, tiles in the band only, this warp's
+// half of them (every other tile): scale·(Q_own·K_winᵀ + alpha·K_own·Q_winᵀ), both products
+// accumulated in fp32. → score [16][kLdScore]
 template <int DK>
-__device__ void band_scores(const bf16* sQ, const bf16* sK, float* score, int warp, int window, float scale,
-                            float alpha) {
+__device__ void band_scores(const bf16* sQ, const bf16* sK, float* score, int group, int half, int window,
+                            float scale, float alpha) {
   constexpr int kLd = DK + 8;
-  const int own = kRows + 16 * warp;  // the warp's query rows among the window rows
-  for (int kt = 0; kt < kWindowRows / 16; ++kt) {
-    if (!tile_in_band(warp, kt, window)) continue;
+  const int own = kRows + 16 * group;  // the group's query rows among the window rows
+  for (int kt = half; kt < kWindowRows / 16; kt += kSplit) {
+    if (!tile_in_band(group, kt, window)) continue;
     FragC direct, reciprocal;
     wmma::fill_fragment(direct, 0.0f);
     wmma::fill_fragment(reciprocal, 0.0f);
@@ -145,20 +149,22 @@ __global__ void __launch_bounds__(kThreads) ra_band_forward_kernel(RaBandForward
   const RaBandShape& s = a.shape;
   const int b = blockIdx.z, h = blockIdx.y, i0 = blockIdx.x * kRows, p0 = i0 - kRows;
   const int warp = threadIdx.x / kWarpSize, lane = threadIdx.x % kWarpSize;
+  const int group = warp % kGroups, half = warp / kGroups;
   const float alpha = *s.alpha;
   load_rows_async<DK>(sQ, kLdK, a.q, b, h, p0, kWindowRows, s.T);
   load_rows_async<DK>(sK, kLdK, a.k, b, h, p0, kWindowRows, s.T);
   load_rows_async<DV>(sV, kLdV, a.v, b, h, p0, kWindowRows, s.T);
   wait_for_rows();
 
-  float* score = sS + 16 * warp * kLdScore;  // the warp's 16 rows
-  band_scores<DK>(sQ, sK, score, warp, s.window, s.scale, alpha);
-  __syncwarp();
+  float* score = sS + 16 * group * kLdScore;  // the group's 16 rows
+  band_scores<DK>(sQ, sK, score, group, half, s.window, s.scale, alpha);
+  __syncthreads();
 
   // Softmax of each row over band ∪ far: lse = log(Σ_band exp(S') + exp(lse_far)).
   const int64_t bh = int64_t(b) * s.H + h;
-  for (int rr = 0; rr < 16; ++rr) {
-    const int r = 16 * warp + rr, i = i0 + r;
+  const int row0 = 16 * group + kWarpRows * half;  // this warp's rows in the row-by-row passes
+  for (int r = row0; r < row0 + kWarpRows; ++r) {
+    const int rr = r - 16 * group, i = i0 + r;
     float x[kWindowRows / kWarpSize];
     float row_max = -INFINITY;
 #pragma unroll
@@ -186,39 +192,38 @@ __global__ void __launch_bounds__(kThreads) ra_band_forward_kernel(RaBandForward
       sP[r * kLdProb + lane + kWarpSize * m] = __float2bfloat16(expf(x[m] - lse));
     if (lane == 0) sFar[r] = far_weight;
   }
-  __syncwarp();
+  __syncthreads();
 
-  // The band's share of the output, P·V_win, into the warp's score rows. [16, DV]
-#pragma unroll
-  for (int ot = 0; ot < DV / 16; ++ot) {
+  // The band's share of the output, P·V_win, into the group's score rows. [16, DV]
+  for (int ot = half; ot < DV / 16; ot += kSplit) {
     FragC acc;
     wmma::fill_fragment(acc, 0.0f);
     for (int kt = 0; kt < kWindowRows / 16; ++kt) {
-      if (!tile_in_band(warp, kt, s.window)) continue;
+      if (!tile_in_band(group, kt, s.window)) continue;
       FragA p;
       FragB v;
-      wmma::load_matrix_sync(p, sP + 16 * warp * kLdProb + 16 * kt, kLdProb);
+      wmma::load_matrix_sync(p, sP + 16 * group * kLdProb + 16 * kt, kLdProb);
       wmma::load_matrix_sync(v, sV + 16 * kt * kLdV + 16 * ot, kLdV);
       wmma::mma_sync(acc, p, v, acc);
     }
     wmma::store_matrix_sync(score + 16 * ot, acc, kLdScore, wmma::mem_row_major);
   }
-  __syncwarp();
+  __syncthreads();
 
   // out = far_weight·out_far + P·V (out_far already normalised by its own softmax). Far row of
   // position i: i − window − 1.
   const bf16* far = static_cast<const bf16*>(a.out_far.data) + b * a.out_far.sb + h * a.out_far.sh;
-  __nv_bfloat162 far_pairs[16][DV / 64];
-  load_warp_rows<DV>(far_pairs, far, a.out_far.st, i0 + 16 * warp - s.window - 1, 0, s.T - s.window - 1, lane);
+  __nv_bfloat162 far_pairs[kWarpRows][DV / 64];
+  load_warp_rows<DV>(far_pairs, far, a.out_far.st, i0 + row0 - s.window - 1, 0, s.T - s.window - 1, lane);
   bf16* out = static_cast<bf16*>(a.out.data) + b * a.out.sb + h * a.out.sh;
 #pragma unroll
-  for (int rr = 0; rr < 16; ++rr) {
-    const int r = 16 * warp + rr, i = i0 + r;
+  for (int k = 0; k < kWarpRows; ++k) {
+    const int r = row0 + k, rr = r - 16 * group, i = i0 + r;
     if (i >= s.T) break;
 #pragma unroll
     for (int m = 0; m < DV / 64; ++m) {
       const int c = 2 * (lane + 32 * m);
-      const float2 f = __bfloat1622float2(far_pairs[rr][m]);
+      const float2 f = __bfloat1622float2(far_pairs[k][m]);
       *reinterpret_cast<__nv_bfloat162*>(out + i * a.out.st + c) = __floats2bfloat162_rn(
           score[rr * kLdScore + c] + sFar[r] * f.x, score[rr * kLdScore + c + 1] + sFar[r] * f.y);
     }
@@ -253,7 +258,7 @@ __device__ inline void store_bf16(const FragC& acc, float* tile, bf16* dst, int 
 // acc += Σ over the block's query tiles i of Aᵀ[t, i]·rows[i]: the key-side sum for window tile wt,
 // A = sdS or sP [64][kLdProb] read transposed, rows = the block's own rows of a [.., ld] operand.
 __device__ inline void key_side(FragC& acc, const bf16* a, const bf16* rows, int ld, int wt, int ct, int window) {
-  for (int it = 0; it < kWarps; ++it) {
+  for (int it = 0; it < kGroups; ++it) {
     if (!tile_in_band(it, wt, window)) continue;
     FragAT at;
     FragB r;
@@ -263,14 +268,14 @@ __device__ inline void key_side(FragC& acc, const bf16* a, const bf16* rows, int
   }
 }
 
-// acc += Σ over window tiles j of dS[r, j]·window[j]: the query-side sum for the warp's rows.
-__device__ inline void query_side(FragC& acc, const bf16* sdS, const bf16* window_rows, int ld, int warp, int ct,
+// acc += Σ over window tiles j of dS[r, j]·window[j]: the query-side sum for a group's rows.
+__device__ inline void query_side(FragC& acc, const bf16* sdS, const bf16* window_rows, int ld, int group, int ct,
                                   int window) {
   for (int kt = 0; kt < kWindowRows / 16; ++kt) {
-    if (!tile_in_band(warp, kt, window)) continue;
+    if (!tile_in_band(group, kt, window)) continue;
     FragA ds;
     FragB w;
-    wmma::load_matrix_sync(ds, sdS + 16 * warp * kLdProb + 16 * kt, kLdProb);
+    wmma::load_matrix_sync(ds, sdS + 16 * group * kLdProb + 16 * kt, kLdProb);
     wmma::load_matrix_sync(w, window_rows + 16 * kt * ld + 16 * ct, ld);
     wmma::mma_sync(acc, ds, w, acc);
   }
@@ -296,6 +301,8 @@ __global__ void __launch_bounds__(kThreads) ra_band_backward_kernel(RaBandBackwa
   const RaBandShape& s = a.shape;
   const int b = blockIdx.z, h = blockIdx.y, i0 = blockIdx.x * kRows, p0 = i0 - kRows;
   const int warp = threadIdx.x / kWarpSize, lane = threadIdx.x % kWarpSize;
+  const int group = warp % kGroups, half = warp / kGroups;
+  const int row0 = 16 * group + kWarpRows * half;  // this warp's rows in the row-by-row passes
   const float alpha = *s.alpha;
   const int64_t bh = int64_t(b) * s.H + h;
   float* sTile = sTiles + 16 * 16 * warp;
@@ -303,19 +310,19 @@ __global__ void __launch_bounds__(kThreads) ra_band_backward_kernel(RaBandBackwa
   load_rows_async<DK>(sK, kLdK, a.k, b, h, p0, kWindowRows, s.T);
   load_rows_async<DV>(sV, kLdV, a.v, b, h, p0, kWindowRows, s.T);
   load_rows_async<DV>(sdO, kLdV, a.dout, b, h, i0, kRows, s.T);
-  __nv_bfloat162 out_pairs[16][DV / 64];  // the warp's rows of the output, for D_i
+  __nv_bfloat162 out_pairs[kWarpRows][DV / 64];  // this warp's rows of the output, for D_i
   load_warp_rows<DV>(out_pairs, static_cast<const bf16*>(a.out.data) + b * a.out.sb + h * a.out.sh, a.out.st,
-                     i0 + 16 * warp, 0, s.T, lane);
+                     i0 + row0, 0, s.T, lane);
   wait_for_rows();
 
 #pragma unroll
-  for (int rr = 0; rr < 16; ++rr) {  // the warp's rows: D_i = dO_i·O_i and the saved log-sum-exp
-    const int r = 16 * warp + rr, i = i0 + r;
+  for (int k = 0; k < kWarpRows; ++k) {  // D_i = dO_i·O_i and the saved log-sum-exp
+    const int r = row0 + k, i = i0 + r;
     float d = 0.0f;
 #pragma unroll
     for (int m = 0; m < DV / 64; ++m) {
       const int c = 2 * (lane + 32 * m);
-      const float2 o = __bfloat1622float2(out_pairs[rr][m]);
+      const float2 o = __bfloat1622float2(out_pairs[k][m]);
       d += o.x * __bfloat162float(sdO[r * kLdV + c]) + o.y * __bfloat162float(sdO[r * kLdV + c + 1]);
     }
     d = warp_sum(d);
@@ -324,30 +331,29 @@ __global__ void __launch_bounds__(kThreads) ra_band_backward_kernel(RaBandBackwa
       sLse[r] = i < s.T ? a.lse[bh * s.T + i] : INFINITY;
     }
   }
-  __syncwarp();
 
-  float* score = sS + 16 * warp * kLdScore;
-  float* dprob = sdP + 16 * warp * kLdScore;
-  band_scores<DK>(sQ, sK, score, warp, s.window, s.scale, alpha);
-  for (int kt = 0; kt < kWindowRows / 16; ++kt) {  // dP = dO_own·V_winᵀ
-    if (!tile_in_band(warp, kt, s.window)) continue;
+  float* score = sS + 16 * group * kLdScore;
+  float* dprob = sdP + 16 * group * kLdScore;
+  band_scores<DK>(sQ, sK, score, group, half, s.window, s.scale, alpha);
+  for (int kt = half; kt < kWindowRows / 16; kt += kSplit) {  // dP = dO_own·V_winᵀ
+    if (!tile_in_band(group, kt, s.window)) continue;
     FragC acc;
     wmma::fill_fragment(acc, 0.0f);
 #pragma unroll
     for (int kk = 0; kk < DV / 16; ++kk) {
       FragA dout;
       FragBT vt;
-      wmma::load_matrix_sync(dout, sdO + 16 * warp * kLdV + 16 * kk, kLdV);
+      wmma::load_matrix_sync(dout, sdO + 16 * group * kLdV + 16 * kk, kLdV);
       wmma::load_matrix_sync(vt, sV + 16 * kt * kLdV + 16 * kk, kLdV);
       wmma::mma_sync(acc, dout, vt, acc);
     }
     wmma::store_matrix_sync(dprob + 16 * kt, acc, kLdScore, wmma::mem_row_major);
   }
-  __syncwarp();
+  __syncthreads();
 
   // P = exp(S' − lse), dS = P·(dP − D); zero outside the band.
-  for (int rr = 0; rr < 16; ++rr) {
-    const int r = 16 * warp + rr, i = i0 + r;
+  for (int r = row0; r < row0 + kWarpRows; ++r) {
+    const int rr = r - 16 * group, i = i0 + r;
     for (int c = lane; c < kWindowRows; c += kWarpSize) {
       float p = 0.0f, ds = 0.0f;
       if (in_band(r, c, i, p0, s.T, s.window)) {
@@ -358,70 +364,66 @@ __global__ void __launch_bounds__(kThreads) ra_band_backward_kernel(RaBandBackwa
       sdS[r * kLdProb + c] = __float2bfloat16(ds);
     }
   }
-  __syncthreads();  // the key-side sums below read every warp's rows of P and dS
+  __syncthreads();  // the sums below read every group's rows of P and dS
 
-  // Own rows (positions i0 + 16·warp ..): query side (this warp's rows of dS) plus key side (window
-  // tile 4 + warp, the same positions, from every query row of the block).
-  const int own_wt = kWarps + warp;
-  const int64_t own_row = bh * padded_t(s.T) + i0 + 16 * warp;
+  // Own rows (positions i0 + 16·group ..): query side (the group's rows of dS) plus key side (window
+  // tile kGroups + group, the same positions, from every query row of the block). The group's two
+  // warps take alternate column tiles.
+  const int own_wt = kGroups + group;
+  const int64_t own_row = bh * padded_t(s.T) + i0 + 16 * group;
   const bf16* sQ_own = sQ + kRows * kLdK;
   const bf16* sK_own = sK + kRows * kLdK;
-  float* staging = score;  // the warp's 16 rows of S' are no longer needed
-#pragma unroll
-  for (int ct = 0; ct < DK / 16; ++ct) {
+  float* staging = score;  // the group's 16 rows of S' are no longer needed
+  float dalpha = 0.0f;     // scale·Σ_ij dS[i, j]·q_j·k_i = scale·Σ_i k_i·G_i, over this warp's tiles
+  for (int ct = half; ct < DK / 16; ct += kSplit) {
     FragC acc;  // dq_t = scale·(alpha·Σ_i dS[i, t]·k_i + Σ_j dS[t, j]·k_j)
     wmma::fill_fragment(acc, 0.0f);
     key_side(acc, sdS, sK_own, kLdK, own_wt, ct, s.window);
     scale_fragment(acc, alpha);
-    query_side(acc, sdS, sK, kLdK, warp, ct, s.window);
+    query_side(acc, sdS, sK, kLdK, group, ct, s.window);
     scale_fragment(acc, s.scale);
     store_bf16(acc, sTile, static_cast<bf16*>(a.own_q) + own_row * DK + 16 * ct, DK, lane);
 
     wmma::fill_fragment(acc, 0.0f);  // dk_t = scale·(alpha·G_t + Σ_i dS[i, t]·q_i), G_t = Σ_j dS[t, j]·q_j
-    query_side(acc, sdS, sQ, kLdK, warp, ct, s.window);
-    wmma::store_matrix_sync(staging + 16 * ct, acc, kLdScore, wmma::mem_row_major);  // G, for dalpha
+    query_side(acc, sdS, sQ, kLdK, group, ct, s.window);
+    wmma::store_matrix_sync(staging + 16 * ct, acc, kLdScore, wmma::mem_row_major);
+    __syncwarp();
+    for (int e = lane; e < 16 * 16; e += kWarpSize) {
+      const int rr = e / 16, c = 16 * ct + e % 16;
+      dalpha += staging[rr * kLdScore + c] * __bfloat162float(sK_own[(16 * group + rr) * kLdK + c]);
+    }
     scale_fragment(acc, alpha);
     key_side(acc, sdS, sQ_own, kLdK, own_wt, ct, s.window);
     scale_fragment(acc, s.scale);
     store_bf16(acc, sTile, static_cast<bf16*>(a.own_k) + own_row * DK + 16 * ct, DK, lane);
   }
-#pragma unroll
-  for (int ct = 0; ct < DV / 16; ++ct) {
+  for (int ct = half; ct < DV / 16; ct += kSplit) {
     FragC acc;  // dv_t = Σ_i P[i, t]·dO_i
     wmma::fill_fragment(acc, 0.0f);
     key_side(acc, sP, sdO, kLdV, own_wt, ct, s.window);
     store_bf16(acc, sTile, static_cast<bf16*>(a.own_v) + own_row * DV + 16 * ct, DV, lane);
   }
-  __syncwarp();
-
-  // dalpha = scale·Σ_ij dS[i, j]·q_j·k_i = scale·Σ_i k_i·G_i over the block's rows.
-  float dalpha = 0.0f;
-  for (int rr = 0; rr < 16; ++rr)
-    for (int c = lane; c < DK; c += kWarpSize)
-      dalpha += staging[rr * kLdScore + c] * __bfloat162float(sK_own[(16 * warp + rr) * kLdK + c]);
   dalpha = warp_sum(dalpha);
   if (lane == 0) sAlpha[warp] = dalpha;
 
-  // The 64 positions before the block (window tile `warp`): key-side contributions only.
+  // The 64 positions before the block (window tile `group`): key-side contributions only.
   if (blockIdx.x > 0) {
-    const int64_t prev_row = bh * padded_t(s.T) + p0 + 16 * warp;
-#pragma unroll
-    for (int ct = 0; ct < DK / 16; ++ct) {
+    const int64_t prev_row = bh * padded_t(s.T) + p0 + 16 * group;
+    for (int ct = half; ct < DK / 16; ct += kSplit) {
       FragC acc;
       wmma::fill_fragment(acc, 0.0f);
-      key_side(acc, sdS, sK_own, kLdK, warp, ct, s.window);
+      key_side(acc, sdS, sK_own, kLdK, group, ct, s.window);
       scale_fragment(acc, alpha * s.scale);
       store_bf16(acc, sTile, static_cast<bf16*>(a.prev_q) + prev_row * DK + 16 * ct, DK, lane);
       wmma::fill_fragment(acc, 0.0f);
-      key_side(acc, sdS, sQ_own, kLdK, warp, ct, s.window);
+      key_side(acc, sdS, sQ_own, kLdK, group, ct, s.window);
       scale_fragment(acc, s.scale);
       store_bf16(acc, sTile, static_cast<bf16*>(a.prev_k) + prev_row * DK + 16 * ct, DK, lane);
     }
-#pragma unroll
-    for (int ct = 0; ct < DV / 16; ++ct) {
+    for (int ct = half; ct < DV / 16; ct += kSplit) {
       FragC acc;
       wmma::fill_fragment(acc, 0.0f);
-      key_side(acc, sP, sdO, kLdV, warp, ct, s.window);
+      key_side(acc, sP, sdO, kLdV, group, ct, s.window);
       store_bf16(acc, sTile, static_cast<bf16*>(a.prev_v) + prev_row * DV + 16 * ct, DV, lane);
     }
   }

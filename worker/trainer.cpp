@@ -172,7 +172,7 @@ class Trainer {
   std::unique_ptr<StepGraph> graph_;
   std::string graph_off_reason_;
   int64_t graph_capture_iter_ = -1;   // the first iteration after the eager warm-up
-  torch::Tensor graph_x_, graph_y_;   // [grad_accum, B, T] int64: the batches a replay reads
+  torch::Tensor graph_x_, graph_y_;   // [grad_accum / gpus, B, T] int64: this rank's batches a replay reads
   torch::Tensor graph_norm_;          // the captured step's gradient norm
   std::unique_ptr<TokenSplit> train_split_, val_split_;
   BatchOrder order_{0};
@@ -259,7 +259,7 @@ void Trainer::choose_graph() {
   graph_ = std::make_unique<StepGraph>();
   graph_->use_side_stream(device_.index());  // before the model exists, so every step, eager or replayed, runs there
   const auto ids = torch::TensorOptions().dtype(torch::kInt64).device(device_);
-  graph_x_ = torch::zeros({train_.grad_accum, train_.batch_size, spec_.model.block_size}, ids);
+  graph_x_ = torch::zeros({train_.grad_accum / world(), train_.batch_size, spec_.model.block_size}, ids);
   graph_y_ = torch::zeros_like(graph_x_);
 }
 

@@ -73,10 +73,7 @@ struct Bucket {
 }  // namespace
 
 struct DataParallel::Impl {
-  int rank;
   int world;
-  torch::Device device = torch::kCPU;
-  int decisions = 0;                  // first_failure calls so far: their keys in the store
   c10::intrusive_ptr<c10d::Store> store;
   c10::intrusive_ptr<Backend> backend;
 
@@ -90,10 +87,7 @@ struct DataParallel::Impl {
 
   // The hook: params[i]'s gradient from this micro-batch plus what earlier micro-batches left in
   // .grad (the hook runs before autograd accumulates it) is the rank's whole gradient.
-  // Hooks run on the autograd thread of the device, one at a time: no lock. Autograd runs them on
-  // the stream the forward ran on (the side stream a CUDA graph is captured on), and allreduce
-  // makes NCCL's stream wait for the calling thread's current stream: each collective follows its
-  // bucket's copies, and joins the capture where there is one.
+  // Hooks run on the autograd thread of the device, one at a time: no lock.
   void on_gradient(size_t i, const torch::Tensor& grad) {
     if (!sync) return;
     TORCH_CHECK(!arrived[i], "data parallel: a parameter received two gradients in one backward");
@@ -121,9 +115,7 @@ struct DataParallel::Impl {
 DataParallel::DataParallel(const std::string& rendezvous, int rank, int world, const torch::Device& device,
                            std::chrono::milliseconds timeout)
     : impl_(std::make_unique<Impl>()) {
-  impl_->rank = rank;
   impl_->world = world;
-  impl_->device = device;
   impl_->store = c10::make_intrusive<c10d::FileStore>(rendezvous, world);
   impl_->backend = make_backend(impl_->store, rank, world, device, timeout);
 }
@@ -201,27 +193,6 @@ void DataParallel::finish_gradients() {
 void DataParallel::all_reduce_sum(torch::Tensor& t) {
   std::vector<torch::Tensor> tensors = {t};
   impl_->backend->allreduce(tensors)->wait();
-}
-
-std::pair<int, std::string> DataParallel::first_failure(const std::string& failure) {
-  Impl& d = *impl_;
-  const std::string key = "failure/" + std::to_string(d.decisions++) + "/";
-  // Which ranks failed, summed over the ranks; the reasons go through the store, set before the
-  // all-reduce, so a failed rank's reason is there once the sum says it failed.
-  torch::Tensor failed = torch::zeros({d.world});
-  if (!failure.empty()) {
-    d.store->set(key + std::to_string(d.rank), std::vector<uint8_t>(failure.begin(), failure.end()));
-    failed[d.rank].fill_(1);
-  }
-  failed = failed.to(d.device);
-  all_reduce_sum(failed);
-  failed = failed.cpu();
-  for (int r = 0; r < d.world; ++r) {
-    if (failed[r].item<float>() == 0) continue;
-    const std::vector<uint8_t> reason = d.store->get(key + std::to_string(r));
-    return {r, std::string(reason.begin(), reason.end())};
-  }
-  return {-1, ""};
 }
 
 }  // namespace ratio::worker

@@ -9,14 +9,6 @@
 // asynchronously, while the backward goes on. finish_gradients() waits for the buckets and writes
 // the sums back as the gradients: every rank then runs the same optimizer step on the same numbers.
 //
-// The same step replays from a CUDA graph (worker/step_graph.h) on every rank: the hooks' copies,
-// the all-reduces and finish_gradients' copies back are captured with the rest of the step. That
-// holds because the buckets are allocated once, in attach(), and live as long as this object (a
-// replay reads and writes the addresses captured); the buckets launch in the same order on every
-// rank and in every step, eager or captured (NCCL pairs the ranks' collectives by order); and
-// Work::wait only makes the current stream wait for NCCL's (no host wait unless
-// TORCH_NCCL_BLOCKING_WAIT is set, which makes the capture fail and the job train eagerly).
-//
 // Why our own buckets and not c10d::Reducer (what PyTorch's DDP uses): Reducer's C++ constructor
 // has changed its arguments between versions (bucket indices, comm hooks, param-to-name maps) and
 // is not meant to be called from C++; hooks + allreduce + Work::wait are the stable surface.
@@ -24,7 +16,6 @@
 #include <chrono>
 #include <memory>
 #include <string>
-#include <utility>
 
 #include <torch/torch.h>
 
@@ -59,10 +50,6 @@ class DataParallel {
   void finish_gradients();
   // t ← the sum of t over the ranks, in place; returns when done (small tensors: losses).
   void all_reduce_sum(torch::Tensor& t);
-  // A decision every rank must share, made by all of them together: each passes what went wrong
-  // on its side (empty: nothing), and each gets back the lowest rank that failed with its reason,
-  // or rank -1 where none did. Synchronises with the host; never inside a graph capture.
-  std::pair<int, std::string> first_failure(const std::string& failure);
 
  private:
   struct Impl;

@@ -24,8 +24,8 @@ struct StepGraph::Impl {
 
 bool StepGraph::available() { return true; }
 
-void StepGraph::use_side_stream(int device) {
-  impl_->stream_guard.emplace(c10::cuda::getStreamFromPool(/*isHighPriority=*/false, static_cast<c10::DeviceIndex>(device)));
+void StepGraph::use_side_stream() {
+  impl_->stream_guard.emplace(c10::cuda::getStreamFromPool(/*isHighPriority=*/false, /*device=*/0));
 }
 
 std::string StepGraph::capture(const std::function<void()>& step) {
@@ -34,12 +34,6 @@ std::string StepGraph::capture(const std::function<void()>& step) {
   // cached blocks go back to the driver, or they and the graph's pool would both hold the activations.
   c10::cuda::device_synchronize();
   c10::cuda::CUDACachingAllocator::emptyCache();
-  // The default capture mode, global, the strictest: an unsafe call (one that may synchronise)
-  // from any thread fails the capture, autograd's device thread included, where the backward and
-  // a data-parallel job's gradient hooks, which launch the all-reduces, run. NCCL supports it with
-  // one GPU per process. ProcessGroupNCCL's watchdog thread polls its events in thread-local mode
-  // (PyTorch 2.7 on, pytorch#148594; its test_nccl_watchdog_cudagraph), so its polling of the
-  // warm-up's all-reduces cannot invalidate the capture.
   try {
     graph->capture_begin();
   } catch (const c10::Error& e) {
@@ -65,18 +59,15 @@ bool StepGraph::captured() const { return impl_->graph != nullptr; }
 
 void StepGraph::replay() { impl_->graph->replay(); }
 
-void StepGraph::discard() { impl_->graph.reset(); }
-
 #else  // a CPU LibTorch: no graphs
 
 struct StepGraph::Impl {};
 
 bool StepGraph::available() { return false; }
-void StepGraph::use_side_stream(int) { throw std::logic_error("StepGraph: this build has no CUDA"); }
+void StepGraph::use_side_stream() { throw std::logic_error("StepGraph: this build has no CUDA"); }
 std::string StepGraph::capture(const std::function<void()>&) { return "this build has no CUDA"; }
 bool StepGraph::captured() const { return false; }
 void StepGraph::replay() { throw std::logic_error("StepGraph: this build has no CUDA"); }
-void StepGraph::discard() {}
 
 #endif
 

@@ -22,11 +22,10 @@ class StepGraph {
   // True where this build can capture graphs (a CUDA LibTorch).
   static bool available();
 
-  // Makes `device` the calling thread's current CUDA device, and a side stream of it the current
-  // stream, until the object dies: capture cannot run on the default stream, and the eager warm-up
-  // steps must run where the capture will (cuBLAS keeps a workspace per stream). Each rank of a
-  // data-parallel job passes its own GPU.
-  void use_side_stream(int device);
+  // Makes the calling thread's current CUDA stream a side stream of device 0 until the object dies:
+  // capture cannot run on the default stream, and the eager warm-up steps must run where the
+  // capture will (cuBLAS keeps a workspace per stream).
+  void use_side_stream();
 
   // Records `step` into the graph without running it. Returns an empty string on success, else why
   // the capture failed (an op that synchronises with the host, say); the graph is then discarded,
@@ -34,8 +33,6 @@ class StepGraph {
   std::string capture(const std::function<void()>& step);
   bool captured() const;
   void replay();
-  // Drops a captured graph that will not be replayed (another rank's capture failed).
-  void discard();
 
  private:
   struct Impl;

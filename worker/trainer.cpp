@@ -143,7 +143,6 @@ class Trainer {
   void train_iteration(int64_t iter);
   torch::Tensor eager_step(int64_t iter);
   torch::Tensor graph_step(int64_t iter);
-  std::string capture_failure(const std::string& local_failure);
   void accumulate_gradients(int64_t iter, const torch::Tensor& x, const torch::Tensor& y, bool reseed);
   torch::Tensor update();
   void log_metric(int64_t iter, const torch::Tensor& norm);
@@ -187,7 +186,6 @@ class Trainer {
   double final_val_loss_ = std::numeric_limits<double>::quiet_NaN();
   int64_t nan_at_iter_ = -1;
   int64_t hang_at_iter_ = -1;
-  int capture_fails_on_rank_ = -1;  // RATIO_DEBUG_CAPTURE_FAILS_ON_RANK
   std::atomic<int64_t> current_iter_{0};  // read by the heartbeat thread
 
   torch::Tensor loss_sum_;     // sum of micro-batch losses since the last log point, all ranks (device)
@@ -248,6 +246,8 @@ void Trainer::choose_graph() {
     graph_off_reason_ = "this ratio-worker was built without CUDA";
   } else if (!fused_kernels_) {
     graph_off_reason_ = "the graph needs the fused kernels (train.kernels auto or fused)";
+  } else if (train_.gpus > 1) {
+    graph_off_reason_ = "train.gpus > 1 (the gradient all-reduce runs outside graphs)";
   } else if (spec_.model.dropout > 0) {
     graph_off_reason_ = "model.dropout > 0 (dropout is reseeded per micro-batch, outside a graph)";
   }
@@ -257,7 +257,7 @@ void Trainer::choose_graph() {
     return;
   }
   graph_ = std::make_unique<StepGraph>();
-  graph_->use_side_stream(device_.index());  // before the model exists, so every step, eager or replayed, runs there
+  graph_->use_side_stream();  // before the model exists, so every step, eager or replayed, runs there
   const auto ids = torch::TensorOptions().dtype(torch::kInt64).device(device_);
   graph_x_ = torch::zeros({train_.grad_accum / world(), train_.batch_size, spec_.model.block_size}, ids);
   graph_y_ = torch::zeros_like(graph_x_);
@@ -448,18 +448,6 @@ torch::Tensor Trainer::eager_step(int64_t iter) {
   return norm;
 }
 
-// How the step's capture failed, as the end of "capture failed...", or empty where it did not.
-// With several ranks the verdict is theirs together, agreed by a collective on the eager path
-// after every capture and before any replay: every rank replays its graph or none does. NCCL
-// requires it ("Using NCCL with CUDA Graphs"): whether a collective is graph-captured must be the
-// same on every rank, and a graph holding one is launched by every rank that captured it; a rank
-// replaying beside one that ran eagerly could hang or sum wrong.
-std::string Trainer::capture_failure(const std::string& local_failure) {
-  if (!dp_) return local_failure.empty() ? "" : ": " + one_line(local_failure);
-  const auto [rank, reason] = dp_->first_failure(one_line(local_failure));
-  return rank < 0 ? "" : " on rank " + std::to_string(rank) + ": " + reason;
-}
-
 // Replays the captured step, capturing it first; a step that cannot be captured (auto) runs eagerly
 // from then on. The gradients stay where the graph writes them, so grad norms are read after it.
 torch::Tensor Trainer::graph_step(int64_t iter) {
@@ -469,20 +457,15 @@ torch::Tensor Trainer::graph_step(int64_t iter) {
   graph_y_.copy_(y, /*non_blocking=*/true);
   if (!graph_->captured()) {
     if (autocast_) compat::clear_autocast_cache();  // cached casts made outside the graph would be stale in it
-    const std::string failure = capture_failure(graph_->capture([&] {
+    const std::string failure = graph_->capture([&] {
       accumulate_gradients(iter, graph_x_, graph_y_, /*reseed=*/false);
-      if (options_.rank == capture_fails_on_rank_) throw std::runtime_error("RATIO_DEBUG_CAPTURE_FAILS_ON_RANK");
       graph_norm_ = update();
-    }));
+    });
     if (!failure.empty()) {
-      graph_->discard();
-      graph_off_reason_ = "capture failed" + failure;
-      // Rank 0 alone fails the job (as in check_finite): a rank that exited on its own would race
-      // its report. The others go on eagerly, into a collective rank 0 never joins, until rank
-      // 0's exit ends them.
-      if (train_.cuda_graph == "on" && lead())
+      graph_off_reason_ = "capture failed: " + one_line(failure);
+      if (train_.cuda_graph == "on")
         throw Failure(kExitCrashed, "train.cuda_graph is on, but the step's " + graph_off_reason_ + "; use auto or off");
-      if (lead()) std::cerr << "ratio-worker: the CUDA graph's " << graph_off_reason_ << "; training on eagerly\n";
+      std::cerr << "ratio-worker: the CUDA graph's " << graph_off_reason_ << "; training on eagerly\n";
       graph_capture_iter_ = std::numeric_limits<int64_t>::max();
       optimizer_->zero_grad();
       if (autocast_) compat::clear_autocast_cache();
@@ -608,7 +591,6 @@ int Trainer::run() {
   if (const char* nan_iter = std::getenv("RATIO_DEBUG_NAN_AT_ITER")) nan_at_iter_ = std::atoll(nan_iter);
   if (const char* hang_iter = std::getenv("RATIO_DEBUG_HANG_AT_ITER"); hang_iter && !options_.resume)
     hang_at_iter_ = std::atoll(hang_iter);
-  if (const char* rank = std::getenv("RATIO_DEBUG_CAPTURE_FAILS_ON_RANK")) capture_fails_on_rank_ = std::atoi(rank);
   Heartbeat heartbeat(events_, current_iter_, options_.heartbeat_s);
   // Only ever lowers LibTorch's default: on a 2-core machine it picks 1 thread, and 2 ran a small
   // model 2.4× slower; side by side, workers that each took every core thrashed.

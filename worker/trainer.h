@@ -39,9 +39,7 @@ struct RunOptions {
 // Test hooks, read only from the environment, never from a job spec:
 //   RATIO_DEBUG_NAN_AT_ITER=N multiplies the loss of iteration N by NaN (the divergence path, exit 4);
 //   RATIO_DEBUG_HANG_AT_ITER=N makes a run started without --resume stop before iteration N and wait
-//   for a signal while its heartbeat goes on (a hang, for ratiod's watchdog);
-//   RATIO_DEBUG_CAPTURE_FAILS_ON_RANK=R makes rank R's CUDA graph capture fail after the step's
-//   all-reduces were captured (the ranks' agreement on falling back, or failing with `on`).
+//   for a signal while its heartbeat goes on (a hang, for ratiod's watchdog).
 int run_job(const RunOptions& options);
 
 }  // namespace ratio::worker

@@ -4,8 +4,7 @@
 #ifdef RATIO_WITH_CUDA_KERNELS
 #include <algorithm>
 
-#include <c10/cuda/CUDAStream.h>
-
+#include "model/fused_launch.h"
 #include "model/kernels/kernels.h"
 #include "model/torch_compat.h"
 #endif
@@ -24,12 +23,6 @@ kernels::DType kernel_dtype(const torch::Tensor& t) {
               "fused kernels take fp32 or bf16 tensors, got ", t.scalar_type());
   return t.scalar_type() == torch::kBFloat16 ? kernels::DType::kBFloat16 : kernels::DType::kFloat32;
 }
-
-void check_launch(cudaError_t err, const char* kernel) {
-  TORCH_CHECK(err == cudaSuccess, "CUDA kernel ", kernel, " failed: ", cudaGetErrorString(err));
-}
-
-cudaStream_t current_stream() { return c10::cuda::getCurrentCUDAStream(); }
 
 float* f32(const torch::Tensor& t) { return t.defined() ? t.data_ptr<float>() : nullptr; }
 

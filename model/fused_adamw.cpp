@@ -2,8 +2,7 @@
 #include "model/fused_adamw.h"
 
 #ifdef RATIO_WITH_CUDA_KERNELS
-#include <c10/cuda/CUDAStream.h>
-
+#include "model/fused_launch.h"
 #include "model/kernels/kernels.h"
 #endif
 
@@ -58,9 +57,9 @@ void spam_adamw_step(const std::vector<torch::Tensor>& params, const std::vector
   }
   const int64_t n_lists = static_cast<int64_t>(lists.size());
   auto partial = at::empty({kernels::adamw_partial_floats(n_lists)}, scalars.options());
-  const cudaError_t err = kernels::spam_adamw_step(lists.data(), n_lists, f32(partial), f32(scalars),
-                                                   kernel_config(options), c10::cuda::getCurrentCUDAStream());
-  TORCH_CHECK(err == cudaSuccess, "CUDA kernel spam_adamw_step failed: ", cudaGetErrorString(err));
+  check_launch(kernels::spam_adamw_step(lists.data(), n_lists, f32(partial), f32(scalars), kernel_config(options),
+                                       current_stream()),
+               "spam_adamw_step");
 }
 
 #else  // built without the CUDA kernels

@@ -5,8 +5,7 @@
 #include <array>
 #include <optional>
 
-#include <c10/cuda/CUDAStream.h>
-
+#include "model/fused_launch.h"
 #include "model/kernels/kernels.h"
 #endif
 
@@ -18,10 +17,6 @@ namespace {
 
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
-
-void check_launch(cudaError_t err, const char* kernel) {
-  TORCH_CHECK(err == cudaSuccess, "CUDA kernel ", kernel, " failed: ", cudaGetErrorString(err));
-}
 
 // [B, heads, T, D] strides for the kernels; one head broadcast to all gets head stride 0.
 kernels::RaStrided strided(const torch::Tensor& t) {
@@ -88,7 +83,7 @@ void combine(const torch::Tensor& own, const torch::Tensor& prev, const torch::T
   kernels::RaBandCombineArgs args{int(own.size(0)), int(own.size(1)), int(grad.size(1)), int(grad.size(2)),
                                   int(grad.size(3)), own.data_ptr(), prev.data_ptr(), strided(far),
                                   far.size(2), far_offset, strided_out(grad)};
-  check_launch(kernels::ra_band_combine(args, c10::cuda::getCurrentCUDAStream()), "ra_band_combine");
+  check_launch(kernels::ra_band_combine(args, current_stream()), "ra_band_combine");
 }
 
 struct RaBandFunction : torch::autograd::Function<RaBandFunction> {
@@ -113,7 +108,7 @@ struct RaBandFunction : torch::autograd::Function<RaBandFunction> {
                                     far_out.lse.stride(2),
                                     strided_out(out),
                                     lse.data_ptr<float>()};
-    check_launch(kernels::ra_band_forward(args, c10::cuda::getCurrentCUDAStream()), "ra_band_forward");
+    check_launch(kernels::ra_band_forward(args, current_stream()), "ra_band_forward");
     ctx->save_for_backward({q, k, v, alpha, out, lse, far_out.lse, far_out.philox_seed, far_out.philox_offset});
     ctx->saved_data["window"] = window;
     ctx->saved_data["scale"] = scale;
@@ -165,7 +160,7 @@ struct RaBandFunction : torch::autograd::Function<RaBandFunction> {
                                      prev_k.data_ptr(),
                                      prev_v.data_ptr(),
                                      dalpha_partial.data_ptr<float>()};
-    check_launch(kernels::ra_band_backward(args, c10::cuda::getCurrentCUDAStream()), "ra_band_backward");
+    check_launch(kernels::ra_band_backward(args, current_stream()), "ra_band_backward");
 
     auto dq = at::empty({B, T, H, Dk}, q.options()).transpose(1, 2);  // [B, H, T, Dk]
     auto dk = at::empty({B, T, k.size(1), Dk}, k.options()).transpose(1, 2);

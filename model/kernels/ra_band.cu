@@ -471,6 +471,17 @@ __global__ void ra_band_combine_kernel(RaBandCombineArgs a) {
 
 dim3 band_grid(const RaBandShape& s) { return dim3((s.T + kRows - 1) / kRows, s.H, s.B); }
 
+// One band kernel over (row blocks, heads, batch), its shared memory opted in above the 48 KiB default.
+template <typename Args>
+cudaError_t launch_band(void (*kernel)(Args), size_t smem, const Args& args, cudaStream_t stream) {
+  if (!ra_band_supports(args.dk, args.dv) || args.shape.window < 1 || args.shape.window > kRaMaxWindow)
+    return cudaErrorInvalidValue;
+  const cudaError_t attr = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
+  if (attr != cudaSuccess) return attr;
+  kernel<<<band_grid(args.shape), kThreads, smem, stream>>>(args);
+  return cudaGetLastError();
+}
+
 }  // namespace
 
 bool ra_band_supports(int64_t dk, int64_t dv) { return (dk == 64 && dv == 64) || (dk == 128 && dv == 64); }
@@ -480,25 +491,13 @@ int64_t ra_band_padded_t(int64_t T) { return padded_t(T); }
 int64_t ra_band_blocks(int64_t B, int64_t H, int64_t T) { return B * H * ((T + kRows - 1) / kRows); }
 
 cudaError_t ra_band_forward(const RaBandForwardArgs& args, cudaStream_t stream) {
-  if (!ra_band_supports(args.dk, args.dv) || args.shape.window < 1 || args.shape.window > kRaMaxWindow)
-    return cudaErrorInvalidValue;
-  auto kernel = args.dk == 64 ? ra_band_forward_kernel<64, 64> : ra_band_forward_kernel<128, 64>;
-  const size_t smem = args.dk == 64 ? forward_smem_bytes<64, 64>() : forward_smem_bytes<128, 64>();
-  const cudaError_t attr = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
-  if (attr != cudaSuccess) return attr;
-  kernel<<<band_grid(args.shape), kThreads, smem, stream>>>(args);
-  return cudaGetLastError();
+  return args.dk == 64 ? launch_band(ra_band_forward_kernel<64, 64>, forward_smem_bytes<64, 64>(), args, stream)
+                       : launch_band(ra_band_forward_kernel<128, 64>, forward_smem_bytes<128, 64>(), args, stream);
 }
 
 cudaError_t ra_band_backward(const RaBandBackwardArgs& args, cudaStream_t stream) {
-  if (!ra_band_supports(args.dk, args.dv) || args.shape.window < 1 || args.shape.window > kRaMaxWindow)
-    return cudaErrorInvalidValue;
-  auto kernel = args.dk == 64 ? ra_band_backward_kernel<64, 64> : ra_band_backward_kernel<128, 64>;
-  const size_t smem = args.dk == 64 ? backward_smem_bytes<64, 64>() : backward_smem_bytes<128, 64>();
-  const cudaError_t attr = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
-  if (attr != cudaSuccess) return attr;
-  kernel<<<band_grid(args.shape), kThreads, smem, stream>>>(args);
-  return cudaGetLastError();
+  return args.dk == 64 ? launch_band(ra_band_backward_kernel<64, 64>, backward_smem_bytes<64, 64>(), args, stream)
+                       : launch_band(ra_band_backward_kernel<128, 64>, backward_smem_bytes<128, 64>(), args, stream);
 }
 
 cudaError_t ra_band_combine(const RaBandCombineArgs& args, cudaStream_t stream) {

@@ -29,6 +29,7 @@
 #include "db/store.h"
 #include "tests/daemon/daemon_process.h"
 #include "tests/process_tree.h"
+#include "tests/worker_backends.h"
 
 namespace fs = std::filesystem;
 using nlohmann::json;
@@ -686,6 +687,7 @@ TEST_F(RatiodTest, KilledWorkerIsRetriedAndResumesFromItsCheckpoint) {
 // rank 1 ends it with that reason, the retry resumes from rank 0's checkpoint, the series has no gap.
 TEST_F(RatiodTest, KilledRankEndsTheAttemptWithAReasonAndTheRetryResumes) {
   REQUIRE_WORKER();
+  if (!ratio_test::kWorkerHasGloo) GTEST_SKIP() << ratio_test::kNoGloo;
   Daemon& d = start_daemon({"--slots", "cpu:2"});
   const std::string matrix =
       "name: dp\nmax_attempts: 3\nbase:\n"

@@ -25,6 +25,7 @@
 #include "model/gpt.h"
 #include "model/safetensors.h"
 #include "tests/process_tree.h"
+#include "tests/worker_backends.h"
 #include "worker/checkpoint.h"
 #include "worker/data.h"
 
@@ -314,17 +315,10 @@ std::pair<json, ratio::worker::NamedTensors> model_tensors(const std::string& ck
   return {meta, params};
 }
 
-#ifdef RATIO_WORKER_HAS_GLOO
-constexpr bool kWorkerHasGloo = true;
-#else
-constexpr bool kWorkerHasGloo = false;  // e.g. the GPU build, where the wheel ships no Gloo headers
-#endif
-constexpr const char* kNoGloo = "ratio-worker was built without Gloo, which CPU ranks need (Debian: libgloo-dev)";
-
 // 20 steps of 2 ranks over Gloo equal 20 steps of 1 rank with the same global batch (4 micro-batches,
 // 2 per rank), dropout on: the same losses and parameters to 1e-5 in fp32.
 TEST_F(WorkerCli, TwoRanksOverGlooEqualOneRank) {
-  if (!kWorkerHasGloo) GTEST_SKIP() << kNoGloo;
+  if (!ratio_test::kWorkerHasGloo) GTEST_SKIP() << ratio_test::kNoGloo;
   json job = tiny_job();
   job["model"]["dropout"] = 0.1;
   job["train"]["max_iters"] = 21;
@@ -359,7 +353,7 @@ TEST_F(WorkerCli, TwoRanksOverGlooEqualOneRank) {
 // kill -9 of rank 1 ends the run with rank 0's reason (exit 1, retried by ratiod); --resume restarts
 // both ranks from rank 0's checkpoint and the metric series has no gap.
 TEST_F(WorkerCli, KilledRankEndsTheRunWithAReasonAndTheResumeFillsTheSeries) {
-  if (!kWorkerHasGloo) GTEST_SKIP() << kNoGloo;
+  if (!ratio_test::kWorkerHasGloo) GTEST_SKIP() << ratio_test::kNoGloo;
   json job = tiny_job();
   job["train"]["max_iters"] = 100;
   job["train"]["checkpoint_interval"] = 7;

@@ -1,7 +1,8 @@
 // Band-limited reciprocal attention (kernels.h, "ra_band.cu"): the band's scores, softmax and
 // gradients in 64-row blocks on tensor cores (WMMA, bf16 in, fp32 accumulate), merged with the far
-// part that a flash kernel computes. Nothing T×T is stored: a block holds its 64×128 score tile in
-// shared memory and the backward recomputes it from q, k, v and the saved log-sum-exp.
+// part that cuDNN's attention computes (model/fused_ra.cpp). Nothing T×T is stored: a block holds
+// its 64×128 score tile in shared memory and the backward recomputes it from q, k, v and the saved
+// log-sum-exp. 256 threads a block: two warps per 16 query rows, taking alternate tiles.
 //
 // Geometry of one block (b, h, rows i0 .. i0+63):
 //   window rows w = 0..127 are positions p0 + w, p0 = i0 − 64; rows 64..127 are the block's own.

@@ -159,6 +159,14 @@ def fmt_mem(r):
     return f"{b / 2**30:.1f} GiB" if b else "–"
 
 
+def publish(table, out):
+    """The table on stdout and in `out` (its folder made if missing)."""
+    print(table)
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    with open(out, "w") as f:
+        f.write(table)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--worker", default="build-gpu/bin/ratio-worker")
@@ -222,10 +230,7 @@ def main():
                       else f"| {kernels} | {r['error'][:120]} | |\n")
         if all("val_loss" in r for r in val.values()):
             table += f"\n|Δ val loss| = {abs(val['fused']['val_loss'] - val['reference']['val_loss']):.4f}\n"
-    print(table)
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out, "w") as f:
-        f.write(table)
+    publish(table, args.out)
 
 
 if __name__ == "__main__":

@@ -76,10 +76,7 @@ def main():
             a, b = val_loss(worker, data, work, 1, args), val_loss(worker, data, work, args.gpus, args)
             table += (f"\nval loss after {args.val_iters} iterations: 1 GPU {a:.4f}, {args.gpus} GPUs {b:.4f} "
                       f"(difference {b - a:+.4f})\n")
-    print(table)
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out, "w") as f:
-        f.write(table)
+    bench.publish(table, args.out)
 
 
 if __name__ == "__main__":

@@ -144,6 +144,12 @@ class WorkerCli : public ::testing::Test {
     return collect(start(args, tag, env), tag);
   }
 
+  // The same command line again with --resume, run to its end (tag "resumed").
+  WorkerRun resume(std::vector<std::string> args) const {
+    args.push_back("--resume");
+    return collect(start(args, "resumed"), "resumed");
+  }
+
   // Waits until the run's stdout holds a checkpoint event, then returns.
   void wait_for_checkpoint(const std::string& tag) const {
     for (int i = 0; i < 6000; ++i) {
@@ -243,9 +249,7 @@ TEST_F(WorkerCli, KillNineThenResumeEqualsUninterruptedRun) {
   WorkerRun killed = collect(pid, "killed");
   ASSERT_EQ(killed.exit_code, -SIGKILL) << "finished before the kill; make the run longer";
 
-  std::vector<std::string> resume_args = args;
-  resume_args.push_back("--resume");
-  WorkerRun resumed = collect(start(resume_args, "resumed"), "resumed");
+  WorkerRun resumed = resume(args);
   ASSERT_EQ(resumed.exit_code, 0) << resumed.stderr_text;
   const int64_t resumed_from = resumed.events.front()["iter"];
   EXPECT_GT(resumed_from, 0);
@@ -279,9 +283,7 @@ TEST_F(WorkerCli, SigtermCheckpointsExitsSixAndResumes) {
   expect_failure(term, 6, "interrupted by SIGTERM");
   ASSERT_NE(term.last("checkpoint"), nullptr);
 
-  std::vector<std::string> resume_args = args;
-  resume_args.push_back("--resume");
-  WorkerRun resumed = collect(start(resume_args, "resumed"), "resumed");
+  WorkerRun resumed = resume(args);
   ASSERT_EQ(resumed.exit_code, 0) << resumed.stderr_text;
   EXPECT_EQ(resumed.events.front()["iter"], (*term.last("checkpoint"))["iter"]);
   const json& a = (*resumed.last("finished"))["result"];
@@ -372,9 +374,7 @@ TEST_F(WorkerCli, KilledRankEndsTheRunWithAReasonAndTheResumeFillsTheSeries) {
   expect_failure(killed, 1, "rank 1 died: killed by signal 9");
   ASSERT_NE(killed.last("checkpoint"), nullptr);
 
-  std::vector<std::string> resume_args = args;
-  resume_args.push_back("--resume");
-  WorkerRun resumed = collect(start(resume_args, "resumed"), "resumed");
+  WorkerRun resumed = resume(args);
   ASSERT_EQ(resumed.exit_code, 0) << resumed.stderr_text;
   const int64_t from = resumed.events.front()["iter"];
   EXPECT_EQ(from, (*killed.last("checkpoint"))["iter"].get<int64_t>());

@@ -133,6 +133,7 @@ class Trainer {
   void join_ranks();
   void choose_kernels();
   void choose_graph();
+  void graph_off(std::string why, int exit_code);
   void load_data();
   void build_model();
   void resume_if_asked();
@@ -238,22 +239,22 @@ void Trainer::choose_kernels() {
 
 // Graphs need the fused kernels' step (the reference optimizer's bias correction is a host number).
 void Trainer::choose_graph() {
+  std::string why;
   if (train_.cuda_graph == "off") {
-    graph_off_reason_ = "train.cuda_graph is off";
+    why = "train.cuda_graph is off";
   } else if (!device_.is_cuda()) {
-    graph_off_reason_ = "the job runs on the CPU";
+    why = "the job runs on the CPU";
   } else if (!StepGraph::available()) {
-    graph_off_reason_ = "this ratio-worker was built without CUDA";
+    why = "this ratio-worker was built without CUDA";
   } else if (!fused_kernels_) {
-    graph_off_reason_ = "the graph needs the fused kernels (train.kernels auto or fused)";
+    why = "the graph needs the fused kernels (train.kernels auto or fused)";
   } else if (train_.gpus > 1) {
-    graph_off_reason_ = "train.gpus > 1 (the gradient all-reduce runs outside graphs)";
+    why = "train.gpus > 1 (the gradient all-reduce runs outside graphs)";
   } else if (spec_.model.dropout > 0) {
-    graph_off_reason_ = "model.dropout > 0 (dropout is reseeded per micro-batch, outside a graph)";
+    why = "model.dropout > 0 (dropout is reseeded per micro-batch, outside a graph)";
   }
-  if (!graph_off_reason_.empty()) {
-    if (train_.cuda_graph == "on")
-      throw Failure(kExitInvalid, "train.cuda_graph is on, but " + graph_off_reason_ + "; use auto or off");
+  if (!why.empty()) {
+    graph_off(why, kExitInvalid);
     return;
   }
   graph_ = std::make_unique<StepGraph>();
@@ -261,6 +262,13 @@ void Trainer::choose_graph() {
   const auto ids = torch::TensorOptions().dtype(torch::kInt64).device(device_);
   graph_x_ = torch::zeros({train_.grad_accum / world(), train_.batch_size, spec_.model.block_size}, ids);
   graph_y_ = torch::zeros_like(graph_x_);
+}
+
+// Records why the step runs eagerly; under train.cuda_graph: on that is the job's failure instead.
+void Trainer::graph_off(std::string why, int exit_code) {
+  graph_off_reason_ = std::move(why);
+  if (train_.cuda_graph == "on")
+    throw Failure(exit_code, "train.cuda_graph is on, but " + graph_off_reason_ + "; use auto or off");
 }
 
 void Trainer::load_data() {
@@ -303,9 +311,7 @@ void Trainer::build_model() {
   nonfinite_ = torch::zeros({}, torch::TensorOptions().device(device_).dtype(torch::kBool));
   loss_factor_ = torch::ones({}, torch::TensorOptions().device(device_));
   if (graph_ && !optimizer_->uses_kernel()) {
-    graph_off_reason_ = "the optimizer kernel cannot take these parameters";
-    if (train_.cuda_graph == "on")
-      throw Failure(kExitInvalid, "train.cuda_graph is on, but " + graph_off_reason_ + "; use auto or off");
+    graph_off("the optimizer kernel cannot take these parameters", kExitInvalid);
     graph_.reset();  // synchronous enough: nothing has been queued on its stream that the default one needs
   }
 }
@@ -462,9 +468,7 @@ torch::Tensor Trainer::graph_step(int64_t iter) {
       graph_norm_ = update();
     });
     if (!failure.empty()) {
-      graph_off_reason_ = "capture failed: " + one_line(failure);
-      if (train_.cuda_graph == "on")
-        throw Failure(kExitCrashed, "train.cuda_graph is on, but the step's " + graph_off_reason_ + "; use auto or off");
+      graph_off("capture failed: " + one_line(failure), kExitCrashed);
       std::cerr << "ratio-worker: the CUDA graph's " << graph_off_reason_ << "; training on eagerly\n";
       graph_capture_iter_ = std::numeric_limits<int64_t>::max();
       optimizer_->zero_grad();

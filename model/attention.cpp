@@ -188,8 +188,8 @@ torch::Tensor AttentionImpl::attend_materialised(const torch::Tensor& q, const t
 torch::Tensor AttentionImpl::attend_fused(const torch::Tensor& q, const torch::Tensor& shared_k, const torch::Tensor& v) {
   const double dropout_p = is_training() ? config_.dropout : 0.0;
   const int64_t T = q.size(2);
-  if (fused_ && config_.ra.enabled && ra_band_limited(T) && dropout_p == 0.0 &&
-      fused::supports_ra_band(q, shared_k, v, config_.ra.window))
+  // supports_ra_band also asks for a band narrower than the sequence (1 ≤ window < T − 1).
+  if (fused_ && config_.ra.enabled && dropout_p == 0.0 && fused::supports_ra_band(q, shared_k, v, config_.ra.window))
     return fused::ra_band_attention(q, shared_k, v, ra_alpha, config_.ra.window, score_scale());
   const auto k = shared_k.expand_as(q);  // MLA: one latent key for every head
   if (!config_.ra.enabled) return compat::sdpa(q, k, v, /*is_causal=*/true, score_scale(), {}, dropout_p);

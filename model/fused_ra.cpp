@@ -63,11 +63,13 @@ FarForward far_forward(const FarInputs& f, double scale) {
 // The far part's gradients under the MERGED softmax: given the merged output and log-sum-exp, the
 // backward's P = exp(S − lse) and D = dO·O are those of the whole row, so its dS is exactly the far
 // scores' share of the gradient.
-std::array<torch::Tensor, 3> far_backward(const FarInputs& f, const FarForward& saved, const torch::Tensor& dout,
-                                          const torch::Tensor& out, const torch::Tensor& lse, double scale) {
+// philox_seed, philox_offset: the forward's (FarForward).
+std::array<torch::Tensor, 3> far_backward(const FarInputs& f, const torch::Tensor& dout, const torch::Tensor& out,
+                                          const torch::Tensor& lse, const torch::Tensor& philox_seed,
+                                          const torch::Tensor& philox_offset, double scale) {
   const int64_t t_far = f.q.size(2);
   auto r = at::_scaled_dot_product_cudnn_attention_backward(
-      dout, f.q, f.k, f.v, out, lse, saved.philox_seed, saved.philox_offset, /*attn_bias=*/{}, /*cum_seq_q=*/{},
+      dout, f.q, f.k, f.v, out, lse, philox_seed, philox_offset, /*attn_bias=*/{}, /*cum_seq_q=*/{},
       /*cum_seq_k=*/{}, t_far, t_far, /*dropout_p=*/0.0, /*is_causal=*/true, scale);
   return {std::get<0>(r), std::get<1>(r), std::get<2>(r)};
 }
@@ -129,12 +131,12 @@ struct RaBandFunction : torch::autograd::Function<RaBandFunction> {
 
     // Far part, under the merged log-sum-exp (in the far kernel's own layout).
     const auto far = far_inputs(q, k, v, window);
-    const FarForward far_saved{torch::Tensor(), saved[6], saved[7], saved[8]};
-    auto lse_far = at::zeros_like(saved[6]);
+    const torch::Tensor &far_lse_saved = saved[6], &philox_seed = saved[7], &philox_offset = saved[8];
+    auto lse_far = at::zeros_like(far_lse_saved);
     auto lse_far_rows = lse_far.narrow(2, 0, t_far);
     lse_far_rows.copy_(lse.narrow(2, window + 1, t_far).reshape(lse_far_rows.sizes()));
-    const auto far_grads = far_backward(far, far_saved, dout.narrow(2, window + 1, t_far),
-                                        out.narrow(2, window + 1, t_far), lse_far, scale);
+    const auto far_grads = far_backward(far, dout.narrow(2, window + 1, t_far), out.narrow(2, window + 1, t_far),
+                                        lse_far, philox_seed, philox_offset, scale);
 
     // Band: bf16 partials per row, then one pass per input adds them to the far part's.
     auto alpha32 = alpha.to(torch::kFloat32).contiguous();

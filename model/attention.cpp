@@ -6,6 +6,7 @@
 #include <limits>
 #include <stdexcept>
 
+#include "model/fused.h"
 #include "model/fused_ra.h"
 #include "model/gpt.h"
 #include "model/layers.h"
@@ -109,6 +110,16 @@ torch::Tensor AttentionImpl::heads_from_latent_values(const torch::Tensor& v_lat
   return v_up(v_lat).view({B, t, config_.n_head, config_.head_dim()}).transpose(1, 2);  // [B, H, t, D]
 }
 
+// Each head's query into the latent space, q_h·q_to_latent[h]. One product per head over all B·T rows
+// (the rows of head h are a strided [B·T, D] view of q, so nothing is copied, and q_to_latent's
+// gradient needs no sum over the batch afterwards). q [B, T, C] -> [B, H, T, L], laid out [H, B, T, L].
+torch::Tensor AttentionImpl::queries_to_latent(const torch::Tensor& q) {
+  const int64_t B = q.size(0), T = q.size(1), H = config_.n_head, D = config_.head_dim();
+  auto per_head = q.reshape({B * T, H, D}).transpose(0, 1);  // [H, B·T, D]
+  auto latent = torch::bmm(per_head, q_to_latent);           // [H, B·T, D]·[H, D, L] = [H, B·T, L]
+  return latent.view({H, B, T, -1}).transpose(0, 1);          // [B, H, T, L]
+}
+
 AttentionImpl::Projected AttentionImpl::project(const torch::Tensor& a, const torch::Tensor& latent_ctx) {
   const int64_t B = a.size(0), T = a.size(1), C = config_.n_embd, H = config_.n_head, D = config_.head_dim();
   Projected p;
@@ -119,10 +130,19 @@ AttentionImpl::Projected AttentionImpl::project(const torch::Tensor& a, const to
     p.v = qkv[2].view({B, T, H, D}).transpose(1, 2);
     return p;
   }
-  auto q = q_proj(a).view({B, T, H, D}).transpose(1, 2);  // [B, H, T, D]
-  p.q = torch::matmul(q, q_to_latent);                     // [B, H, T, D]·[H, D, L] = [B, H, T, L]
-  p.k_lat = k_down(a);                                     // [B, T, L]
-  p.v_lat = v_down(a);                                     // [B, T, L]
+  torch::Tensor q;  // [B, T, C]
+  if (fused_ && fused::supports_linear_gelu(a)) {  // the three input gradients summed inside the matmuls
+    auto projected = fused::shared_input_linears(a, {q_proj->weight, k_down->weight, v_down->weight},
+                                                 {q_proj->bias, k_down->bias, v_down->bias});
+    q = projected[0];
+    p.k_lat = projected[1];  // [B, T, L]
+    p.v_lat = projected[2];  // [B, T, L]
+  } else {
+    q = q_proj(a);
+    p.k_lat = k_down(a);  // [B, T, L]
+    p.v_lat = v_down(a);  // [B, T, L]
+  }
+  p.q = queries_to_latent(q);  // [B, H, T, L]
   if (latent_ctx.defined()) {  // mechanism 3: the previous MLP's context enters the cached latents
     p.k_lat = p.k_lat + latent_ctx;
     p.v_lat = p.v_lat + latent_ctx;

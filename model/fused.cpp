@@ -194,15 +194,21 @@ bool launched(const kernels::MatmulStatus& status) {
   return status.code == kernels::MatmulStatus::kLaunched;
 }
 
-// dweight = dyᵀ·x in fp32, written by the matmul itself. dy: [N, M] bf16; x: [N, C] bf16. Returns [M, C] fp32.
-torch::Tensor weight_grad(const torch::Tensor& dy_rows, const torch::Tensor& x_rows) {
+// A linear's parameter gradients from dy [N, M] and x [N, C] (bf16 rows), written into `dweight`
+// [M, C] and `dbias` [M] (fp32, contiguous; dbias may be undefined). The weight gradient comes out of
+// its matmul in fp32. The bias gradient is our column sum: cuBLASLt's BGRADB epilogue was measured
+// as a separate kernel of its own, slower than ours (docs/performance.md).
+void linear_param_grads(const torch::Tensor& dy_rows, const torch::Tensor& x_rows, const torch::Tensor& dweight,
+                        const torch::Tensor& dbias) {
   const int64_t N = dy_rows.size(0), M = dy_rows.size(1), C = x_rows.size(1);
-  auto dweight = at::empty({M, C}, dy_rows.options().dtype(torch::kFloat32));
-  if (launched(kernels::weight_grad_fp32(dy_rows.data_ptr(), x_rows.data_ptr(), f32(dweight), N, M, C,
-                                         matmul_workspace(dy_rows).data_ptr(), current_stream()))) {
-    return dweight;
+  if (dbias.defined()) {
+    auto partial = at::empty({kernels::gelu_backward_partial_floats(N, M)}, dbias.options());
+    check_launch(kernels::bias_grad(dy_rows.data_ptr(), f32(dbias), f32(partial), N, M, current_stream()), "bias_grad");
   }
-  return at::mm(dy_rows.t(), x_rows).to(torch::kFloat32);  // no cuBLASLt algorithm: a bf16 product, then a copy
+  if (!launched(kernels::weight_grad_fp32(dy_rows.data_ptr(), x_rows.data_ptr(), f32(dweight), N, M, C,
+                                          matmul_workspace(dy_rows).data_ptr(), current_stream()))) {
+    dweight.copy_(at::mm(dy_rows.t(), x_rows));  // no cuBLASLt algorithm: a bf16 product, then a copy
+  }
 }
 
 // ---- linear + gelu ---------------------------------------------------------------------------------
@@ -248,8 +254,9 @@ struct LinearGeluFunction : torch::autograd::Function<LinearGeluFunction> {
                                                   f32(partial), N, M, current_stream()),
                  "gelu_backward_bias_grad");
     auto dpre_rows = dpre.view({N, M});
-    auto dx = at::mm(dpre_rows, w_bf16).view(x_bf16.sizes());     // [N, M]·[M, C]
-    auto dweight = weight_grad(dpre_rows, x_bf16.view({N, C}));  // [M, N]·[N, C] fp32
+    auto dx = at::mm(dpre_rows, w_bf16).view(x_bf16.sizes());  // [N, M]·[M, C]
+    auto dweight = at::empty({M, C}, dbias.options());
+    linear_param_grads(dpre_rows, x_bf16.view({N, C}), dweight, /*dbias: summed above*/ {});  // [M, N]·[N, C]
     return {dx.to(ctx->saved_data["x_dtype"].toScalarType()), dweight, dbias};
   }
 };
@@ -271,13 +278,54 @@ struct LinearFunction : torch::autograd::Function<LinearFunction> {
     if (!grads[0].defined()) return {torch::Tensor(), torch::Tensor(), torch::Tensor()};
     auto dy = grads[0].to(torch::kBFloat16).contiguous();
     const int64_t M = w_bf16.size(0), C = w_bf16.size(1), N = dy.numel() / M;
-    auto dbias = at::empty({M}, dy.options().dtype(torch::kFloat32));
-    auto partial = at::empty({kernels::gelu_backward_partial_floats(N, M)}, dbias.options());
-    check_launch(kernels::bias_grad(dy.data_ptr(), f32(dbias), f32(partial), N, M, current_stream()), "bias_grad");
     auto dy_rows = dy.view({N, M});
-    auto dx = at::mm(dy_rows, w_bf16).view(x_bf16.sizes());                  // [N, M]·[M, C]
-    auto dweight = weight_grad(dy_rows, x_bf16.reshape({N, C}).contiguous());  // [M, N]·[N, C] fp32
+    auto dx = at::mm(dy_rows, w_bf16).view(x_bf16.sizes());  // [N, M]·[M, C]
+    auto dweight = at::empty({M, C}, dy.options().dtype(torch::kFloat32));
+    auto dbias = at::empty({M}, dweight.options());
+    linear_param_grads(dy_rows, x_bf16.reshape({N, C}).contiguous(), dweight, dbias);  // [M, N]·[N, C] fp32
     return {dx.to(ctx->saved_data["x_dtype"].toScalarType()), dweight, dbias};
+  }
+};
+
+// ---- several linears of one input -------------------------------------------------------------------
+
+struct SharedInputLinearsFunction : torch::autograd::Function<SharedInputLinearsFunction> {
+  static variable_list forward(AutogradContext* ctx, const torch::Tensor& x, at::TensorList weights,
+                               at::TensorList biases) {
+    auto x_bf16 = x.to(torch::kBFloat16).contiguous();
+    variable_list outputs, saved{x_bf16};
+    for (size_t i = 0; i < weights.size(); ++i) {
+      auto w_bf16 = weights[i].to(torch::kBFloat16).contiguous();
+      outputs.push_back(at::linear(x_bf16, w_bf16, biases[i].to(torch::kBFloat16)));  // [.., M_i] bf16
+      saved.push_back(w_bf16);
+    }
+    ctx->save_for_backward(saved);
+    ctx->set_materialize_grads(false);  // an output nothing read costs no matmuls in the backward
+    ctx->saved_data["x_dtype"] = x.scalar_type();
+    return outputs;
+  }
+
+  // dx = Σ_i dy_i·W_i, each product added onto dx by its matmul (beta = 1) instead of separate adds of
+  // the inputs' gradients.
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const auto saved = ctx->get_saved_variables();
+    const torch::Tensor& x_bf16 = saved[0];
+    const int64_t C = x_bf16.size(-1), N = x_bf16.numel() / C, count = int64_t(saved.size()) - 1;
+    const auto x_rows = x_bf16.view({N, C});
+    torch::Tensor dx;  // [N, C] bf16
+    variable_list out(1 + 2 * count);  // dx, then the weights', then the biases'; undefined where unused
+    for (int64_t i = 0; i < count; ++i) {
+      if (!grads[i].defined()) continue;  // an output nothing read: no gradient for its parameters either
+      const torch::Tensor& w_bf16 = saved[1 + i];
+      const int64_t M = w_bf16.size(0);
+      auto dy_rows = grads[i].to(torch::kBFloat16).contiguous().view({N, M});
+      dx = dx.defined() ? dx.addmm_(dy_rows, w_bf16) : at::mm(dy_rows, w_bf16);  // [N, M]·[M, C]
+      out[1 + i] = at::empty({M, C}, x_bf16.options().dtype(torch::kFloat32));
+      out[1 + count + i] = at::empty({M}, out[1 + i].options());
+      linear_param_grads(dy_rows, x_rows, out[1 + i], out[1 + count + i]);
+    }
+    if (dx.defined()) out[0] = dx.view(x_bf16.sizes()).to(ctx->saved_data["x_dtype"].toScalarType());
+    return out;
   }
 };
 
@@ -285,6 +333,12 @@ struct LinearFunction : torch::autograd::Function<LinearFunction> {
 
 torch::Tensor linear(const torch::Tensor& x, const torch::Tensor& weight, const torch::Tensor& bias) {
   return LinearFunction::apply(x, weight, bias)[0];
+}
+
+std::vector<torch::Tensor> shared_input_linears(const torch::Tensor& x, const std::vector<torch::Tensor>& weights,
+                                                const std::vector<torch::Tensor>& biases) {
+  TORCH_CHECK(weights.size() == biases.size(), "shared_input_linears: one bias per weight");
+  return SharedInputLinearsFunction::apply(x, at::TensorList(weights), at::TensorList(biases));
 }
 
 bool supports_linear_gelu(const torch::Tensor& x) {
@@ -339,6 +393,10 @@ torch::Tensor linear_gelu(const torch::Tensor&, const torch::Tensor&, const torc
 }
 torch::Tensor linear(const torch::Tensor&, const torch::Tensor&, const torch::Tensor&) {
   TORCH_CHECK(false, "fused::linear: this build has no CUDA kernels");
+}
+std::vector<torch::Tensor> shared_input_linears(const torch::Tensor&, const std::vector<torch::Tensor>&,
+                                                const std::vector<torch::Tensor>&) {
+  TORCH_CHECK(false, "fused::shared_input_linears: this build has no CUDA kernels");
 }
 bool supports_classifier(const torch::Tensor&) { return false; }
 

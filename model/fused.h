@@ -8,6 +8,7 @@
 // Private to model/ (the worker switches the path with GPT::set_fused_kernels).
 
 #include <utility>
+#include <vector>
 
 #include <torch/torch.h>
 
@@ -42,6 +43,13 @@ LinearGeluOutput linear_gelu_forward(const torch::Tensor& x, const torch::Tensor
 // gradient comes out of its matmul in fp32.
 // x [.., C]; weight [M, C] and bias [M] fp32. Returns bf16 [.., M]. Same conditions as linear_gelu.
 torch::Tensor linear(const torch::Tensor& x, const torch::Tensor& weight, const torch::Tensor& bias);
+
+// Several linears of one input x [.., C] as one op (MLA's q_proj, k_down and v_down): returns
+// x·W_iᵀ + b_i for each weight [M_i, C] and bias [M_i] (fp32), bf16 [.., M_i]. What it saves over
+// separate linears is in the backward: each dy_i·W_i is added onto dx by its matmul, not by separate
+// adds of the input gradients. The parameter gradients are linear's. Same conditions as linear.
+std::vector<torch::Tensor> shared_input_linears(const torch::Tensor& x, const std::vector<torch::Tensor>& weights,
+                                                const std::vector<torch::Tensor>& biases);
 
 // {x + addend, LayerNorm(x + addend)} in one kernel (and one in the backward); with addend
 // undefined, {x, LayerNorm(x)}. x fp32 [.., C]; addend fp32 or bf16 [.., C]. The normalised output is

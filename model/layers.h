@@ -84,6 +84,7 @@ class AttentionImpl : public torch::nn::Module {
   };
   Projected project(const torch::Tensor& a, const torch::Tensor& latent_ctx);
   torch::Tensor heads_from_latent_values(const torch::Tensor& v_lat);  // [B, t, L] -> [B, H, t, D]
+  torch::Tensor queries_to_latent(const torch::Tensor& q);             // [B, t, C] -> [B, H, t, L]
   double score_scale() const;
   bool ra_band_limited(int64_t T) const;
 

@@ -257,6 +257,88 @@ INSTANTIATE_TEST_SUITE_P(Widths, FusedLinear,
                          ::testing::Values(LinearCase{2304, 768}, LinearCase{768, 768}, LinearCase{768, 3072},
                                            LinearCase{100, 768}));
 
+// ---- several linears of one input ---------------------------------------------------------------------
+
+struct SharedInputCase {
+  std::vector<int64_t> widths;  // rows of each weight
+  int64_t C;
+  int64_t unused_output;  // an output no loss reads (its gradient arrives undefined), or -1
+};
+
+void PrintTo(const SharedInputCase& c, std::ostream* os) {
+  for (int64_t w : c.widths) *os << w << "_";
+  *os << "C" << c.C << (c.unused_output >= 0 ? "_unused" + std::to_string(c.unused_output) : "");
+}
+
+class FusedSharedInputLinears : public ::testing::TestWithParam<SharedInputCase> {};
+
+// The composite is one F::linear per weight, each of x (autograd adds their input gradients).
+TEST_P(FusedSharedInputLinears, MatchSeparateLinearsUnderAutocast) {
+  if (!have_kernels()) GTEST_SKIP() << "no CUDA kernels in this build or no GPU";
+  const SharedInputCase p = GetParam();
+  const auto dev = torch::TensorOptions().device(torch::kCUDA);
+  torch::manual_seed(23);
+  const auto x0 = torch::randn({kBatch, kSeq, p.C}, dev).to(torch::kBFloat16);
+  std::vector<torch::Tensor> w0, b0, g;
+  for (int64_t width : p.widths) {
+    w0.push_back(torch::randn({width, p.C}, dev) * (1.0 / std::sqrt(double(p.C))));
+    b0.push_back(torch::randn({width}, dev) * 0.5);
+    g.push_back(torch::randn({kBatch, kSeq, width}, dev));
+  }
+  const size_t n = w0.size();
+  auto run = [&](bool fused) {
+    auto x = x0.clone().requires_grad_(true);
+    std::vector<torch::Tensor> w, b;
+    for (size_t i = 0; i < n; ++i) {
+      w.push_back(w0[i].clone().requires_grad_(true));
+      b.push_back(b0[i].clone().requires_grad_(true));
+    }
+    AutocastGuard autocast(true);
+    std::vector<torch::Tensor> ys;
+    if (fused) {
+      ys = fused::shared_input_linears(x, w, b);
+    } else {
+      for (size_t i = 0; i < n; ++i) ys.push_back(F::linear(x, w[i], b[i]));
+    }
+    auto loss = torch::zeros({}, dev);
+    for (size_t i = 0; i < n; ++i)
+      if (int64_t(i) != p.unused_output) loss = loss + (ys[i].to(torch::kFloat32) * g[i]).sum();
+    loss.backward();
+    std::vector<torch::Tensor> grads{x.grad()};
+    for (auto& t : w) grads.push_back(t.grad());
+    for (auto& t : b) grads.push_back(t.grad());
+    for (auto& y : ys) grads.push_back(y.detach());
+    return grads;
+  };
+  const auto ref = run(false), got = run(true);
+  ASSERT_EQ(got.size(), ref.size());
+  EXPECT_EQ(got[0].scalar_type(), torch::kBFloat16);
+  EXPECT_LT(rel_err(got[0], ref[0]), 1e-2) << "dx";
+  for (size_t i = 0; i < n; ++i) {
+    EXPECT_LT(rel_err(got[1 + 2 * n + i], ref[1 + 2 * n + i]), 1e-2) << "output " << i;
+    if (int64_t(i) == p.unused_output) {  // no gradient at all for what nothing read, as autograd's
+      EXPECT_FALSE(got[1 + i].defined());
+      EXPECT_FALSE(got[1 + n + i].defined());
+      continue;
+    }
+    EXPECT_EQ(got[1 + i].scalar_type(), torch::kFloat32);
+    EXPECT_LT(rel_err(got[1 + i], ref[1 + i]), 1e-2) << "dweight " << i;
+    EXPECT_LT(rel_err(got[1 + n + i], ref[1 + n + i]), 1e-3) << "dbias " << i;  // both sum bf16 rows in fp32
+  }
+
+  // The first weight's gradient is dyᵀ·x of bf16 operands, in fp32 (see FusedLinear).
+  const int64_t N = kBatch * kSeq;
+  const auto dy64 = g[0].to(torch::kBFloat16).to(torch::kFloat64).reshape({N, p.widths[0]});
+  const auto x64 = x0.to(torch::kFloat64).reshape({N, p.C});
+  EXPECT_LT(rel_err(got[1], dy64.t().mm(x64)), 1e-4) << "the weight gradient went through bf16";
+}
+
+// MLA's q_proj, k_down and v_down at latent 128; widths not a multiple of 8; an output nothing reads.
+INSTANTIATE_TEST_SUITE_P(Shapes, FusedSharedInputLinears,
+                         ::testing::Values(SharedInputCase{{768, 128, 128}, 768, -1},
+                                           SharedInputCase{{100, 36, 36}, 96, -1},
+                                           SharedInputCase{{64, 48, 24}, 64, 2}));
+
 // ---- classifier -----------------------------------------------------------------------------------
 
 struct ClassifierCase {

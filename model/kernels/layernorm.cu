@@ -73,11 +73,29 @@ __global__ void add_layernorm_forward_kernel(const float* __restrict__ x, const 
   }
 }
 
+// Columns rounded up to whole chunks of a warp's VEC-wide lanes: the per-warp stride of the backward's
+// shared sums.
+__host__ __device__ constexpr int padded_columns(int C, int vec) {
+  return (C + kWarpSize * vec - 1) / (kWarpSize * vec) * (kWarpSize * vec);
+}
+
+// Where column `col`'s running sum sits in a warp's shared row. Lane l owns the VEC columns starting at
+// (chunk·32 + l)·VEC; stored in column order, the 32 lanes' i-th columns would be VEC floats apart
+// (an 8-way bank conflict on every update at VEC = 8). Chunk by chunk the layout is [VEC][32 lanes],
+// so those 32 floats are consecutive.
+template <int VEC>
+__device__ inline int swizzled(int col) {
+  constexpr int kChunk = kWarpSize * VEC;
+  const int in_chunk = col % kChunk;
+  return col - in_chunk + (in_chunk % VEC) * kWarpSize + in_chunk / VEC;
+}
+
 // One warp per row, rows strided over the grid. Each warp keeps its own dweight/dbias sums for the
-// columns its lanes own in shared memory ([warps][2][C], no atomics: the order of every sum is
-// fixed), and the block writes their sum to partial[block][2C]. With CHUNKS > 0 the row fits in
-// CHUNKS·32·VEC columns and its dy and sum stay in registers between the two passes (a second read
-// from memory missed L2 at GPT-2's size and cost a third of the kernel); CHUNKS = 0 re-reads them.
+// columns its lanes own in shared memory ([warps][2][padded C], laid out by `swizzled`; no atomics:
+// the order of every sum is fixed), and the block writes their sum to partial[block][2C]. With
+// CHUNKS > 0 the row fits in CHUNKS·32·VEC columns and its dy and sum stay in registers between the
+// two passes (a second read from memory missed L2 at GPT-2's size and cost a third of the kernel);
+// CHUNKS = 0 re-reads them.
 template <typename TD, int VEC, int CHUNKS>
 __global__ void add_layernorm_backward_kernel(const TD* __restrict__ dy, const float* __restrict__ dsum,
                                               const float* __restrict__ sum, const float* __restrict__ mean,
@@ -87,12 +105,10 @@ __global__ void add_layernorm_backward_kernel(const TD* __restrict__ dy, const f
   extern __shared__ float shared[];
   constexpr int kCached = CHUNKS > 0 ? CHUNKS : 1;
   const int warps = blockDim.x / kWarpSize, warp = threadIdx.x / kWarpSize, lane = threadIdx.x % kWarpSize;
-  float* dweight_acc = shared + warp * 2 * C;
-  float* dbias_acc = dweight_acc + C;
-  for (int c = lane * VEC; c < C; c += kWarpSize * VEC) {
-#pragma unroll
-    for (int i = 0; i < VEC; ++i) dweight_acc[c + i] = dbias_acc[c + i] = 0.f;
-  }
+  const int padded = padded_columns(C, VEC);
+  float* dweight_acc = shared + warp * 2 * padded;
+  float* dbias_acc = dweight_acc + padded;
+  for (int j = lane; j < 2 * padded; j += kWarpSize) dweight_acc[j] = 0.f;
 
   for (int64_t row = int64_t(blockIdx.x) * warps + warp; row < N; row += int64_t(gridDim.x) * warps) {
     const float row_mean = mean[row], row_rstd = rstd[row];
@@ -109,8 +125,8 @@ __global__ void add_layernorm_backward_kernel(const TD* __restrict__ dy, const f
         const float xhat = (s[i] - row_mean) * row_rstd;
         g_total += d[i] * w[i];
         gx_total += d[i] * w[i] * xhat;
-        dweight_acc[c + i] += d[i] * xhat;
-        dbias_acc[c + i] += d[i];
+        dweight_acc[swizzled<VEC>(c + i)] += d[i] * xhat;
+        dbias_acc[swizzled<VEC>(c + i)] += d[i];
       }
     };
     if constexpr (CHUNKS > 0) {
@@ -166,8 +182,9 @@ __global__ void add_layernorm_backward_kernel(const TD* __restrict__ dy, const f
   }
   __syncthreads();
   for (int c = threadIdx.x; c < 2 * C; c += blockDim.x) {
+    const int slot = (c < C ? 0 : padded) + swizzled<VEC>(c < C ? c : c - C);
     float block_total = 0.f;
-    for (int w = 0; w < warps; ++w) block_total += shared[w * 2 * C + c];
+    for (int w = 0; w < warps; ++w) block_total += shared[w * 2 * padded + slot];
     partial[int64_t(blockIdx.x) * 2 * C + c] = block_total;
   }
 }
@@ -198,8 +215,10 @@ int multiprocessors() {
 }
 
 int backward_warps(int64_t C) {
-  // 2·C floats per warp; stay within the 48 KiB a block gets without opting in (8 warps at C = 768).
-  return int(std::max<int64_t>(1, std::min<int64_t>(kMaxBackwardWarps, (48 * 1024) / (2 * C * int64_t(sizeof(float))))));
+  // 2·C floats per warp (C padded for 8-wide lanes, the larger of the kernels' paddings); stay within the
+  // 48 KiB a block gets without opting in (8 warps at C = 768).
+  const int64_t per_warp = 2 * int64_t(padded_columns(int(C), 8)) * int64_t(sizeof(float));
+  return int(std::max<int64_t>(1, std::min<int64_t>(kMaxBackwardWarps, (48 * 1024) / per_warp)));
 }
 
 // As many blocks as are resident at once (a memory-bound kernel wants every warp slot filled, and a
@@ -252,9 +271,9 @@ cudaError_t launch_backward(const TD* dy, const float* dsum, const float* sum, c
                             const float* weight, float* dx, __nv_bfloat16* daddend, float* dweight, float* dbias,
                             float* partial, int64_t N, int C, cudaStream_t stream) {
   const int warps = backward_warps(C);
-  const size_t shared_bytes = size_t(warps) * 2 * C * sizeof(float);
   const bool vec8 = C % 8 == 0 && aligned16(dy) && aligned16(dsum) && aligned16(sum) && aligned16(weight) &&
                     aligned16(dx) && aligned16(daddend);
+  const size_t shared_bytes = size_t(warps) * 2 * padded_columns(C, vec8 ? 8 : 1) * sizeof(float);
   auto kernel = backward_kernel_for<TD>(vec8, C);
   int blocks_per_sm = 1;
   if (cudaError_t err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks_per_sm, kernel, warps * kWarpSize,

@@ -3,16 +3,21 @@
 // separately, the device synchronised between phases; then whole steps without those syncs. Random
 // tokens, like bench/reference.py --phases, which prints the same fields for PyTorch.
 //
-//   ratio-bench-step --job JOB.json [--steps 20] [--warmup 5] [--trace TRACE.json]
+//   ratio-bench-step --job JOB.json [--steps 20] [--warmup 5] [--trace TRACE.json] [--graph 1]
 //
 // Prints one JSON line of medians: forward_ms, backward_ms, optimizer_ms, step_ms, tokens_per_s.
 // --trace also records one more step with PyTorch's profiler (Kineto) as a Chrome trace, which
 // bench/trace_summary.py condenses into time per kernel. Needs LibTorch 2.x (GPU machines).
+// --graph 1 runs every step on the worker's side stream, then captures the whole step as the worker
+// does (worker/step_graph.h) and adds graph_step_ms, the median replay; --trace then records a
+// replay, so the trace's idle time between kernels is the graph's own (bench/trace_summary.py).
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <fstream>
 #include <functional>
+#include <memory>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -24,12 +29,14 @@
 #include "model/gpt.h"
 #include "model/torch_compat.h"
 #include "worker/optimizer.h"
+#include "worker/step_graph.h"
 
 namespace {
 
 struct Args {
   std::string job, trace;
   int steps = 20, warmup = 5;
+  bool graph = false;
 };
 
 Args parse_args(int argc, char** argv) {
@@ -40,7 +47,8 @@ Args parse_args(int argc, char** argv) {
     else if (flag == "--steps") a.steps = std::stoi(value);
     else if (flag == "--warmup") a.warmup = std::stoi(value);
     else if (flag == "--trace") a.trace = value;
-    else throw std::invalid_argument("unknown flag " + flag + "; use --job, --steps, --warmup, --trace");
+    else if (flag == "--graph") a.graph = value == "1";
+    else throw std::invalid_argument("unknown flag " + flag + "; use --job, --steps, --warmup, --trace, --graph");
   }
   if (a.job.empty()) throw std::invalid_argument("--job JOB.json is required");
   return a;
@@ -79,6 +87,13 @@ int main(int argc, char** argv) {
     if (cuda) {
       at::globalContext().setAllowTF32CuBLAS(true);
       compat::set_cuda_autocast(true, torch::kBFloat16);
+    }
+
+    std::unique_ptr<worker::StepGraph> graph;
+    if (args.graph) {
+      if (!cuda || !worker::StepGraph::available()) throw std::invalid_argument("--graph needs CUDA");
+      graph = std::make_unique<worker::StepGraph>();
+      graph->use_side_stream();  // before the model, as the worker does: every step then runs there
     }
 
     torch::manual_seed(spec.train.seed);
@@ -125,13 +140,37 @@ int main(int argc, char** argv) {
       sync();
       step_ms.push_back(1e3 * seconds(t0));
     }
-    if (!args.trace.empty()) trace_one_step([&] { for (const auto& phase : phases) phase(); }, args.trace, cuda);
+    std::function<void()> traced_step = [&] { for (const auto& phase : phases) phase(); };
+    std::vector<double> graph_ms;
+    if (graph) {
+      // The worker's capture (worker/trainer.cpp, graph_step): gradients unset, so the backward
+      // allocates them in the graph's pool; the learning rate set outside; stale casts dropped.
+      optimizer.zero_grad();
+      optimizer.set_lr(spec.train.lr);
+      compat::clear_autocast_cache();
+      const std::string failure = graph->capture([&] {
+        model->forward(x, y).loss.backward();
+        optimizer.step();
+      });
+      if (!failure.empty()) throw std::runtime_error("capture failed: " + failure);
+      for (int i = 0; i < args.warmup; ++i) graph->replay();
+      sync();
+      for (int i = 0; i < args.steps; ++i) {
+        const auto t0 = std::chrono::steady_clock::now();
+        graph->replay();
+        sync();
+        graph_ms.push_back(1e3 * seconds(t0));
+      }
+      traced_step = [&] { graph->replay(); };
+    }
+    if (!args.trace.empty()) trace_one_step(traced_step, args.trace, cuda);
     const double step = median(step_ms);
-    const nlohmann::json out = {{"forward_ms", median(phase_ms[0])}, {"backward_ms", median(phase_ms[1])},
-                                {"optimizer_ms", median(phase_ms[2])}, {"step_ms", step},
-                                {"tokens_per_s", static_cast<double>(B * T) / (step / 1e3)},
-                                {"device", device.str()},
-                                {"kernels", model->fused_kernels() ? "fused" : "reference"}};
+    nlohmann::json out = {{"forward_ms", median(phase_ms[0])}, {"backward_ms", median(phase_ms[1])},
+                          {"optimizer_ms", median(phase_ms[2])}, {"step_ms", step},
+                          {"tokens_per_s", static_cast<double>(B * T) / (step / 1e3)},
+                          {"device", device.str()},
+                          {"kernels", model->fused_kernels() ? "fused" : "reference"}};
+    if (graph) out["graph_step_ms"] = median(graph_ms);
     std::printf("%s\n", out.dump().c_str());
     return 0;
   } catch (const std::exception& e) {

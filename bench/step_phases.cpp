@@ -93,7 +93,7 @@ int main(int argc, char** argv) {
     if (args.graph) {
       if (!cuda || !worker::StepGraph::available()) throw std::invalid_argument("--graph needs CUDA");
       graph = std::make_unique<worker::StepGraph>();
-      graph->use_side_stream();  // before the model, as the worker does: every step then runs there
+      graph->use_side_stream(0);  // before the model, as the worker does: every step then runs there
     }
 
     torch::manual_seed(spec.train.seed);
@@ -148,20 +148,20 @@ int main(int argc, char** argv) {
       optimizer.zero_grad();
       optimizer.set_lr(spec.train.lr);
       compat::clear_autocast_cache();
-      const std::string failure = graph->capture([&] {
+      const std::string failure = graph->capture({[&] {
         model->forward(x, y).loss.backward();
         optimizer.step();
-      });
+      }});
       if (!failure.empty()) throw std::runtime_error("capture failed: " + failure);
-      for (int i = 0; i < args.warmup; ++i) graph->replay();
+      for (int i = 0; i < args.warmup; ++i) graph->replay(0);
       sync();
       for (int i = 0; i < args.steps; ++i) {
         const auto t0 = std::chrono::steady_clock::now();
-        graph->replay();
+        graph->replay(0);
         sync();
         graph_ms.push_back(1e3 * seconds(t0));
       }
-      traced_step = [&] { graph->replay(); };
+      traced_step = [&] { graph->replay(0); };
     }
     if (!args.trace.empty()) trace_one_step(traced_step, args.trace, cuda);
     const double step = median(step_ms);

@@ -84,6 +84,7 @@ struct DataParallel::Impl {
   std::vector<Bucket> buckets;
   size_t next_launch = 0;             // buckets launch in index order, the same on every rank
   bool sync = false;
+  bool hooks_launch = true;
 
   // The hook: params[i]'s gradient from this micro-batch plus what earlier micro-batches left in
   // .grad (the hook runs before autograd accumulates it) is the rank's whole gradient.
@@ -102,13 +103,16 @@ struct DataParallel::Impl {
   void arrive(size_t i) {
     arrived[i] = true;
     --buckets[bucket_of[i]].pending;
+    if (!hooks_launch) return;
     // Every rank launches bucket k before bucket k+1, whatever order its gradients came in:
     // collectives must be issued in the same order on all ranks.
-    while (next_launch < buckets.size() && buckets[next_launch].pending == 0) {
-      std::vector<torch::Tensor> tensors = {buckets[next_launch].flat};
-      buckets[next_launch].work = backend->allreduce(tensors);  // ReduceOp::SUM
-      ++next_launch;
-    }
+    while (next_launch < buckets.size() && buckets[next_launch].pending == 0) launch_next();
+  }
+
+  void launch_next() {
+    std::vector<torch::Tensor> tensors = {buckets[next_launch].flat};
+    buckets[next_launch].work = backend->allreduce(tensors);  // ReduceOp::SUM
+    ++next_launch;
   }
 };
 
@@ -171,7 +175,9 @@ void DataParallel::sync_next_backward(bool sync) {
   d.next_launch = 0;
 }
 
-void DataParallel::finish_gradients() {
+void DataParallel::launch_from_hooks(bool launch) { impl_->hooks_launch = launch; }
+
+void DataParallel::gather_gradients() {
   Impl& d = *impl_;
   torch::NoGradGuard no_grad;
   // A parameter the graph did not use this time got no hook call: its share is what .grad holds
@@ -184,10 +190,23 @@ void DataParallel::finish_gradients() {
       d.views[i].zero_();
     d.arrive(i);
   }
+  d.sync = false;
+}
+
+void DataParallel::all_reduce_buckets() {
+  Impl& d = *impl_;
+  // Without hook launches nothing of this step has been launched, whatever the bookkeeping of the
+  // captured backward left (a replay runs no hooks).
+  if (!d.hooks_launch) d.next_launch = 0;
+  while (d.next_launch < d.buckets.size()) d.launch_next();
   for (Bucket& b : d.buckets) b.work->wait();
+}
+
+void DataParallel::scatter_gradients() {
+  Impl& d = *impl_;
+  torch::NoGradGuard no_grad;
   for (size_t i = 0; i < d.params.size(); ++i)
     if (d.params[i].grad().defined()) d.params[i].mutable_grad().copy_(d.views[i]);  // undefined: unused on every rank
-  d.sync = false;
 }
 
 void DataParallel::all_reduce_sum(torch::Tensor& t) {

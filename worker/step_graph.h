@@ -11,6 +11,7 @@
 #include <functional>
 #include <memory>
 #include <string>
+#include <vector>
 
 namespace ratio::worker {
 
@@ -22,17 +23,21 @@ class StepGraph {
   // True where this build can capture graphs (a CUDA LibTorch).
   static bool available();
 
-  // Makes the calling thread's current CUDA stream a side stream of device 0 until the object dies:
+  // Makes the calling thread's current CUDA stream a side stream of `device` until the object dies:
   // capture cannot run on the default stream, and the eager warm-up steps must run where the
-  // capture will (cuBLAS keeps a workspace per stream).
-  void use_side_stream();
+  // capture will (cuBLAS keeps a workspace per stream). Each rank of a data-parallel job passes its
+  // own GPU.
+  void use_side_stream(int device);
 
-  // Records `step` into the graph without running it. Returns an empty string on success, else why
-  // the capture failed (an op that synchronises with the host, say); the graph is then discarded,
-  // nothing has run, and the caller may go on eagerly.
-  std::string capture(const std::function<void()>& step);
+  // Records the step's parts, in order, each into its own graph, without running them. The graphs
+  // share one memory pool: a part may read what an earlier one left (the gradients), so they must
+  // replay in this order, with whatever runs eagerly between them (a data-parallel job's
+  // all-reduce: worker/distributed.h says why it stays out of the graphs). Returns an empty string
+  // on success, else why a capture failed (an op that synchronises with the host, say); every
+  // graph is then discarded, nothing has run, and the caller may go on eagerly.
+  std::string capture(const std::vector<std::function<void()>>& parts);
   bool captured() const;
-  void replay();
+  void replay(size_t part);
 
  private:
   struct Impl;

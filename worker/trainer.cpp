@@ -8,9 +8,11 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <iostream>
 #include <sstream>
 #include <thread>
+#include <vector>
 
 #include <sys/resource.h>
 #include <unistd.h>
@@ -144,7 +146,8 @@ class Trainer {
   void train_iteration(int64_t iter);
   torch::Tensor eager_step(int64_t iter);
   torch::Tensor graph_step(int64_t iter);
-  void accumulate_gradients(int64_t iter, const torch::Tensor& x, const torch::Tensor& y, bool reseed);
+  torch::Tensor accumulate_gradients(int64_t iter, const torch::Tensor& x, const torch::Tensor& y, bool reseed);
+  void reduce_across_ranks(torch::Tensor& rank_loss);
   torch::Tensor update();
   void log_metric(int64_t iter, const torch::Tensor& norm);
   void log_grad_norms(int64_t iter);
@@ -173,6 +176,7 @@ class Trainer {
   std::string graph_off_reason_;
   int64_t graph_capture_iter_ = -1;   // the first iteration after the eager warm-up
   torch::Tensor graph_x_, graph_y_;   // [grad_accum / gpus, B, T] int64: this rank's batches a replay reads
+  torch::Tensor graph_loss_;          // the captured step's loss: this rank's, summed over ranks between replays
   torch::Tensor graph_norm_;          // the captured step's gradient norm
   std::unique_ptr<TokenSplit> train_split_, val_split_;
   BatchOrder order_{0};
@@ -187,6 +191,7 @@ class Trainer {
   double final_val_loss_ = std::numeric_limits<double>::quiet_NaN();
   int64_t nan_at_iter_ = -1;
   int64_t hang_at_iter_ = -1;
+  int capture_fails_on_rank_ = -1;  // RATIO_DEBUG_CAPTURE_FAILS_ON_RANK
   std::atomic<int64_t> current_iter_{0};  // read by the heartbeat thread
 
   torch::Tensor loss_sum_;     // sum of micro-batch losses since the last log point, all ranks (device)
@@ -248,8 +253,6 @@ void Trainer::choose_graph() {
     why = "this ratio-worker was built without CUDA";
   } else if (!fused_kernels_) {
     why = "the graph needs the fused kernels (train.kernels auto or fused)";
-  } else if (train_.gpus > 1) {
-    why = "train.gpus > 1 (the gradient all-reduce runs outside graphs)";
   } else if (spec_.model.dropout > 0) {
     why = "model.dropout > 0 (dropout is reseeded per micro-batch, outside a graph)";
   }
@@ -258,7 +261,7 @@ void Trainer::choose_graph() {
     return;
   }
   graph_ = std::make_unique<StepGraph>();
-  graph_->use_side_stream();  // before the model exists, so every step, eager or replayed, runs there
+  graph_->use_side_stream(device_.index());  // before the model exists, so every step, eager or replayed, runs there
   const auto ids = torch::TensorOptions().dtype(torch::kInt64).device(device_);
   graph_x_ = torch::zeros({train_.grad_accum / world(), train_.batch_size, spec_.model.block_size}, ids);
   graph_y_ = torch::zeros_like(graph_x_);
@@ -407,10 +410,12 @@ void Trainer::train_iteration(int64_t iter) {
   if (log_point) log_metric(iter, norm);
 }
 
-// Forward and backward of this rank's micro-batches x, y [grad_accum / gpus, B, T] on the device. Each
-// loss is divided by the global grad_accum and the ranks' gradients are summed, so the step is the
-// 1-GPU step, up to the order of float additions.
-void Trainer::accumulate_gradients(int64_t iter, const torch::Tensor& x, const torch::Tensor& y, bool reseed) {
+// Forward and backward of this rank's micro-batches x, y [grad_accum / gpus, B, T] on the device.
+// Each loss is divided by the global grad_accum; returns their sum, this rank's share of the step's
+// loss (a device scalar). With several ranks the gradients end in dp_'s buckets, not yet summed:
+// reduce_across_ranks and scatter_gradients then make the step the 1-GPU step, up to the order of
+// float additions.
+torch::Tensor Trainer::accumulate_gradients(int64_t iter, const torch::Tensor& x, const torch::Tensor& y, bool reseed) {
   const int per_rank = static_cast<int>(x.size(0));
   torch::Tensor iter_loss = torch::zeros({}, loss_sum_.options());
   for (int k = 0; k < per_rank; ++k) {
@@ -425,11 +430,15 @@ void Trainer::accumulate_gradients(int64_t iter, const torch::Tensor& x, const t
     loss.backward();
     iter_loss.add_(loss.detach().to(torch::kFloat32));
   }
-  if (dp_) {
-    dp_->finish_gradients();
-    dp_->all_reduce_sum(iter_loss);  // the metric is the global batch's loss
-  }
-  loss_sum_.add_(iter_loss);
+  if (dp_) dp_->gather_gradients();
+  return iter_loss;
+}
+
+// The ranks' gradients and losses summed (the metric is the global batch's loss): collectives,
+// always run eagerly, between a graphed step's two replays.
+void Trainer::reduce_across_ranks(torch::Tensor& rank_loss) {
+  dp_->all_reduce_buckets();
+  dp_->all_reduce_sum(rank_loss);
 }
 
 // The optimizer step; returns the pre-clip gradient norm (a device scalar).
@@ -446,7 +455,12 @@ torch::Tensor Trainer::eager_step(int64_t iter) {
     x = x.to(device_, /*non_blocking=*/true);
     y = y.to(device_, /*non_blocking=*/true);
   }
-  accumulate_gradients(iter, x, y, /*reseed=*/true);
+  torch::Tensor loss = accumulate_gradients(iter, x, y, /*reseed=*/true);
+  if (dp_) {
+    reduce_across_ranks(loss);
+    dp_->scatter_gradients();
+  }
+  loss_sum_.add_(loss);
   // Before the update: the reference optimizer clips the gradients in place.
   if (train_.grad_norm_interval > 0 && iter % train_.grad_norm_interval == 0) log_grad_norms(iter);
   torch::Tensor norm = update();
@@ -456,6 +470,7 @@ torch::Tensor Trainer::eager_step(int64_t iter) {
 
 // Replays the captured step, capturing it first; a step that cannot be captured (auto) runs eagerly
 // from then on. The gradients stay where the graph writes them, so grad norms are read after it.
+// One graph on one GPU; with several ranks two, and the collectives between them (distributed.h).
 torch::Tensor Trainer::graph_step(int64_t iter) {
   torch::Tensor x, y;
   train_batches(iter, x, y);
@@ -463,20 +478,34 @@ torch::Tensor Trainer::graph_step(int64_t iter) {
   graph_y_.copy_(y, /*non_blocking=*/true);
   if (!graph_->captured()) {
     if (autocast_) compat::clear_autocast_cache();  // cached casts made outside the graph would be stale in it
-    const std::string failure = graph_->capture([&] {
-      accumulate_gradients(iter, graph_x_, graph_y_, /*reseed=*/false);
+    const auto forward_backward = [&] {
+      graph_loss_ = accumulate_gradients(iter, graph_x_, graph_y_, /*reseed=*/false);
+      if (options_.rank == capture_fails_on_rank_) throw std::runtime_error("RATIO_DEBUG_CAPTURE_FAILS_ON_RANK");
+    };
+    const auto finish = [&] {
+      if (dp_) dp_->scatter_gradients();
+      loss_sum_.add_(graph_loss_);
       graph_norm_ = update();
-    });
+    };
+    std::vector<std::function<void()>> parts = {forward_backward, finish};
+    if (!dp_) parts = {[&] { forward_backward(); finish(); }};
+    if (dp_) dp_->launch_from_hooks(false);
+    const std::string failure = graph_->capture(parts);
     if (!failure.empty()) {
       graph_off("capture failed: " + one_line(failure), kExitCrashed);
-      std::cerr << "ratio-worker: the CUDA graph's " << graph_off_reason_ << "; training on eagerly\n";
+      std::cerr << "ratio-worker: rank " << options_.rank << "'s CUDA graph " << graph_off_reason_ << "; training on eagerly\n";
       graph_capture_iter_ = std::numeric_limits<int64_t>::max();
+      if (dp_) dp_->launch_from_hooks(true);
       optimizer_->zero_grad();
       if (autocast_) compat::clear_autocast_cache();
       return eager_step(iter);
     }
   }
-  graph_->replay();
+  graph_->replay(0);
+  if (dp_) {
+    reduce_across_ranks(graph_loss_);
+    graph_->replay(1);
+  }
   if (train_.grad_norm_interval > 0 && iter % train_.grad_norm_interval == 0) log_grad_norms(iter);
   return graph_norm_;
 }
@@ -595,6 +624,7 @@ int Trainer::run() {
   if (const char* nan_iter = std::getenv("RATIO_DEBUG_NAN_AT_ITER")) nan_at_iter_ = std::atoll(nan_iter);
   if (const char* hang_iter = std::getenv("RATIO_DEBUG_HANG_AT_ITER"); hang_iter && !options_.resume)
     hang_at_iter_ = std::atoll(hang_iter);
+  if (const char* fails_on = std::getenv("RATIO_DEBUG_CAPTURE_FAILS_ON_RANK")) capture_fails_on_rank_ = std::atoi(fails_on);
   Heartbeat heartbeat(events_, current_iter_, options_.heartbeat_s);
   // Only ever lowers LibTorch's default: on a 2-core machine it picks 1 thread, and 2 ran a small
   // model 2.4× slower; side by side, workers that each took every core thrashed.

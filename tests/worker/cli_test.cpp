@@ -176,6 +176,11 @@ class WorkerCli : public ::testing::Test {
     EXPECT_EQ(last_line, "ratio-worker: " + reason);
   }
 
+  // Runs `job` with train.cuda_graph on and off (tags <tag>_on, <tag>_off); expects the graphed run
+  // to report cuda_graph on, and its every metric and checkpointed tensor to equal the eager run's
+  // within `rel_tol`. `iters` metrics each (log_interval 1). Defined with the CUDA graph tests.
+  void expect_graph_steps_equal_eager(json job, const std::string& tag, size_t iters, double rel_tol) const;
+
   fs::path dir_;
 };
 
@@ -667,48 +672,113 @@ std::map<std::string, torch::Tensor> read_checkpoint_tensors(const std::string& 
 
 bool cuda_kernels_here() { return torch::cuda::is_available() && ratio::model::fused_kernels_built(); }
 
+void WorkerCli::expect_graph_steps_equal_eager(json job, const std::string& tag, size_t iters, double rel_tol) const {
+  std::map<std::string, WorkerRun> runs;
+  for (const std::string graph : {"on", "off"}) {
+    job["train"]["cuda_graph"] = graph;
+    runs[graph] = run(job, tag + "_" + graph);
+    ASSERT_EQ(runs[graph].exit_code, 0) << runs[graph].stderr_text;
+    const json& result = (*runs[graph].last("finished"))["result"];
+    EXPECT_EQ(result["cuda_graph"].get<std::string>().substr(0, 2), graph == "on" ? "on" : "of") << result.dump();
+  }
+  for (const std::string field : {"train_loss", "grad_norm"}) {
+    const std::vector<double> graphed = series(runs["on"], "metric", field), eager = series(runs["off"], "metric", field);
+    ASSERT_EQ(graphed.size(), iters);
+    ASSERT_EQ(graphed.size(), eager.size());
+    for (size_t i = 0; i < eager.size(); ++i)
+      EXPECT_NEAR(graphed[i], eager[i], rel_tol * std::abs(eager[i])) << tag << " " << field << " iter " << i;
+  }
+  auto graphed = read_checkpoint_tensors(path(tag + "_on_work/ckpt.bin"));
+  auto eager = read_checkpoint_tensors(path(tag + "_off_work/ckpt.bin"));
+  ASSERT_EQ(graphed.size(), eager.size());
+  ASSERT_GT(eager.count("spam/spikes"), 0u);
+  EXPECT_GE(eager["spam/spikes"].item<double>(), 1.0) << "the window should hold a spike";
+  double worst = 0;
+  for (const auto& [name, e] : eager) {
+    ASSERT_GT(graphed.count(name), 0u) << name;
+    const double diff = (graphed[name] - e).abs().max().item<double>();
+    worst = std::max(worst, diff / (1e-6 + e.abs().max().item<double>()));
+    EXPECT_TRUE(torch::allclose(graphed[name], e, rel_tol, 1e-7)) << tag << " " << name << " differs by " << diff;
+  }
+  std::cout << tag << ": largest relative difference graph vs eager over " << eager.size() << " tensors: " << worst << "\n";
+}
+
+// 21 steps, 20 of them checkpointed, with a window that holds two periodic moment resets and a
+// SPAM spike (any z > 0 counts after the first ten norms).
+json graph_job(const std::string& dtype) {
+  json job = tiny_job();
+  job["train"].update({{"device", "cuda"}, {"dtype", dtype}, {"max_iters", 21}, {"checkpoint_interval", 20},
+                       {"eval_interval", 1000}, {"log_interval", 1}, {"grad_norm_interval", 5}});
+  job["train"]["spam"] = {{"enabled", true}, {"spike_z", 0.0}, {"reset_interval", 8}, {"reset_warmup", 3}};
+  return job;
+}
+
 }  // namespace
 
 // Twenty steps replayed from one captured graph equal twenty eager steps: every train loss and
-// gradient norm, and every parameter, moment and SPAM statistic after them. The window holds two
-// periodic moment resets and a SPAM spike (any z > 0 counts after the first ten norms), and two
-// micro-batches per step. fp32 and bf16 autocast. Measured on the H200: bit-identical, difference 0.
+// gradient norm, and every parameter, moment and SPAM statistic after them, with two micro-batches
+// per step. fp32 and bf16 autocast. Measured on the H200: bit-identical, difference 0.
 // (CUDA with the fused kernels only.)
 TEST_F(WorkerCli, CudaGraphStepsEqualEagerSteps) {
   if (!cuda_kernels_here()) GTEST_SKIP() << "needs a CUDA device and the fused kernels";
-  for (const std::string dtype : {"fp32", "bf16"}) {
-    json job = tiny_job();
-    job["train"].update({{"device", "cuda"}, {"dtype", dtype}, {"max_iters", 21}, {"checkpoint_interval", 20},
-                         {"eval_interval", 1000}, {"log_interval", 1}, {"grad_norm_interval", 5}});
-    job["train"]["spam"] = {{"enabled", true}, {"spike_z", 0.0}, {"reset_interval", 8}, {"reset_warmup", 3}};
-    std::map<std::string, WorkerRun> runs;
-    for (const std::string graph : {"on", "off"}) {
-      job["train"]["cuda_graph"] = graph;
-      runs[graph] = run(job, dtype + "_" + graph);
-      ASSERT_EQ(runs[graph].exit_code, 0) << runs[graph].stderr_text;
-      const json& result = (*runs[graph].last("finished"))["result"];
-      EXPECT_EQ(result["cuda_graph"].get<std::string>().substr(0, 2), graph == "on" ? "on" : "of") << result.dump();
-    }
-    for (const std::string field : {"train_loss", "grad_norm"}) {
-      const std::vector<double> graphed = series(runs["on"], "metric", field), eager = series(runs["off"], "metric", field);
-      ASSERT_EQ(graphed.size(), 21u);
-      ASSERT_EQ(graphed.size(), eager.size());
-      for (size_t i = 0; i < eager.size(); ++i) EXPECT_NEAR(graphed[i], eager[i], 1e-5 * std::abs(eager[i])) << dtype << " " << field << " iter " << i;
-    }
-    auto graphed = read_checkpoint_tensors(path(dtype + "_on_work/ckpt.bin"));
-    auto eager = read_checkpoint_tensors(path(dtype + "_off_work/ckpt.bin"));
-    ASSERT_EQ(graphed.size(), eager.size());
-    ASSERT_GT(eager.count("spam/spikes"), 0u);
-    EXPECT_GE(eager["spam/spikes"].item<double>(), 1.0) << "the window should hold a spike";
-    double worst = 0;
-    for (const auto& [name, e] : eager) {
-      ASSERT_GT(graphed.count(name), 0u) << name;
-      const double diff = (graphed[name] - e).abs().max().item<double>();
-      worst = std::max(worst, diff / (1e-6 + e.abs().max().item<double>()));
-      EXPECT_TRUE(torch::allclose(graphed[name], e, 1e-5, 1e-7)) << dtype << " " << name << " differs by " << diff;
-    }
-    std::cout << dtype << ": largest relative difference graph vs eager over " << eager.size() << " tensors: " << worst << "\n";
-  }
+  for (const std::string dtype : {"fp32", "bf16"}) expect_graph_steps_equal_eager(graph_job(dtype), dtype, 21, 1e-5);
+}
+
+// The same over 2 ranks on 2 GPUs (NCCL), two micro-batches per rank: each rank replays its forward
+// and backward (with the copies into the buckets) as one graph and its optimizer as another, the
+// all-reduces running eagerly between them. To 1e-6 relative in fp32: with two ranks every summed
+// gradient element is one fp32 addition a + b, the same bits whatever algorithm NCCL picks, and
+// the rest of the step is the one-GPU graph above, bit-identical to its eager steps; a difference
+// would be a bucket missed or read stale.
+TEST_F(WorkerCli, CudaGraphStepsEqualEagerStepsOnTwoRanks) {
+  if (!cuda_kernels_here() || torch::cuda::device_count() < 2)
+    GTEST_SKIP() << "needs 2 CUDA devices and the fused kernels";
+  json job = graph_job("fp32");
+  job["train"].update({{"gpus", 2}, {"grad_accum", 4}});
+  expect_graph_steps_equal_eager(job, "two_ranks", 21, 1e-6);
+  const std::vector<json> graphed = read_events("two_ranks_on");
+  ASSERT_FALSE(graphed.empty());
+  EXPECT_EQ(graphed.front()["gpus"], 2);
+  EXPECT_EQ(graphed.front()["cuda_graph"], "on");
+  EXPECT_EQ(graphed.back()["type"], "finished");
+  EXPECT_EQ(graphed.back()["result"]["cuda_graph"], "on");
+}
+
+// A capture that fails on one rank (rank 1, after its backward was captured) leaves that rank
+// training eagerly beside rank 0's replays under `auto`: both issue the same collectives in the
+// same order either way, so the losses are an eager run's. Under `on` the job fails, rank 0
+// reporting that rank 1 exited.
+TEST_F(WorkerCli, CudaGraphCaptureFailureOnOneRankTrainsOnEagerly) {
+  if (!cuda_kernels_here() || torch::cuda::device_count() < 2)
+    GTEST_SKIP() << "needs 2 CUDA devices and the fused kernels";
+  json job = graph_job("fp32");
+  job["train"].update({{"gpus", 2}, {"grad_accum", 4}, {"cuda_graph", "auto"}});
+  const std::map<std::string, std::string> rank1_fails = {{"RATIO_DEBUG_CAPTURE_FAILS_ON_RANK", "1"}};
+  const WorkerRun mixed = run(job, "mixed", {}, rank1_fails);
+  ASSERT_EQ(mixed.exit_code, 0) << mixed.stderr_text;
+  EXPECT_NE(mixed.stderr_text.find("rank 1's CUDA graph capture failed: RATIO_DEBUG_CAPTURE_FAILS_ON_RANK; "
+                                   "training on eagerly"),
+            std::string::npos)
+      << mixed.stderr_text;
+
+  job["train"]["cuda_graph"] = "off";
+  const WorkerRun eager = run(job, "eager");
+  ASSERT_EQ(eager.exit_code, 0) << eager.stderr_text;
+  const std::vector<double> a = series(mixed, "metric", "train_loss"), b = series(eager, "metric", "train_loss");
+  ASSERT_EQ(a.size(), 21u);
+  ASSERT_EQ(a.size(), b.size());
+  for (size_t i = 0; i < a.size(); ++i) EXPECT_NEAR(a[i], b[i], 1e-6 * std::abs(b[i])) << "iter " << i;
+
+  job["train"]["cuda_graph"] = "on";
+  const WorkerRun on = run(job, "on", {}, rank1_fails);
+  EXPECT_EQ(on.exit_code, 1) << on.stderr_text;
+  ASSERT_FALSE(on.events.empty());
+  EXPECT_EQ(on.events.back()["type"], "failed");
+  EXPECT_EQ(on.events.back()["reason"].get<std::string>().rfind("rank 1 exited with code 1", 0), 0u)
+      << on.events.back().dump();
+  EXPECT_NE(on.stderr_text.find("train.cuda_graph is on, but capture failed: RATIO_DEBUG_CAPTURE_FAILS_ON_RANK"),
+            std::string::npos)
+      << on.stderr_text;
 }
 
 // A graph asked for where none can run is a clear error, not a silent eager run.

@@ -194,6 +194,27 @@ torch::Tensor ra_band_attention(const torch::Tensor& q, const torch::Tensor& k, 
   return RaBandFunction::apply(q, k, v, alpha, window, scale)[0];
 }
 
+TopkWeights topk_weights(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& lse,
+                         const torch::Tensor& alpha, int64_t window, double scale, int64_t K) {
+  TORCH_CHECK(q.is_cuda() && q.scalar_type() == torch::kBFloat16 && k.scalar_type() == torch::kBFloat16,
+              "topk_weights: q and k must be bf16 on CUDA");
+  TORCH_CHECK(kernel_layout(q) && kernel_layout(k), "topk_weights: q and k need a contiguous, 16-byte aligned last dimension");
+  const int64_t B = q.size(0), H = q.size(1), T = q.size(2);
+  auto lse32 = lse.to(torch::kFloat32).contiguous();
+  TORCH_CHECK(lse32.numel() == B * H * T, "topk_weights: lse must be [B, H, T]");
+  torch::Tensor alpha32;
+  if (alpha.defined()) alpha32 = alpha.to(torch::kFloat32).contiguous();
+  auto f32 = q.options().dtype(torch::kFloat32), i32 = q.options().dtype(torch::kInt);
+  TopkWeights out{at::empty({B, H, T, K}, f32), at::empty({B, H, T, K}, i32), at::empty({B, T, K}, f32),
+                  at::empty({B, T, K}, i32)};
+  kernels::RaTopkArgs args{int(B), int(H), int(k.size(1)), int(T), int(q.size(3)), int(window), int(K), float(scale),
+                           alpha32.defined() ? alpha32.data_ptr<float>() : nullptr, strided(q), strided(k),
+                           lse32.data_ptr<float>(), out.head_val.data_ptr<float>(), out.head_key.data_ptr<int32_t>(),
+                           out.mean_val.data_ptr<float>(), out.mean_key.data_ptr<int32_t>()};
+  check_launch(kernels::ra_topk_stats(args, current_stream()), "ra_topk_stats");
+  return out;
+}
+
 #else
 
 bool supports_ra_band(const torch::Tensor&, const torch::Tensor&, const torch::Tensor&, int64_t) { return false; }
@@ -201,6 +222,11 @@ bool supports_ra_band(const torch::Tensor&, const torch::Tensor&, const torch::T
 torch::Tensor ra_band_attention(const torch::Tensor&, const torch::Tensor&, const torch::Tensor&, const torch::Tensor&,
                                 int64_t, double) {
   TORCH_CHECK(false, "fused::ra_band_attention: this build has no CUDA kernels");
+}
+
+TopkWeights topk_weights(const torch::Tensor&, const torch::Tensor&, const torch::Tensor&, const torch::Tensor&, int64_t,
+                         double, int64_t) {
+  TORCH_CHECK(false, "fused::topk_weights: this build has no CUDA kernels");
 }
 
 #endif

@@ -24,4 +24,18 @@ bool supports_ra_band(const torch::Tensor& q, const torch::Tensor& k, const torc
 torch::Tensor ra_band_attention(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
                                 const torch::Tensor& alpha, int64_t window, double scale);
 
+// The K largest attention weights of each row (model/kernels/ra_topk.cu), recomputed from q, k and the
+// rows' log-sum-exp instead of stored: per (b, h, i) for RA-CT's `topk` statistic, and per (b, i) of
+// the heads' mean for mechanism 2's `topk` sparsification. The weights are those of ra_band_attention's
+// scores (alpha defined: the reciprocal term inside the band, window 0 meaning every visible key) or of
+// plain causal attention (alpha undefined). q [B, H, T, Dk] and k [B, H|1, T, Dk] bf16 (Dk ≤ 128, a
+// multiple of 8; H ≤ 16); lse [B, H, T] fp32. Values sorted largest first; a row with fewer than K
+// visible keys ends with value 0 and key −1. Not differentiable. Built with the kernels only.
+struct TopkWeights {
+  torch::Tensor head_val, head_key;  // [B, H, T, K] fp32, int32
+  torch::Tensor mean_val, mean_key;  // [B, T, K] fp32, int32
+};
+TopkWeights topk_weights(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& lse,
+                         const torch::Tensor& alpha, int64_t window, double scale, int64_t K);
+
 }  // namespace ratio::model::fused

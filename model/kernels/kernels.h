@@ -221,4 +221,28 @@ struct RaBandCombineArgs {
 };
 cudaError_t ra_band_combine(const RaBandCombineArgs& args, cudaStream_t stream);
 
+// ---- ra_topk.cu: top-K statistics of attention rows ----------------------------------------------------
+
+// For each query row i (batch b), the K largest attention weights of each head's row and of the heads'
+// mean, with their key positions, recomputing P = exp(S' − lse) key by key (RA's reciprocal term inside
+// the band when alpha is given; causal). Outputs sorted largest first; a row with fewer than K visible
+// keys ends with value 0 and key −1. RA-CT's top-K statistic is the sum of a head's values; mechanism
+// 2 keeps the mean's keys.
+constexpr int kRaTopkMaxHeads = 16;
+constexpr int kRaTopkMaxDk = 128;
+struct RaTopkArgs {
+  int B, H, heads_k, T, dk;  // heads_k: 1 (MLA's shared key) or H
+  int window;                // the RA band (0: every visible key); unused without alpha
+  int K;                     // 1..32
+  float scale;
+  const float* alpha;        // device scalar, or null: no reciprocal term
+  RaStrided q, k;            // [B, H, T, dk] and [B, heads_k, T, dk] bf16
+  const float* lse;          // [B, H, T] fp32, contiguous: the rows' log-sum-exp
+  float* head_val;           // [B, H, T, K]
+  int32_t* head_key;         // [B, H, T, K]
+  float* mean_val;           // [B, T, K]
+  int32_t* mean_key;         // [B, T, K]
+};
+cudaError_t ra_topk_stats(const RaTopkArgs& args, cudaStream_t stream);
+
 }  // namespace ratio::kernels

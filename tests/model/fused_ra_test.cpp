@@ -188,5 +188,73 @@ TEST(FusedRaBand, EveryPresetStepIsCausalOnCuda) {
   }
 }
 
+// ---- top-K weights without the T×T tensor (RA-CT's and mechanism 2's `topk`) ----------------------------
+
+struct TopkCase {
+  bool mla;
+  bool reciprocal;  // alpha given: RA's scores inside the band
+  int64_t T, window, K;
+};
+
+void PrintTo(const TopkCase& c, std::ostream* os) {
+  *os << (c.mla ? "mla" : "standard") << (c.reciprocal ? "_ra_w" + std::to_string(c.window) : "_plain") << "_T"
+      << c.T << "_K" << c.K;
+}
+
+class FusedTopkWeights : public ::testing::TestWithParam<TopkCase> {};
+
+// The values at the returned keys are the reference weights there, sorted, and they are a top K: their
+// sum is the largest K's. (Keys may differ from topk's only between equal weights.)
+void expect_topk_of(const torch::Tensor& weights, const torch::Tensor& values, const torch::Tensor& keys, int64_t K,
+                    const char* what) {
+  const auto filled = keys.ge(0);
+  const auto at_keys = weights.gather(-1, keys.clamp_min(0).to(torch::kLong)) * filled;
+  EXPECT_LT((at_keys - values).abs().max().item<float>(), 1e-4) << what << ": a value is not the weight at its key";
+  EXPECT_TRUE(values.narrow(-1, 0, K - 1).ge(values.narrow(-1, 1, K - 1)).all().item<bool>()) << what << ": not sorted";
+  const auto best = std::get<0>(weights.topk(K, -1)).sum(-1);
+  EXPECT_LT((values.sum(-1) - best).abs().max().item<float>(), 1e-4) << what << ": not the K largest";
+}
+
+TEST_P(FusedTopkWeights, MatchTheMaterialisedWeights) {
+  if (!have_kernels()) GTEST_SKIP() << "no CUDA kernels in this build or no GPU";
+  const TopkCase c = GetParam();
+  torch::manual_seed(41);
+  const int64_t B = 2, H = 4, Dk = c.mla ? 128 : 64;
+  auto opts = torch::TensorOptions().device(torch::kCUDA);
+  const auto q = torch::randn({B, H, c.T, Dk}, opts).to(torch::kBFloat16);
+  const auto k = torch::randn({B, c.mla ? 1 : H, c.T, Dk}, opts).to(torch::kBFloat16);
+  const double scale = 1.0 / std::sqrt(double(Dk));
+  torch::Tensor alpha;
+  if (c.reciprocal) alpha = torch::full({1}, 0.7, opts);
+
+  // The reference weights in fp32 from the same bf16 inputs. [B, H, T, T]
+  auto scores = torch::matmul(q.to(torch::kFloat32), k.to(torch::kFloat32).transpose(-2, -1)) * scale;
+  auto i = torch::arange(c.T, opts.dtype(torch::kLong)).unsqueeze(1), j = torch::arange(c.T, opts.dtype(torch::kLong)).unsqueeze(0);
+  if (c.reciprocal) {  // S[j, i] = q_j·k_i is the score matrix transposed, for MLA's shared key too
+    auto band = (i - j).ge(0);
+    if (c.window > 0) band = band.logical_and((i - j).le(c.window));
+    scores = scores + (scores.transpose(-2, -1) * 0.7).masked_fill(band.logical_not(), 0.0);
+  }
+  scores = scores.masked_fill(j.gt(i), -std::numeric_limits<float>::infinity());
+  const auto lse = torch::logsumexp(scores, -1);  // [B, H, T]
+  const auto weights = torch::softmax(scores, -1);
+
+  const auto got = fused::topk_weights(q, k, lse, alpha, c.window, scale, c.K);
+  ASSERT_EQ(got.head_val.sizes(), (std::vector<int64_t>{B, H, c.T, c.K}));
+  ASSERT_EQ(got.mean_val.sizes(), (std::vector<int64_t>{B, c.T, c.K}));
+  expect_topk_of(weights, got.head_val, got.head_key, c.K, "per head");
+  expect_topk_of(weights.mean(1), got.mean_val, got.mean_key, c.K, "heads' mean");
+  // Row 0 sees one key: itself, with weight 1, and K − 1 empty entries.
+  EXPECT_EQ(got.head_key.select(2, 0).select(-1, 0).eq(0).all().item<bool>(), true);
+  if (c.K > 1) EXPECT_EQ(got.head_key.select(2, 0).narrow(-1, 1, c.K - 1).eq(-1).all().item<bool>(), true);
+}
+
+// MLA's shared 128-wide key and standard 64-wide heads; RA inside a band, over the whole causal range
+// (window 0) and absent; T not a multiple of the 32-key chunks; K up to a full warp.
+INSTANTIATE_TEST_SUITE_P(Shapes, FusedTopkWeights,
+                         ::testing::Values(TopkCase{true, true, 67, 5, 8}, TopkCase{false, true, 45, 0, 8},
+                                           TopkCase{true, false, 97, 0, 8}, TopkCase{false, true, 33, 64, 32},
+                                           TopkCase{true, true, 130, 64, 3}));
+
 }  // namespace
 }  // namespace ratio::model

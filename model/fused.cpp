@@ -3,6 +3,8 @@
 
 #ifdef RATIO_WITH_CUDA_KERNELS
 #include <algorithm>
+#include <optional>
+#include <unordered_map>
 
 #include "model/fused_launch.h"
 #include "model/kernels/kernels.h"
@@ -122,64 +124,56 @@ struct AddLayerNormFunction : torch::autograd::Function<AddLayerNormFunction> {
   }
 };
 
-// ---- classifier -------------------------------------------------------------------------------------
+}  // namespace
 
-// Rows per chunk: by default at most 1 GiB of bf16 logits alive at once (16 · 1024 rows of GPT-2's
-// 50304 take two chunks), so the head's memory does not grow with the batch.
-int64_t classifier_chunk_rows(int64_t N, int64_t V, int64_t asked) {
-  const int64_t budget_rows = (int64_t(1) << 29) / std::max<int64_t>(V, 1);
-  return std::clamp<int64_t>(asked > 0 ? asked : budget_rows, 1, std::max<int64_t>(N, 1));
+// ---- bf16 copies of the parameters ------------------------------------------------------------------
+
+struct Bf16Weights::Copies {
+  std::unordered_map<const c10::TensorImpl*, torch::Tensor> by_param;  // [same shape] bf16
+};
+
+namespace {
+
+thread_local const Bf16Weights::Copies* active_copies = nullptr;  // the innermost live Bf16Weights
+
+// t in bf16, contiguous: the live Bf16Weights' copy where it has one, else a cast.
+torch::Tensor bf16_of(const torch::Tensor& t) {
+  if (active_copies != nullptr) {
+    const auto found = active_copies->by_param.find(t.unsafeGetTensorImpl());
+    if (found != active_copies->by_param.end()) return found->second;
+  }
+  return t.to(torch::kBFloat16).contiguous();
 }
 
-struct ClassifierLossFunction : torch::autograd::Function<ClassifierLossFunction> {
-  static variable_list forward(AutogradContext* ctx, const torch::Tensor& x, const torch::Tensor& weight,
-                               const torch::Tensor& targets, bool want_grad, int64_t chunk_rows) {
-    const int64_t C = x.size(-1), N = x.numel() / C, V = weight.size(0);
-    auto x_rows = x.reshape({N, C}).to(torch::kBFloat16).contiguous();  // [N, C]
-    auto w_bf16 = weight.to(torch::kBFloat16).contiguous();             // [V, C]
-    auto target_rows = targets.reshape({N}).to(torch::kLong).contiguous();
-    auto inv_count = target_rows.ne(-1).sum().to(torch::kFloat32).reciprocal();  // [] device scalar, no sync
-    auto losses = at::empty({N}, x.options().dtype(torch::kFloat32));
-    torch::Tensor dx, dweight;
-    if (want_grad) dx = at::empty({N, C}, x_rows.options());
+}  // namespace
 
-    const int64_t chunk = classifier_chunk_rows(N, V, chunk_rows);
-    for (int64_t r0 = 0; r0 < N; r0 += chunk) {
-      const int64_t n = std::min(chunk, N - r0);
-      auto x_chunk = x_rows.narrow(0, r0, n);
-      auto logits = at::mm(x_chunk, w_bf16.t());  // [n, V] bf16, becomes dlogits in place
-      check_launch(kernels::cross_entropy_forward_backward(logits.data_ptr(), V, target_rows.data_ptr<int64_t>() + r0,
-                                                           f32(losses) + r0, f32(inv_count), want_grad, n, V,
-                                                           current_stream()),
-                   "cross_entropy_forward_backward");
-      if (!want_grad) continue;
-      auto dx_chunk = dx.narrow(0, r0, n);
-      at::mm_out(dx_chunk, logits, w_bf16);                // [n, V]·[V, C]
-      auto dweight_chunk = at::mm(logits.t(), x_chunk);   // [V, n]·[n, C] bf16
-      if (r0 == 0) {
-        dweight = dweight_chunk.to(torch::kFloat32);
-      } else {
-        dweight.add_(dweight_chunk);
-      }
-    }
-    if (want_grad) {
-      ctx->saved_data["dx"] = dx;
-      ctx->saved_data["dweight"] = dweight;
-      ctx->saved_data["x_sizes"] = x.sizes().vec();
-      ctx->saved_data["x_dtype"] = x.scalar_type();
-    }
-    return {(losses.sum() * inv_count)};
+Bf16Weights::Bf16Weights(const std::vector<torch::Tensor>& params)
+    : copies_(std::make_unique<Copies>()), outer_(active_copies) {
+  kernels::CastList list{};
+  auto launch = [&] {
+    check_launch(kernels::cast_to_bf16(list, current_stream()), "cast_to_bf16");
+    list = kernels::CastList{};
+  };
+  for (const torch::Tensor& p : params) {
+    if (!p.defined() || !p.is_cuda() || p.scalar_type() != torch::kFloat32 || !p.is_contiguous()) continue;
+    if (copies_->by_param.count(p.unsafeGetTensorImpl()) > 0) continue;
+    torch::Tensor copy = at::empty(p.sizes(), p.options().dtype(torch::kBFloat16));
+    list.tensors[list.count++] = {p.data_ptr<float>(), copy.data_ptr(), p.numel()};
+    copies_->by_param.emplace(p.unsafeGetTensorImpl(), copy);
+    if (list.count == kernels::kCastTensorsPerList) launch();
   }
-  static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    const torch::Tensor g = grads[0].to(torch::kFloat32);  // [] scale of the loss (1, or 1/grad_accum)
-    auto dx = ctx->saved_data["dx"].toTensor();
-    auto dweight = ctx->saved_data["dweight"].toTensor();
-    const auto x_sizes = ctx->saved_data["x_sizes"].toIntVector();
-    const auto x_dtype = ctx->saved_data["x_dtype"].toScalarType();
-    auto dx_out = (dx.to(torch::kFloat32) * g).to(x_dtype).view(x_sizes);
-    return {dx_out, dweight * g, torch::Tensor(), torch::Tensor(), torch::Tensor()};
-  }
-};
+  if (list.count > 0) launch();
+  active_copies = copies_.get();
+}
+
+Bf16Weights::~Bf16Weights() { active_copies = outer_; }
+
+torch::Tensor Bf16Weights::copy_of(const torch::Tensor& param) const {
+  const auto found = copies_->by_param.find(param.unsafeGetTensorImpl());
+  return found == copies_->by_param.end() ? torch::Tensor() : found->second;
+}
+
+namespace {
 
 // ---- cuBLASLt matmuls -------------------------------------------------------------------------------
 
@@ -211,6 +205,111 @@ void linear_param_grads(const torch::Tensor& dy_rows, const torch::Tensor& x_row
   }
 }
 
+// ---- classifier -------------------------------------------------------------------------------------
+
+// Rows per chunk: by default at most 1 GiB of bf16 logits alive at once (16 · 1024 rows of GPT-2's
+// 50304 take two chunks), so the head's memory does not grow with the batch.
+int64_t classifier_chunk_rows(int64_t N, int64_t V, int64_t asked) {
+  const int64_t budget_rows = (int64_t(1) << 29) / std::max<int64_t>(V, 1);
+  return std::clamp<int64_t>(asked > 0 ? asked : budget_rows, 1, std::max<int64_t>(N, 1));
+}
+
+// dweight (+)= dlogitsᵀ·x in fp32 for one chunk of rows, accumulating after the first chunk.
+void add_classifier_weight_grad(const torch::Tensor& dlogits, const torch::Tensor& x_chunk, torch::Tensor& dweight,
+                                bool first_chunk) {
+  const int64_t n = dlogits.size(0), V = dlogits.size(1), C = x_chunk.size(1);
+  if (launched(kernels::weight_grad_fp32(dlogits.data_ptr(), x_chunk.data_ptr(), f32(dweight), n, V, C,
+                                         matmul_workspace(dlogits).data_ptr(), current_stream(), !first_chunk)))
+    return;
+  auto product = at::mm(dlogits.t(), x_chunk);  // no cuBLASLt algorithm: [V, n]·[n, C] in bf16
+  if (first_chunk)
+    dweight.copy_(product);
+  else
+    dweight.add_(product);
+}
+
+struct ClassifierLossFunction : torch::autograd::Function<ClassifierLossFunction> {
+  static variable_list forward(AutogradContext* ctx, const torch::Tensor& x, const torch::Tensor& weight,
+                               const torch::Tensor& targets, bool want_grad, int64_t chunk_rows,
+                               const std::optional<torch::Tensor>& tied) {
+    const torch::Tensor tied_grad = tied.value_or(torch::Tensor());
+    const int64_t C = x.size(-1), N = x.numel() / C, V = weight.size(0);
+    auto x_rows = x.reshape({N, C}).to(torch::kBFloat16).contiguous();  // [N, C]
+    auto w_bf16 = bf16_of(weight);                                       // [V, C]
+    auto target_rows = targets.reshape({N}).to(torch::kLong).contiguous();
+    auto inv_count = target_rows.ne(-1).sum().to(torch::kFloat32).reciprocal();  // [] device scalar, no sync
+    auto losses = at::empty({N}, x.options().dtype(torch::kFloat32));
+    torch::Tensor dx, dweight;
+    if (want_grad) {
+      dx = at::empty({N, C}, x_rows.options());
+      dweight = tied_grad.defined() ? tied_grad : at::empty({V, C}, x.options().dtype(torch::kFloat32));
+    }
+
+    const int64_t chunk = classifier_chunk_rows(N, V, chunk_rows);
+    for (int64_t r0 = 0; r0 < N; r0 += chunk) {
+      const int64_t n = std::min(chunk, N - r0);
+      auto x_chunk = x_rows.narrow(0, r0, n);
+      auto logits = at::mm(x_chunk, w_bf16.t());  // [n, V] bf16, becomes dlogits in place
+      check_launch(kernels::cross_entropy_forward_backward(logits.data_ptr(), V, target_rows.data_ptr<int64_t>() + r0,
+                                                           f32(losses) + r0, f32(inv_count), want_grad, n, V,
+                                                           current_stream()),
+                   "cross_entropy_forward_backward");
+      if (!want_grad) continue;
+      auto dx_chunk = dx.narrow(0, r0, n);
+      at::mm_out(dx_chunk, logits, w_bf16);                       // [n, V]·[V, C]
+      add_classifier_weight_grad(logits, x_chunk, dweight, r0 == 0);  // [V, n]·[n, C] fp32
+    }
+    if (want_grad) {
+      ctx->saved_data["dx"] = dx;
+      ctx->saved_data["dweight"] = dweight;
+      ctx->saved_data["tied"] = tied_grad.defined();
+      ctx->saved_data["x_sizes"] = x.sizes().vec();
+      ctx->saved_data["x_dtype"] = x.scalar_type();
+    }
+    return {(losses.sum() * inv_count)};
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const torch::Tensor g = grads[0].to(torch::kFloat32);  // [] scale of the loss (1, or 1/grad_accum)
+    auto dx = ctx->saved_data["dx"].toTensor();
+    auto dweight = ctx->saved_data["dweight"].toTensor();
+    const auto x_sizes = ctx->saved_data["x_sizes"].toIntVector();
+    const auto x_dtype = ctx->saved_data["x_dtype"].toScalarType();
+    auto dx_out = (dx.to(torch::kFloat32) * g).to(x_dtype).view(x_sizes);
+    ctx->saved_data.erase("dweight");  // the one reference left is returned or the tied embedding's
+    dweight.mul_(g);
+    // Tied: the embedding's backward, which runs after this one, adds its rows to the same buffer and
+    // returns it as the weight's whole gradient.
+    if (ctx->saved_data["tied"].toBool()) dweight = torch::Tensor();
+    return {dx_out, dweight, torch::Tensor(), torch::Tensor(), torch::Tensor(), torch::Tensor()};
+  }
+};
+
+// ---- tied token embedding ---------------------------------------------------------------------------
+
+struct TiedEmbeddingFunction : torch::autograd::Function<TiedEmbeddingFunction> {
+  static variable_list forward(AutogradContext* ctx, const torch::Tensor& idx, const torch::Tensor& weight,
+                               const torch::Tensor& tied_grad) {
+    ctx->saved_data["idx"] = idx;
+    ctx->saved_data["tied_grad"] = tied_grad;
+    return {at::embedding(weight, idx)};  // [.., C] fp32
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    torch::Tensor grad = ctx->saved_data["tied_grad"].toTensor();  // [V, C] fp32: the classifier's part
+    ctx->saved_data.erase("tied_grad");  // handed over whole: autograd may then keep it as .grad
+    const torch::Tensor idx = ctx->saved_data["idx"].toTensor();
+    if (grads[0].defined()) {
+      const int64_t V = grad.size(0), C = grad.size(1), N = idx.numel();
+      auto dout = grads[0].to(torch::kFloat32).contiguous().view({N, C});
+      auto [sorted_ids, order] = at::sort(idx.reshape({N}), /*stable=*/true, /*dim=*/0, /*descending=*/false);
+      auto partial = at::empty({kernels::embedding_backward_partial_floats(N, C)}, grad.options());
+      check_launch(kernels::embedding_backward_add(sorted_ids.data_ptr<int64_t>(), order.data_ptr<int64_t>(), f32(dout),
+                                                   f32(grad), f32(partial), N, C, V, current_stream()),
+                   "embedding_backward_add");
+    }
+    return {torch::Tensor(), grad, torch::Tensor()};
+  }
+};
+
 // ---- linear + gelu ---------------------------------------------------------------------------------
 
 // x_bf16: [.., C]; w_bf16: [M, C]; b_bf16: [M]; all bf16 and contiguous. h and pre: [.., M] bf16.
@@ -235,8 +334,8 @@ struct LinearGeluFunction : torch::autograd::Function<LinearGeluFunction> {
   static variable_list forward(AutogradContext* ctx, const torch::Tensor& x, const torch::Tensor& weight,
                                const torch::Tensor& bias) {
     auto x_bf16 = x.to(torch::kBFloat16).contiguous();
-    auto w_bf16 = weight.to(torch::kBFloat16).contiguous();
-    LinearGeluOutput out = linear_gelu_bf16(x_bf16, w_bf16, bias.to(torch::kBFloat16).contiguous());
+    auto w_bf16 = bf16_of(weight);
+    LinearGeluOutput out = linear_gelu_bf16(x_bf16, w_bf16, bf16_of(bias));
     ctx->save_for_backward({x_bf16, w_bf16, out.pre});
     ctx->saved_data["x_dtype"] = x.scalar_type();
     return {out.h};
@@ -261,33 +360,7 @@ struct LinearGeluFunction : torch::autograd::Function<LinearGeluFunction> {
   }
 };
 
-// ---- linear ----------------------------------------------------------------------------------------
-
-struct LinearFunction : torch::autograd::Function<LinearFunction> {
-  static variable_list forward(AutogradContext* ctx, const torch::Tensor& x, const torch::Tensor& weight,
-                               const torch::Tensor& bias) {
-    auto x_bf16 = x.to(torch::kBFloat16);
-    auto w_bf16 = weight.to(torch::kBFloat16);
-    ctx->save_for_backward({x_bf16, w_bf16});
-    ctx->saved_data["x_dtype"] = x.scalar_type();
-    return {at::linear(x_bf16, w_bf16, bias.to(torch::kBFloat16))};  // [.., M] bf16
-  }
-  static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    const auto saved = ctx->get_saved_variables();
-    const torch::Tensor &x_bf16 = saved[0], &w_bf16 = saved[1];
-    if (!grads[0].defined()) return {torch::Tensor(), torch::Tensor(), torch::Tensor()};
-    auto dy = grads[0].to(torch::kBFloat16).contiguous();
-    const int64_t M = w_bf16.size(0), C = w_bf16.size(1), N = dy.numel() / M;
-    auto dy_rows = dy.view({N, M});
-    auto dx = at::mm(dy_rows, w_bf16).view(x_bf16.sizes());  // [N, M]·[M, C]
-    auto dweight = at::empty({M, C}, dy.options().dtype(torch::kFloat32));
-    auto dbias = at::empty({M}, dweight.options());
-    linear_param_grads(dy_rows, x_bf16.reshape({N, C}).contiguous(), dweight, dbias);  // [M, N]·[N, C] fp32
-    return {dx.to(ctx->saved_data["x_dtype"].toScalarType()), dweight, dbias};
-  }
-};
-
-// ---- several linears of one input -------------------------------------------------------------------
+// ---- linears of one input (one or several) -------------------------------------------------------------
 
 struct SharedInputLinearsFunction : torch::autograd::Function<SharedInputLinearsFunction> {
   static variable_list forward(AutogradContext* ctx, const torch::Tensor& x, at::TensorList weights,
@@ -295,8 +368,8 @@ struct SharedInputLinearsFunction : torch::autograd::Function<SharedInputLinears
     auto x_bf16 = x.to(torch::kBFloat16).contiguous();
     variable_list outputs, saved{x_bf16};
     for (size_t i = 0; i < weights.size(); ++i) {
-      auto w_bf16 = weights[i].to(torch::kBFloat16).contiguous();
-      outputs.push_back(at::linear(x_bf16, w_bf16, biases[i].to(torch::kBFloat16)));  // [.., M_i] bf16
+      auto w_bf16 = bf16_of(weights[i]);
+      outputs.push_back(at::linear(x_bf16, w_bf16, bf16_of(biases[i])));  // [.., M_i] bf16
       saved.push_back(w_bf16);
     }
     ctx->save_for_backward(saved);
@@ -331,14 +404,14 @@ struct SharedInputLinearsFunction : torch::autograd::Function<SharedInputLinears
 
 }  // namespace
 
-torch::Tensor linear(const torch::Tensor& x, const torch::Tensor& weight, const torch::Tensor& bias) {
-  return LinearFunction::apply(x, weight, bias)[0];
-}
-
 std::vector<torch::Tensor> shared_input_linears(const torch::Tensor& x, const std::vector<torch::Tensor>& weights,
                                                 const std::vector<torch::Tensor>& biases) {
   TORCH_CHECK(weights.size() == biases.size(), "shared_input_linears: one bias per weight");
   return SharedInputLinearsFunction::apply(x, at::TensorList(weights), at::TensorList(biases));
+}
+
+torch::Tensor linear(const torch::Tensor& x, const torch::Tensor& weight, const torch::Tensor& bias) {
+  return shared_input_linears(x, {weight}, {bias})[0];
 }
 
 bool supports_linear_gelu(const torch::Tensor& x) {
@@ -346,8 +419,7 @@ bool supports_linear_gelu(const torch::Tensor& x) {
 }
 
 LinearGeluOutput linear_gelu_forward(const torch::Tensor& x, const torch::Tensor& weight, const torch::Tensor& bias) {
-  return linear_gelu_bf16(x.to(torch::kBFloat16).contiguous(), weight.to(torch::kBFloat16).contiguous(),
-                          bias.to(torch::kBFloat16).contiguous());
+  return linear_gelu_bf16(x.to(torch::kBFloat16).contiguous(), bf16_of(weight), bf16_of(bias));
 }
 
 torch::Tensor linear_gelu(const torch::Tensor& x, const torch::Tensor& weight, const torch::Tensor& bias) {
@@ -374,9 +446,19 @@ std::pair<torch::Tensor, torch::Tensor> add_layer_norm(const torch::Tensor& x, c
 }
 
 torch::Tensor classifier_loss(const torch::Tensor& x, const torch::Tensor& weight, const torch::Tensor& targets,
-                              int64_t chunk_rows) {
+                              int64_t chunk_rows, const torch::Tensor& tied_grad) {
   const bool want_grad = torch::GradMode::is_enabled() && (x.requires_grad() || weight.requires_grad());
-  return ClassifierLossFunction::apply(x, weight, targets, want_grad, chunk_rows)[0];
+  // Optional: autograd takes an undefined tensor argument for an input without a device.
+  const std::optional<torch::Tensor> tied = tied_grad.defined() ? std::optional<torch::Tensor>(tied_grad) : std::nullopt;
+  return ClassifierLossFunction::apply(x, weight, targets, want_grad, chunk_rows, tied)[0];
+}
+
+torch::Tensor tied_gradient(const torch::Tensor& weight) {
+  return at::empty(weight.sizes(), weight.options().dtype(torch::kFloat32));
+}
+
+torch::Tensor tied_embedding(const torch::Tensor& idx, const torch::Tensor& weight, const torch::Tensor& tied_grad) {
+  return TiedEmbeddingFunction::apply(idx, weight, tied_grad)[0];
 }
 
 #else  // built without the CUDA kernels: nothing is supported, and the model never calls the ops.
@@ -405,8 +487,20 @@ std::pair<torch::Tensor, torch::Tensor> add_layer_norm(const torch::Tensor&, con
   TORCH_CHECK(false, "fused::add_layer_norm: this build has no CUDA kernels");
 }
 
-torch::Tensor classifier_loss(const torch::Tensor&, const torch::Tensor&, const torch::Tensor&, int64_t) {
+torch::Tensor classifier_loss(const torch::Tensor&, const torch::Tensor&, const torch::Tensor&, int64_t,
+                              const torch::Tensor&) {
   TORCH_CHECK(false, "fused::classifier_loss: this build has no CUDA kernels");
+}
+
+struct Bf16Weights::Copies {};
+Bf16Weights::Bf16Weights(const std::vector<torch::Tensor>&) : outer_(nullptr) {}
+Bf16Weights::~Bf16Weights() = default;
+torch::Tensor Bf16Weights::copy_of(const torch::Tensor&) const { return {}; }
+
+torch::Tensor tied_gradient(const torch::Tensor&) { TORCH_CHECK(false, "fused::tied_gradient: this build has no CUDA kernels"); }
+
+torch::Tensor tied_embedding(const torch::Tensor&, const torch::Tensor&, const torch::Tensor&) {
+  TORCH_CHECK(false, "fused::tied_embedding: this build has no CUDA kernels");
 }
 
 #endif

@@ -7,6 +7,7 @@
 //
 // Private to model/ (the worker switches the path with GPT::set_fused_kernels).
 
+#include <memory>
 #include <utility>
 #include <vector>
 
@@ -17,7 +18,8 @@ namespace ratio::model::fused {
 // True where the kernels can take this residual stream: built with them, x fp32 on CUDA, width within
 // the kernels' limit, layer-norm parameters fp32.
 bool supports_layer_norm(const torch::Tensor& x, const torch::nn::LayerNorm& ln);
-// True where the fused classifier can take x [.., C]: built with the kernels, on CUDA, under bf16 autocast.
+// True where the fused classifier can take tensors on x's device (x: its input [.., C], or the token
+// ids it will follow): built with the kernels, on CUDA, under bf16 autocast.
 bool supports_classifier(const torch::Tensor& x);
 
 // True where linear_gelu can take x: built with the kernels, on CUDA, under bf16 autocast.
@@ -47,7 +49,7 @@ torch::Tensor linear(const torch::Tensor& x, const torch::Tensor& weight, const 
 // Several linears of one input x [.., C] as one op (MLA's q_proj, k_down and v_down): returns
 // x·W_iᵀ + b_i for each weight [M_i, C] and bias [M_i] (fp32), bf16 [.., M_i]. What it saves over
 // separate linears is in the backward: each dy_i·W_i is added onto dx by its matmul, not by separate
-// adds of the input gradients. The parameter gradients are linear's. Same conditions as linear.
+// adds of the input gradients. linear is its one-weight case. Same conditions as linear.
 std::vector<torch::Tensor> shared_input_linears(const torch::Tensor& x, const std::vector<torch::Tensor>& weights,
                                                 const std::vector<torch::Tensor>& biases);
 
@@ -61,8 +63,40 @@ std::pair<torch::Tensor, torch::Tensor> add_layer_norm(const torch::Tensor& x, c
 // computes it, without fp32 [N, V] logits: bf16 logits in row chunks, softmax, loss and dlogits in
 // one kernel, and (when a gradient is wanted) dx and dweight from the chunk before it is freed.
 // x [.., C]; weight [V, C] fp32; targets [..] int64 with x's leading shape. Returns a scalar fp32.
-// chunk_rows: rows of logits per chunk; 0 = as many as fit in 1 GiB of bf16.
+// chunk_rows: rows of logits per chunk; 0 = as many as fit in 1 GiB of bf16. tied_grad: see below.
 torch::Tensor classifier_loss(const torch::Tensor& x, const torch::Tensor& weight, const torch::Tensor& targets,
-                              int64_t chunk_rows = 0);
+                              int64_t chunk_rows = 0, const torch::Tensor& tied_grad = {});
+
+// bf16 copies of fp32 parameters for one forward, made by one multi-tensor kernel per 48 tensors
+// instead of a cast of each weight and bias inside each fused op (about 100 launches a GPT-2
+// step). While the object lives, the fused ops on this thread read a parameter's copy instead of
+// casting it. The copies are made when the object is built, from the values a forward reads (the
+// parameters do not change during a forward). Parameters that are not fp32 CUDA tensors are left
+// to the ops' own casts. One scope at a time per thread; a nested one hides the outer.
+class Bf16Weights {
+ public:
+  explicit Bf16Weights(const std::vector<torch::Tensor>& params);
+  ~Bf16Weights();
+  Bf16Weights(const Bf16Weights&) = delete;
+  Bf16Weights& operator=(const Bf16Weights&) = delete;
+  // Its copy of `param` ([same shape] bf16), or an undefined tensor where it made none.
+  torch::Tensor copy_of(const torch::Tensor& param) const;
+
+  struct Copies;  // the copies by parameter (model/fused.cpp)
+
+ private:
+  std::unique_ptr<Copies> copies_;
+  const Copies* outer_;
+};
+
+// GPT-2's tied weight [V, C], the token embedding's table and the classifier's, with its gradient
+// built in one fp32 buffer (tied_gradient, one per forward) instead of two [V, C] gradients that
+// autograd then adds: classifier_loss writes its weight gradient there and returns none, and
+// tied_embedding's backward, which runs after it (the classifier reads what the embedding
+// produced), adds the embedding's rows in place and returns the buffer as the weight's whole
+// gradient. Both must be given the same buffer in one forward with gradients on.
+// idx: [..] int64 token ids; returns weight[idx], [.., C] fp32.
+torch::Tensor tied_gradient(const torch::Tensor& weight);
+torch::Tensor tied_embedding(const torch::Tensor& idx, const torch::Tensor& weight, const torch::Tensor& tied_grad);
 
 }  // namespace ratio::model::fused

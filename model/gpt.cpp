@@ -4,6 +4,7 @@
 #include "model/gpt.h"
 
 #include <cmath>
+#include <optional>
 #include <stdexcept>
 
 #include "model/fused.h"
@@ -283,7 +284,7 @@ void GPTImpl::init_weights() {
   }
 }
 
-torch::Tensor GPTImpl::embed(const torch::Tensor& idx, int64_t start_pos) {
+torch::Tensor GPTImpl::embed(const torch::Tensor& idx, int64_t start_pos, const torch::Tensor& tied_grad) {
   if (idx.dim() != 2) throw std::invalid_argument("GPT: idx must be [B, T] token ids");
   const int64_t T = idx.size(1);
   if (start_pos + T > config_.block_size) {
@@ -291,7 +292,8 @@ torch::Tensor GPTImpl::embed(const torch::Tensor& idx, int64_t start_pos) {
                                 std::to_string(config_.block_size) + "; use a shorter sequence or a larger block");
   }
   auto pos = torch::arange(start_pos, start_pos + T, torch::TensorOptions().dtype(torch::kLong).device(idx.device()));
-  return drop(wte(idx) + wpe(pos));  // [B, T, C]
+  const torch::Tensor tokens = tied_grad.defined() ? fused::tied_embedding(idx, wte->weight, tied_grad) : wte(idx);
+  return drop(tokens + wpe(pos));  // [B, T, C]
 }
 
 torch::Tensor GPTImpl::logits_from(const torch::Tensor& x) {
@@ -304,6 +306,18 @@ bool fused_kernels_built() {
 #else
   return false;
 #endif
+}
+
+// What the fused ops cast to bf16 in a forward: every linear's weight and bias that fused::linear,
+// linear_gelu or shared_input_linears take (those with a bias), and the tied head's weight.
+std::vector<torch::Tensor> GPTImpl::fused_linear_params() {
+  std::vector<torch::Tensor> params = {wte->weight};
+  for (auto& module : modules(/*include_self=*/false))
+    if (auto* linear = module->as<LinearImpl>(); linear != nullptr && linear->bias.defined()) {
+      params.push_back(linear->weight);
+      params.push_back(linear->bias);
+    }
+  return params;
 }
 
 void GPTImpl::set_fused_kernels(bool on) {
@@ -323,7 +337,14 @@ torch::Tensor LinearImpl::forward(const torch::Tensor& input) {
 }
 
 ForwardOutput GPTImpl::forward(const torch::Tensor& idx, const torch::Tensor& targets) {
-  auto x = embed(idx, 0);
+  const bool fused_head = targets.defined() && fused_kernels_ && fused::supports_classifier(idx);
+  // Training through the fused classifier: the tied weight's two gradients meet in one buffer.
+  torch::Tensor tied_grad;
+  if (fused_head && torch::GradMode::is_enabled() && wte->weight.requires_grad())
+    tied_grad = fused::tied_gradient(wte->weight);
+  std::optional<fused::Bf16Weights> bf16_weights;  // the fused ops' weights cast in a few launches
+  if (fused_head) bf16_weights.emplace(fused_linear_params());
+  auto x = embed(idx, 0, tied_grad);
   torch::Tensor pending;      // the last MLP output, added by the next norm
   CrossLayerContext context;  // passed block to block within this call only
   for (auto& block : blocks_) {
@@ -334,8 +355,8 @@ ForwardOutput GPTImpl::forward(const torch::Tensor& idx, const torch::Tensor& ta
   }
   const torch::Tensor normed = add_and_norm(fused_kernels_, x, pending, ln_f).second;  // [B, T, C]
   ForwardOutput result;
-  if (targets.defined() && fused_kernels_ && fused::supports_classifier(normed)) {
-    result.loss = fused::classifier_loss(normed, wte->weight, targets);  // tied head; no logits tensor at all
+  if (fused_head) {
+    result.loss = fused::classifier_loss(normed, wte->weight, targets, 0, tied_grad);  // tied head; no logits at all
     return result;
   }
   result.logits = F::linear(normed, wte->weight);  // tied head: [B, T, V_padded]

@@ -85,7 +85,9 @@ class GPTImpl : public torch::nn::Module {
   std::vector<int64_t> effective_mlp_widths() const;
 
  private:
-  torch::Tensor embed(const torch::Tensor& idx, int64_t start_pos);  // [B, T, C]
+  std::vector<torch::Tensor> fused_linear_params();  // what fused::Bf16Weights casts in a forward
+  // [B, T, C]; with tied_grad, the token lookup is fused::tied_embedding's (training, fused head).
+  torch::Tensor embed(const torch::Tensor& idx, int64_t start_pos, const torch::Tensor& tied_grad = {});
   torch::Tensor logits_from(const torch::Tensor& x);                  // [B, T, V_padded]
   void init_weights();
 

@@ -57,6 +57,35 @@ cudaError_t cross_entropy_forward_backward(void* logits, int64_t ld, const int64
                                            const float* grad_scale, bool write_grad, int64_t N, int64_t V,
                                            cudaStream_t stream);
 
+// ---- cast.cu --------------------------------------------------------------------------------------
+
+// fp32 → bf16 copies of up to kCastTensorsPerList tensors in one launch: dst[i] = bf16(src[i]).
+// src: [n] fp32; dst: [n] bf16; contiguous. The list travels by value as the launch's argument.
+struct CastTensor {
+  const float* src;
+  void* dst;
+  int64_t n;
+};
+constexpr int kCastTensorsPerList = 48;
+struct CastList {
+  CastTensor tensors[kCastTensorsPerList];
+  int64_t first_block[kCastTensorsPerList];  // filled by cast_to_bf16
+  int count;
+};
+cudaError_t cast_to_bf16(CastList list, cudaStream_t stream);
+
+// ---- embedding.cu ---------------------------------------------------------------------------------
+
+// A token embedding's backward added into an existing gradient, deterministic and without atomics:
+//   grad[ids[n]] += dout[n] for every n, each id's rows added in increasing n.
+// sorted_ids: [N] the ids sorted ascending by a stable sort; order: [N] each one's position n in
+// ids (the sort's indices). dout: [N, C] fp32; grad: [V, C] fp32; partial: scratch of
+// embedding_backward_partial_floats(N, C) floats. All contiguous. Ids outside [0, V) are skipped
+// (the forward's lookup rejects them first).
+cudaError_t embedding_backward_add(const int64_t* sorted_ids, const int64_t* order, const float* dout, float* grad,
+                                   float* partial, int64_t N, int64_t C, int64_t V, cudaStream_t stream);
+int64_t embedding_backward_partial_floats(int64_t N, int64_t C);
+
 // ---- gelu.cu: bias gradients --------------------------------------------------------------------
 
 // Backward of h = gelu_tanh(pre) fused with the bias gradient of the linear that produced pre:
@@ -98,10 +127,10 @@ MatmulStatus linear_gelu_forward(const void* x, const void* w, const void* bias,
 bool linear_gelu_epilogue_takes(int64_t M);
 
 // A linear's weight gradient written in fp32 by the matmul (bf16 in, fp32 accumulation and out):
-//   dweight = dyᵀ·x
-// dy: [N, M] bf16; x: [N, C] bf16; dweight: [M, C] fp32, overwritten. All contiguous.
+//   dweight = dyᵀ·x, or dweight += dyᵀ·x with `accumulate` (the classifier's row chunks)
+// dy: [N, M] bf16; x: [N, C] bf16; dweight: [M, C] fp32. All contiguous.
 MatmulStatus weight_grad_fp32(const void* dy, const void* x, float* dweight, int64_t N, int64_t M, int64_t C,
-                              void* workspace, cudaStream_t stream);
+                              void* workspace, cudaStream_t stream, bool accumulate = false);
 
 // ---- adamw.cu -------------------------------------------------------------------------------------
 

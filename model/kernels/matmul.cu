@@ -98,12 +98,12 @@ struct Preference {
   }
 };
 
-// D = op(A)·op(B) with `desc`'s epilogue (beta = 0: C is not read, so D stands in for it). Takes
-// cuBLASLt's best heuristic algorithm for these layouts, pointers and workspace; kUnsupported when
-// it has none, without launching anything.
+// D = op(A)·op(B) (+ D where `accumulate`) with `desc`'s epilogue: C is D itself, read only when
+// accumulating (beta = 1). Takes cuBLASLt's best heuristic algorithm for these layouts, pointers and
+// workspace; kUnsupported when it has none, without launching anything.
 MatmulStatus::Code matmul(const MatmulDesc& desc, const void* a, const Layout& a_layout, const void* b,
                           const Layout& b_layout, void* d, const Layout& d_layout, void* workspace,
-                          cudaStream_t stream) {
+                          cudaStream_t stream, bool accumulate = false) {
   const cublasLtHandle_t handle = device_handle();
   Preference pref;
   pref.set(CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, static_cast<uint64_t>(kMatmulWorkspaceBytes));
@@ -122,7 +122,7 @@ MatmulStatus::Code matmul(const MatmulDesc& desc, const void* a, const Layout& a
   }
   check(status, "cublasLtMatmulAlgoGetHeuristic");
 
-  const float alpha = 1.f, beta = 0.f;  // host scalars of the fp32 scale type
+  const float alpha = 1.f, beta = accumulate ? 1.f : 0.f;  // host scalars of the fp32 scale type
   check(cublasLtMatmul(handle, desc.desc, &alpha, a, a_layout.layout, b, b_layout.layout, &beta, d, d_layout.layout,
                        d, d_layout.layout, &heuristic.algo, workspace, kMatmulWorkspaceBytes, stream),
         "cublasLtMatmul");
@@ -165,7 +165,7 @@ MatmulStatus linear_gelu_forward(const void* x, const void* w, const void* bias,
 }
 
 MatmulStatus weight_grad_fp32(const void* dy, const void* x, float* dweight, int64_t N, int64_t M, int64_t C,
-                              void* workspace, cudaStream_t stream) {
+                              void* workspace, cudaStream_t stream, bool accumulate) {
   return run("weight_grad_fp32", [&] {
     // Column-major: dweightᵀ [C, M] = xᵀ [C, N] · dy [N, M], where x is stored as a column-major
     // [C, N] and dy as a column-major [M, N] (transposed by the op). bf16 in, fp32 accumulate and out.
@@ -173,7 +173,7 @@ MatmulStatus weight_grad_fp32(const void* dy, const void* x, float* dweight, int
     desc.set(CUBLASLT_MATMUL_DESC_TRANSA, int32_t{CUBLAS_OP_N}, "CUBLASLT_MATMUL_DESC_TRANSA");
     desc.set(CUBLASLT_MATMUL_DESC_TRANSB, int32_t{CUBLAS_OP_T}, "CUBLASLT_MATMUL_DESC_TRANSB");
     const Layout x_layout(CUDA_R_16BF, C, N, C), dy_layout(CUDA_R_16BF, M, N, M), dw_layout(CUDA_R_32F, C, M, C);
-    return matmul(desc, x, x_layout, dy, dy_layout, dweight, dw_layout, workspace, stream);
+    return matmul(desc, x, x_layout, dy, dy_layout, dweight, dw_layout, workspace, stream, accumulate);
   });
 }
 

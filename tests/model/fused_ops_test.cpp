@@ -410,6 +410,92 @@ TEST(FusedClassifier, TargetOutsideTheVocabularyGivesNaN) {
   EXPECT_TRUE(std::isnan(fused::classifier_loss(x, w, targets).item<double>()));
 }
 
+// The multi-tensor cast: 61 parameters (two launches of 48 and 13), sizes that are and are not
+// multiples of 8, each copy bit-identical to Tensor::to(kBFloat16); a non-contiguous one, a bf16
+// one and a CPU one are left alone. The fused ops read the copies while the scope lives: a linear
+// gives the same bits inside it and out, and reads the copy (a copy overwritten shows in the output).
+TEST(FusedBf16Weights, CopiesEqualCastsAndTheOpsReadThem) {
+  if (!have_kernels()) GTEST_SKIP() << "no CUDA kernels in this build or no GPU";
+  const auto dev = torch::TensorOptions().device(torch::kCUDA);
+  torch::manual_seed(23);
+  std::vector<torch::Tensor> params;
+  for (int64_t i = 0; i < 61; ++i) params.push_back(torch::randn({i % 5 + 1, 97 * (i % 3) + 8 * i + 3}, dev));
+  params.push_back(torch::randn({1000, 1000}, dev));  // several blocks of one tensor
+  const auto strided = torch::randn({16, 32}, dev).t(), half = torch::randn({8}, dev.dtype(torch::kBFloat16));
+  const auto host = torch::randn({8});
+  auto all = params;
+  all.insert(all.end(), {strided, half, host});
+  auto x = torch::randn({5, 7, 48}, dev), w = torch::randn({24, 48}, dev), b = torch::randn({24}, dev);
+  all.insert(all.end(), {w, b});
+  AutocastGuard autocast(true);
+  const auto outside = fused::linear(x, w, b);
+  fused::Bf16Weights copies(all);
+  for (const auto& p : params) {
+    const auto copy = copies.copy_of(p);
+    ASSERT_TRUE(copy.defined());
+    EXPECT_TRUE(torch::equal(copy, p.to(torch::kBFloat16))) << p.sizes();
+  }
+  EXPECT_FALSE(copies.copy_of(strided).defined());
+  EXPECT_FALSE(copies.copy_of(half).defined());
+  EXPECT_FALSE(copies.copy_of(host).defined());
+  EXPECT_TRUE(torch::equal(fused::linear(x, w, b), outside));
+  copies.copy_of(w).zero_();
+  copies.copy_of(b).zero_();
+  EXPECT_EQ(fused::linear(x, w, b).abs().max().item<double>(), 0.0) << "the op should read the scope's copy";
+}
+
+// The tied embedding and classifier with one gradient buffer against the same two ops with autograd
+// adding their gradients (ATen's embedding backward), and against the composite on fp32 logits.
+// Skewed ids: one token takes about 40 % of the positions, so its run of sorted rows crosses several
+// of the embedding kernel's 32-row segments; C = 50 takes the kernel's scalar path. The loss is
+// scaled as grad_accum does, and a second backward accumulates onto .grad.
+struct TiedCase {
+  int64_t V, C, B, T;
+};
+class FusedTiedEmbedding : public ::testing::TestWithParam<TiedCase> {};
+
+TEST_P(FusedTiedEmbedding, GradientEqualsEmbeddingPlusClassifier) {
+  if (!have_kernels()) GTEST_SKIP() << "no CUDA kernels in this build or no GPU";
+  const TiedCase p = GetParam();
+  const auto dev = torch::TensorOptions().device(torch::kCUDA);
+  torch::manual_seed(17);
+  const auto w0 = torch::randn({p.V, p.C}, dev) * 0.2;
+  auto idx = torch::randint(p.V, {p.B, p.T}, dev.dtype(torch::kLong));
+  idx.masked_fill_(torch::rand({p.B, p.T}, dev) < 0.4, 5 % p.V);
+  auto targets = torch::randint(p.V, {p.B, p.T}, dev.dtype(torch::kLong));
+  targets.index_put_({0, torch::indexing::Slice(0, 3)}, -1);
+
+  enum Path { kTied, kUntied, kComposite };
+  auto grad_of = [&](Path path, int backwards) {
+    auto w = w0.clone().requires_grad_(true);
+    AutocastGuard autocast(true);
+    for (int k = 0; k < backwards; ++k) {
+      const torch::Tensor tied = path == kTied ? fused::tied_gradient(w) : torch::Tensor();
+      auto h = path == kTied ? fused::tied_embedding(idx, w, tied) : F::embedding(idx, w);
+      auto x = torch::tanh(h) * 1.5;  // [B, T, C] fp32: the embedding's rows reach the classifier
+      torch::Tensor loss;
+      if (path == kComposite) {
+        auto logits = F::linear(x, w).to(torch::kFloat32);
+        loss = F::cross_entropy(logits.view({-1, p.V}), targets.view({-1}), F::CrossEntropyFuncOptions().ignore_index(-1));
+      } else {
+        loss = fused::classifier_loss(x, w, targets, /*chunk_rows=*/0, tied);
+      }
+      (loss * 0.25).backward();
+    }
+    return w.grad().clone();
+  };
+  const auto tied = grad_of(kTied, 1), untied = grad_of(kUntied, 1), composite = grad_of(kComposite, 1);
+  EXPECT_EQ(tied.scalar_type(), torch::kFloat32);
+  EXPECT_LT(rel_err(tied, untied), 1e-5);
+  EXPECT_LT(rel_err(tied, composite), 1e-2);
+  EXPECT_TRUE(torch::equal(tied, grad_of(kTied, 1))) << "the tied gradient should be deterministic";
+  EXPECT_LT(rel_err(grad_of(kTied, 2), grad_of(kUntied, 2)), 1e-5) << "two backwards accumulate";
+}
+
+INSTANTIATE_TEST_SUITE_P(Shapes, FusedTiedEmbedding,
+                         ::testing::Values(TiedCase{1003, 72, 4, 67}, TiedCase{257, 50, 3, 45}, TiedCase{64, 16, 1, 9},
+                                           TiedCase{50304, 96, 2, 300}));
+
 // ---- the model --------------------------------------------------------------------------------------
 
 TEST(FusedModel, CudaGptBaselineAndEveryMechanismMatchTheReferencePath) {

@@ -73,11 +73,20 @@ __global__ void bias_grad_kernel(const __nv_bfloat16* __restrict__ dh, const __n
   }
 }
 
+// The second pass: dbias[m] = Σ_g partial[g, m]. A block takes kColumnThreads columns (coalesced
+// reads) and kRowThreads interleaved slices of the groups, then adds the slices in order: a GPT-2
+// width of 768 has 352 groups, which one thread per column summed alone in ~10 µs on 3 blocks.
 __global__ void sum_row_groups_kernel(const float* __restrict__ partial, int groups, int M, float* __restrict__ dbias) {
-  const int m = blockIdx.x * blockDim.x + threadIdx.x;
-  if (m >= M) return;
+  __shared__ float slice_sums[kRowThreads][kColumnThreads];
+  const int m = blockIdx.x * kColumnThreads + threadIdx.x;
   float total = 0.f;
-  for (int g = 0; g < groups; ++g) total += partial[int64_t(g) * M + m];
+  if (m < M)
+    for (int g = threadIdx.y; g < groups; g += kRowThreads) total += partial[int64_t(g) * M + m];
+  slice_sums[threadIdx.y][threadIdx.x] = total;
+  __syncthreads();
+  if (threadIdx.y != 0 || m >= M) return;
+  total = 0.f;
+  for (int r = 0; r < kRowThreads; ++r) total += slice_sums[r][threadIdx.x];
   dbias[m] = total;
 }
 
@@ -110,8 +119,8 @@ cudaError_t launch_bias_grad(const void* dh, const void* pre, void* dpre, float*
     bias_grad_kernel<1, GELU><<<grid, block, 0, stream>>>(dh_bf16, pre_bf16, dpre_bf16, partial, N, int(M));
   }
   if (cudaError_t err = cudaGetLastError(); err != cudaSuccess) return err;
-  const int threads = 256;
-  sum_row_groups_kernel<<<int((M + threads - 1) / threads), threads, 0, stream>>>(partial, groups, int(M), dbias);
+  sum_row_groups_kernel<<<int((M + kColumnThreads - 1) / kColumnThreads), dim3(kColumnThreads, kRowThreads), 0, stream>>>(
+      partial, groups, int(M), dbias);
   return cudaGetLastError();
 }
 

@@ -64,6 +64,44 @@ torch::Tensor sparsify_mean_weights(const torch::Tensor& weights, const MlpCross
   return kept / kept.sum(-1, true).clamp_min(1e-12);
 }
 
+// Each head's query into the latent space, q_h·q_to_latent[h], with the result laid out [B, T, H, L]:
+// the layout the standard path's q has (a view of c_attn's output), so SDPA writes its output
+// [B, T, H, D], which c_proj reads without a copy, and its gradient arrives in the layout SDPA's
+// backward wants. (A plain bmm leaves [H, B, T, L], and each layer then paid two [B, T, C] copies.)
+// Both products run per head over all B·T rows on strided views: nothing is copied, and the weight's
+// gradient needs no sum over the batch. bmm's out= variant takes the strided output directly.
+struct QueriesToLatentFunction : torch::autograd::Function<QueriesToLatentFunction> {
+  // q [B, T, H·D]; weight [H, D, L] (cast to q's dtype, as autocast's bmm would). Returns [B, H, T, L].
+  static torch::autograd::variable_list forward(torch::autograd::AutogradContext* ctx, const torch::Tensor& q,
+                                                const torch::Tensor& weight) {
+    const int64_t B = q.size(0), T = q.size(1), H = weight.size(0), D = weight.size(1), L = weight.size(2);
+    auto w = weight.to(q.scalar_type());
+    auto per_head = q.reshape({B * T, H, D}).transpose(0, 1);      // [H, B·T, D]
+    auto latent = at::empty({B * T, H, L}, q.options());           // [B·T, H, L]
+    auto latent_per_head = latent.transpose(0, 1);                 // [H, B·T, L], a view
+    at::bmm_out(latent_per_head, per_head, w);                     // [H, B·T, D]·[H, D, L]
+    ctx->save_for_backward({q, w});
+    ctx->saved_data["weight_dtype"] = weight.scalar_type();
+    return {latent.view({B, T, H, L}).transpose(1, 2)};            // [B, H, T, L]
+  }
+
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grads) {
+    const auto saved = ctx->get_saved_variables();
+    const torch::Tensor &q = saved[0], &w = saved[1];
+    const int64_t B = q.size(0), T = q.size(1), H = w.size(0), D = w.size(1), L = w.size(2);
+    if (!grads[0].defined()) return {torch::Tensor(), torch::Tensor()};
+    // [B, H, T, L] -> [H, B·T, L]; a view where the gradient has the forward's layout.
+    auto d_latent = grads[0].to(q.scalar_type()).transpose(1, 2).reshape({B * T, H, L}).transpose(0, 1);
+    auto per_head = q.reshape({B * T, H, D}).transpose(0, 1);      // [H, B·T, D]
+    auto dq = at::empty({B * T, H, D}, q.options());
+    auto dq_per_head = dq.transpose(0, 1);                         // [H, B·T, D], a view
+    at::bmm_out(dq_per_head, d_latent, w.transpose(1, 2));         // [H, B·T, L]·[H, L, D]
+    auto dweight = at::bmm(per_head.transpose(1, 2), d_latent);    // [H, D, B·T]·[H, B·T, L]
+    return {dq.view(q.sizes()), dweight.to(ctx->saved_data["weight_dtype"].toScalarType())};
+  }
+};
+
 }  // namespace
 
 AttentionImpl::AttentionImpl(const ModelConfig& config, int layer)
@@ -110,14 +148,8 @@ torch::Tensor AttentionImpl::heads_from_latent_values(const torch::Tensor& v_lat
   return v_up(v_lat).view({B, t, config_.n_head, config_.head_dim()}).transpose(1, 2);  // [B, H, t, D]
 }
 
-// Each head's query into the latent space, q_h·q_to_latent[h]. One product per head over all B·T rows
-// (the rows of head h are a strided [B·T, D] view of q, so nothing is copied, and q_to_latent's
-// gradient needs no sum over the batch afterwards). q [B, T, C] -> [B, H, T, L], laid out [H, B, T, L].
-torch::Tensor AttentionImpl::queries_to_latent(const torch::Tensor& q) {
-  const int64_t B = q.size(0), T = q.size(1), H = config_.n_head, D = config_.head_dim();
-  auto per_head = q.reshape({B * T, H, D}).transpose(0, 1);  // [H, B·T, D]
-  auto latent = torch::bmm(per_head, q_to_latent);           // [H, B·T, D]·[H, D, L] = [H, B·T, L]
-  return latent.view({H, B, T, -1}).transpose(0, 1);          // [B, H, T, L]
+torch::Tensor queries_to_latent(const torch::Tensor& q, const torch::Tensor& weight) {
+  return QueriesToLatentFunction::apply(q, weight)[0];
 }
 
 AttentionImpl::Projected AttentionImpl::project(const torch::Tensor& a, const torch::Tensor& latent_ctx) {
@@ -142,7 +174,7 @@ AttentionImpl::Projected AttentionImpl::project(const torch::Tensor& a, const to
     p.k_lat = k_down(a);  // [B, T, L]
     p.v_lat = v_down(a);  // [B, T, L]
   }
-  p.q = queries_to_latent(q);  // [B, H, T, L]
+  p.q = queries_to_latent(q, q_to_latent);  // [B, H, T, L]
   if (latent_ctx.defined()) {  // mechanism 3: the previous MLP's context enters the cached latents
     p.k_lat = p.k_lat + latent_ctx;
     p.v_lat = p.v_lat + latent_ctx;

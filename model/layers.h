@@ -55,6 +55,11 @@ struct AttentionOutput {
   torch::Tensor raw_scores;    // [B, H, T, T] fp32 q·kᵀ·scale before RA and mask, only when asked for
 };
 
+// MLA's queries into the latent space, q_h·weight[h] for each head h: q [B, T, H·D], weight [H, D, L]
+// (fp32; cast to q's dtype) -> [B, H, T, L], laid out [B, T, H, L] like the standard path's queries
+// (attention.cpp says why). Differentiable in q and weight.
+torch::Tensor queries_to_latent(const torch::Tensor& q, const torch::Tensor& weight);
+
 class AttentionImpl : public torch::nn::Module {
  public:
   AttentionImpl(const ModelConfig& config, int layer);
@@ -84,7 +89,6 @@ class AttentionImpl : public torch::nn::Module {
   };
   Projected project(const torch::Tensor& a, const torch::Tensor& latent_ctx);
   torch::Tensor heads_from_latent_values(const torch::Tensor& v_lat);  // [B, t, L] -> [B, H, t, D]
-  torch::Tensor queries_to_latent(const torch::Tensor& q);             // [B, t, C] -> [B, H, t, L]
   double score_scale() const;
   bool ra_band_limited(int64_t T) const;
 

@@ -129,6 +129,33 @@ INSTANTIATE_TEST_SUITE_P(Paths, RaBruteForce,
                                   std::to_string(info.param.window) + (info.param.keep_weights ? "_materialised" : "");
                          });
 
+// MLA's per-head query product against the plain composite (a batched matmul per head, as autograd
+// differentiates it): the values, both gradients, and the layout the output is meant to have,
+// [B, T, H, L] in memory. fp64, so agreement is to rounding; on CUDA also under bf16 autocast.
+TEST(QueriesToLatent, MatchesPerHeadMatmulAndIsLaidOutLikeStandardQueries) {
+  std::vector<torch::Device> devices = {torch::kCPU};
+  if (torch::cuda::is_available()) devices.push_back(torch::kCUDA);
+  for (const auto& device : devices) {
+    const int64_t B = 2, T = 5, H = 3, D = 4, L = 6;
+    const auto f64 = torch::TensorOptions().dtype(torch::kFloat64).device(device);
+    torch::manual_seed(29);
+    const auto q0 = torch::randn({B, T, H * D}, f64), w0 = torch::randn({H, D, L}, f64);
+    const auto dout = torch::randn({B, H, T, L}, f64);
+    auto q = q0.clone().requires_grad_(true), w = w0.clone().requires_grad_(true);
+    auto out = ratio::model::queries_to_latent(q, w);
+    (out * dout).sum().backward();
+    auto q_ref = q0.clone().requires_grad_(true), w_ref = w0.clone().requires_grad_(true);
+    auto ref = torch::matmul(q_ref.view({B, T, H, D}).transpose(1, 2), w_ref.unsqueeze(0));  // [B, H, T, L]
+    (ref * dout).sum().backward();
+    EXPECT_EQ(out.sizes(), ref.sizes());
+    EXPECT_EQ(out.stride(1), L) << "heads adjacent in memory";
+    EXPECT_EQ(out.stride(2), H * L) << "positions H·L apart";
+    EXPECT_LT(max_abs_diff(out, ref), 1e-12);
+    EXPECT_LT(max_abs_diff(q.grad(), q_ref.grad()), 1e-12);
+    EXPECT_LT(max_abs_diff(w.grad(), w_ref.grad()), 1e-12);
+  }
+}
+
 // On CUDA (bf16 autocast) the fused SDPA paths agree with the fp32 materialised one.
 TEST(RaBruteForce, CudaBf16MatchesFp32) {
   if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA";

@@ -130,6 +130,12 @@ struct AddLayerNormFunction : torch::autograd::Function<AddLayerNormFunction> {
 
 struct Bf16Weights::Copies {
   std::unordered_map<const c10::TensorImpl*, torch::Tensor> by_param;  // [same shape] bf16
+
+  // param's copy, or an undefined tensor.
+  torch::Tensor of(const torch::Tensor& param) const {
+    const auto found = by_param.find(param.unsafeGetTensorImpl());
+    return found == by_param.end() ? torch::Tensor() : found->second;
+  }
 };
 
 namespace {
@@ -138,10 +144,8 @@ thread_local const Bf16Weights::Copies* active_copies = nullptr;  // the innermo
 
 // t in bf16, contiguous: the live Bf16Weights' copy where it has one, else a cast.
 torch::Tensor bf16_of(const torch::Tensor& t) {
-  if (active_copies != nullptr) {
-    const auto found = active_copies->by_param.find(t.unsafeGetTensorImpl());
-    if (found != active_copies->by_param.end()) return found->second;
-  }
+  if (active_copies != nullptr)
+    if (torch::Tensor copy = active_copies->of(t); copy.defined()) return copy;
   return t.to(torch::kBFloat16).contiguous();
 }
 
@@ -156,7 +160,7 @@ Bf16Weights::Bf16Weights(const std::vector<torch::Tensor>& params)
   };
   for (const torch::Tensor& p : params) {
     if (!p.defined() || !p.is_cuda() || p.scalar_type() != torch::kFloat32 || !p.is_contiguous()) continue;
-    if (copies_->by_param.count(p.unsafeGetTensorImpl()) > 0) continue;
+    if (copies_->of(p).defined()) continue;
     torch::Tensor copy = at::empty(p.sizes(), p.options().dtype(torch::kBFloat16));
     list.tensors[list.count++] = {p.data_ptr<float>(), copy.data_ptr(), p.numel()};
     copies_->by_param.emplace(p.unsafeGetTensorImpl(), copy);
@@ -168,10 +172,7 @@ Bf16Weights::Bf16Weights(const std::vector<torch::Tensor>& params)
 
 Bf16Weights::~Bf16Weights() { active_copies = outer_; }
 
-torch::Tensor Bf16Weights::copy_of(const torch::Tensor& param) const {
-  const auto found = copies_->by_param.find(param.unsafeGetTensorImpl());
-  return found == copies_->by_param.end() ? torch::Tensor() : found->second;
-}
+torch::Tensor Bf16Weights::copy_of(const torch::Tensor& param) const { return copies_->of(param); }
 
 namespace {
 
@@ -188,21 +189,34 @@ bool launched(const kernels::MatmulStatus& status) {
   return status.code == kernels::MatmulStatus::kLaunched;
 }
 
+// dweight = dyᵀ·x, or dweight += dyᵀ·x with `accumulate`, from dy [N, M] and x [N, C] (bf16 rows)
+// into dweight [M, C] (fp32, contiguous), in fp32 out of the matmul itself; where cuBLASLt has no
+// algorithm, a bf16 product copied or added.
+void weight_grad(const torch::Tensor& dy_rows, const torch::Tensor& x_rows, const torch::Tensor& dweight,
+                 bool accumulate = false) {
+  const int64_t N = dy_rows.size(0), M = dy_rows.size(1), C = x_rows.size(1);
+  if (launched(kernels::weight_grad_fp32(dy_rows.data_ptr(), x_rows.data_ptr(), f32(dweight), N, M, C,
+                                         matmul_workspace(dy_rows).data_ptr(), current_stream(), accumulate)))
+    return;
+  auto product = at::mm(dy_rows.t(), x_rows);  // [M, N]·[N, C] bf16
+  if (accumulate)
+    dweight.add_(product);
+  else
+    dweight.copy_(product);
+}
+
 // A linear's parameter gradients from dy [N, M] and x [N, C] (bf16 rows), written into `dweight`
-// [M, C] and `dbias` [M] (fp32, contiguous; dbias may be undefined). The weight gradient comes out of
-// its matmul in fp32. The bias gradient is our column sum: cuBLASLt's BGRADB epilogue was measured
-// as a separate kernel of its own, slower than ours (docs/performance.md).
+// [M, C] and `dbias` [M] (fp32, contiguous; dbias may be undefined). The bias gradient is our column
+// sum: cuBLASLt's BGRADB epilogue was measured as a separate kernel of its own, slower than ours
+// (docs/performance.md).
 void linear_param_grads(const torch::Tensor& dy_rows, const torch::Tensor& x_rows, const torch::Tensor& dweight,
                         const torch::Tensor& dbias) {
-  const int64_t N = dy_rows.size(0), M = dy_rows.size(1), C = x_rows.size(1);
+  const int64_t N = dy_rows.size(0), M = dy_rows.size(1);
   if (dbias.defined()) {
     auto partial = at::empty({kernels::gelu_backward_partial_floats(N, M)}, dbias.options());
     check_launch(kernels::bias_grad(dy_rows.data_ptr(), f32(dbias), f32(partial), N, M, current_stream()), "bias_grad");
   }
-  if (!launched(kernels::weight_grad_fp32(dy_rows.data_ptr(), x_rows.data_ptr(), f32(dweight), N, M, C,
-                                          matmul_workspace(dy_rows).data_ptr(), current_stream()))) {
-    dweight.copy_(at::mm(dy_rows.t(), x_rows));  // no cuBLASLt algorithm: a bf16 product, then a copy
-  }
+  weight_grad(dy_rows, x_rows, dweight);
 }
 
 // ---- classifier -------------------------------------------------------------------------------------
@@ -212,20 +226,6 @@ void linear_param_grads(const torch::Tensor& dy_rows, const torch::Tensor& x_row
 int64_t classifier_chunk_rows(int64_t N, int64_t V, int64_t asked) {
   const int64_t budget_rows = (int64_t(1) << 29) / std::max<int64_t>(V, 1);
   return std::clamp<int64_t>(asked > 0 ? asked : budget_rows, 1, std::max<int64_t>(N, 1));
-}
-
-// dweight (+)= dlogitsᵀ·x in fp32 for one chunk of rows, accumulating after the first chunk.
-void add_classifier_weight_grad(const torch::Tensor& dlogits, const torch::Tensor& x_chunk, torch::Tensor& dweight,
-                                bool first_chunk) {
-  const int64_t n = dlogits.size(0), V = dlogits.size(1), C = x_chunk.size(1);
-  if (launched(kernels::weight_grad_fp32(dlogits.data_ptr(), x_chunk.data_ptr(), f32(dweight), n, V, C,
-                                         matmul_workspace(dlogits).data_ptr(), current_stream(), !first_chunk)))
-    return;
-  auto product = at::mm(dlogits.t(), x_chunk);  // no cuBLASLt algorithm: [V, n]·[n, C] in bf16
-  if (first_chunk)
-    dweight.copy_(product);
-  else
-    dweight.add_(product);
 }
 
 struct ClassifierLossFunction : torch::autograd::Function<ClassifierLossFunction> {
@@ -257,7 +257,7 @@ struct ClassifierLossFunction : torch::autograd::Function<ClassifierLossFunction
       if (!want_grad) continue;
       auto dx_chunk = dx.narrow(0, r0, n);
       at::mm_out(dx_chunk, logits, w_bf16);                       // [n, V]·[V, C]
-      add_classifier_weight_grad(logits, x_chunk, dweight, r0 == 0);  // [V, n]·[n, C] fp32
+      weight_grad(logits, x_chunk, dweight, /*accumulate=*/r0 > 0);  // [V, n]·[n, C] fp32, summed over chunks
     }
     if (want_grad) {
       ctx->saved_data["dx"] = dx;

@@ -7,7 +7,8 @@
 // every parameter copies its accumulated gradient into a flat bucket (~25 MB, parameters in reverse
 // order: the order the backward produces them); a full bucket is summed across ranks at once,
 // asynchronously, while the backward goes on. all_reduce_buckets() waits for the buckets and
-// scatter_gradients() writes the sums back as the gradients: every rank then runs the same optimizer step on the same numbers.
+// scatter_gradients() writes the sums back as the gradients: every rank then runs the same
+// optimizer step on the same numbers.
 //
 // A step replayed from CUDA graphs (worker/step_graph.h) keeps the collectives out of them: the
 // hooks' copies into the buckets are captured with the forward and backward, the all-reduces run

@@ -155,6 +155,7 @@ struct RaBandFunction : torch::autograd::Function<RaBandFunction> {
                                      strided(out),
                                      strided(dout),
                                      lse.data_ptr<float>(),
+                                     /*d_shift=*/nullptr,
                                      own_q.data_ptr(),
                                      own_k.data_ptr(),
                                      own_v.data_ptr(),

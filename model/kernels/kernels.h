@@ -219,7 +219,8 @@ cudaError_t ra_band_forward(const RaBandForwardArgs& args, cudaStream_t stream);
 
 // Backward of the band (the far part's backward is the flash kernel's, fed the merged output and
 // log-sum-exp). Per 64-row block it recomputes S', P = exp(S' − lse) and dS = P·(dP − D),
-// D_i = dO_i·O_i, and writes bf16 [B, H, T_pad, D] partial gradients (each an fp32 sum rounded
+// D_i = dO_i·O_i (+ d_shift[b, h, i] where given: RA-CT's and mechanism 2's sparse terms of dP,
+// tests/model/ra_sparse_grad_test.cpp), and writes bf16 [B, H, T_pad, D] partial gradients (each an fp32 sum rounded
 // once), T_pad = T rounded up to 64:
 //   own_*:  rows of the block's own positions (every row written by exactly one block);
 //   prev_*: the key-side contributions to the 64 positions before the block (rows of the block
@@ -229,7 +230,8 @@ struct RaBandBackwardArgs {
   RaBandShape shape;
   int dk, dv;
   RaStrided q, k, v, out, dout;
-  const float* lse;  // [B, H, T]
+  const float* lse;      // [B, H, T]
+  const float* d_shift;  // [B, H, T] fp32 added to each row's D, or null
   void *own_q, *own_k, *own_v, *prev_q, *prev_k, *prev_v;  // bf16
   float* dalpha_partial;
 };

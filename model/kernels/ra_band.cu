@@ -328,7 +328,7 @@ __global__ void __launch_bounds__(kThreads) ra_band_backward_kernel(RaBandBackwa
     }
     d = warp_sum(d);
     if (lane == 0) {
-      sD[r] = d;
+      sD[r] = d + (a.d_shift != nullptr && i < s.T ? a.d_shift[bh * s.T + i] : 0.0f);
       sLse[r] = i < s.T ? a.lse[bh * s.T + i] : INFINITY;
     }
   }

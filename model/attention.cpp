@@ -1,6 +1,7 @@
 // Causal self-attention with MLA, RA, RA-CT and mechanism 1's head gates (docs/architecture.md).
-// SDPA whenever nothing needs the attention weights (RA included, banded or not); the T×T path only
-// for RA-CT, mechanism 2 and attention_stats.
+// SDPA whenever nothing needs the attention weights (RA included, banded or not); the band kernels
+// with their top-K statistics for RA-CT's and mechanism 2's `topk` under band RA on CUDA; the T×T path
+// for the other modes and attention_stats.
 
 #include <cmath>
 #include <limits>
@@ -260,6 +261,41 @@ torch::Tensor AttentionImpl::attend_fused(const torch::Tensor& q, const torch::T
   return compat::sdpa(q_ra, keys, values, /*is_causal=*/false, score_scale(), mask, dropout_p);
 }
 
+bool AttentionImpl::fused_stats_apply(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v) const {
+  const bool dropout = is_training() && config_.dropout > 0.0;
+  if (!fused_ || dropout || !config_.ra.enabled || q.size(1) > 16) return false;
+  if (ct_ && (config_.ra_ct.mode != "topk" || config_.ra_ct.apply != "output" || config_.ra_ct.k > fused::kMaxStatsK))
+    return false;
+  const auto& cross = config_.mlp_cross;
+  if (cross.enabled && (cross.sparsify != "topk" || cross.k > fused::kMaxStatsK)) return false;
+  return fused::supports_ra_band(q, k, v, config_.ra.window);
+}
+
+torch::Tensor AttentionImpl::attend_fused_stats(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
+                                                AttentionOutput* out) {
+  const int64_t B = q.size(0), T = q.size(2);
+  const int64_t ct_k = ct_ ? config_.ra_ct.k : 0, cross_k = config_.mlp_cross.enabled ? config_.mlp_cross.k : 0;
+  // One list length serves both statistics; each reads its first k entries (sorted largest first).
+  const int64_t K = std::min<int64_t>(std::max(ct_k, cross_k), T);
+  auto r = fused::ra_band_attention_stats(q, k, v, ra_alpha, config_.ra.window, score_scale(), K);
+  auto y = r.out;  // [B, H, T, D]
+  if (ct_) {  // ct_gate's `topk` statistic: the sum of the row's k largest weights
+    auto stat = r.head_val.narrow(-1, 0, std::min(ct_k, K)).sum(-1);  // [B, H, T]
+    auto gate = torch::sigmoid(ct_scale.to(torch::kFloat32).view({1, -1, 1}) * stat +
+                               ct_bias.to(torch::kFloat32).view({1, -1, 1}));
+    y = y * gate.unsqueeze(-1).to(y.scalar_type());
+  }
+  if (config_.mlp_cross.enabled) {  // sparsify_mean_weights' `topk`, scattered into a bf16 [B, T, T]
+    const int64_t k_kept = std::min(cross_k, K);
+    auto kept = r.mean_val.narrow(-1, 0, k_kept);                      // [B, T, k]
+    auto keys = r.mean_key.narrow(-1, 0, k_kept).clamp_min(0).to(torch::kLong);  // empty entries hold 0
+    auto normalised = kept / kept.sum(-1, true).clamp_min(1e-12);
+    out->mean_weights = torch::zeros({B, T, T}, q.options().dtype(torch::kBFloat16))
+                            .scatter_add(-1, keys, normalised.to(torch::kBFloat16));
+  }
+  return y;
+}
+
 torch::Tensor AttentionImpl::merge_heads_and_project(torch::Tensor y, const torch::Tensor& head_gate) {
   if (head_gate.defined()) {  // mechanism 1: (1 - a)·y + a·(y·g), g [B, H, T, 1] from the previous MLP
     auto a = gate_alpha.to(y.scalar_type());
@@ -277,7 +313,9 @@ AttentionOutput AttentionImpl::forward(const torch::Tensor& a, const torch::Tens
   out.v_lat = p.v_lat;
   const bool need_weights = keep_weights || ct_ || config_.mlp_cross.enabled;
   torch::Tensor y;  // [B, H, T, D]
-  if (need_weights) {
+  if (need_weights && !keep_weights && fused_stats_apply(p.q, p.k, p.v)) {
+    y = attend_fused_stats(p.q, p.k, p.v, &out);
+  } else if (need_weights) {
     y = attend_materialised(p.q, p.k, p.v, p.q, &out, keep_weights);
   } else {
     y = attend_fused(p.q, p.k, p.v);

@@ -13,6 +13,8 @@ namespace ratio::model::fused {
 
 #ifdef RATIO_WITH_CUDA_KERNELS
 
+static_assert(kMaxStatsK <= kernels::kRaTopkMaxK && 2 * kMaxStatsK <= 32, "the statistics' lists fit the kernels");
+
 namespace {
 
 using torch::autograd::AutogradContext;
@@ -88,9 +90,53 @@ void combine(const torch::Tensor& own, const torch::Tensor& prev, const torch::T
   check_launch(kernels::ra_band_combine(args, current_stream()), "ra_band_combine");
 }
 
+// The far part's output as cuDNN's backward should see it when each row's D = dO·O must come out
+// shifted by `shift` (RA-CT's and mechanism 2's sparse terms, ra_sparse.cu): O' = O + shift/|dO|²·dO
+// gives dO·O' = dO·O + shift. A row whose dO is exactly zero keeps D = dO·O (its shift is lost; its
+// sparse terms still reach q and k through the correction). bf16 O' rounds D to about 2⁻⁸ of
+// |shift|, the precision cuDNN's bf16 dS has anyway.
+// O' has exactly the strides of the band op's output rows (`out`, a narrow of [B, T, H, Dv]): PyTorch
+// caches cuDNN's backward graph by shape, and a graph built for those strides read an O' laid out
+// otherwise wrongly (NaN in MLA's dk whenever the band op had run on the same shapes first).
+torch::Tensor shifted_output(const torch::Tensor& out, int64_t first_row, int64_t rows, const torch::Tensor& dout,
+                             const torch::Tensor& shift) {
+  auto dout32 = dout.to(torch::kFloat32);
+  auto norm2 = dout32.square().sum(-1, /*keepdim=*/true);  // [B, H, t, 1]
+  auto factor = torch::where(norm2 > 0, shift.unsqueeze(-1) / norm2, torch::zeros_like(norm2));
+  auto shifted = at::empty_strided(out.sizes(), out.strides(), out.options()).narrow(2, first_row, rows);
+  shifted.copy_(out.narrow(2, first_row, rows).to(torch::kFloat32) + factor * dout32);
+  return shifted;
+}
+
+// The sparse part's dense matrix M [B, T, H, T] (ra_sparse.cu) into the gradients:
+// dq += scale·M·K and dk += scale·Mᵀ·Q, per batch row. MLA's shared key makes both one matmul over
+// the (position, head) rows: dk sums the heads' contributions in its contraction.
+void add_sparse_gradients(const torch::Tensor& m, const torch::Tensor& q, const torch::Tensor& k, double scale,
+                          const torch::Tensor& dq, const torch::Tensor& dk) {
+  const int64_t B = q.size(0), H = q.size(1), T = q.size(2), Dk = q.size(3);
+  if (k.size(1) == 1) {
+    auto m_rows = m.view({B, T * H, T});                      // rows (i, h)
+    auto q_rows = q.transpose(1, 2).reshape({B, T * H, Dk});  // a view when q is laid out [B, T, H, Dk]
+    auto k_rows = k.select(1, 0);                             // [B, T, Dk]
+    auto dq_rows = dq.transpose(1, 2).view({B, T * H, Dk});
+    auto dk_rows = dk.select(1, 0);
+    dq_rows.baddbmm_(m_rows, k_rows, /*beta=*/1.0, /*alpha=*/scale);
+    dk_rows.baddbmm_(m_rows.transpose(1, 2), q_rows, /*beta=*/1.0, /*alpha=*/scale);
+    return;
+  }
+  for (int64_t b = 0; b < B; ++b) {
+    auto m_heads = m[b].transpose(0, 1);  // [H, T, T]
+    dq[b].baddbmm_(m_heads, k[b], 1.0, scale);
+    dk[b].baddbmm_(m_heads.transpose(1, 2), q[b], 1.0, scale);
+  }
+}
+
+// The band op, and with K > 0 its weights' top-K values as further differentiable outputs:
+// {out} or {out, head_val, head_key, mean_val, mean_key}.
 struct RaBandFunction : torch::autograd::Function<RaBandFunction> {
   static variable_list forward(AutogradContext* ctx, const torch::Tensor& q, const torch::Tensor& k,
-                               const torch::Tensor& v, const torch::Tensor& alpha, int64_t window, double scale) {
+                               const torch::Tensor& v, const torch::Tensor& alpha, int64_t window, double scale,
+                               int64_t K) {
     const int64_t B = q.size(0), H = q.size(1), T = q.size(2), Dv = v.size(3);
     const auto far = far_inputs(q, k, v, window);
     const FarForward far_out = far_forward(far, scale);
@@ -111,23 +157,57 @@ struct RaBandFunction : torch::autograd::Function<RaBandFunction> {
                                     strided_out(out),
                                     lse.data_ptr<float>()};
     check_launch(kernels::ra_band_forward(args, current_stream()), "ra_band_forward");
-    ctx->save_for_backward({q, k, v, alpha, out, lse, far_out.lse, far_out.philox_seed, far_out.philox_offset});
+    variable_list outputs{out};
+    torch::Tensor head_key, mean_key;
+    if (K > 0) {
+      auto top = topk_weights(q, k, lse, alpha32, window, scale, K);
+      head_key = top.head_key;
+      mean_key = top.mean_key;
+      ctx->mark_non_differentiable({head_key, mean_key});
+      outputs = {out, top.head_val, head_key, top.mean_val, mean_key};
+    }
+    ctx->save_for_backward({q, k, v, alpha, out, lse, far_out.lse, far_out.philox_seed, far_out.philox_offset,
+                            head_key, mean_key});
     ctx->saved_data["window"] = window;
     ctx->saved_data["scale"] = scale;
-    return {out};
+    ctx->saved_data["K"] = K;
+    return outputs;
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     const auto saved = ctx->get_saved_variables();
     const torch::Tensor &q = saved[0], &k = saved[1], &v = saved[2], &alpha = saved[3], &out = saved[4],
                         &lse = saved[5];
-    const int64_t window = ctx->saved_data["window"].toInt();
+    const int64_t window = ctx->saved_data["window"].toInt(), K = ctx->saved_data["K"].toInt();
     const double scale = ctx->saved_data["scale"].toDouble();
-    if (!grads[0].defined()) return {torch::Tensor(), torch::Tensor(), torch::Tensor(), torch::Tensor(), {}, {}};
-    auto dout = grads[0].to(torch::kBFloat16);
-    if (!kernel_layout(dout)) dout = dout.contiguous();
     const int64_t B = q.size(0), H = q.size(1), T = q.size(2), Dk = q.size(3), Dv = v.size(3);
     const int64_t t_far = T - window - 1;
+    const bool head_grad = K > 0 && grads[1].defined(), mean_grad = K > 0 && grads[3].defined();
+    const variable_list none(7);
+    if (!grads[0].defined() && !head_grad && !mean_grad) return none;
+    auto dout = grads[0].defined() ? grads[0].to(torch::kBFloat16) : at::zeros_like(out);
+    if (!kernel_layout(dout)) dout = dout.contiguous();
+    auto alpha32 = alpha.to(torch::kFloat32).contiguous();
+
+    // Sparse part first: it yields the rows' D shifts the dense part needs.
+    torch::Tensor d_shift, dalpha_rows, m;
+    if (head_grad || mean_grad) {
+      const torch::Tensor &head_key = saved[9], &mean_key = saved[10];
+      auto f32 = q.options().dtype(torch::kFloat32);
+      auto d_head = head_grad ? grads[1].to(torch::kFloat32).contiguous() : torch::Tensor();
+      auto d_mean = mean_grad ? grads[3].to(torch::kFloat32).contiguous() : torch::Tensor();
+      d_shift = at::empty({B, H, T}, f32);
+      dalpha_rows = at::empty({B, H, T}, f32);
+      m = at::zeros({B, T, H, T}, q.options().dtype(torch::kBFloat16));
+      kernels::RaSparseArgs sparse{int(B), int(H), int(k.size(1)), int(T), int(Dk), int(window), int(K),
+                                   float(scale), alpha32.data_ptr<float>(), strided(q), strided(k),
+                                   lse.data_ptr<float>(), head_key.data_ptr<int32_t>(),
+                                   head_grad ? d_head.data_ptr<float>() : nullptr, mean_key.data_ptr<int32_t>(),
+                                   mean_grad ? d_mean.data_ptr<float>() : nullptr, d_shift.data_ptr<float>(),
+                                   dalpha_rows.data_ptr<float>(), m.data_ptr(), m.stride(0), m.stride(2),
+                                   m.stride(1)};
+      check_launch(kernels::ra_sparse_backward(sparse, current_stream()), "ra_sparse_backward");
+    }
 
     // Far part, under the merged log-sum-exp (in the far kernel's own layout).
     const auto far = far_inputs(q, k, v, window);
@@ -135,11 +215,13 @@ struct RaBandFunction : torch::autograd::Function<RaBandFunction> {
     auto lse_far = at::zeros_like(far_lse_saved);
     auto lse_far_rows = lse_far.narrow(2, 0, t_far);
     lse_far_rows.copy_(lse.narrow(2, window + 1, t_far).reshape(lse_far_rows.sizes()));
-    const auto far_grads = far_backward(far, dout.narrow(2, window + 1, t_far), out.narrow(2, window + 1, t_far),
-                                        lse_far, philox_seed, philox_offset, scale);
+    auto dout_far = dout.narrow(2, window + 1, t_far);
+    auto out_far = out.narrow(2, window + 1, t_far);
+    if (d_shift.defined())
+      out_far = shifted_output(out, window + 1, t_far, dout_far, d_shift.narrow(2, window + 1, t_far));
+    const auto far_grads = far_backward(far, dout_far, out_far, lse_far, philox_seed, philox_offset, scale);
 
     // Band: bf16 partials per row, then one pass per input adds them to the far part's.
-    auto alpha32 = alpha.to(torch::kFloat32).contiguous();
     const int64_t t_pad = kernels::ra_band_padded_t(T);
     auto bf16 = q.options().dtype(torch::kBFloat16);
     auto own_q = at::empty({B, H, t_pad, Dk}, bf16), prev_q = at::empty_like(own_q);
@@ -155,7 +237,7 @@ struct RaBandFunction : torch::autograd::Function<RaBandFunction> {
                                      strided(out),
                                      strided(dout),
                                      lse.data_ptr<float>(),
-                                     /*d_shift=*/nullptr,
+                                     d_shift.defined() ? d_shift.data_ptr<float>() : nullptr,
                                      own_q.data_ptr(),
                                      own_k.data_ptr(),
                                      own_v.data_ptr(),
@@ -171,9 +253,14 @@ struct RaBandFunction : torch::autograd::Function<RaBandFunction> {
     combine(own_q, prev_q, far_grads[0], window + 1, dq);  // far query rows start at position window + 1
     combine(own_k, prev_k, far_grads[1], 0, dk);           // MLA: the heads' key gradients summed
     combine(own_v, prev_v, far_grads[2], 0, dv);
+    if (m.defined()) add_sparse_gradients(m, q, k, scale, dq, dk);
     torch::Tensor dalpha;
-    if (alpha.requires_grad()) dalpha = dalpha_partial.sum().view(alpha.sizes()).to(alpha.scalar_type());
-    return {dq, dk, dv, dalpha, torch::Tensor(), torch::Tensor()};
+    if (alpha.requires_grad()) {
+      auto total = dalpha_partial.sum();
+      if (dalpha_rows.defined()) total = total + dalpha_rows.sum();
+      dalpha = total.view(alpha.sizes()).to(alpha.scalar_type());
+    }
+    return {dq, dk, dv, dalpha, torch::Tensor(), torch::Tensor(), torch::Tensor()};
   }
 };
 
@@ -192,7 +279,16 @@ bool supports_ra_band(const torch::Tensor& q, const torch::Tensor& k, const torc
 
 torch::Tensor ra_band_attention(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
                                 const torch::Tensor& alpha, int64_t window, double scale) {
-  return RaBandFunction::apply(q, k, v, alpha, window, scale)[0];
+  return RaBandFunction::apply(q, k, v, alpha, window, scale, /*K=*/0)[0];
+}
+
+RaBandStats ra_band_attention_stats(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
+                                    const torch::Tensor& alpha, int64_t window, double scale, int64_t K) {
+  TORCH_CHECK(K >= 1 && K <= kMaxStatsK, "ra_band_attention_stats: K must be 1..", kMaxStatsK, ", got ", K);
+  TORCH_CHECK(q.size(1) <= kernels::kRaSparseMaxHeads, "ra_band_attention_stats: at most ",
+              kernels::kRaSparseMaxHeads, " heads");
+  auto r = RaBandFunction::apply(q, k, v, alpha, window, scale, K);
+  return {r[0], r[1], r[2], r[3], r[4]};
 }
 
 TopkWeights topk_weights(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& lse,
@@ -200,6 +296,8 @@ TopkWeights topk_weights(const torch::Tensor& q, const torch::Tensor& k, const t
   TORCH_CHECK(q.is_cuda() && q.scalar_type() == torch::kBFloat16 && k.scalar_type() == torch::kBFloat16,
               "topk_weights: q and k must be bf16 on CUDA");
   TORCH_CHECK(kernel_layout(q) && kernel_layout(k), "topk_weights: q and k need a contiguous, 16-byte aligned last dimension");
+  TORCH_CHECK(kernels::ra_topk_supports(q.size(3)) && K >= 1 && K <= kernels::kRaTopkMaxK,
+              "topk_weights: key width 64 or 128 and 1 ≤ K ≤ ", kernels::kRaTopkMaxK, " (got ", q.size(3), ", ", K, ")");
   const int64_t B = q.size(0), H = q.size(1), T = q.size(2);
   auto lse32 = lse.to(torch::kFloat32).contiguous();
   TORCH_CHECK(lse32.numel() == B * H * T, "topk_weights: lse must be [B, H, T]");
@@ -223,6 +321,11 @@ bool supports_ra_band(const torch::Tensor&, const torch::Tensor&, const torch::T
 torch::Tensor ra_band_attention(const torch::Tensor&, const torch::Tensor&, const torch::Tensor&, const torch::Tensor&,
                                 int64_t, double) {
   TORCH_CHECK(false, "fused::ra_band_attention: this build has no CUDA kernels");
+}
+
+RaBandStats ra_band_attention_stats(const torch::Tensor&, const torch::Tensor&, const torch::Tensor&,
+                                    const torch::Tensor&, int64_t, double, int64_t) {
+  TORCH_CHECK(false, "fused::ra_band_attention_stats: this build has no CUDA kernels");
 }
 
 TopkWeights topk_weights(const torch::Tensor&, const torch::Tensor&, const torch::Tensor&, const torch::Tensor&, int64_t,

@@ -24,12 +24,27 @@ bool supports_ra_band(const torch::Tensor& q, const torch::Tensor& k, const torc
 torch::Tensor ra_band_attention(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
                                 const torch::Tensor& alpha, int64_t window, double scale);
 
+// ra_band_attention and, from the same log-sum-exp, its weights' top K (topk_weights below), with the
+// values differentiable: RA-CT's `topk` statistic and mechanism 2's `topk` weights without a T×T
+// tensor, forward or backward. The values' gradients enter dP at their keys only, so the backward is
+// the band's and the far part's with each row's D shifted, plus a sparse correction
+// (model/kernels/ra_sparse.cu; tests/model/ra_sparse_grad_test.cpp derives it). The same inputs as
+// ra_band_attention and 1 ≤ K ≤ 16, H ≤ 16. Keys are not differentiable.
+struct RaBandStats {
+  torch::Tensor out;                 // [B, H, T, Dv] bf16, as ra_band_attention's
+  torch::Tensor head_val, head_key;  // [B, H, T, K] fp32, int32: each head's K largest weights
+  torch::Tensor mean_val, mean_key;  // [B, T, K] fp32, int32: the heads' mean's K largest
+};
+RaBandStats ra_band_attention_stats(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
+                                    const torch::Tensor& alpha, int64_t window, double scale, int64_t K);
+constexpr int64_t kMaxStatsK = 16;
+
 // The K largest attention weights of each row (model/kernels/ra_topk.cu), recomputed from q, k and the
 // rows' log-sum-exp instead of stored: per (b, h, i) for RA-CT's `topk` statistic, and per (b, i) of
 // the heads' mean for mechanism 2's `topk` sparsification. The weights are those of ra_band_attention's
 // scores (alpha defined: the reciprocal term inside the band, window 0 meaning every visible key) or of
-// plain causal attention (alpha undefined). q [B, H, T, Dk] and k [B, H|1, T, Dk] bf16 (Dk ≤ 128, a
-// multiple of 8; H ≤ 16); lse [B, H, T] fp32. Values sorted largest first; a row with fewer than K
+// plain causal attention (alpha undefined). q [B, H, T, Dk] and k [B, H|1, T, Dk] bf16 (Dk 64 or 128,
+// H ≤ 16, K ≤ 16); lse [B, H, T] fp32. Values sorted largest first; a row with fewer than K
 // visible keys ends with value 0 and key −1. Not differentiable. Built with the kernels only.
 struct TopkWeights {
   torch::Tensor head_val, head_key;  // [B, H, T, K] fp32, int32

@@ -49,7 +49,8 @@ struct CrossLayerContext {
 
 struct AttentionOutput {
   torch::Tensor y;             // [B, T, C] after c_proj
-  torch::Tensor mean_weights;  // [B, T, T] fp32 head-averaged, sparsified, renormalised A (mechanism 2)
+  torch::Tensor mean_weights;  // [B, T, T] head-averaged, sparsified, renormalised A (mechanism 2); fp32,
+                               // bf16 from the fused statistics
   torch::Tensor v_lat;         // [B, T, L] MLA value latent with ctx3 added (mechanism 3 under MLA)
   torch::Tensor weights;       // [B, H, T, T] fp32 A, only when asked for (attention_stats)
   torch::Tensor raw_scores;    // [B, H, T, T] fp32 q·kᵀ·scale before RA and mask, only when asked for
@@ -100,6 +101,11 @@ class AttentionImpl : public torch::nn::Module {
   // No T×T tensor on GPU: band RA in model/fused_ra.h's kernels where they apply (fused_), else SDPA
   // (plain, full-range RA, or band RA over 2T keys). k [B, H|1, T, Dk]. Returns [B, H, T, D].
   torch::Tensor attend_fused(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v);
+  // RA-CT (`topk`, `output`) and mechanism 2 (`topk`) from the band kernels' top-K statistics, no T×T
+  // tensor (model/fused_ra.h): the same math as attend_materialised, where fused_stats_apply says so.
+  bool fused_stats_apply(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v) const;
+  torch::Tensor attend_fused_stats(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
+                                   AttentionOutput* out);
   torch::Tensor ct_gate(const torch::Tensor& weights) const;  // [B, H, Tq]
   torch::Tensor merge_heads_and_project(torch::Tensor y, const torch::Tensor& head_gate);
 

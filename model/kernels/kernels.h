@@ -1,6 +1,7 @@
 #pragma once
 // Fused CUDA kernels for the dense GPT-2 step (issue 10), one file per kernel family beside this
-// header: layernorm.cu, classifier.cu, gelu.cu, matmul.cu, adamw.cu. Plain CUDA C++ without LibTorch:
+// header: layernorm.cu, classifier.cu, gelu.cu, matmul.cu, adamw.cu, cast.cu, embedding.cu, and
+// ra_band.cu, ra_topk.cu, ra_sparse.cu for reciprocal attention (issue 11). Plain CUDA C++ without LibTorch:
 // model/fused.cpp wraps each launch in an autograd function (model/fused_adamw.cpp the optimizer's
 // step) and the tests hold the reference op it replaces. Compiled only when CMake finds CUDA and a
 // CUDA LibTorch (RATIO_WITH_CUDA_KERNELS); the CPU build never sees this file.
@@ -260,11 +261,12 @@ cudaError_t ra_band_combine(const RaBandCombineArgs& args, cudaStream_t stream);
 // keys ends with value 0 and key −1. RA-CT's top-K statistic is the sum of a head's values; mechanism
 // 2 keeps the mean's keys.
 constexpr int kRaTopkMaxHeads = 16;
-constexpr int kRaTopkMaxDk = 128;
+constexpr int kRaTopkMaxK = 16;
+bool ra_topk_supports(int64_t dk);  // key widths the kernel is built for: 64 and 128
 struct RaTopkArgs {
   int B, H, heads_k, T, dk;  // heads_k: 1 (MLA's shared key) or H
   int window;                // the RA band (0: every visible key); unused without alpha
-  int K;                     // 1..32
+  int K;                     // 1..kRaTopkMaxK
   float scale;
   const float* alpha;        // device scalar, or null: no reciprocal term
   RaStrided q, k;            // [B, H, T, dk] and [B, heads_k, T, dk] bf16
@@ -275,5 +277,37 @@ struct RaTopkArgs {
   int32_t* mean_key;         // [B, T, K]
 };
 cudaError_t ra_topk_stats(const RaTopkArgs& args, cudaStream_t stream);
+
+// ---- ra_sparse.cu: the sparse part of the top-K statistics' backward ---------------------------------
+
+// Given the gradients of ra_topk.cu's values, per row (b, h, i) and entry j of its lists (the head's
+// keys with c = d_head_val, the heads' mean's keys with c = d_mean_val / H, summed where a key is in
+// both), with P_hij recomputed from q, k and lse as ra_topk.cu does and G = P·c:
+//   d_shift[b, h, i] = Σ_j G_hij, the shift of the row's D in the dense backward (ra_band.cu's d_shift);
+//   m[b, h, i, j] = G_hij, plus m[b, h, j, i] = alpha·G_hij inside the band (j < i; the diagonal gets
+//   (1 + alpha)·G): dq += scale·M·K and dk += scale·Mᵀ·Q then finish the sparse part;
+//   dalpha_row[b, h, i] = scale·Σ_{j in band} G_hij·q_j·k_i.
+// m: bf16, zeroed by the caller, j contiguous and the other strides given (elements), so the caller
+// picks the layout its matmuls want. Deterministic: every output element has one writer.
+constexpr int kRaSparseMaxHeads = 16;
+constexpr int kRaSparseMaxDk = 128;
+struct RaSparseArgs {
+  int B, H, heads_k, T, dk;  // heads_k: 1 (MLA's shared key) or H
+  int window;                // the RA band (0: every visible key); unused without alpha
+  int K;                     // entries of each list, 1..16
+  float scale;
+  const float* alpha;        // device scalar, or null: no reciprocal term
+  RaStrided q, k;            // [B, H, T, dk] and [B, heads_k, T, dk] bf16
+  const float* lse;          // [B, H, T] fp32
+  const int32_t* head_key;   // [B, H, T, K]
+  const float* d_head_val;   // [B, H, T, K], or null: no head entries
+  const int32_t* mean_key;   // [B, T, K]
+  const float* d_mean_val;   // [B, T, K], or null: no mean entries
+  float* d_shift;            // [B, H, T]
+  float* dalpha_row;         // [B, H, T]
+  void* m;                   // bf16 [B, H, T, T] with strides m_sb, m_sh, m_si (and 1 for j)
+  int64_t m_sb, m_sh, m_si;
+};
+cudaError_t ra_sparse_backward(const RaSparseArgs& args, cudaStream_t stream);
 
 }  // namespace ratio::kernels

@@ -13,10 +13,10 @@
 #include <cstdint>
 
 #include <cuda_bf16.h>
-#include <cuda_pipeline.h>
 #include <mma.h>
 
 #include "model/kernels/kernels.h"
+#include "model/kernels/ra_rows.cuh"
 #include "model/kernels/vec.cuh"
 
 namespace ratio::kernels {
@@ -57,29 +57,6 @@ __device__ inline bool tile_in_band(int qt, int kt, int window) {
 __device__ inline bool in_band(int r, int c, int i, int p0, int T, int window) {
   const int d = kRows + r - c;
   return i < T && p0 + c >= 0 && d >= 0 && d <= window;
-}
-
-// Starts copying rows [p0, p0 + n_rows) of one (b, h) slice into shared memory rows of `ld`
-// elements (cp.async, 16 bytes a copy, all in flight at once); positions outside [0, T) become zeros.
-// The caller commits and waits (wait_for_rows). D a multiple of 8.
-template <int D>
-__device__ void load_rows_async(bf16* dst, int ld, const RaStrided& src, int b, int h, int p0, int n_rows, int T) {
-  const bf16* base = static_cast<const bf16*>(src.data) + b * src.sb + h * src.sh;
-  constexpr int kVecs = D / 8;
-  for (int idx = threadIdx.x; idx < n_rows * kVecs; idx += blockDim.x) {
-    const int row = idx / kVecs, col = (idx % kVecs) * 8, pos = p0 + row;
-    if (pos >= 0 && pos < T) {
-      __pipeline_memcpy_async(dst + row * ld + col, base + pos * src.st + col, 16);
-    } else {
-      *reinterpret_cast<uint4*>(dst + row * ld + col) = make_uint4(0, 0, 0, 0);
-    }
-  }
-}
-
-__device__ inline void wait_for_rows() {
-  __pipeline_commit();
-  __pipeline_wait_prior(0);
-  __syncthreads();
 }
 
 // Rows row0 .. row0 + kWarpRows − 1 of a [.., T, DV] slice as bf16 pairs in registers, every load

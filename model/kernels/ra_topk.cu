@@ -4,163 +4,252 @@
 // log-sum-exp (the band kernel's merged one), a weight is P = exp(S' − lse) with S' recomputed:
 //   S'[i, j] = scale·(q_i·k_j + alpha·q_j·k_i)   for 0 ≤ i − j ≤ window (window 0: every j ≤ i),
 //   S'[i, j] = scale·q_i·k_j                      for the other j ≤ i (and without alpha: all of them).
-// One warp per query row and all its heads: lane ℓ takes key j0 + ℓ of each 32-key chunk and computes
-// every head's P for it; each of the H + 1 lists (the heads', then the heads' mean) keeps its K best
-// entries in lanes 0..K−1, sorted, lane r holding rank r. A chunk's candidates enter a list only if
-// they beat its K-th entry, best first (one warp arg-max per insertion).
-// Correctness first: the dot products run on CUDA cores in fp32 (H·Dk FMAs per key and lane).
+// A block takes 16 query rows of one batch row and every head, and walks the visible keys in tiles of
+// 64. Per tile the score products run on tensor cores (WMMA, bf16 in, fp32 accumulate, as ra_band.cu
+// computes them): each head's 16×64 tile, and inside the band the reciprocal products K_rows·Q_tileᵀ,
+// head by head. Then thread (r, h) turns its row of the tile into weights and keeps its list's K best
+// in registers, sorted; the heads' mean of each weight follows, and thread (r, 0) keeps row r's list of
+// those. Ties keep the earlier key.
 
+#include <algorithm>
 #include <cstdint>
 
 #include <cuda_bf16.h>
+#include <cuda_pipeline.h>
+#include <mma.h>
 
 #include "model/kernels/kernels.h"
+#include "model/kernels/ra_rows.cuh"
 #include "model/kernels/vec.cuh"
 
 namespace ratio::kernels {
 
 namespace {
 
+using namespace nvcuda;
 using bf16 = __nv_bfloat16;
 
-constexpr unsigned kFullMask = 0xffffffffu;
-constexpr float kEmpty = -1.f;  // below every weight: an unfilled list entry, or a key that is not visible
+constexpr int kRows = 16;               // query rows per block (one WMMA tile high)
+constexpr int kKeys = 64;               // keys per tile
+constexpr int kColTiles = kKeys / 16;   // 16-wide column tiles of a score tile
+constexpr int kLdScore = kKeys + 4;     // fp32 score rows
+constexpr int kMaxThreads = kRows * kRaTopkMaxHeads;
+constexpr float kEmpty = -1.f;          // below every weight: an unfilled list entry
 
-// Inserts this lane's candidate (value, key) into the list held in `top_val`/`top_key` (lane r: rank r
-// of K), for as long as some lane's candidate beats the K-th entry. Every lane of the warp calls it.
-__device__ void merge_into_list(float& top_val, int& top_key, float candidate, int candidate_key, int K, int lane) {
-  float kth = __shfl_sync(kFullMask, top_val, K - 1);
-  while (__ballot_sync(kFullMask, candidate > kth) != 0) {
-    // The best candidate; ties go to the lower lane (the earlier key of the chunk).
-    float best = candidate > kth ? candidate : kEmpty;
-    int best_lane = lane;
+using FragA = wmma::fragment<wmma::matrix_a, 16, 16, 16, bf16, wmma::row_major>;
+using FragBT = wmma::fragment<wmma::matrix_b, 16, 16, 16, bf16, wmma::col_major>;  // B read transposed
+using FragC = wmma::fragment<wmma::accumulator, 16, 16, 16, float>;
+
+// A sorted list of the K best (value, key) pairs seen, in registers: entries past K are scratch.
+struct TopList {
+  float val[kRaTopkMaxK];
+  int key[kRaTopkMaxK];
+  float kth;  // the K-th value: a candidate must beat it
+
+  __device__ __forceinline__ void clear() {
 #pragma unroll
-    for (int offset = kWarpSize / 2; offset > 0; offset /= 2) {
-      const float other = __shfl_xor_sync(kFullMask, best, offset);
-      const int other_lane = __shfl_xor_sync(kFullMask, best_lane, offset);
-      if (other > best || (other == best && other_lane < best_lane)) {
-        best = other;
-        best_lane = other_lane;
+    for (int e = 0; e < kRaTopkMaxK; ++e) {
+      val[e] = kEmpty;
+      key[e] = -1;
+    }
+    kth = kEmpty;
+  }
+
+  // Strictly better candidates only, so an equal value already listed (an earlier key) stays ahead.
+  __device__ __forceinline__ void offer(float v, int j, int K) {
+    if (!(v > kth)) return;
+#pragma unroll
+    for (int e = 0; e < kRaTopkMaxK; ++e) {
+      if (v > val[e]) {
+        const float tv = val[e];
+        const int tk = key[e];
+        val[e] = v;
+        key[e] = j;
+        v = tv;
+        j = tk;
       }
     }
-    const int best_key = __shfl_sync(kFullMask, candidate_key, best_lane);
-    // Entries at least as large keep their ranks (lanes 0..position−1); the rest move down one.
-    const int position = __popc(__ballot_sync(kFullMask, lane < K && top_val >= best));
-    const float moved_val = __shfl_up_sync(kFullMask, top_val, 1);
-    const int moved_key = __shfl_up_sync(kFullMask, top_key, 1);
-    if (lane < K && lane > position) {
-      top_val = moved_val;
-      top_key = moved_key;
+#pragma unroll
+    for (int e = 0; e < kRaTopkMaxK; ++e)
+      if (e == K - 1) kth = val[e];
+  }
+
+  // Entries 0..K−1 to out_val/out_key; unfilled ones as value 0, key −1.
+  __device__ __forceinline__ void write(float* out_val, int32_t* out_key, int K) const {
+#pragma unroll
+    for (int e = 0; e < kRaTopkMaxK; ++e) {
+      const bool filled = val[e] > kEmpty;
+      if (e < K) {
+        out_val[e] = filled ? val[e] : 0.f;
+        out_key[e] = filled ? key[e] : -1;
+      }
     }
-    if (lane == position) {
-      top_val = best;
-      top_key = best_key;
-    }
-    if (lane == best_lane) candidate = kEmpty;
-    kth = __shfl_sync(kFullMask, top_val, K - 1);
+  }
+};
+
+// scale·A·Bᵀ for 16 rows of A and column tile ct of B ([kKeys][DK + 8] rows) → 16×16 at `out`.
+template <int DK>
+__device__ void score_tile(const bf16* a_rows, const bf16* b_rows, int ct, float scale, float* out, int ld_out) {
+  constexpr int kLd = DK + 8;
+  FragC acc;
+  wmma::fill_fragment(acc, 0.0f);
+#pragma unroll
+  for (int kk = 0; kk < DK / 16; ++kk) {
+    FragA a;
+    FragBT bt;
+    wmma::load_matrix_sync(a, a_rows + 16 * kk, kLd);
+    wmma::load_matrix_sync(bt, b_rows + 16 * ct * kLd + 16 * kk, kLd);
+    wmma::mma_sync(acc, a, bt, acc);
+  }
+#pragma unroll
+  for (int e = 0; e < acc.num_elements; ++e) acc.x[e] *= scale;
+  wmma::store_matrix_sync(out, acc, ld_out, wmma::mem_row_major);
+}
+
+// compute(s, rows) for s = 0 .. n − 1, on the 64 rows load(s, buffer) stages, double-buffered: step s + 1's
+// copies are in flight while step s computes. Every thread of the block calls it; it begins with a
+// barrier, so the buffers' earlier readers are done.
+template <class Load, class Compute>
+__device__ void pipelined(int n, Load load, Compute compute, bf16* buf0, bf16* buf1) {
+  __syncthreads();
+  load(0, buf0);
+  __pipeline_commit();
+  for (int s = 0; s < n; ++s) {
+    if (s > 0) __syncthreads();  // step s − 1 is done with the buffer step s + 1 fills
+    if (s + 1 < n) load(s + 1, s % 2 ? buf0 : buf1);
+    __pipeline_commit();         // (an empty group after the last step keeps the count)
+    __pipeline_wait_prior(1);    // step s's copies have landed
+    __syncthreads();
+    compute(s, s % 2 ? buf1 : buf0);
   }
 }
 
-// The dot product of a row in shared memory (fp32; every lane reads the same element, a broadcast)
-// and each lane's own bf16 row in global memory. Dk a multiple of 8, the global row 16-byte aligned.
-__device__ inline float dot_row(const float* shared_row, const bf16* global_row, int Dk) {
-  float acc = 0.f;
-  for (int d = 0; d < Dk; d += 8) {
-    float g[8];
-    load_vec<8>(global_row + d, g);
-#pragma unroll
-    for (int e = 0; e < 8; ++e) acc += shared_row[d + e] * g[e];
+// grid (ceil(T / 16), B), 16·H threads (at least 4 warps).
+template <int DK>
+__global__ void __launch_bounds__(kMaxThreads) ra_topk_stats_kernel(RaTopkArgs a) {
+  constexpr int kLd = DK + 8;
+  const int H = a.H, Hk = a.heads_k, T = a.T, K = a.K;
+  const int i0 = blockIdx.x * kRows, b = blockIdx.y;
+  const int warp = threadIdx.x / kWarpSize, lane = threadIdx.x % kWarpSize, warps = blockDim.x / kWarpSize;
+  extern __shared__ __align__(128) unsigned char smem[];
+  bf16* sQ = reinterpret_cast<bf16*>(smem);         // [H][16][kLd] the block's queries
+  bf16* sKi = sQ + H * kRows * kLd;                  // [Hk][16][kLd] the keys at the block's positions
+  // [2][64][kLd]: a key tile or the queries at the tile's positions (one head's), double-buffered
+  bf16* sBuf[2] = {sKi + Hk * kRows * kLd, sKi + Hk * kRows * kLd + kKeys * kLd};
+  float* sS = reinterpret_cast<float*>(sBuf[1] + kKeys * kLd);  // [H][16][kLdScore] S', then P
+  float* sMean = sS + H * kRows * kLdScore;          // [16][kLdScore] the heads' mean of P
+  float* sStage = sMean + kRows * kLdScore;          // [warps][16][16] reciprocal products
+
+  for (int h = 0; h < H; ++h) load_rows_async<DK>(sQ + h * kRows * kLd, kLd, a.q, b, h, i0, kRows, T);
+  for (int h = 0; h < Hk; ++h) load_rows_async<DK>(sKi + h * kRows * kLd, kLd, a.k, b, h, i0, kRows, T);
+  wait_for_rows();
+
+  // Thread (r, h) keeps head h's list of row r; thread (r, 0) also the mean's.
+  const int r = threadIdx.x % kRows, h_own = threadIdx.x / kRows, i = i0 + r;
+  const bool owns_row = h_own < H && i < T;
+  const float lse = owns_row ? a.lse[(int64_t(b) * H + h_own) * T + i] : 0.f;
+  TopList head_list, mean_list;
+  head_list.clear();
+  mean_list.clear();
+
+  const float alpha = a.alpha != nullptr ? *a.alpha : 0.f;
+  const int last = min(i0 + kRows, T) - 1;  // the last visible key of the block
+  for (int j0 = 0; j0 <= last; j0 += kKeys) {
+    // Some pair of the tile inside the band: the closest pair is i0 against j0 + 63.
+    const bool reciprocal = a.alpha != nullptr && (a.window == 0 || i0 - (j0 + kKeys - 1) <= a.window);
+    // Direct scores: one key tile per key head (MLA: one for all heads).
+    pipelined(
+        Hk, [&](int hk, bf16* buf) { load_rows_async<DK>(buf, kLd, a.k, b, hk, j0, kKeys, T); },
+        [&](int hk, const bf16* key_tile) {
+          const int heads = Hk == 1 ? H : 1;  // the heads this key tile serves
+          for (int u = warp; u < heads * kColTiles; u += warps) {
+            const int h = Hk == 1 ? u / kColTiles : hk, ct = u % kColTiles;
+            score_tile<DK>(sQ + h * kRows * kLd, key_tile, ct, a.scale, sS + h * kRows * kLdScore + 16 * ct,
+                           kLdScore);
+          }
+        },
+        sBuf[0], sBuf[1]);
+    if (reciprocal) {  // + alpha·scale·q_j·k_i inside the band, head by head
+      pipelined(
+          H, [&](int h, bf16* buf) { load_rows_async<DK>(buf, kLd, a.q, b, h, j0, kKeys, T); },
+          [&](int h, const bf16* query_tile) {
+            const bf16* k_rows = sKi + (Hk == 1 ? 0 : h) * kRows * kLd;
+            float* stage = sStage + warp * 16 * 16;
+            for (int ct = warp; ct < kColTiles; ct += warps) {
+              score_tile<DK>(k_rows, query_tile, ct, a.scale, stage, 16);
+              __syncwarp();
+              for (int e = lane; e < 16 * 16; e += kWarpSize) {
+                const int rr = e / 16, c = 16 * ct + e % 16, ii = i0 + rr, j = j0 + c;
+                if (j <= ii && (a.window == 0 || ii - j <= a.window))
+                  sS[(h * kRows + rr) * kLdScore + c] += alpha * stage[e];
+              }
+              __syncwarp();
+            }
+          },
+          sBuf[0], sBuf[1]);
+    }
+    __syncthreads();
+
+    if (h_own < H) {  // weights of row r, head h_own; zero where not visible (for the mean)
+      float* row = sS + (h_own * kRows + r) * kLdScore;
+      for (int c = 0; c < kKeys; ++c) {
+        const int j = j0 + c;
+        const bool visible = owns_row && j <= i;
+        const float p = visible ? __expf(row[c] - lse) : 0.f;
+        row[c] = p;
+        if (visible) head_list.offer(p, j, K);
+      }
+    }
+    __syncthreads();
+    for (int e = threadIdx.x; e < kRows * kKeys; e += blockDim.x) {
+      const int rr = e / kKeys, c = e % kKeys;
+      float sum = 0.f;
+      for (int h = 0; h < H; ++h) sum += sS[(h * kRows + rr) * kLdScore + c];
+      sMean[rr * kLdScore + c] = sum / H;
+    }
+    __syncthreads();
+    if (h_own == 0 && owns_row) {
+      for (int c = 0; c < kKeys && j0 + c <= i; ++c) mean_list.offer(sMean[r * kLdScore + c], j0 + c, K);
+    }
   }
-  return acc;
+
+  if (!owns_row) return;
+  const int64_t head_at = ((int64_t(b) * H + h_own) * T + i) * K;
+  head_list.write(a.head_val + head_at, a.head_key + head_at, K);
+  if (h_own == 0) {
+    const int64_t mean_at = (int64_t(b) * T + i) * K;
+    mean_list.write(a.mean_val + mean_at, a.mean_key + mean_at, K);
+  }
 }
 
-// grid (T, B), one warp a block. Shared: q_i of every head and k_i of every key head, fp32.
-__global__ void ra_topk_stats_kernel(RaTopkArgs args) {
-  extern __shared__ float shared[];
-  const int i = blockIdx.x, b = blockIdx.y, lane = threadIdx.x;
-  const int H = args.H, Hk = args.heads_k, Dk = args.dk, T = args.T, K = args.K;
-  float* q_i = shared;             // [H][Dk]
-  float* k_i = shared + H * Dk;    // [Hk][Dk]
-  const bf16* q_base = static_cast<const bf16*>(args.q.data) + b * args.q.sb;
-  const bf16* k_base = static_cast<const bf16*>(args.k.data) + b * args.k.sb;
-  for (int e = lane; e < H * Dk; e += kWarpSize)
-    q_i[e] = __bfloat162float(q_base[(e / Dk) * args.q.sh + int64_t(i) * args.q.st + e % Dk]);
-  for (int e = lane; e < Hk * Dk; e += kWarpSize)
-    k_i[e] = __bfloat162float(k_base[(e / Dk) * args.k.sh + int64_t(i) * args.k.st + e % Dk]);
-  __syncwarp();
+template <int DK>
+size_t smem_bytes(int H, int Hk, int threads) {
+  constexpr int kLd = DK + 8;
+  return size_t(H + Hk) * kRows * kLd * sizeof(bf16) + 2 * kKeys * kLd * sizeof(bf16) +
+         size_t(H + 1) * kRows * kLdScore * sizeof(float) + size_t(threads / kWarpSize) * 16 * 16 * sizeof(float);
+}
 
-  const float alpha = args.alpha != nullptr ? *args.alpha : 0.f;
-  float lse[kRaTopkMaxHeads];
-#pragma unroll
-  for (int h = 0; h < kRaTopkMaxHeads; ++h)
-    lse[h] = h < H ? args.lse[(int64_t(b) * H + h) * T + i] : 0.f;
-
-  // Lists 0..H−1: the heads' rows; list H: the heads' mean. Lane r holds rank r of each (r < K).
-  float top_val[kRaTopkMaxHeads + 1];
-  int top_key[kRaTopkMaxHeads + 1];
-#pragma unroll
-  for (int l = 0; l <= kRaTopkMaxHeads; ++l) {
-    top_val[l] = kEmpty;
-    top_key[l] = -1;
-  }
-
-  for (int j0 = 0; j0 <= i; j0 += kWarpSize) {
-    const int j = j0 + lane;
-    const bool visible = j <= i;
-    const bool reciprocal = visible && args.alpha != nullptr && (args.window == 0 || i - j <= args.window);
-    float p[kRaTopkMaxHeads];
-    float mean = 0.f;
-#pragma unroll
-    for (int h = 0; h < kRaTopkMaxHeads; ++h) {
-      p[h] = kEmpty;
-      if (h >= H || !visible) continue;
-      const int hk = Hk == 1 ? 0 : h;
-      float s = dot_row(q_i + h * Dk, k_base + hk * args.k.sh + int64_t(j) * args.k.st, Dk);
-      if (reciprocal)  // S[j, i] = q_j·k_i: the key at the query's position against the key's query
-        s += alpha * dot_row(k_i + hk * Dk, q_base + h * args.q.sh + int64_t(j) * args.q.st, Dk);
-      p[h] = __expf(s * args.scale - lse[h]);
-      mean += p[h];
-    }
-    mean = visible ? mean / H : kEmpty;
-#pragma unroll
-    for (int h = 0; h < kRaTopkMaxHeads; ++h)
-      if (h < H) merge_into_list(top_val[h], top_key[h], p[h], j, K, lane);
-    // List H is the mean's. H is known at run time only, and register arrays want constant indices:
-    // the unrolled walk finds it.
-#pragma unroll
-    for (int l = 0; l <= kRaTopkMaxHeads; ++l)
-      if (l == H) merge_into_list(top_val[l], top_key[l], mean, j, K, lane);
-  }
-
-  if (lane >= K) return;
-#pragma unroll
-  for (int l = 0; l <= kRaTopkMaxHeads; ++l) {
-    if (l > H) continue;
-    const bool filled = top_val[l] > kEmpty;  // rows with fewer than K visible keys keep empty entries
-    const float value = filled ? top_val[l] : 0.f;
-    const int key = filled ? top_key[l] : -1;
-    if (l < H) {
-      const int64_t at = ((int64_t(b) * H + l) * T + i) * K + lane;
-      args.head_val[at] = value;
-      args.head_key[at] = key;
-    } else {
-      const int64_t at = (int64_t(b) * T + i) * K + lane;
-      args.mean_val[at] = value;
-      args.mean_key[at] = key;
-    }
-  }
+template <int DK>
+cudaError_t launch(const RaTopkArgs& args, cudaStream_t stream) {
+  const int threads = std::max(4 * kWarpSize, (kRows * args.H + kWarpSize - 1) / kWarpSize * kWarpSize);
+  const size_t smem = smem_bytes<DK>(args.H, args.heads_k, threads);
+  const cudaError_t attr =
+      cudaFuncSetAttribute(ra_topk_stats_kernel<DK>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
+  if (attr != cudaSuccess) return attr;
+  ra_topk_stats_kernel<DK><<<dim3((args.T + kRows - 1) / kRows, args.B), threads, smem, stream>>>(args);
+  return cudaGetLastError();
 }
 
 }  // namespace
 
+bool ra_topk_supports(int64_t dk) { return dk == 64 || dk == 128; }
+
 cudaError_t ra_topk_stats(const RaTopkArgs& args, cudaStream_t stream) {
-  if (args.H < 1 || args.H > kRaTopkMaxHeads || (args.heads_k != 1 && args.heads_k != args.H) || args.dk < 8 ||
-      args.dk % 8 != 0 || args.dk > kRaTopkMaxDk || args.K < 1 || args.K > kWarpSize || args.window < 0)
+  if (args.H < 1 || args.H > kRaTopkMaxHeads || (args.heads_k != 1 && args.heads_k != args.H) ||
+      !ra_topk_supports(args.dk) || args.K < 1 || args.K > kRaTopkMaxK || args.window < 0)
     return cudaErrorInvalidValue;
   if (args.B == 0 || args.T == 0) return cudaSuccess;
-  const size_t shared_bytes = size_t(args.H + args.heads_k) * args.dk * sizeof(float);
-  ra_topk_stats_kernel<<<dim3(args.T, args.B), kWarpSize, shared_bytes, stream>>>(args);
-  return cudaGetLastError();
+  return args.dk == 64 ? launch<64>(args, stream) : launch<128>(args, stream);
 }
 
 }  // namespace ratio::kernels

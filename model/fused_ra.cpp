@@ -95,9 +95,10 @@ void combine(const torch::Tensor& own, const torch::Tensor& prev, const torch::T
 // gives dO·O' = dO·O + shift. A row whose dO is exactly zero keeps D = dO·O (its shift is lost; its
 // sparse terms still reach q and k through the correction). bf16 O' rounds D to about 2⁻⁸ of
 // |shift|, the precision cuDNN's bf16 dS has anyway.
-// O' has exactly the strides of the band op's output rows (`out`, a narrow of [B, T, H, Dv]): PyTorch
-// caches cuDNN's backward graph by shape, and a graph built for those strides read an O' laid out
-// otherwise wrongly (NaN in MLA's dk whenever the band op had run on the same shapes first).
+// O' has exactly the strides of the band op's output rows (`out`, a narrow of [B, T, H, Dv]). Laid out
+// otherwise, MLA's dk came out NaN or wrong whenever the band op had run on the same shapes before in
+// the process, and right when run alone: as if PyTorch reused the cuDNN backward graph built for the
+// first call's strides. With these strides the CUDA tests pass in any order.
 torch::Tensor shifted_output(const torch::Tensor& out, int64_t first_row, int64_t rows, const torch::Tensor& dout,
                              const torch::Tensor& shift) {
   auto dout32 = dout.to(torch::kFloat32);

@@ -263,7 +263,7 @@ torch::Tensor AttentionImpl::attend_fused(const torch::Tensor& q, const torch::T
 
 bool AttentionImpl::fused_stats_apply(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v) const {
   const bool dropout = is_training() && config_.dropout > 0.0;
-  if (!fused_ || dropout || !config_.ra.enabled || q.size(1) > 16) return false;
+  if (!fused_ || dropout || !config_.ra.enabled || q.size(1) > fused::kMaxStatsHeads) return false;
   if (ct_ && (config_.ra_ct.mode != "topk" || config_.ra_ct.apply != "output" || config_.ra_ct.k > fused::kMaxStatsK))
     return false;
   const auto& cross = config_.mlp_cross;

@@ -14,6 +14,8 @@ namespace ratio::model::fused {
 #ifdef RATIO_WITH_CUDA_KERNELS
 
 static_assert(kMaxStatsK <= kernels::kRaTopkMaxK && 2 * kMaxStatsK <= 32, "the statistics' lists fit the kernels");
+static_assert(kMaxStatsHeads <= kernels::kRaTopkMaxHeads && kMaxStatsHeads <= kernels::kRaSparseMaxHeads,
+              "the statistics' heads fit the kernels");
 
 namespace {
 
@@ -286,8 +288,7 @@ torch::Tensor ra_band_attention(const torch::Tensor& q, const torch::Tensor& k, 
 RaBandStats ra_band_attention_stats(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
                                     const torch::Tensor& alpha, int64_t window, double scale, int64_t K) {
   TORCH_CHECK(K >= 1 && K <= kMaxStatsK, "ra_band_attention_stats: K must be 1..", kMaxStatsK, ", got ", K);
-  TORCH_CHECK(q.size(1) <= kernels::kRaSparseMaxHeads, "ra_band_attention_stats: at most ",
-              kernels::kRaSparseMaxHeads, " heads");
+  TORCH_CHECK(q.size(1) <= kMaxStatsHeads, "ra_band_attention_stats: at most ", kMaxStatsHeads, " heads");
   auto r = RaBandFunction::apply(q, k, v, alpha, window, scale, K);
   return {r[0], r[1], r[2], r[3], r[4]};
 }

@@ -38,6 +38,7 @@ struct RaBandStats {
 RaBandStats ra_band_attention_stats(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
                                     const torch::Tensor& alpha, int64_t window, double scale, int64_t K);
 constexpr int64_t kMaxStatsK = 16;
+constexpr int64_t kMaxStatsHeads = 16;
 
 // The K largest attention weights of each row (model/kernels/ra_topk.cu), recomputed from q, k and the
 // rows' log-sum-exp instead of stored: per (b, h, i) for RA-CT's `topk` statistic, and per (b, i) of

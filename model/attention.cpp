@@ -43,6 +43,9 @@ torch::Tensor visible_counts(int64_t Tq, int64_t Tk, const torch::Device& device
       .unsqueeze(1);
 }
 
+// Rows of kept weights scaled to sum to 1 (an all-zero row stays zero). [..., n]
+torch::Tensor renormalised_rows(const torch::Tensor& kept) { return kept / kept.sum(-1, true).clamp_min(1e-12); }
+
 // Mechanism 2's Ā: head-averaged weights, sparsified per row and renormalised. [B, Tq, Tk] fp32
 torch::Tensor sparsify_mean_weights(const torch::Tensor& weights, const MlpCrossConfig& cross) {
   auto mean = weights.mean(1);  // [B, Tq, Tk]
@@ -61,8 +64,7 @@ torch::Tensor sparsify_mean_weights(const torch::Tensor& weights, const MlpCross
     throw std::invalid_argument("model.mlp_cross.sparsify: unknown mode '" + cross.sparsify +
                                 "'; use none, topk or rms");
   }
-  auto kept = mean * keep;
-  return kept / kept.sum(-1, true).clamp_min(1e-12);
+  return renormalised_rows(mean * keep);
 }
 
 // Each head's query into the latent space, q_h·q_to_latent[h], with the result laid out [B, T, H, L]:
@@ -201,6 +203,10 @@ torch::Tensor AttentionImpl::ct_gate(const torch::Tensor& weights) const {
   } else {
     throw std::invalid_argument("model.ra_ct.mode: unknown mode '" + mode + "'; use topk, max, entropy or rms");
   }
+  return ct_gate_from_statistic(stat);
+}
+
+torch::Tensor AttentionImpl::ct_gate_from_statistic(const torch::Tensor& stat) const {
   auto scale = ct_scale.to(torch::kFloat32).view({1, -1, 1});
   auto bias = ct_bias.to(torch::kFloat32).view({1, -1, 1});
   return torch::sigmoid(scale * stat + bias);
@@ -280,18 +286,15 @@ torch::Tensor AttentionImpl::attend_fused_stats(const torch::Tensor& q, const to
   auto r = fused::ra_band_attention_stats(q, k, v, ra_alpha, config_.ra.window, score_scale(), K);
   auto y = r.out;  // [B, H, T, D]
   if (ct_) {  // ct_gate's `topk` statistic: the sum of the row's k largest weights
-    auto stat = r.head_val.narrow(-1, 0, std::min(ct_k, K)).sum(-1);  // [B, H, T]
-    auto gate = torch::sigmoid(ct_scale.to(torch::kFloat32).view({1, -1, 1}) * stat +
-                               ct_bias.to(torch::kFloat32).view({1, -1, 1}));
+    auto gate = ct_gate_from_statistic(r.head_val.narrow(-1, 0, std::min(ct_k, K)).sum(-1));  // [B, H, T]
     y = y * gate.unsqueeze(-1).to(y.scalar_type());
   }
   if (config_.mlp_cross.enabled) {  // sparsify_mean_weights' `topk`, scattered into a bf16 [B, T, T]
     const int64_t k_kept = std::min(cross_k, K);
     auto kept = r.mean_val.narrow(-1, 0, k_kept);                      // [B, T, k]
     auto keys = r.mean_key.narrow(-1, 0, k_kept).clamp_min(0).to(torch::kLong);  // empty entries hold 0
-    auto normalised = kept / kept.sum(-1, true).clamp_min(1e-12);
     out->mean_weights = torch::zeros({B, T, T}, q.options().dtype(torch::kBFloat16))
-                            .scatter_add(-1, keys, normalised.to(torch::kBFloat16));
+                            .scatter_add(-1, keys, renormalised_rows(kept).to(torch::kBFloat16));
   }
   return y;
 }

@@ -107,6 +107,7 @@ class AttentionImpl : public torch::nn::Module {
   torch::Tensor attend_fused_stats(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
                                    AttentionOutput* out);
   torch::Tensor ct_gate(const torch::Tensor& weights) const;  // [B, H, Tq]
+  torch::Tensor ct_gate_from_statistic(const torch::Tensor& stat) const;  // sigmoid(scale·stat + bias), [B, H, Tq]
   torch::Tensor merge_heads_and_project(torch::Tensor y, const torch::Tensor& head_gate);
 
   ModelConfig config_;

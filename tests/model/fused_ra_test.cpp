@@ -57,19 +57,26 @@ RaInputs make_inputs(const RaShape& s, uint64_t seed) {
   return in;
 }
 
-// The materialised path's arithmetic in fp32: scores, the reciprocal term inside the band, causal
-// mask, softmax, weights·v.
-torch::Tensor reference(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
-                        const torch::Tensor& alpha, int64_t window, double scale) {
+// The materialised path's scores in fp32: q_i·k_j, plus alpha·q_j·k_i inside the band (window 0: every
+// visible key; alpha undefined: no reciprocal term), causal mask. [B, H, T, T]
+torch::Tensor reference_scores(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& alpha,
+                               int64_t window, double scale) {
   const int64_t T = q.size(2);
-  auto scores = torch::matmul(q, k.transpose(-2, -1)) * scale;      // [B, H, T, T]  q_i·k_j
-  auto reciprocal = torch::matmul(k, q.transpose(-2, -1)) * scale;  // [B, H, T, T]  k_i·q_j = S[j, i]
+  auto scores = torch::matmul(q, k.transpose(-2, -1)) * scale;  // q_i·k_j
   auto i = torch::arange(T, q.options().dtype(torch::kLong)).unsqueeze(1);
   auto j = torch::arange(T, q.options().dtype(torch::kLong)).unsqueeze(0);
-  auto band = (j <= i).logical_and(i - j <= window);
-  scores = scores + (reciprocal * alpha).masked_fill(band.logical_not(), 0.0);
-  scores = scores.masked_fill((j <= i).logical_not(), -std::numeric_limits<float>::infinity());
-  return torch::matmul(torch::softmax(scores, -1), v);
+  if (alpha.defined()) {
+    auto reciprocal = torch::matmul(k, q.transpose(-2, -1)) * scale;  // k_i·q_j = S[j, i]
+    auto band = window > 0 ? (j <= i).logical_and(i - j <= window) : j <= i;
+    scores = scores + (reciprocal * alpha).masked_fill(band.logical_not(), 0.0);
+  }
+  return scores.masked_fill((j <= i).logical_not(), -std::numeric_limits<float>::infinity());
+}
+
+// The materialised path's arithmetic in fp32: softmax of the scores above, weights·v.
+torch::Tensor reference(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
+                        const torch::Tensor& alpha, int64_t window, double scale) {
+  return torch::matmul(torch::softmax(reference_scores(q, k, alpha, window, scale), -1), v);
 }
 
 struct Grads {
@@ -227,14 +234,7 @@ TEST_P(FusedRaStats, MatchesMaterialisedReference) {
   auto reference_grads = [&](bool with_stats) {
     auto leaf = [](const torch::Tensor& t) { return t.detach().to(torch::kFloat32).requires_grad_(true); };
     auto q = leaf(in.q), k = leaf(in.k), v = leaf(in.v), alpha = leaf(in.alpha);
-    const int64_t T = c.T;
-    auto scores = torch::matmul(q, k.transpose(-2, -1)) * in.scale;
-    auto reciprocal = torch::matmul(k, q.transpose(-2, -1)) * in.scale;
-    auto i = torch::arange(T, opts.dtype(torch::kLong)).unsqueeze(1), j = torch::arange(T, opts.dtype(torch::kLong)).unsqueeze(0);
-    auto band = (j <= i).logical_and(i - j <= c.window);
-    scores = scores + (reciprocal * alpha).masked_fill(band.logical_not(), 0.0);
-    scores = scores.masked_fill((j <= i).logical_not(), -std::numeric_limits<float>::infinity());
-    auto weights = torch::softmax(scores, -1);  // [B, H, T, T]
+    auto weights = torch::softmax(reference_scores(q, k, alpha, c.window, in.scale), -1);  // [B, H, T, T]
     auto at_keys = [](const torch::Tensor& w, const torch::Tensor& keys) {
       return w.gather(-1, keys.clamp_min(0).to(torch::kLong)) * keys.ge(0);
     };
@@ -335,14 +335,7 @@ TEST_P(FusedTopkWeights, MatchTheMaterialisedWeights) {
   if (c.reciprocal) alpha = torch::full({1}, 0.7, opts);
 
   // The reference weights in fp32 from the same bf16 inputs. [B, H, T, T]
-  auto scores = torch::matmul(q.to(torch::kFloat32), k.to(torch::kFloat32).transpose(-2, -1)) * scale;
-  auto i = torch::arange(c.T, opts.dtype(torch::kLong)).unsqueeze(1), j = torch::arange(c.T, opts.dtype(torch::kLong)).unsqueeze(0);
-  if (c.reciprocal) {  // S[j, i] = q_j·k_i is the score matrix transposed, for MLA's shared key too
-    auto band = (i - j).ge(0);
-    if (c.window > 0) band = band.logical_and((i - j).le(c.window));
-    scores = scores + (scores.transpose(-2, -1) * 0.7).masked_fill(band.logical_not(), 0.0);
-  }
-  scores = scores.masked_fill(j.gt(i), -std::numeric_limits<float>::infinity());
+  const auto scores = reference_scores(q.to(torch::kFloat32), k.to(torch::kFloat32), alpha, c.window, scale);
   const auto lse = torch::logsumexp(scores, -1);  // [B, H, T]
   const auto weights = torch::softmax(scores, -1);
 

@@ -39,11 +39,7 @@ constexpr int kLdProb = kWindowRows + 8;      // bf16 probability rows
 // Rows of the partial-gradient buffers: T rounded up to whole blocks.
 __host__ __device__ inline int64_t padded_t(int64_t T) { return (T + kRows - 1) / kRows * kRows; }
 
-using FragA = wmma::fragment<wmma::matrix_a, 16, 16, 16, bf16, wmma::row_major>;
-using FragAT = wmma::fragment<wmma::matrix_a, 16, 16, 16, bf16, wmma::col_major>;  // A read transposed
-using FragB = wmma::fragment<wmma::matrix_b, 16, 16, 16, bf16, wmma::row_major>;
-using FragBT = wmma::fragment<wmma::matrix_b, 16, 16, 16, bf16, wmma::col_major>;  // B read transposed
-using FragC = wmma::fragment<wmma::accumulator, 16, 16, 16, float>;
+using namespace ra_wmma;
 
 // Whether the 16×16 tile of query tile qt (block rows 16·qt..) and window tile kt holds any pair
 // with 0 ≤ i − j ≤ window.
@@ -317,14 +313,7 @@ __global__ void __launch_bounds__(kThreads) ra_band_backward_kernel(RaBandBackwa
     if (!tile_in_band(group, kt, s.window)) continue;
     FragC acc;
     wmma::fill_fragment(acc, 0.0f);
-#pragma unroll
-    for (int kk = 0; kk < DV / 16; ++kk) {
-      FragA dout;
-      FragBT vt;
-      wmma::load_matrix_sync(dout, sdO + 16 * group * kLdV + 16 * kk, kLdV);
-      wmma::load_matrix_sync(vt, sV + 16 * kt * kLdV + 16 * kk, kLdV);
-      wmma::mma_sync(acc, dout, vt, acc);
-    }
+    accumulate_abt<DV>(acc, sdO + 16 * group * kLdV, kLdV, sV + 16 * kt * kLdV, kLdV);
     wmma::store_matrix_sync(dprob + 16 * kt, acc, kLdScore, wmma::mem_row_major);
   }
   __syncthreads();

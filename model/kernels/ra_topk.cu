@@ -36,9 +36,7 @@ constexpr int kLdScore = kKeys + 4;     // fp32 score rows
 constexpr int kMaxThreads = kRows * kRaTopkMaxHeads;
 constexpr float kEmpty = -1.f;          // below every weight: an unfilled list entry
 
-using FragA = wmma::fragment<wmma::matrix_a, 16, 16, 16, bf16, wmma::row_major>;
-using FragBT = wmma::fragment<wmma::matrix_b, 16, 16, 16, bf16, wmma::col_major>;  // B read transposed
-using FragC = wmma::fragment<wmma::accumulator, 16, 16, 16, float>;
+using ra_wmma::FragC;
 
 // A sorted list of the K best (value, key) pairs seen, in registers: entries past K are scratch.
 struct TopList {
@@ -93,14 +91,7 @@ __device__ void score_tile(const bf16* a_rows, const bf16* b_rows, int ct, float
   constexpr int kLd = DK + 8;
   FragC acc;
   wmma::fill_fragment(acc, 0.0f);
-#pragma unroll
-  for (int kk = 0; kk < DK / 16; ++kk) {
-    FragA a;
-    FragBT bt;
-    wmma::load_matrix_sync(a, a_rows + 16 * kk, kLd);
-    wmma::load_matrix_sync(bt, b_rows + 16 * ct * kLd + 16 * kk, kLd);
-    wmma::mma_sync(acc, a, bt, acc);
-  }
+  ra_wmma::accumulate_abt<DK>(acc, a_rows, kLd, b_rows + 16 * ct * kLd, kLd);
 #pragma unroll
   for (int e = 0; e < acc.num_elements; ++e) acc.x[e] *= scale;
   wmma::store_matrix_sync(out, acc, ld_out, wmma::mem_row_major);

@@ -67,9 +67,11 @@ struct TopList {
         j = tk;
       }
     }
+    // The list is sorted, so its K-th value is the least of the first K. (Picking val[K − 1] directly
+    // compiles to an indexed load, which puts the list in local memory.)
+    kth = val[0];
 #pragma unroll
-    for (int e = 0; e < kRaTopkMaxK; ++e)
-      if (e == K - 1) kth = val[e];
+    for (int e = 1; e < kRaTopkMaxK; ++e) kth = e < K ? fminf(kth, val[e]) : kth;
   }
 
   // Entries 0..K−1 to out_val/out_key; unfilled ones as value 0, key −1.

@@ -271,7 +271,7 @@ struct RaTopkArgs {
   const float* alpha;        // device scalar, or null: no reciprocal term
   RaStrided q, k;            // [B, H, T, dk] and [B, heads_k, T, dk] bf16
   const float* lse;          // [B, H, T] fp32, contiguous: the rows' log-sum-exp
-  float* head_val;           // [B, H, T, K]
+  float* head_val;           // [B, H, T, K], or null: no heads' lists (then head_key unused)
   int32_t* head_key;         // [B, H, T, K]
   float* mean_val;           // [B, T, K]
   int32_t* mean_key;         // [B, T, K]

@@ -8,8 +8,9 @@
 // 64. Per tile the score products run on tensor cores (WMMA, bf16 in, fp32 accumulate, as ra_band.cu
 // computes them): each head's 16×64 tile, and inside the band the reciprocal products K_rows·Q_tileᵀ,
 // head by head. Then thread (r, h) turns its row of the tile into weights and keeps its list's K best
-// in registers, sorted; the heads' mean of each weight follows, and thread (r, 0) keeps row r's list of
-// those. Ties keep the earlier key.
+// in registers, sorted (ties keep the earlier key); the heads' mean of each weight follows, its row
+// scanned by four threads with a list each, merged at the end (ties between them keep the lower part's).
+// Without head_val only the mean's lists are kept (mechanism 2 without RA-CT).
 
 #include <algorithm>
 #include <cstdint>
@@ -35,6 +36,8 @@ constexpr int kColTiles = kKeys / 16;   // 16-wide column tiles of a score tile
 constexpr int kLdScore = kKeys + 4;     // fp32 score rows
 constexpr int kMaxThreads = kRows * kRaTopkMaxHeads;
 constexpr float kEmpty = -1.f;          // below every weight: an unfilled list entry
+constexpr int kMeanParts = 4;           // threads per row sharing the mean's scan (the block has ≥ 4·16)
+constexpr int kMergeFloats = 2 * (kMeanParts - 1) * kRows * kRaTopkMaxK;  // the parts' lists, handed over in sS
 
 using ra_wmma::FragC;
 
@@ -72,6 +75,17 @@ struct TopList {
     kth = val[0];
 #pragma unroll
     for (int e = 1; e < kRaTopkMaxK; ++e) kth = e < K ? fminf(kth, val[e]) : kth;
+  }
+
+  // Entries 0..K−1 as they are (unfilled ones too), for another list to offer.
+  __device__ __forceinline__ void store(float* out_val, int* out_key, int K) const {
+#pragma unroll
+    for (int e = 0; e < kRaTopkMaxK; ++e) {
+      if (e < K) {
+        out_val[e] = val[e];
+        out_key[e] = key[e];
+      }
+    }
   }
 
   // Entries 0..K−1 to out_val/out_key; unfilled ones as value 0, key −1.
@@ -130,16 +144,17 @@ __global__ void __launch_bounds__(kMaxThreads) ra_topk_stats_kernel(RaTopkArgs a
   // [2][64][kLd]: a key tile or the queries at the tile's positions (one head's), double-buffered
   bf16* sBuf[2] = {sKi + Hk * kRows * kLd, sKi + Hk * kRows * kLd + kKeys * kLd};
   float* sS = reinterpret_cast<float*>(sBuf[1] + kKeys * kLd);  // [H][16][kLdScore] S', then P
-  float* sMean = sS + H * kRows * kLdScore;          // [16][kLdScore] the heads' mean of P
-  float* sStage = sMean + kRows * kLdScore;          // [warps][16][16] reciprocal products
+  float* sStage = sS + H * kRows * kLdScore;         // [warps][16][16] reciprocal products
 
   for (int h = 0; h < H; ++h) load_rows_async<DK>(sQ + h * kRows * kLd, kLd, a.q, b, h, i0, kRows, T);
   for (int h = 0; h < Hk; ++h) load_rows_async<DK>(sKi + h * kRows * kLd, kLd, a.k, b, h, i0, kRows, T);
   wait_for_rows();
 
-  // Thread (r, h) keeps head h's list of row r; thread (r, 0) also the mean's.
-  const int r = threadIdx.x % kRows, h_own = threadIdx.x / kRows, i = i0 + r;
+  // Thread (r, h) keeps head h's list of row r. Threads (r, p), p < 4, also keep the heads' mean's list
+  // of row r over the keys ≡ p (mod 4) of every tile, merged into (r, 0)'s at the end.
+  const int r = threadIdx.x % kRows, h_own = threadIdx.x / kRows, i = i0 + r, mean_part = h_own;
   const bool owns_row = h_own < H && i < T;
+  const bool heads = a.head_val != nullptr;
   const float lse = owns_row ? a.lse[(int64_t(b) * H + h_own) * T + i] : 0.f;
   TopList head_list, mean_list;
   head_list.clear();
@@ -190,28 +205,38 @@ __global__ void __launch_bounds__(kMaxThreads) ra_topk_stats_kernel(RaTopkArgs a
         const bool visible = owns_row && j <= i;
         const float p = visible ? __expf(row[c] - lse) : 0.f;
         row[c] = p;
-        if (visible) head_list.offer(p, j, K);
+        if (heads && visible) head_list.offer(p, j, K);
       }
     }
     __syncthreads();
-    for (int e = threadIdx.x; e < kRows * kKeys; e += blockDim.x) {
-      const int rr = e / kKeys, c = e % kKeys;
-      float sum = 0.f;
-      for (int h = 0; h < H; ++h) sum += sS[(h * kRows + rr) * kLdScore + c];
-      sMean[rr * kLdScore + c] = sum / H;
-    }
-    __syncthreads();
-    if (h_own == 0 && owns_row) {
-      for (int c = 0; c < kKeys && j0 + c <= i; ++c) mean_list.offer(sMean[r * kLdScore + c], j0 + c, K);
+    if (mean_part < kMeanParts && i < T) {  // the heads' mean of the part's keys j0 + part, + 4, ...
+      for (int c = mean_part; c < kKeys && j0 + c <= i; c += kMeanParts) {
+        float sum = 0.f;
+        for (int h = 0; h < H; ++h) sum += sS[(h * kRows + r) * kLdScore + c];
+        mean_list.offer(sum / H, j0 + c, K);
+      }
     }
   }
 
-  if (!owns_row) return;
-  const int64_t head_at = ((int64_t(b) * H + h_own) * T + i) * K;
-  head_list.write(a.head_val + head_at, a.head_key + head_at, K);
-  if (h_own == 0) {
+  // Parts 1..3 hand their lists to part 0 through shared memory (sS is free now).
+  __syncthreads();
+  float* merge_val = sS;                                        // [kMeanParts − 1][16][K]
+  int* merge_key = reinterpret_cast<int*>(sS + (kMeanParts - 1) * kRows * K);
+  if (mean_part > 0 && mean_part < kMeanParts)
+    mean_list.store(merge_val + ((mean_part - 1) * kRows + r) * K, merge_key + ((mean_part - 1) * kRows + r) * K, K);
+  __syncthreads();
+  if (i >= T) return;
+  if (mean_part == 0) {
+    for (int part = 1; part < kMeanParts; ++part) {
+      const int at = ((part - 1) * kRows + r) * K;
+      for (int e = 0; e < K; ++e) mean_list.offer(merge_val[at + e], merge_key[at + e], K);
+    }
     const int64_t mean_at = (int64_t(b) * T + i) * K;
     mean_list.write(a.mean_val + mean_at, a.mean_key + mean_at, K);
+  }
+  if (heads && h_own < H) {
+    const int64_t head_at = ((int64_t(b) * H + h_own) * T + i) * K;
+    head_list.write(a.head_val + head_at, a.head_key + head_at, K);
   }
 }
 
@@ -219,7 +244,8 @@ template <int DK>
 size_t smem_bytes(int H, int Hk, int threads) {
   constexpr int kLd = DK + 8;
   return size_t(H + Hk) * kRows * kLd * sizeof(bf16) + 2 * kKeys * kLd * sizeof(bf16) +
-         size_t(H + 1) * kRows * kLdScore * sizeof(float) + size_t(threads / kWarpSize) * 16 * 16 * sizeof(float);
+         std::max<size_t>(size_t(H) * kRows * kLdScore, kMergeFloats) * sizeof(float) +
+         size_t(threads / kWarpSize) * 16 * 16 * sizeof(float);
 }
 
 template <int DK>

@@ -283,7 +283,7 @@ torch::Tensor AttentionImpl::attend_fused_stats(const torch::Tensor& q, const to
   const int64_t ct_k = ct_ ? config_.ra_ct.k : 0, cross_k = config_.mlp_cross.enabled ? config_.mlp_cross.k : 0;
   // One list length serves both statistics; each reads its first k entries (sorted largest first).
   const int64_t K = std::min<int64_t>(std::max(ct_k, cross_k), T);
-  auto r = fused::ra_band_attention_stats(q, k, v, ra_alpha, config_.ra.window, score_scale(), K);
+  auto r = fused::ra_band_attention_stats(q, k, v, ra_alpha, config_.ra.window, score_scale(), K, /*heads=*/ct_);
   auto y = r.out;  // [B, H, T, D]
   if (ct_) {  // ct_gate's `topk` statistic: the sum of the row's k largest weights
     auto gate = ct_gate_from_statistic(r.head_val.narrow(-1, 0, std::min(ct_k, K)).sum(-1));  // [B, H, T]

@@ -139,7 +139,7 @@ void add_sparse_gradients(const torch::Tensor& m, const torch::Tensor& q, const 
 struct RaBandFunction : torch::autograd::Function<RaBandFunction> {
   static variable_list forward(AutogradContext* ctx, const torch::Tensor& q, const torch::Tensor& k,
                                const torch::Tensor& v, const torch::Tensor& alpha, int64_t window, double scale,
-                               int64_t K) {
+                               int64_t K, bool heads) {
     const int64_t B = q.size(0), H = q.size(1), T = q.size(2), Dv = v.size(3);
     const auto far = far_inputs(q, k, v, window);
     const FarForward far_out = far_forward(far, scale);
@@ -163,7 +163,7 @@ struct RaBandFunction : torch::autograd::Function<RaBandFunction> {
     variable_list outputs{out};
     torch::Tensor head_key, mean_key;
     if (K > 0) {
-      auto top = topk_weights(q, k, lse, alpha32, window, scale, K);
+      auto top = topk_weights(q, k, lse, alpha32, window, scale, K, heads);
       head_key = top.head_key;
       mean_key = top.mean_key;
       ctx->mark_non_differentiable({head_key, mean_key});
@@ -185,8 +185,9 @@ struct RaBandFunction : torch::autograd::Function<RaBandFunction> {
     const double scale = ctx->saved_data["scale"].toDouble();
     const int64_t B = q.size(0), H = q.size(1), T = q.size(2), Dk = q.size(3), Dv = v.size(3);
     const int64_t t_far = T - window - 1;
-    const bool head_grad = K > 0 && grads[1].defined(), mean_grad = K > 0 && grads[3].defined();
-    const variable_list none(7);
+    const bool head_grad = K > 0 && grads[1].defined() && grads[1].numel() > 0;
+    const bool mean_grad = K > 0 && grads[3].defined();
+    const variable_list none(8);
     if (!grads[0].defined() && !head_grad && !mean_grad) return none;
     auto dout = grads[0].defined() ? grads[0].to(torch::kBFloat16) : at::zeros_like(out);
     if (!kernel_layout(dout)) dout = dout.contiguous();
@@ -263,7 +264,7 @@ struct RaBandFunction : torch::autograd::Function<RaBandFunction> {
       if (dalpha_rows.defined()) total = total + dalpha_rows.sum();
       dalpha = total.view(alpha.sizes()).to(alpha.scalar_type());
     }
-    return {dq, dk, dv, dalpha, torch::Tensor(), torch::Tensor(), torch::Tensor()};
+    return {dq, dk, dv, dalpha, torch::Tensor(), torch::Tensor(), torch::Tensor(), torch::Tensor()};
   }
 };
 
@@ -282,19 +283,20 @@ bool supports_ra_band(const torch::Tensor& q, const torch::Tensor& k, const torc
 
 torch::Tensor ra_band_attention(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
                                 const torch::Tensor& alpha, int64_t window, double scale) {
-  return RaBandFunction::apply(q, k, v, alpha, window, scale, /*K=*/0)[0];
+  return RaBandFunction::apply(q, k, v, alpha, window, scale, /*K=*/0, /*heads=*/false)[0];
 }
 
 RaBandStats ra_band_attention_stats(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
-                                    const torch::Tensor& alpha, int64_t window, double scale, int64_t K) {
+                                    const torch::Tensor& alpha, int64_t window, double scale, int64_t K,
+                                    bool heads) {
   TORCH_CHECK(K >= 1 && K <= kMaxStatsK, "ra_band_attention_stats: K must be 1..", kMaxStatsK, ", got ", K);
   TORCH_CHECK(q.size(1) <= kMaxStatsHeads, "ra_band_attention_stats: at most ", kMaxStatsHeads, " heads");
-  auto r = RaBandFunction::apply(q, k, v, alpha, window, scale, K);
+  auto r = RaBandFunction::apply(q, k, v, alpha, window, scale, K, heads);
   return {r[0], r[1], r[2], r[3], r[4]};
 }
 
 TopkWeights topk_weights(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& lse,
-                         const torch::Tensor& alpha, int64_t window, double scale, int64_t K) {
+                         const torch::Tensor& alpha, int64_t window, double scale, int64_t K, bool heads) {
   TORCH_CHECK(q.is_cuda() && q.scalar_type() == torch::kBFloat16 && k.scalar_type() == torch::kBFloat16,
               "topk_weights: q and k must be bf16 on CUDA");
   TORCH_CHECK(kernel_layout(q) && kernel_layout(k), "topk_weights: q and k need a contiguous, 16-byte aligned last dimension");
@@ -306,11 +308,13 @@ TopkWeights topk_weights(const torch::Tensor& q, const torch::Tensor& k, const t
   torch::Tensor alpha32;
   if (alpha.defined()) alpha32 = alpha.to(torch::kFloat32).contiguous();
   auto f32 = q.options().dtype(torch::kFloat32), i32 = q.options().dtype(torch::kInt);
-  TopkWeights out{at::empty({B, H, T, K}, f32), at::empty({B, H, T, K}, i32), at::empty({B, T, K}, f32),
+  const int64_t head_k = heads ? K : 0;
+  TopkWeights out{at::empty({B, H, T, head_k}, f32), at::empty({B, H, T, head_k}, i32), at::empty({B, T, K}, f32),
                   at::empty({B, T, K}, i32)};
   kernels::RaTopkArgs args{int(B), int(H), int(k.size(1)), int(T), int(q.size(3)), int(window), int(K), float(scale),
                            alpha32.defined() ? alpha32.data_ptr<float>() : nullptr, strided(q), strided(k),
-                           lse32.data_ptr<float>(), out.head_val.data_ptr<float>(), out.head_key.data_ptr<int32_t>(),
+                           lse32.data_ptr<float>(), heads ? out.head_val.data_ptr<float>() : nullptr,
+                           heads ? out.head_key.data_ptr<int32_t>() : nullptr,
                            out.mean_val.data_ptr<float>(), out.mean_key.data_ptr<int32_t>()};
   check_launch(kernels::ra_topk_stats(args, current_stream()), "ra_topk_stats");
   return out;
@@ -326,12 +330,12 @@ torch::Tensor ra_band_attention(const torch::Tensor&, const torch::Tensor&, cons
 }
 
 RaBandStats ra_band_attention_stats(const torch::Tensor&, const torch::Tensor&, const torch::Tensor&,
-                                    const torch::Tensor&, int64_t, double, int64_t) {
+                                    const torch::Tensor&, int64_t, double, int64_t, bool) {
   TORCH_CHECK(false, "fused::ra_band_attention_stats: this build has no CUDA kernels");
 }
 
 TopkWeights topk_weights(const torch::Tensor&, const torch::Tensor&, const torch::Tensor&, const torch::Tensor&, int64_t,
-                         double, int64_t) {
+                         double, int64_t, bool) {
   TORCH_CHECK(false, "fused::topk_weights: this build has no CUDA kernels");
 }
 

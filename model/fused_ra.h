@@ -29,14 +29,16 @@ torch::Tensor ra_band_attention(const torch::Tensor& q, const torch::Tensor& k, 
 // tensor, forward or backward. The values' gradients enter dP at their keys only, so the backward is
 // the band's and the far part's with each row's D shifted, plus a sparse correction
 // (model/kernels/ra_sparse.cu; tests/model/ra_sparse_grad_test.cpp derives it). The same inputs as
-// ra_band_attention and 1 ≤ K ≤ 16, H ≤ 16. Keys are not differentiable.
+// ra_band_attention and 1 ≤ K ≤ 16, H ≤ 16. Keys are not differentiable. Without `heads` only the
+// mean's lists are computed (head_val and head_key are [B, H, T, 0]).
 struct RaBandStats {
   torch::Tensor out;                 // [B, H, T, Dv] bf16, as ra_band_attention's
   torch::Tensor head_val, head_key;  // [B, H, T, K] fp32, int32: each head's K largest weights
   torch::Tensor mean_val, mean_key;  // [B, T, K] fp32, int32: the heads' mean's K largest
 };
 RaBandStats ra_band_attention_stats(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
-                                    const torch::Tensor& alpha, int64_t window, double scale, int64_t K);
+                                    const torch::Tensor& alpha, int64_t window, double scale, int64_t K,
+                                    bool heads = true);
 constexpr int64_t kMaxStatsK = 16;
 constexpr int64_t kMaxStatsHeads = 16;
 
@@ -46,12 +48,13 @@ constexpr int64_t kMaxStatsHeads = 16;
 // scores (alpha defined: the reciprocal term inside the band, window 0 meaning every visible key) or of
 // plain causal attention (alpha undefined). q [B, H, T, Dk] and k [B, H|1, T, Dk] bf16 (Dk 64 or 128,
 // H ≤ 16, K ≤ 16); lse [B, H, T] fp32. Values sorted largest first; a row with fewer than K
-// visible keys ends with value 0 and key −1. Not differentiable. Built with the kernels only.
+// visible keys ends with value 0 and key −1. Without `heads`, only the mean's lists (head_val and
+// head_key [B, H, T, 0]). Not differentiable. Built with the kernels only.
 struct TopkWeights {
   torch::Tensor head_val, head_key;  // [B, H, T, K] fp32, int32
   torch::Tensor mean_val, mean_key;  // [B, T, K] fp32, int32
 };
 TopkWeights topk_weights(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& lse,
-                         const torch::Tensor& alpha, int64_t window, double scale, int64_t K);
+                         const torch::Tensor& alpha, int64_t window, double scale, int64_t K, bool heads = true);
 
 }  // namespace ratio::model::fused

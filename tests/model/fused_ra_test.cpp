@@ -355,11 +355,12 @@ TEST_P(FusedTopkWeights, MatchTheMaterialisedWeights) {
 }
 
 // MLA's shared 128-wide key and standard 64-wide heads; RA inside a band, over the whole causal range
-// (window 0) and absent; T not a multiple of the 16-row blocks or 64-key tiles; K up to its limit, 16.
+// (window 0) and absent; T not a multiple of the 16-row blocks or 32-key tiles; K up to its limit, 16,
+// and either side of 8 (the kernel keeps lists of 8 or 16 entries).
 INSTANTIATE_TEST_SUITE_P(Shapes, FusedTopkWeights,
                          ::testing::Values(TopkCase{true, true, 67, 5, 8}, TopkCase{false, true, 45, 0, 8},
                                            TopkCase{true, false, 97, 0, 8}, TopkCase{false, true, 33, 64, 16},
-                                           TopkCase{true, true, 130, 64, 3}));
+                                           TopkCase{true, true, 130, 64, 3}, TopkCase{true, true, 100, 64, 12}));
 
 }  // namespace
 }  // namespace ratio::model

@@ -101,14 +101,16 @@ void combine(const torch::Tensor& own, const torch::Tensor& prev, const torch::T
 // otherwise, MLA's dk came out NaN or wrong whenever the band op had run on the same shapes before in
 // the process, and right when run alone: as if PyTorch reused the cuDNN backward graph built for the
 // first call's strides. With these strides the CUDA tests pass in any order.
+// Returns rows first_row .. first_row + rows − 1 of O', one pass of ra_sparse.cu's ra_shift_output
+// over the whole dO and shift [B, H, T] (it was eight elementwise passes in fp32).
 torch::Tensor shifted_output(const torch::Tensor& out, int64_t first_row, int64_t rows, const torch::Tensor& dout,
                              const torch::Tensor& shift) {
-  auto dout32 = dout.to(torch::kFloat32);
-  auto norm2 = dout32.square().sum(-1, /*keepdim=*/true);  // [B, H, t, 1]
-  auto factor = torch::where(norm2 > 0, shift.unsqueeze(-1) / norm2, torch::zeros_like(norm2));
-  auto shifted = at::empty_strided(out.sizes(), out.strides(), out.options()).narrow(2, first_row, rows);
-  shifted.copy_(out.narrow(2, first_row, rows).to(torch::kFloat32) + factor * dout32);
-  return shifted;
+  auto shifted = at::empty_strided(out.sizes(), out.strides(), out.options());
+  kernels::RaShiftOutputArgs args{int(out.size(0)), int(out.size(1)), int(out.size(2)), int(first_row), int(rows),
+                                  int(out.size(3)), strided(dout), strided(out), shift.data_ptr<float>(),
+                                  strided_out(shifted)};
+  check_launch(kernels::ra_shift_output(args, current_stream()), "ra_shift_output");
+  return shifted.narrow(2, first_row, rows);
 }
 
 // The sparse part's dense matrix M [B, T, H, T] (ra_sparse.cu) into the gradients:
@@ -222,7 +224,7 @@ struct RaBandFunction : torch::autograd::Function<RaBandFunction> {
     auto dout_far = dout.narrow(2, window + 1, t_far);
     auto out_far = out.narrow(2, window + 1, t_far);
     if (d_shift.defined())
-      out_far = shifted_output(out, window + 1, t_far, dout_far, d_shift.narrow(2, window + 1, t_far));
+      out_far = shifted_output(out, window + 1, t_far, dout, d_shift);
     const auto far_grads = far_backward(far, dout_far, out_far, lse_far, philox_seed, philox_offset, scale);
 
     // Band: bf16 partials per row, then one pass per input adds them to the far part's.

@@ -297,7 +297,7 @@ struct RaSparseArgs {
   int K;                     // entries of each list, 1..16
   float scale;
   const float* alpha;        // device scalar, or null: no reciprocal term
-  RaStrided q, k;            // [B, H, T, dk] and [B, heads_k, T, dk] bf16
+  RaStrided q, k;            // [B, H, T, dk] and [B, heads_k, T, dk] bf16; dk a multiple of 8, rows 16-byte aligned
   const float* lse;          // [B, H, T] fp32
   const int32_t* head_key;   // [B, H, T, K]
   const float* d_head_val;   // [B, H, T, K], or null: no head entries
@@ -309,5 +309,16 @@ struct RaSparseArgs {
   int64_t m_sb, m_sh, m_si;
 };
 cudaError_t ra_sparse_backward(const RaSparseArgs& args, cudaStream_t stream);
+
+// The far part's output as cuDNN's backward must see it for the rows' D = dO·O to come out shifted by
+// d_shift (model/fused_ra.cpp's shifted_output says why): rows first_row .. first_row + rows − 1 of
+// shifted = O + shift/|dO|²·dO (O where dO is zero), fp32 arithmetic, bf16 out. One warp a row.
+struct RaShiftOutputArgs {
+  int B, H, T, first_row, rows, Dv;
+  RaStrided dout, out;   // bf16 [B, H, T, Dv], each row contiguous
+  const float* shift;    // [B, H, T] fp32, contiguous
+  RaStridedOut shifted;  // bf16 [B, H, T, Dv]
+};
+cudaError_t ra_shift_output(const RaShiftOutputArgs& args, cudaStream_t stream);
 
 }  // namespace ratio::kernels

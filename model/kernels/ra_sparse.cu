@@ -26,37 +26,37 @@ namespace {
 using bf16 = __nv_bfloat16;
 
 constexpr unsigned kFullMask = 0xffffffffu;
-constexpr int kDkPerLane = kRaSparseMaxDk / kWarpSize;
 
-// This lane's elements d = lane + 32·e of a bf16 row (zero past Dk).
-__device__ inline void load_lane_elements(const bf16* row, int Dk, int lane, float (&v)[kDkPerLane]) {
-#pragma unroll
-  for (int e = 0; e < kDkPerLane; ++e) {
-    const int d = lane + kWarpSize * e;
-    v[e] = d < Dk ? __bfloat162float(row[d]) : 0.f;
-  }
-}
-
-__device__ inline float warp_dot(const float (&mine)[kDkPerLane], const bf16* row, int Dk, int lane) {
+// mine·row over Dk elements: `mine` fp32 in shared memory, `row` bf16 in global memory, 16-byte aligned.
+__device__ inline float dot_row(const float* mine, const bf16* row, int Dk) {
   float acc = 0.f;
+  for (int d0 = 0; d0 < Dk; d0 += 8) {
+    float x[8], y[8];
+    load_vec<8>(row + d0, x);
+    load_vec<8>(mine + d0, y);
 #pragma unroll
-  for (int e = 0; e < kDkPerLane; ++e) {
-    const int d = lane + kWarpSize * e;
-    if (d < Dk) acc += mine[e] * __bfloat162float(row[d]);
+    for (int e = 0; e < 8; ++e) acc = fmaf(x[e], y[e], acc);
   }
-  return warp_sum(acc);
+  return acc;
 }
 
-// grid (T, B), one warp per head: warp h owns row (b, h, i).
-__global__ void ra_sparse_backward_kernel(RaSparseArgs a) {
+// grid (T, B), one warp per head: warp h owns row (b, h, i) and lane e < 2K its entry e, computing
+// that entry's dot products alone against q_i and k_i staged in shared memory. (A warp-wide dot per
+// entry, reduced across the lanes, took four times the instructions.)
+__global__ void __launch_bounds__(kRaSparseMaxHeads * kWarpSize) ra_sparse_backward_kernel(RaSparseArgs a) {
+  __shared__ __align__(16) float s_rows[kRaSparseMaxHeads][2][kRaSparseMaxDk];  // q_i and k_i per warp
   const int i = blockIdx.x, b = blockIdx.y, h = threadIdx.x / kWarpSize, lane = threadIdx.x % kWarpSize;
   const int H = a.H, T = a.T, Dk = a.dk, K = a.K;
   const int hk = a.heads_k == 1 ? 0 : h;
   const bf16* q_head = static_cast<const bf16*>(a.q.data) + b * a.q.sb + h * a.q.sh;
   const bf16* k_head = static_cast<const bf16*>(a.k.data) + b * a.k.sb + hk * a.k.sh;
-  float q_i[kDkPerLane], k_i[kDkPerLane];
-  load_lane_elements(q_head + int64_t(i) * a.q.st, Dk, lane, q_i);
-  load_lane_elements(k_head + int64_t(i) * a.k.st, Dk, lane, k_i);
+  float* q_i = s_rows[h][0];
+  float* k_i = s_rows[h][1];
+  for (int d = lane; d < Dk; d += kWarpSize) {
+    q_i[d] = __bfloat162float(q_head[int64_t(i) * a.q.st + d]);
+    k_i[d] = __bfloat162float(k_head[int64_t(i) * a.k.st + d]);
+  }
+  __syncwarp();
   const int64_t row = (int64_t(b) * H + h) * T + i;
 
   // Lanes 0..K−1: the head's list; lanes K..2K−1: the mean's. Key −1: no entry.
@@ -82,36 +82,65 @@ __global__ void ra_sparse_backward_kernel(RaSparseArgs a) {
     }
   }
 
-  const float alpha = a.alpha != nullptr ? *a.alpha : 0.f;
-  const float lse = a.lse[row];
-  bf16* m = static_cast<bf16*>(a.m) + b * a.m_sb + h * a.m_sh;
   float shift = 0.f, dalpha = 0.f;
-  for (int e = 0; e < 2 * K; ++e) {  // warp-uniform: every lane takes every entry
-    const int j = __shfl_sync(kFullMask, key, e);
-    const float c = __shfl_sync(kFullMask, total, e);
-    if (!__shfl_sync(kFullMask, leader, e)) continue;
+  if (leader) {
+    const int j = key;
+    const float alpha = a.alpha != nullptr ? *a.alpha : 0.f;
     const bool band = a.alpha != nullptr && (a.window == 0 || i - j <= a.window);
-    const float qk = warp_dot(q_i, k_head + int64_t(j) * a.k.st, Dk, lane);                 // q_i·k_j
-    const float kq = band ? warp_dot(k_i, q_head + int64_t(j) * a.q.st, Dk, lane) : 0.f;   // q_j·k_i
-    const float g = __expf(a.scale * (qk + alpha * kq) - lse) * c;                         // G_ij = P_ij·c
-    shift += g;
-    if (band) dalpha += a.scale * g * kq;
-    if (lane == 0) {
-      m[int64_t(i) * a.m_si + j] = __float2bfloat16(j == i && band ? (1.f + alpha) * g : g);
-      if (band && j < i) m[int64_t(j) * a.m_si + i] = __float2bfloat16(alpha * g);
-    }
+    const float qk = dot_row(q_i, k_head + int64_t(j) * a.k.st, Dk);                 // q_i·k_j
+    const float kq = band ? dot_row(k_i, q_head + int64_t(j) * a.q.st, Dk) : 0.f;   // q_j·k_i
+    const float g = __expf(a.scale * (qk + alpha * kq) - a.lse[row]) * total;       // G_ij = P_ij·c
+    shift = g;
+    if (band) dalpha = a.scale * g * kq;
+    bf16* m = static_cast<bf16*>(a.m) + b * a.m_sb + h * a.m_sh;
+    m[int64_t(i) * a.m_si + j] = __float2bfloat16(j == i && band ? (1.f + alpha) * g : g);
+    if (band && j < i) m[int64_t(j) * a.m_si + i] = __float2bfloat16(alpha * g);
   }
+  shift = warp_sum(shift);
+  dalpha = warp_sum(dalpha);
   if (lane == 0) {
     a.d_shift[row] = shift;
     a.dalpha_row[row] = dalpha;
   }
 }
 
+// grid (ceil(rows·H·B / 8)), 8 warps: warp w takes row (b, h, first_row + t) of the far part.
+__global__ void ra_shift_output_kernel(RaShiftOutputArgs a) {
+  const int64_t w = (int64_t(blockIdx.x) * blockDim.x + threadIdx.x) / kWarpSize;
+  const int lane = threadIdx.x % kWarpSize;
+  if (w >= int64_t(a.B) * a.H * a.rows) return;
+  const int t = a.first_row + int(w % a.rows), h = int(w / a.rows % a.H), b = int(w / a.rows / a.H);
+  const bf16* dout = static_cast<const bf16*>(a.dout.data) + b * a.dout.sb + h * a.dout.sh + t * a.dout.st;
+  const bf16* out = static_cast<const bf16*>(a.out.data) + b * a.out.sb + h * a.out.sh + t * a.out.st;
+  bf16* shifted = static_cast<bf16*>(a.shifted.data) + b * a.shifted.sb + h * a.shifted.sh + t * a.shifted.st;
+  float norm2 = 0.f;
+  for (int d = lane; d < a.Dv; d += kWarpSize) {
+    const float g = __bfloat162float(dout[d]);
+    norm2 += g * g;
+  }
+  norm2 = warp_sum(norm2);
+  const float factor = norm2 > 0.f ? a.shift[(int64_t(b) * a.H + h) * a.T + t] / norm2 : 0.f;
+  for (int d = lane; d < a.Dv; d += kWarpSize)
+    shifted[d] = __float2bfloat16(__bfloat162float(out[d]) + factor * __bfloat162float(dout[d]));
+}
+
 }  // namespace
+
+cudaError_t ra_shift_output(const RaShiftOutputArgs& args, cudaStream_t stream) {
+  if (args.B < 0 || args.H < 1 || args.rows < 0 || args.Dv < 1 || args.first_row < 0 ||
+      args.first_row + args.rows > args.T)
+    return cudaErrorInvalidValue;
+  const int64_t warps = int64_t(args.B) * args.H * args.rows;
+  if (warps == 0) return cudaSuccess;
+  constexpr int kBlockWarps = 8;
+  ra_shift_output_kernel<<<unsigned((warps + kBlockWarps - 1) / kBlockWarps), kBlockWarps * kWarpSize, 0, stream>>>(
+      args);
+  return cudaGetLastError();
+}
 
 cudaError_t ra_sparse_backward(const RaSparseArgs& args, cudaStream_t stream) {
   if (args.H < 1 || args.H > kRaSparseMaxHeads || (args.heads_k != 1 && args.heads_k != args.H) || args.dk < 1 ||
-      args.dk > kRaSparseMaxDk || args.K < 1 || 2 * args.K > kWarpSize || args.window < 0)
+      args.dk > kRaSparseMaxDk || args.dk % 8 != 0 || args.K < 1 || 2 * args.K > kWarpSize || args.window < 0)
     return cudaErrorInvalidValue;
   if (args.B == 0 || args.T == 0) return cudaSuccess;
   ra_sparse_backward_kernel<<<dim3(args.T, args.B), args.H * kWarpSize, 0, stream>>>(args);

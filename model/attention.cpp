@@ -212,9 +212,9 @@ torch::Tensor AttentionImpl::ct_gate_from_statistic(const torch::Tensor& stat) c
   return torch::sigmoid(scale * stat + bias);
 }
 
-torch::Tensor AttentionImpl::attend_materialised(const torch::Tensor& q, const torch::Tensor& k,
-                                                 const torch::Tensor& v, const torch::Tensor& all_q,
-                                                 AttentionOutput* out, bool keep_weights) {
+AttentionImpl::Attended AttentionImpl::attend_materialised(const torch::Tensor& q, const torch::Tensor& k,
+                                                           const torch::Tensor& v, const torch::Tensor& all_q,
+                                                           AttentionOutput* out, bool keep_weights) {
   const int64_t Tq = q.size(2), Tk = k.size(2);
   // Scores and softmax in fp32: bf16 logits lose the small differences softmax depends on.
   auto scores = torch::matmul(q, k.transpose(-2, -1)).to(torch::kFloat32) * score_scale();  // [B, H, Tq, Tk]
@@ -240,8 +240,7 @@ torch::Tensor AttentionImpl::attend_materialised(const torch::Tensor& q, const t
   if (keep_weights) out->weights = weights.detach();
   if (config_.mlp_cross.enabled) out->mean_weights = sparsify_mean_weights(weights, config_.mlp_cross);
   auto y = torch::matmul(attn_drop(weights).to(v.scalar_type()), v);  // [B, H, Tq, D]
-  if (ct_ && config_.ra_ct.apply == "output") y = y * gate.unsqueeze(-1).to(y.scalar_type());
-  return y;
+  return {y, ct_ && config_.ra_ct.apply == "output" ? gate : torch::Tensor()};
 }
 
 torch::Tensor AttentionImpl::attend_fused(const torch::Tensor& q, const torch::Tensor& shared_k, const torch::Tensor& v) {
@@ -277,18 +276,16 @@ bool AttentionImpl::fused_stats_apply(const torch::Tensor& q, const torch::Tenso
   return fused::supports_ra_band(q, k, v, config_.ra.window);
 }
 
-torch::Tensor AttentionImpl::attend_fused_stats(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
-                                                AttentionOutput* out) {
+AttentionImpl::Attended AttentionImpl::attend_fused_stats(const torch::Tensor& q, const torch::Tensor& k,
+                                                          const torch::Tensor& v, AttentionOutput* out) {
   const int64_t B = q.size(0), T = q.size(2);
   const int64_t ct_k = ct_ ? config_.ra_ct.k : 0, cross_k = config_.mlp_cross.enabled ? config_.mlp_cross.k : 0;
   // One list length serves both statistics; each reads its first k entries (sorted largest first).
   const int64_t K = std::min<int64_t>(std::max(ct_k, cross_k), T);
   auto r = fused::ra_band_attention_stats(q, k, v, ra_alpha, config_.ra.window, score_scale(), K, /*heads=*/ct_);
-  auto y = r.out;  // [B, H, T, D]
-  if (ct_) {  // ct_gate's `topk` statistic: the sum of the row's k largest weights
-    auto gate = ct_gate_from_statistic(r.head_val.narrow(-1, 0, std::min(ct_k, K)).sum(-1));  // [B, H, T]
-    y = y * gate.unsqueeze(-1).to(y.scalar_type());
-  }
+  Attended att{r.out, torch::Tensor()};  // y [B, H, T, D]
+  if (ct_)  // ct_gate's `topk` statistic: the sum of the row's k largest weights
+    att.output_gate = ct_gate_from_statistic(r.head_val.narrow(-1, 0, std::min(ct_k, K)).sum(-1));  // [B, H, T]
   if (config_.mlp_cross.enabled) {  // sparsify_mean_weights' `topk`, scattered into a bf16 [B, T, T]
     const int64_t k_kept = std::min(cross_k, K);
     auto kept = r.mean_val.narrow(-1, 0, k_kept);                      // [B, T, k]
@@ -296,14 +293,27 @@ torch::Tensor AttentionImpl::attend_fused_stats(const torch::Tensor& q, const to
     out->mean_weights = torch::zeros({B, T, T}, q.options().dtype(torch::kBFloat16))
                             .scatter_add(-1, keys, renormalised_rows(kept).to(torch::kBFloat16));
   }
-  return y;
+  return att;
 }
 
-torch::Tensor AttentionImpl::merge_heads_and_project(torch::Tensor y, const torch::Tensor& head_gate) {
-  if (head_gate.defined()) {  // mechanism 1: (1 - a)·y + a·(y·g), g [B, H, T, 1] from the previous MLP
-    auto a = gate_alpha.to(y.scalar_type());
-    y = (1 - a) * y + a * (y * head_gate.to(y.scalar_type()));
+// Mechanism 1's (1 − a)·y + a·(y·g) is y·((1 − a) + a·g), so both gates fold into one multiplier and
+// the [B, H, T, D] output is multiplied once (it was four elementwise passes over it, and their
+// backward more).
+torch::Tensor AttentionImpl::row_scale(const torch::Tensor& output_gate, const torch::Tensor& head_gate) const {
+  torch::Tensor scale;
+  if (output_gate.defined()) scale = output_gate.unsqueeze(-1);  // RA-CT, [B, H, T, 1]
+  if (head_gate.defined()) {  // g [B, H, T, 1] from the previous MLP
+    auto a = gate_alpha.to(torch::kFloat32);
+    auto mix = (1 - a) + a * head_gate.to(torch::kFloat32);
+    scale = scale.defined() ? scale * mix : mix;
   }
+  return scale;
+}
+
+torch::Tensor AttentionImpl::merge_heads_and_project(const Attended& att, const torch::Tensor& head_gate) {
+  auto y = att.y;
+  const auto scale = row_scale(att.output_gate, head_gate);
+  if (scale.defined()) y = y * scale.to(y.scalar_type());
   const int64_t B = y.size(0), T = y.size(2);
   y = y.transpose(1, 2).contiguous().view({B, T, config_.n_embd});  // [B, T, C]
   return resid_drop(c_proj(y));
@@ -315,16 +325,16 @@ AttentionOutput AttentionImpl::forward(const torch::Tensor& a, const torch::Tens
   AttentionOutput out;
   out.v_lat = p.v_lat;
   const bool need_weights = keep_weights || ct_ || config_.mlp_cross.enabled;
-  torch::Tensor y;  // [B, H, T, D]
+  Attended att;
   if (need_weights && !keep_weights && fused_stats_apply(p.q, p.k, p.v)) {
-    y = attend_fused_stats(p.q, p.k, p.v, &out);
+    att = attend_fused_stats(p.q, p.k, p.v, &out);
   } else if (need_weights) {
-    y = attend_materialised(p.q, p.k, p.v, p.q, &out, keep_weights);
+    att = attend_materialised(p.q, p.k, p.v, p.q, &out, keep_weights);
   } else {
-    y = attend_fused(p.q, p.k, p.v);
+    att.y = attend_fused(p.q, p.k, p.v);
   }
   if (head_gate_ && !head_gate.defined()) throw std::logic_error("mechanism 1: layer expects a head gate");
-  out.y = merge_heads_and_project(y, head_gate_ ? head_gate : torch::Tensor());
+  out.y = merge_heads_and_project(att, head_gate_ ? head_gate : torch::Tensor());
   return out;
 }
 
@@ -357,8 +367,8 @@ AttentionOutput AttentionImpl::forward_cached(const torch::Tensor& a, const torc
     cache.q = append_cached(cache.q, p.q, 2, storage);  // [B, H, t, Dk]
     all_q = cache.q.to(compute);
   }
-  auto y = attend_materialised(p.q, k, v, all_q, &out, false);
-  out.y = merge_heads_and_project(y, head_gate_ ? head_gate : torch::Tensor());
+  const auto att = attend_materialised(p.q, k, v, all_q, &out, false);
+  out.y = merge_heads_and_project(att, head_gate_ ? head_gate : torch::Tensor());
   return out;
 }
 

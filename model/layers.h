@@ -93,22 +93,30 @@ class AttentionImpl : public torch::nn::Module {
   double score_scale() const;
   bool ra_band_limited(int64_t T) const;
 
+  // An attention path's result: y [B, H, T, D] and RA-CT's `output` gate [B, H, T] fp32 (undefined
+  // without it), which merge_heads_and_project applies together with mechanism 1's gate.
+  struct Attended {
+    torch::Tensor y, output_gate;
+  };
   // softmax path with the T×T weights: RA, RA-CT, weights for mechanism 2 / stats.
   // q [B, H, Tq, Dk], k [B, H|1, Tk, Dk], v [B, H, Tk, D]; query i sits at position Tk - Tq + i.
   // all_q [B, H, Tk, Dk]: the queries of every visible position (RA's S[j, i] = q_j·k_i).
-  torch::Tensor attend_materialised(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
-                                    const torch::Tensor& all_q, AttentionOutput* out, bool keep_weights);
+  Attended attend_materialised(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
+                               const torch::Tensor& all_q, AttentionOutput* out, bool keep_weights);
   // No T×T tensor on GPU: band RA in model/fused_ra.h's kernels where they apply (fused_), else SDPA
   // (plain, full-range RA, or band RA over 2T keys). k [B, H|1, T, Dk]. Returns [B, H, T, D].
   torch::Tensor attend_fused(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v);
   // RA-CT (`topk`, `output`) and mechanism 2 (`topk`) from the band kernels' top-K statistics, no T×T
   // tensor (model/fused_ra.h): the same math as attend_materialised, where fused_stats_apply says so.
   bool fused_stats_apply(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v) const;
-  torch::Tensor attend_fused_stats(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
-                                   AttentionOutput* out);
+  Attended attend_fused_stats(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
+                              AttentionOutput* out);
   torch::Tensor ct_gate(const torch::Tensor& weights) const;  // [B, H, Tq]
   torch::Tensor ct_gate_from_statistic(const torch::Tensor& stat) const;  // sigmoid(scale·stat + bias), [B, H, Tq]
-  torch::Tensor merge_heads_and_project(torch::Tensor y, const torch::Tensor& head_gate);
+  // RA-CT's output gate and mechanism 1's head gate [B, H, T, 1] (either undefined) as one multiplier of
+  // y, [B, H, T, 1] fp32, or undefined when neither is there.
+  torch::Tensor row_scale(const torch::Tensor& output_gate, const torch::Tensor& head_gate) const;
+  torch::Tensor merge_heads_and_project(const Attended& att, const torch::Tensor& head_gate);
 
   ModelConfig config_;
   bool mla_;

@@ -23,7 +23,10 @@ inline double rel_err(const torch::Tensor& a, const torch::Tensor& b) {
 }
 
 // One forward and backward of the same model, fused and not: same loss (to `tol`) and every gradient
-// (to `grad_tol`; by default 5e-2 in bf16, 1e-4 in fp32).
+// (to `grad_tol`; by default 5e-2 in bf16, 1e-4 in fp32). A mixing scalar's gradient is one sum over
+// every activation, with cancellation, so bf16 rounding moves it by several percent between the
+// paths (mechanism 1's gate_alpha: 14 % with the gate as four bf16 passes over y, 5 % with it folded
+// into one multiplier): in bf16 scalars get three times the tolerance; the fp32 run holds them to it.
 inline void expect_model_paths_agree(const ModelConfig& config, torch::Device device, bool bf16, double tol,
                                      double grad_tol = 0.0) {
   if (grad_tol == 0.0) grad_tol = bf16 ? 5e-2 : 1e-4;
@@ -52,7 +55,10 @@ inline void expect_model_paths_agree(const ModelConfig& config, torch::Device de
     if (!grads[i].defined()) continue;
     // Gradients of order 1e-9 (a mixing scalar at init) are rounding; compare where there is signal.
     if (grads_ref[i].abs().max().item<double>() < 1e-6) continue;
-    EXPECT_LT(rel_err(grads[i], grads_ref[i]), grad_tol) << names[i];
+    const double tol_i = bf16 && grads[i].numel() == 1 ? 3 * grad_tol : grad_tol;
+    EXPECT_LT(rel_err(grads[i], grads_ref[i]), tol_i)
+        << names[i] << ": fused " << grads[i].flatten().narrow(0, 0, std::min<int64_t>(4, grads[i].numel())).cpu()
+        << " reference " << grads_ref[i].flatten().narrow(0, 0, std::min<int64_t>(4, grads[i].numel())).cpu();
   }
 }
 

@@ -310,6 +310,31 @@ struct TiedEmbeddingFunction : torch::autograd::Function<TiedEmbeddingFunction> 
   }
 };
 
+// ---- mechanism 1's prefix mean ---------------------------------------------------------------------
+
+// out = the causal prefix mean of z over time, [B, T, G] in z's dtype.
+struct PrefixMeanFunction : torch::autograd::Function<PrefixMeanFunction> {
+  static variable_list forward(AutogradContext* ctx, const torch::Tensor& z_in) {
+    auto z = z_in.contiguous();
+    auto out = at::empty_like(z);
+    check_launch(kernels::prefix_mean_forward(z.data_ptr(), kernel_dtype(z), out.data_ptr(), kernel_dtype(out),
+                                              z.size(0), z.size(1), z.size(2), current_stream()),
+                 "prefix_mean_forward");
+    ctx->saved_data["z_dtype"] = z.scalar_type();
+    return {out};
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    if (!grads[0].defined()) return {torch::Tensor()};
+    auto dout = grads[0].contiguous();  // [B, T, G]
+    if (dout.scalar_type() != torch::kBFloat16) dout = dout.to(torch::kFloat32);
+    auto dz = at::empty(dout.sizes(), dout.options().dtype(ctx->saved_data["z_dtype"].toScalarType()));
+    check_launch(kernels::prefix_mean_backward(dout.data_ptr(), kernel_dtype(dout), dz.data_ptr(), kernel_dtype(dz),
+                                               dout.size(0), dout.size(1), dout.size(2), current_stream()),
+                 "prefix_mean_backward");
+    return {dz};
+  }
+};
+
 // ---- linear + gelu ---------------------------------------------------------------------------------
 
 // x_bf16: [.., C]; w_bf16: [M, C]; b_bf16: [M]; all bf16 and contiguous. h and pre: [.., M] bf16.
@@ -461,6 +486,16 @@ torch::Tensor tied_embedding(const torch::Tensor& idx, const torch::Tensor& weig
   return TiedEmbeddingFunction::apply(idx, weight, tied_grad)[0];
 }
 
+bool supports_prefix_mean(const torch::Tensor& z) {
+  return z.is_cuda() && z.dim() == 3 && (z.scalar_type() == torch::kFloat32 || z.scalar_type() == torch::kBFloat16);
+}
+
+torch::Tensor prefix_mean(const torch::Tensor& z) {
+  TORCH_CHECK(supports_prefix_mean(z), "fused::prefix_mean: z must be [B, T, G] fp32 or bf16 on CUDA, got ",
+              z.sizes(), " ", z.scalar_type(), " on ", z.device());
+  return PrefixMeanFunction::apply(z)[0];
+}
+
 #else  // built without the CUDA kernels: nothing is supported, and the model never calls the ops.
 
 bool supports_layer_norm(const torch::Tensor&, const torch::nn::LayerNorm&) { return false; }
@@ -502,6 +537,10 @@ torch::Tensor tied_gradient(const torch::Tensor&) { TORCH_CHECK(false, "fused::t
 torch::Tensor tied_embedding(const torch::Tensor&, const torch::Tensor&, const torch::Tensor&) {
   TORCH_CHECK(false, "fused::tied_embedding: this build has no CUDA kernels");
 }
+
+bool supports_prefix_mean(const torch::Tensor&) { return false; }
+
+torch::Tensor prefix_mean(const torch::Tensor&) { TORCH_CHECK(false, "fused::prefix_mean: this build has no CUDA kernels"); }
 
 #endif
 

@@ -89,6 +89,14 @@ class Bf16Weights {
   const Copies* outer_;
 };
 
+// True where prefix_mean can take z: built with the kernels, z [B, T, G] fp32 or bf16 on CUDA.
+bool supports_prefix_mean(const torch::Tensor& z);
+
+// Mechanism 1's causal prefix mean over time, out[b, t] = mean_{s ≤ t} z[b, s], summed in fp32 and
+// returned in z's dtype, as MlpImpl::head_gate's cumsum formula computes it; one scan kernel forward
+// and one reverse scan backward instead of ATen's serial cumsum, flips and casts. z: [B, T, G].
+torch::Tensor prefix_mean(const torch::Tensor& z);
+
 // GPT-2's tied weight [V, C], the token embedding's table and the classifier's, with its gradient
 // built in one fp32 buffer (tied_gradient, one per forward) instead of two [V, C] gradients that
 // autograd then adds: classifier_loss writes its weight gradient there and returns none, and

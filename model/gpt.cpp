@@ -84,14 +84,21 @@ torch::Tensor MlpImpl::head_gate(const torch::Tensor& hidden, LayerCache* cache,
   const int64_t T = hidden.size(1);
   auto z = gate_proj(hidden);  // [B, T, G]
   // Causal prefix mean: position t averages positions <= t (a full-sequence mean leaks the future).
-  auto sums = z.to(torch::kFloat32).cumsum(1);  // [B, T, G]
-  if (cache) {
-    if (cache->gate_sum.defined()) sums = sums + cache->gate_sum;
-    cache->gate_sum = sums.narrow(1, T - 1, 1);  // [B, 1, G] through the newest position
+  torch::Tensor prefix;  // [B, T, G] in z's dtype
+  if (!cache && start_pos == 0 && fused_kernels_ && fused::supports_prefix_mean(z)) {
+    // One scan kernel each way instead of ATen's cumsum, which scans T serially per column, its
+    // reverse, flips and casts (22 launches, 4.1 ms of a GPT-2 step).
+    prefix = fused::prefix_mean(z);
+  } else {
+    auto sums = z.to(torch::kFloat32).cumsum(1);  // [B, T, G]
+    if (cache) {
+      if (cache->gate_sum.defined()) sums = sums + cache->gate_sum;
+      cache->gate_sum = sums.narrow(1, T - 1, 1);  // [B, 1, G] through the newest position
+    }
+    auto counts = torch::arange(start_pos + 1, start_pos + T + 1,
+                                torch::TensorOptions().dtype(torch::kFloat32).device(z.device()));
+    prefix = (sums / counts.view({1, T, 1})).to(z.scalar_type());
   }
-  auto counts = torch::arange(start_pos + 1, start_pos + T + 1,
-                              torch::TensorOptions().dtype(torch::kFloat32).device(z.device()));
-  auto prefix = (sums / counts.view({1, T, 1})).to(z.scalar_type());
   auto g = torch::sigmoid(gate_to_heads(prefix));  // [B, T, H]
   return g.transpose(1, 2).unsqueeze(-1);          // [B, H, T, 1]
 }

@@ -1,10 +1,11 @@
 #pragma once
 // Fused CUDA kernels for the dense GPT-2 step (issue 10), one file per kernel family beside this
-// header: layernorm.cu, classifier.cu, gelu.cu, matmul.cu, adamw.cu, cast.cu, embedding.cu, and
-// ra_band.cu, ra_topk.cu, ra_sparse.cu for reciprocal attention (issue 11). Plain CUDA C++ without LibTorch:
-// model/fused.cpp wraps each launch in an autograd function (model/fused_adamw.cpp the optimizer's
-// step) and the tests hold the reference op it replaces. Compiled only when CMake finds CUDA and a
-// CUDA LibTorch (RATIO_WITH_CUDA_KERNELS); the CPU build never sees this file.
+// header: layernorm.cu, classifier.cu, gelu.cu, matmul.cu, adamw.cu, cast.cu, embedding.cu,
+// prefix_mean.cu (mechanism 1's causal mean), and ra_band.cu, ra_topk.cu, ra_sparse.cu for reciprocal
+// attention (issue 11). Plain CUDA C++ without LibTorch: model/fused.cpp wraps each launch in an
+// autograd function (model/fused_adamw.cpp the optimizer's step) and the tests hold the reference op
+// it replaces. Compiled only when CMake finds CUDA and a CUDA LibTorch (RATIO_WITH_CUDA_KERNELS); the
+// CPU build never sees this file.
 //
 // Element types: activations are fp32 or bf16 (`DType`), statistics and parameters fp32.
 // Every launch is asynchronous on `stream` and returns the launch's cudaError_t.
@@ -320,5 +321,18 @@ struct RaShiftOutputArgs {
   RaStridedOut shifted;  // bf16 [B, H, T, Dv]
 };
 cudaError_t ra_shift_output(const RaShiftOutputArgs& args, cudaStream_t stream);
+
+// ---- prefix_mean.cu: mechanism 1's causal prefix mean -----------------------------------------------
+
+// The running mean over time of mechanism 1's gate projection, and its backward (a reverse scan),
+// accumulated in fp32 whatever the element types:
+//   forward:  out[b, t, g] = (Σ_{s ≤ t} z[b, s, g]) / (t + 1)
+//   backward: dz[b, s, g] = Σ_{t ≥ s} dout[b, t, g] / (t + 1)
+// z, out, dout, dz: [B, T, G] contiguous, each of its own `*_type`. One block per batch row and 16
+// columns (8 where G is not a multiple of 8) scans T in tiles of 1024 rows with a carry between them.
+cudaError_t prefix_mean_forward(const void* z, DType z_type, void* out, DType out_type, int64_t B, int64_t T,
+                                int64_t G, cudaStream_t stream);
+cudaError_t prefix_mean_backward(const void* dout, DType dout_type, void* dz, DType dz_type, int64_t B, int64_t T,
+                                 int64_t G, cudaStream_t stream);
 
 }  // namespace ratio::kernels

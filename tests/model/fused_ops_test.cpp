@@ -7,6 +7,7 @@
 #include <torch/torch.h>
 
 #include "model/fused.h"
+#include "model/layers.h"
 #include "tests/model/fused_support.h"
 
 namespace ratio::model {
@@ -496,6 +497,138 @@ INSTANTIATE_TEST_SUITE_P(Shapes, FusedTiedEmbedding,
                          ::testing::Values(TiedCase{1003, 72, 4, 67}, TiedCase{257, 50, 3, 45}, TiedCase{64, 16, 1, 9},
                                            TiedCase{50304, 96, 2, 300}));
 
+// ---- mechanism 1's prefix mean ----------------------------------------------------------------------
+
+struct PrefixMeanCase {
+  int64_t B, T, G;
+  bool bf16;  // z bf16 (as under autocast), else fp32
+};
+
+void PrintTo(const PrefixMeanCase& c, std::ostream* os) {
+  *os << "B" << c.B << "_T" << c.T << "_G" << c.G << (c.bf16 ? "_bf16" : "_fp32");
+}
+
+// MlpImpl::head_gate's formula without the kernel: fp32 sums over time over the count, in z's dtype.
+torch::Tensor reference_prefix_mean(const torch::Tensor& z) {
+  const int64_t T = z.size(1);
+  auto counts = torch::arange(1, T + 1, z.options().dtype(torch::kFloat32));
+  return (z.to(torch::kFloat32).cumsum(1) / counts.view({1, T, 1})).to(z.scalar_type());
+}
+
+// The op against the formula it replaces and against the exact sums in fp64, forward and backward:
+// out[t] = Σ_{s ≤ t} z[s] / (t + 1) and dz[s] = Σ_{t ≥ s} dout[t] / (t + 1).
+void expect_prefix_mean_matches(const torch::Tensor& z0, const torch::Tensor& g) {
+  const int64_t T = z0.size(1);
+  auto run = [&](bool fused) {
+    auto z = z0.detach().requires_grad_(true);  // z0's own strides and offset, which the op must take
+    auto out = fused ? fused::prefix_mean(z) : reference_prefix_mean(z);
+    (out.to(torch::kFloat32) * g).sum().backward();
+    return std::make_pair(out.detach(), z.grad().clone());
+  };
+  auto [out_ref, dz_ref] = run(false);
+  auto [out, dz] = run(true);
+  const bool bf16 = z0.scalar_type() == torch::kBFloat16;
+  EXPECT_EQ(out.scalar_type(), z0.scalar_type());
+  EXPECT_EQ(dz.scalar_type(), z0.scalar_type());
+  ASSERT_EQ(out.sizes(), z0.sizes());
+  ASSERT_EQ(dz.sizes(), z0.sizes());
+  // The gradient reaching out is g in z's dtype (the backward of out.to(fp32)).
+  const auto dev64 = torch::TensorOptions().dtype(torch::kFloat64).device(z0.device());
+  const auto counts = torch::arange(1, T + 1, dev64).view({1, T, 1});
+  const auto out64 = z0.to(torch::kFloat64).cumsum(1) / counts;
+  const auto dz64 = (g.to(z0.scalar_type()).to(torch::kFloat64) / counts).flip({1}).cumsum(1).flip({1});
+  // fp32: the fp32 sums' rounding only. bf16: the results rounded to bf16 (2^-9 relative at most).
+  const double tol = bf16 ? 5e-3 : 1e-5;
+  EXPECT_LT(rel_err(out, out64), tol);
+  EXPECT_LT(rel_err(dz, dz64), tol);
+  EXPECT_LT(rel_err(out, out_ref), tol);
+  EXPECT_LT(rel_err(dz, dz_ref), tol);
+}
+
+class FusedPrefixMean : public ::testing::TestWithParam<PrefixMeanCase> {};
+
+TEST_P(FusedPrefixMean, MatchesTheCumsumFormula) {
+  if (!have_kernels()) GTEST_SKIP() << "no CUDA kernels in this build or no GPU";
+  const PrefixMeanCase p = GetParam();
+  const auto dev = torch::TensorOptions().device(torch::kCUDA);
+  torch::manual_seed(29);
+  // A nonzero mean, as a projection's outputs have: the prefix sums grow with t, and their rounding.
+  const auto z0 = (torch::randn({p.B, p.T, p.G}, dev) + 0.5).to(p.bf16 ? torch::kBFloat16 : torch::kFloat32);
+  expect_prefix_mean_matches(z0, torch::randn({p.B, p.T, p.G}, dev));
+}
+
+// T: one row; 37, not a multiple of any block's rows; 1024, one whole tile (GPT-2); 1500 and 2100, two
+// and three tiles with a carry. G: 64, the study's (8-wide vectors); 16 and 8, the demo's and one
+// vector a row; 5, odd (scalar columns); 4, the tiny models'.
+INSTANTIATE_TEST_SUITE_P(
+    Shapes, FusedPrefixMean,
+    ::testing::Values(PrefixMeanCase{3, 1, 64, true}, PrefixMeanCase{3, 37, 64, true}, PrefixMeanCase{3, 37, 64, false},
+                      PrefixMeanCase{16, 1024, 64, true}, PrefixMeanCase{3, 1024, 64, false},
+                      PrefixMeanCase{3, 1500, 64, true}, PrefixMeanCase{3, 1500, 64, false},
+                      PrefixMeanCase{2, 2100, 16, true}, PrefixMeanCase{2, 300, 8, false},
+                      PrefixMeanCase{3, 1, 5, false}, PrefixMeanCase{3, 37, 5, true},
+                      PrefixMeanCase{2, 1500, 5, true}, PrefixMeanCase{2, 2100, 5, false},
+                      PrefixMeanCase{4, 37, 4, false}));
+
+// A transposed z (made contiguous inside) and a contiguous one whose data is not 16-byte aligned
+// (the scalar path at G = 64).
+TEST(FusedPrefixMean, TakesStridedAndUnalignedInputs) {
+  if (!have_kernels()) GTEST_SKIP() << "no CUDA kernels in this build or no GPU";
+  const auto dev = torch::TensorOptions().device(torch::kCUDA);
+  torch::manual_seed(37);
+  for (auto dtype : {torch::kFloat32, torch::kBFloat16}) {
+    const auto transposed = torch::randn({2, 64, 45}, dev).to(dtype).transpose(1, 2);  // [2, 45, 64]
+    ASSERT_FALSE(transposed.is_contiguous());
+    expect_prefix_mean_matches(transposed, torch::randn({2, 45, 64}, dev));
+    const auto unaligned = torch::randn({2 * 45 * 64 + 1}, dev).to(dtype).narrow(0, 1, 2 * 45 * 64).view({2, 45, 64});
+    ASSERT_TRUE(unaligned.is_contiguous());
+    expect_prefix_mean_matches(unaligned, torch::randn({2, 45, 64}, dev));
+  }
+}
+
+// MlpImpl::head_gate with the kernel (no cache) against its cumsum path: the gates and the gradients
+// of the hidden state and of gate_proj and gate_to_heads, at the study's G and an odd one. gate_proj
+// is ATen's linear either way (the Mlp alone is not switched by GPT::set_fused_kernels), so only the
+// prefix mean differs.
+TEST(FusedPrefixMean, HeadGateMatchesTheReferencePath) {
+  if (!have_kernels()) GTEST_SKIP() << "no CUDA kernels in this build or no GPU";
+  const auto dev = torch::TensorOptions().device(torch::kCUDA);
+  for (int64_t G : {64, 5}) {
+    for (bool bf16 : {false, true}) {
+      auto config = tiny();
+      config.n_embd = 64;
+      config.n_head = 4;
+      config.mlp_gate.enabled = true;
+      config.mlp_gate.gate_dim = G;
+      torch::manual_seed(31);
+      Mlp mlp(config, /*layer=*/0);
+      mlp->to(torch::kCUDA);
+      ASSERT_TRUE(mlp->produces_head_gate());
+      const int64_t B = 3, T = 45;
+      const auto hidden0 = torch::randn({B, T, int64_t(config.mlp_hidden())}, dev);
+      const auto g = torch::randn({B, config.n_head, T, 1}, dev);
+      auto run = [&](bool fused) {
+        mlp->set_fused_kernels(fused);
+        mlp->zero_grad();
+        auto hidden = hidden0.clone().requires_grad_(true);
+        AutocastGuard autocast(bf16);
+        auto gate = mlp->head_gate(hidden);  // [B, H, T, 1]
+        (gate.to(torch::kFloat32) * g).sum().backward();
+        std::vector<torch::Tensor> got{gate.detach(), hidden.grad()};
+        for (const auto& param : mlp->parameters())
+          if (param.grad().defined()) got.push_back(param.grad().clone());
+        return got;
+      };
+      const auto ref = run(false), got = run(true);
+      ASSERT_EQ(got.size(), ref.size());
+      ASSERT_EQ(got.size(), 6u) << "the gate, dhidden and gate_proj's and gate_to_heads' weight and bias";
+      EXPECT_EQ(got[0].scalar_type(), ref[0].scalar_type());
+      const double tol = bf16 ? 1e-2 : 1e-5;
+      for (size_t i = 0; i < got.size(); ++i) EXPECT_LT(rel_err(got[i], ref[i]), tol) << "G " << G << " tensor " << i;
+    }
+  }
+}
+
 // ---- the model --------------------------------------------------------------------------------------
 
 TEST(FusedModel, CudaGptBaselineAndEveryMechanismMatchTheReferencePath) {
@@ -518,6 +651,20 @@ TEST(FusedModel, CudaGptBaselineAndEveryMechanismMatchTheReferencePath) {
   every.mlp_cross.sparsify = "none";
   every.ra_ct.mode = "entropy";
   expect_model_paths_agree(every, torch::kCUDA, /*bf16=*/true, 2e-3);
+}
+
+// Mechanism 1 alone at the study's gate width and a T that is not a multiple of 8 or 16: the prefix
+// mean on its 8-wide kernel (the test above, every mechanism at G = 4, takes its scalar one).
+TEST(FusedModel, CudaGptMechanism1MatchesTheReferencePath) {
+  if (!have_kernels()) GTEST_SKIP() << "no CUDA kernels in this build or no GPU";
+  auto config = tiny();
+  config.n_embd = 64;
+  config.n_head = 4;
+  config.block_size = 45;
+  config.mlp_gate.enabled = true;
+  config.mlp_gate.gate_dim = 64;
+  expect_model_paths_agree(config, torch::kCUDA, /*bf16=*/false, 1e-5);
+  expect_model_paths_agree(config, torch::kCUDA, /*bf16=*/true, 2e-3);
 }
 
 TEST(FusedModel, CpuIgnoresTheSwitchBitForBit) {

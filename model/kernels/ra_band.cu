@@ -2,7 +2,9 @@
 // gradients in 64-row blocks on tensor cores (WMMA, bf16 in, fp32 accumulate), merged with the far
 // part that cuDNN's attention computes (model/fused_ra.cpp). Nothing T×T is stored: a block holds
 // its 64×128 score tile in shared memory and the backward recomputes it from q, k, v and the saved
-// log-sum-exp. 256 threads a block: two warps per 16 query rows, taking alternate tiles.
+// log-sum-exp. 512 threads a block: four warps per 16 query rows, each taking every fourth tile. (The
+// kernels are latency-bound at one block per SM, which their shared memory allows: ncu gave the backward
+// IPC 1.22 with two warps per 16 rows, no warp eligible in 69 % of the cycles.)
 //
 // Geometry of one block (b, h, rows i0 .. i0+63):
 //   window rows w = 0..127 are positions p0 + w, p0 = i0 − 64; rows 64..127 are the block's own.
@@ -29,9 +31,9 @@ using bf16 = __nv_bfloat16;
 constexpr int kRows = 64;                     // query rows per block
 constexpr int kWindowRows = 2 * kRows;        // the 64 positions before the block and its own 64
 constexpr int kGroups = kRows / 16;           // 16-row query groups (WMMA's tile height)
-constexpr int kSplit = 2;                     // warps per group: each takes every other tile and half the rows
-constexpr int kWarps = kGroups * kSplit;      // 8: two warps per 16 rows hide each other's latency
-constexpr int kThreads = kWarps * kWarpSize;  // 256
+constexpr int kSplit = 4;                     // warps per group: each takes every kSplit-th tile and 16/kSplit rows
+constexpr int kWarps = kGroups * kSplit;      // 16: a group's warps hide each other's latency
+constexpr int kThreads = kWarps * kWarpSize;  // 512
 constexpr int kWarpRows = 16 / kSplit;        // rows a warp owns in the row-by-row passes
 constexpr int kLdScore = kWindowRows + 4;     // fp32 score rows (padded against bank conflicts)
 constexpr int kLdProb = kWindowRows + 8;      // bf16 probability rows
@@ -74,14 +76,14 @@ __device__ void load_warp_rows(__nv_bfloat162 (&pairs)[kWarpRows][DV / 64], cons
 }
 
 // S' for a group's 16 query rows against the window columns, tiles in the band only, this warp's
-// half of them (every other tile): scale·(Q_own·K_winᵀ + alpha·K_own·Q_winᵀ), both products
+// share of them (every kSplit-th tile): scale·(Q_own·K_winᵀ + alpha·K_own·Q_winᵀ), both products
 // accumulated in fp32. → score [16][kLdScore]
 template <int DK>
-__device__ void band_scores(const bf16* sQ, const bf16* sK, float* score, int group, int half, int window,
+__device__ void band_scores(const bf16* sQ, const bf16* sK, float* score, int group, int part, int window,
                             float scale, float alpha) {
   constexpr int kLd = DK + 8;
   const int own = kRows + 16 * group;  // the group's query rows among the window rows
-  for (int kt = half; kt < kWindowRows / 16; kt += kSplit) {
+  for (int kt = part; kt < kWindowRows / 16; kt += kSplit) {
     if (!tile_in_band(group, kt, window)) continue;
     FragC direct, reciprocal;
     wmma::fill_fragment(direct, 0.0f);
@@ -123,7 +125,7 @@ __global__ void __launch_bounds__(kThreads) ra_band_forward_kernel(RaBandForward
   const RaBandShape& s = a.shape;
   const int b = blockIdx.z, h = blockIdx.y, i0 = blockIdx.x * kRows, p0 = i0 - kRows;
   const int warp = threadIdx.x / kWarpSize, lane = threadIdx.x % kWarpSize;
-  const int group = warp % kGroups, half = warp / kGroups;
+  const int group = warp % kGroups, part = warp / kGroups;
   const float alpha = *s.alpha;
   load_rows_async<DK>(sQ, kLdK, a.q, b, h, p0, kWindowRows, s.T);
   load_rows_async<DK>(sK, kLdK, a.k, b, h, p0, kWindowRows, s.T);
@@ -131,12 +133,12 @@ __global__ void __launch_bounds__(kThreads) ra_band_forward_kernel(RaBandForward
   wait_for_rows();
 
   float* score = sS + 16 * group * kLdScore;  // the group's 16 rows
-  band_scores<DK>(sQ, sK, score, group, half, s.window, s.scale, alpha);
+  band_scores<DK>(sQ, sK, score, group, part, s.window, s.scale, alpha);
   __syncthreads();
 
   // Softmax of each row over band ∪ far: lse = log(Σ_band exp(S') + exp(lse_far)).
   const int64_t bh = int64_t(b) * s.H + h;
-  const int row0 = 16 * group + kWarpRows * half;  // this warp's rows in the row-by-row passes
+  const int row0 = 16 * group + kWarpRows * part;  // this warp's rows in the row-by-row passes
   for (int r = row0; r < row0 + kWarpRows; ++r) {
     const int rr = r - 16 * group, i = i0 + r;
     float x[kWindowRows / kWarpSize];
@@ -169,7 +171,7 @@ __global__ void __launch_bounds__(kThreads) ra_band_forward_kernel(RaBandForward
   __syncthreads();
 
   // The band's share of the output, P·V_win, into the group's score rows. [16, DV]
-  for (int ot = half; ot < DV / 16; ot += kSplit) {
+  for (int ot = part; ot < DV / 16; ot += kSplit) {
     FragC acc;
     wmma::fill_fragment(acc, 0.0f);
     for (int kt = 0; kt < kWindowRows / 16; ++kt) {
@@ -275,8 +277,8 @@ __global__ void __launch_bounds__(kThreads) ra_band_backward_kernel(RaBandBackwa
   const RaBandShape& s = a.shape;
   const int b = blockIdx.z, h = blockIdx.y, i0 = blockIdx.x * kRows, p0 = i0 - kRows;
   const int warp = threadIdx.x / kWarpSize, lane = threadIdx.x % kWarpSize;
-  const int group = warp % kGroups, half = warp / kGroups;
-  const int row0 = 16 * group + kWarpRows * half;  // this warp's rows in the row-by-row passes
+  const int group = warp % kGroups, part = warp / kGroups;
+  const int row0 = 16 * group + kWarpRows * part;  // this warp's rows in the row-by-row passes
   const float alpha = *s.alpha;
   const int64_t bh = int64_t(b) * s.H + h;
   float* sTile = sTiles + 16 * 16 * warp;
@@ -308,8 +310,8 @@ __global__ void __launch_bounds__(kThreads) ra_band_backward_kernel(RaBandBackwa
 
   float* score = sS + 16 * group * kLdScore;
   float* dprob = sdP + 16 * group * kLdScore;
-  band_scores<DK>(sQ, sK, score, group, half, s.window, s.scale, alpha);
-  for (int kt = half; kt < kWindowRows / 16; kt += kSplit) {  // dP = dO_own·V_winᵀ
+  band_scores<DK>(sQ, sK, score, group, part, s.window, s.scale, alpha);
+  for (int kt = part; kt < kWindowRows / 16; kt += kSplit) {  // dP = dO_own·V_winᵀ
     if (!tile_in_band(group, kt, s.window)) continue;
     FragC acc;
     wmma::fill_fragment(acc, 0.0f);
@@ -334,15 +336,15 @@ __global__ void __launch_bounds__(kThreads) ra_band_backward_kernel(RaBandBackwa
   __syncthreads();  // the sums below read every group's rows of P and dS
 
   // Own rows (positions i0 + 16·group ..): query side (the group's rows of dS) plus key side (window
-  // tile kGroups + group, the same positions, from every query row of the block). The group's two
-  // warps take alternate column tiles.
+  // tile kGroups + group, the same positions, from every query row of the block). The group's warps
+  // take every kSplit-th column tile.
   const int own_wt = kGroups + group;
   const int64_t own_row = bh * padded_t(s.T) + i0 + 16 * group;
   const bf16* sQ_own = sQ + kRows * kLdK;
   const bf16* sK_own = sK + kRows * kLdK;
   float* staging = score;  // the group's 16 rows of S' are no longer needed
   float dalpha = 0.0f;     // scale·Σ_ij dS[i, j]·q_j·k_i = scale·Σ_i k_i·G_i, over this warp's tiles
-  for (int ct = half; ct < DK / 16; ct += kSplit) {
+  for (int ct = part; ct < DK / 16; ct += kSplit) {
     FragC acc;  // dq_t = scale·(alpha·Σ_i dS[i, t]·k_i + Σ_j dS[t, j]·k_j)
     wmma::fill_fragment(acc, 0.0f);
     key_side(acc, sdS, sK_own, kLdK, own_wt, ct, s.window);
@@ -364,7 +366,7 @@ __global__ void __launch_bounds__(kThreads) ra_band_backward_kernel(RaBandBackwa
     scale_fragment(acc, s.scale);
     store_bf16(acc, sTile, static_cast<bf16*>(a.own_k) + own_row * DK + 16 * ct, DK, lane);
   }
-  for (int ct = half; ct < DV / 16; ct += kSplit) {
+  for (int ct = part; ct < DV / 16; ct += kSplit) {
     FragC acc;  // dv_t = Σ_i P[i, t]·dO_i
     wmma::fill_fragment(acc, 0.0f);
     key_side(acc, sP, sdO, kLdV, own_wt, ct, s.window);
@@ -376,7 +378,7 @@ __global__ void __launch_bounds__(kThreads) ra_band_backward_kernel(RaBandBackwa
   // The 64 positions before the block (window tile `group`): key-side contributions only.
   if (blockIdx.x > 0) {
     const int64_t prev_row = bh * padded_t(s.T) + p0 + 16 * group;
-    for (int ct = half; ct < DK / 16; ct += kSplit) {
+    for (int ct = part; ct < DK / 16; ct += kSplit) {
       FragC acc;
       wmma::fill_fragment(acc, 0.0f);
       key_side(acc, sdS, sK_own, kLdK, group, ct, s.window);
@@ -387,7 +389,7 @@ __global__ void __launch_bounds__(kThreads) ra_band_backward_kernel(RaBandBackwa
       scale_fragment(acc, s.scale);
       store_bf16(acc, sTile, static_cast<bf16*>(a.prev_k) + prev_row * DK + 16 * ct, DK, lane);
     }
-    for (int ct = half; ct < DV / 16; ct += kSplit) {
+    for (int ct = part; ct < DV / 16; ct += kSplit) {
       FragC acc;
       wmma::fill_fragment(acc, 0.0f);
       key_side(acc, sP, sdO, kLdV, group, ct, s.window);

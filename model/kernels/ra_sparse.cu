@@ -27,36 +27,45 @@ using bf16 = __nv_bfloat16;
 
 constexpr unsigned kFullMask = 0xffffffffu;
 
-// mine·row over Dk elements: `mine` fp32 in shared memory, `row` bf16 in global memory, 16-byte aligned.
-__device__ inline float dot_row(const float* mine, const bf16* row, int Dk) {
-  float acc = 0.f;
-  for (int d0 = 0; d0 < Dk; d0 += 8) {
-    float x[8], y[8];
-    load_vec<8>(row + d0, x);
-    load_vec<8>(mine + d0, y);
+constexpr int kHalfWarp = kWarpSize / 2;
+constexpr int kDkPerLane = kRaSparseMaxDk / kHalfWarp;  // 8: one 16-byte load of a bf16 row
+
+static_assert(kDkPerLane == 8, "a lane's share of a row is one 16-byte vector");
+
+// Σ over the 16 lanes of each half-warp (each half gets its own sum).
+__device__ inline float half_warp_sum(float v) {
 #pragma unroll
-    for (int e = 0; e < 8; ++e) acc = fmaf(x[e], y[e], acc);
-  }
+  for (int offset = kHalfWarp / 2; offset > 0; offset /= 2) v += __shfl_xor_sync(kFullMask, v, offset);
+  return v;
+}
+
+// mine·row[d0 .. d0 + 7], row bf16 and 16-byte aligned.
+__device__ inline float dot8(const float (&mine)[kDkPerLane], const bf16* row) {
+  float x[kDkPerLane];
+  load_vec<kDkPerLane>(row, x);
+  float acc = 0.f;
+#pragma unroll
+  for (int e = 0; e < kDkPerLane; ++e) acc = fmaf(mine[e], x[e], acc);
   return acc;
 }
 
-// grid (T, B), one warp per head: warp h owns row (b, h, i) and lane e < 2K its entry e, computing
-// that entry's dot products alone against q_i and k_i staged in shared memory. (A warp-wide dot per
-// entry, reduced across the lanes, took four times the instructions.)
-__global__ void __launch_bounds__(kRaSparseMaxHeads * kWarpSize) ra_sparse_backward_kernel(RaSparseArgs a) {
-  __shared__ __align__(16) float s_rows[kRaSparseMaxHeads][2][kRaSparseMaxDk];  // q_i and k_i per warp
+// grid (T, B), one warp per head: warp h owns row (b, h, i). The row's entries are taken two at a
+// time, a half-warp each: its 16 lanes read the entry's k_j (and, in the band, q_j) together, 8
+// elements a lane, and sum their dot products by shuffles. (A lane per entry, each reading its own
+// rows, was bound by L1: ncu had every load instruction touching 32 rows.)
+__global__ void ra_sparse_backward_kernel(RaSparseArgs a) {
   const int i = blockIdx.x, b = blockIdx.y, h = threadIdx.x / kWarpSize, lane = threadIdx.x % kWarpSize;
   const int H = a.H, T = a.T, Dk = a.dk, K = a.K;
   const int hk = a.heads_k == 1 ? 0 : h;
   const bf16* q_head = static_cast<const bf16*>(a.q.data) + b * a.q.sb + h * a.q.sh;
   const bf16* k_head = static_cast<const bf16*>(a.k.data) + b * a.k.sb + hk * a.k.sh;
-  float* q_i = s_rows[h][0];
-  float* k_i = s_rows[h][1];
-  for (int d = lane; d < Dk; d += kWarpSize) {
-    q_i[d] = __bfloat162float(q_head[int64_t(i) * a.q.st + d]);
-    k_i[d] = __bfloat162float(k_head[int64_t(i) * a.k.st + d]);
+  const int half = lane / kHalfWarp, d0 = kDkPerLane * (lane % kHalfWarp);  // this lane's columns d0 .. d0 + 7
+  const bool has_columns = d0 < Dk;
+  float q_i[kDkPerLane] = {}, k_i[kDkPerLane] = {};
+  if (has_columns) {
+    load_vec<kDkPerLane>(q_head + int64_t(i) * a.q.st + d0, q_i);
+    load_vec<kDkPerLane>(k_head + int64_t(i) * a.k.st + d0, k_i);
   }
-  __syncwarp();
   const int64_t row = (int64_t(b) * H + h) * T + i;
 
   // Lanes 0..K−1: the head's list; lanes K..2K−1: the mean's. Key −1: no entry.
@@ -82,19 +91,27 @@ __global__ void __launch_bounds__(kRaSparseMaxHeads * kWarpSize) ra_sparse_backw
     }
   }
 
-  float shift = 0.f, dalpha = 0.f;
-  if (leader) {
-    const int j = key;
-    const float alpha = a.alpha != nullptr ? *a.alpha : 0.f;
-    const bool band = a.alpha != nullptr && (a.window == 0 || i - j <= a.window);
-    const float qk = dot_row(q_i, k_head + int64_t(j) * a.k.st, Dk);                 // q_i·k_j
-    const float kq = band ? dot_row(k_i, q_head + int64_t(j) * a.q.st, Dk) : 0.f;   // q_j·k_i
-    const float g = __expf(a.scale * (qk + alpha * kq) - a.lse[row]) * total;       // G_ij = P_ij·c
-    shift = g;
-    if (band) dalpha = a.scale * g * kq;
-    bf16* m = static_cast<bf16*>(a.m) + b * a.m_sb + h * a.m_sh;
-    m[int64_t(i) * a.m_si + j] = __float2bfloat16(j == i && band ? (1.f + alpha) * g : g);
-    if (band && j < i) m[int64_t(j) * a.m_si + i] = __float2bfloat16(alpha * g);
+  const float alpha = a.alpha != nullptr ? *a.alpha : 0.f;
+  const float lse = a.lse[row];
+  bf16* m = static_cast<bf16*>(a.m) + b * a.m_sb + h * a.m_sh;
+  float shift = 0.f, dalpha = 0.f;  // summed in each half's lane 0
+  for (int e0 = 0; e0 < 2 * K; e0 += 2) {  // warp-uniform: every lane reaches every shuffle
+    const int e = e0 + half;               // this half's entry (2K is even)
+    const int j = __shfl_sync(kFullMask, key, e);
+    const float c = __shfl_sync(kFullMask, total, e);
+    const bool leads = __shfl_sync(kFullMask, leader, e);
+    const bool band = leads && a.alpha != nullptr && (a.window == 0 || i - j <= a.window);
+    float qk = leads && has_columns ? dot8(q_i, k_head + int64_t(j) * a.k.st + d0) : 0.f;  // q_i·k_j
+    float kq = band && has_columns ? dot8(k_i, q_head + int64_t(j) * a.q.st + d0) : 0.f;   // q_j·k_i
+    qk = half_warp_sum(qk);
+    kq = half_warp_sum(kq);
+    if (leads && lane % kHalfWarp == 0) {
+      const float g = __expf(a.scale * (qk + alpha * kq) - lse) * c;  // G_ij = P_ij·c
+      shift += g;
+      if (band) dalpha += a.scale * g * kq;
+      m[int64_t(i) * a.m_si + j] = __float2bfloat16(j == i && band ? (1.f + alpha) * g : g);
+      if (band && j < i) m[int64_t(j) * a.m_si + i] = __float2bfloat16(alpha * g);
+    }
   }
   shift = warp_sum(shift);
   dalpha = warp_sum(dalpha);

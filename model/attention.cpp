@@ -268,12 +268,13 @@ torch::Tensor AttentionImpl::attend_fused(const torch::Tensor& q, const torch::T
 
 bool AttentionImpl::fused_stats_apply(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v) const {
   const bool dropout = is_training() && config_.dropout > 0.0;
-  if (!fused_ || dropout || !config_.ra.enabled || q.size(1) > fused::kMaxStatsHeads) return false;
+  if (!fused_ || dropout || q.size(1) > fused::kMaxStatsHeads) return false;
   if (ct_ && (config_.ra_ct.mode != "topk" || config_.ra_ct.apply != "output" || config_.ra_ct.k > fused::kMaxStatsK))
     return false;
   const auto& cross = config_.mlp_cross;
   if (cross.enabled && (cross.sparsify != "topk" || cross.k > fused::kMaxStatsK)) return false;
-  return fused::supports_ra_band(q, k, v, config_.ra.window);
+  if (config_.ra.enabled) return fused::supports_ra_band(q, k, v, config_.ra.window);
+  return fused::supports_causal_stats(q, k, v);  // without RA: cuDNN's causal attention and the same kernels
 }
 
 AttentionImpl::Attended AttentionImpl::attend_fused_stats(const torch::Tensor& q, const torch::Tensor& k,
@@ -282,7 +283,9 @@ AttentionImpl::Attended AttentionImpl::attend_fused_stats(const torch::Tensor& q
   const int64_t ct_k = ct_ ? config_.ra_ct.k : 0, cross_k = config_.mlp_cross.enabled ? config_.mlp_cross.k : 0;
   // One list length serves both statistics; each reads its first k entries (sorted largest first).
   const int64_t K = std::min<int64_t>(std::max(ct_k, cross_k), T);
-  auto r = fused::ra_band_attention_stats(q, k, v, ra_alpha, config_.ra.window, score_scale(), K, /*heads=*/ct_);
+  auto r = config_.ra.enabled
+               ? fused::ra_band_attention_stats(q, k, v, ra_alpha, config_.ra.window, score_scale(), K, /*heads=*/ct_)
+               : fused::causal_attention_stats(q, k, v, score_scale(), K, /*heads=*/ct_);
   Attended att{r.out, torch::Tensor()};  // y [B, H, T, D]
   if (ct_)  // ct_gate's `topk` statistic: the sum of the row's k largest weights
     att.output_gate = ct_gate_from_statistic(r.head_val.narrow(-1, 0, std::min(ct_k, K)).sum(-1));  // [B, H, T]

@@ -49,6 +49,11 @@ FarInputs far_inputs(const torch::Tensor& q, const torch::Tensor& k, const torch
   return {q.narrow(2, window + 1, t_far), k_far, v.narrow(2, 0, t_far)};
 }
 
+// Every query against every key (causal): the statistics op without RA. MLA's shared key broadcast.
+FarInputs whole_range(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v) {
+  return {q, k.size(1) == q.size(1) ? k : k.expand({q.size(0), q.size(1), k.size(2), k.size(3)}), v};
+}
+
 // cuDNN's attention, the kernel SDPA itself picks on Hopper (faster there than FlashAttention-2,
 // and it takes MLA's 128-wide keys with 64-wide values); it returns the log-sum-exp the merge needs.
 struct FarForward {
@@ -136,6 +141,34 @@ void add_sparse_gradients(const torch::Tensor& m, const torch::Tensor& q, const 
   }
 }
 
+// The statistics' sparse backward (ra_sparse.cu) for the gradients of the head lists' and the mean
+// lists' values (either undefined: no such entries): the rows' D shifts, alpha's share per row and the
+// dense bf16 M [B, T, H, T] that add_sparse_gradients multiplies out. alpha32 undefined: no reciprocal
+// term (plain causal attention).
+struct SparsePart {
+  torch::Tensor d_shift, dalpha_rows, m;  // [B, H, T] fp32 twice, [B, T, H, T] bf16
+};
+SparsePart sparse_part(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& lse,
+                       const torch::Tensor& alpha32, int64_t window, double scale, int64_t K,
+                       const torch::Tensor& head_key, const torch::Tensor& d_head_val, const torch::Tensor& mean_key,
+                       const torch::Tensor& d_mean_val) {
+  const int64_t B = q.size(0), H = q.size(1), T = q.size(2);
+  auto f32 = q.options().dtype(torch::kFloat32);
+  auto d_head = d_head_val.defined() ? d_head_val.to(torch::kFloat32).contiguous() : torch::Tensor();
+  auto d_mean = d_mean_val.defined() ? d_mean_val.to(torch::kFloat32).contiguous() : torch::Tensor();
+  SparsePart out{at::empty({B, H, T}, f32), at::empty({B, H, T}, f32),
+                 at::zeros({B, T, H, T}, q.options().dtype(torch::kBFloat16))};
+  kernels::RaSparseArgs args{int(B), int(H), int(k.size(1)), int(T), int(q.size(3)), int(window), int(K),
+                             float(scale), alpha32.defined() ? alpha32.data_ptr<float>() : nullptr, strided(q),
+                             strided(k), lse.data_ptr<float>(), head_key.data_ptr<int32_t>(),
+                             d_head.defined() ? d_head.data_ptr<float>() : nullptr, mean_key.data_ptr<int32_t>(),
+                             d_mean.defined() ? d_mean.data_ptr<float>() : nullptr, out.d_shift.data_ptr<float>(),
+                             out.dalpha_rows.data_ptr<float>(), out.m.data_ptr(), out.m.stride(0), out.m.stride(2),
+                             out.m.stride(1)};
+  check_launch(kernels::ra_sparse_backward(args, current_stream()), "ra_sparse_backward");
+  return out;
+}
+
 // The band op, and with K > 0 its weights' top-K values as further differentiable outputs:
 // {out} or {out, head_val, head_key, mean_val, mean_key}.
 struct RaBandFunction : torch::autograd::Function<RaBandFunction> {
@@ -196,24 +229,12 @@ struct RaBandFunction : torch::autograd::Function<RaBandFunction> {
     auto alpha32 = alpha.to(torch::kFloat32).contiguous();
 
     // Sparse part first: it yields the rows' D shifts the dense part needs.
-    torch::Tensor d_shift, dalpha_rows, m;
-    if (head_grad || mean_grad) {
-      const torch::Tensor &head_key = saved[9], &mean_key = saved[10];
-      auto f32 = q.options().dtype(torch::kFloat32);
-      auto d_head = head_grad ? grads[1].to(torch::kFloat32).contiguous() : torch::Tensor();
-      auto d_mean = mean_grad ? grads[3].to(torch::kFloat32).contiguous() : torch::Tensor();
-      d_shift = at::empty({B, H, T}, f32);
-      dalpha_rows = at::empty({B, H, T}, f32);
-      m = at::zeros({B, T, H, T}, q.options().dtype(torch::kBFloat16));
-      kernels::RaSparseArgs sparse{int(B), int(H), int(k.size(1)), int(T), int(Dk), int(window), int(K),
-                                   float(scale), alpha32.data_ptr<float>(), strided(q), strided(k),
-                                   lse.data_ptr<float>(), head_key.data_ptr<int32_t>(),
-                                   head_grad ? d_head.data_ptr<float>() : nullptr, mean_key.data_ptr<int32_t>(),
-                                   mean_grad ? d_mean.data_ptr<float>() : nullptr, d_shift.data_ptr<float>(),
-                                   dalpha_rows.data_ptr<float>(), m.data_ptr(), m.stride(0), m.stride(2),
-                                   m.stride(1)};
-      check_launch(kernels::ra_sparse_backward(sparse, current_stream()), "ra_sparse_backward");
-    }
+    const SparsePart sparse = head_grad || mean_grad
+                                  ? sparse_part(q, k, lse, alpha32, window, scale, K, saved[9],
+                                                head_grad ? grads[1] : torch::Tensor(), saved[10],
+                                                mean_grad ? grads[3] : torch::Tensor())
+                                  : SparsePart{};
+    const torch::Tensor &d_shift = sparse.d_shift, &dalpha_rows = sparse.dalpha_rows, &m = sparse.m;
 
     // Far part, under the merged log-sum-exp (in the far kernel's own layout).
     const auto far = far_inputs(q, k, v, window);
@@ -270,6 +291,56 @@ struct RaBandFunction : torch::autograd::Function<RaBandFunction> {
   }
 };
 
+// Plain causal attention (cuDNN's, as the band op's far part, over the whole range) and its weights'
+// top K as differentiable outputs: {out, head_val, head_key, mean_val, mean_key}. The backward is the
+// band op's without the band: the sparse part, then cuDNN's backward given O' for the D shift.
+struct CausalStatsFunction : torch::autograd::Function<CausalStatsFunction> {
+  static variable_list forward(AutogradContext* ctx, const torch::Tensor& q, const torch::Tensor& k,
+                               const torch::Tensor& v, double scale, int64_t K, bool heads) {
+    const FarForward attended = far_forward(whole_range(q, k, v), scale);
+    const int64_t B = q.size(0), H = q.size(1), T = q.size(2);
+    auto lse = attended.lse.reshape({B, H, T}).contiguous();  // fp32, for our kernels
+    auto top = topk_weights(q, k, lse, torch::Tensor(), /*window=*/0, scale, K, heads);
+    ctx->mark_non_differentiable({top.head_key, top.mean_key});
+    ctx->save_for_backward({q, k, v, attended.out, attended.lse, lse, attended.philox_seed, attended.philox_offset,
+                            top.head_key, top.mean_key});
+    ctx->saved_data["scale"] = scale;
+    ctx->saved_data["K"] = K;
+    return {attended.out, top.head_val, top.head_key, top.mean_val, top.mean_key};
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const auto saved = ctx->get_saved_variables();
+    const torch::Tensor &q = saved[0], &k = saved[1], &v = saved[2], &out = saved[3], &cudnn_lse = saved[4],
+                        &lse = saved[5];
+    const int64_t K = ctx->saved_data["K"].toInt();
+    const double scale = ctx->saved_data["scale"].toDouble();
+    const int64_t B = q.size(0), H = q.size(1), T = q.size(2), Dk = q.size(3);
+    const bool head_grad = grads[1].defined() && grads[1].numel() > 0;
+    const bool mean_grad = grads[3].defined();
+    const variable_list none(6);
+    if (!grads[0].defined() && !head_grad && !mean_grad) return none;
+    auto dout = grads[0].defined() ? grads[0].to(torch::kBFloat16) : at::zeros_like(out);
+    if (!kernel_layout(dout)) dout = dout.contiguous();
+
+    SparsePart sparse;
+    auto out_seen = out;  // what cuDNN's backward takes for O: O' when the rows' D is shifted
+    if (head_grad || mean_grad) {
+      sparse = sparse_part(q, k, lse, torch::Tensor(), /*window=*/0, scale, K, saved[8],
+                           head_grad ? grads[1] : torch::Tensor(), saved[9], mean_grad ? grads[3] : torch::Tensor());
+      out_seen = shifted_output(out, 0, T, dout, sparse.d_shift);
+    }
+    const auto dense = far_backward(whole_range(q, k, v), dout, out_seen, cudnn_lse, saved[6], saved[7], scale);
+
+    // add_sparse_gradients wants dq laid out [B, T, H, Dk] and MLA's dk as one head.
+    auto dq = at::empty({B, T, H, Dk}, q.options()).transpose(1, 2);  // [B, H, T, Dk]
+    dq.copy_(dense[0]);
+    auto dk = k.size(1) == 1 ? dense[1].sum(1, /*keepdim=*/true).to(k.scalar_type()) : dense[1];
+    if (sparse.m.defined()) add_sparse_gradients(sparse.m, q, k, scale, dq, dk);
+    return {dq, dk, dense[2], torch::Tensor(), torch::Tensor(), torch::Tensor()};
+  }
+};
+
 }  // namespace
 
 bool supports_ra_band(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v, int64_t window) {
@@ -294,6 +365,24 @@ RaBandStats ra_band_attention_stats(const torch::Tensor& q, const torch::Tensor&
   TORCH_CHECK(K >= 1 && K <= kMaxStatsK, "ra_band_attention_stats: K must be 1..", kMaxStatsK, ", got ", K);
   TORCH_CHECK(q.size(1) <= kMaxStatsHeads, "ra_band_attention_stats: at most ", kMaxStatsHeads, " heads");
   auto r = RaBandFunction::apply(q, k, v, alpha, window, scale, K, heads);
+  return {r[0], r[1], r[2], r[3], r[4]};
+}
+
+bool supports_causal_stats(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v) {
+  if (!q.is_cuda() || q.scalar_type() != torch::kBFloat16 || k.scalar_type() != torch::kBFloat16 ||
+      v.scalar_type() != torch::kBFloat16)
+    return false;
+  if (!kernel_layout(q) || !kernel_layout(k) || v.dim() != 4 || v.stride(3) != 1) return false;
+  return kernels::ra_topk_supports(q.size(3)) && k.size(3) == q.size(3) && v.size(3) % 8 == 0 &&
+         (k.size(1) == q.size(1) || k.size(1) == 1) && q.size(1) <= kMaxStatsHeads;
+}
+
+RaBandStats causal_attention_stats(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
+                                   double scale, int64_t K, bool heads) {
+  TORCH_CHECK(K >= 1 && K <= kMaxStatsK, "causal_attention_stats: K must be 1..", kMaxStatsK, ", got ", K);
+  TORCH_CHECK(supports_causal_stats(q, k, v), "causal_attention_stats: q, k, v must be bf16 on CUDA, key width 64 "
+              "or 128, at most ", kMaxStatsHeads, " heads, last dimensions contiguous and 16-byte aligned");
+  auto r = CausalStatsFunction::apply(q, k, v, scale, K, heads);
   return {r[0], r[1], r[2], r[3], r[4]};
 }
 
@@ -334,6 +423,13 @@ torch::Tensor ra_band_attention(const torch::Tensor&, const torch::Tensor&, cons
 RaBandStats ra_band_attention_stats(const torch::Tensor&, const torch::Tensor&, const torch::Tensor&,
                                     const torch::Tensor&, int64_t, double, int64_t, bool) {
   TORCH_CHECK(false, "fused::ra_band_attention_stats: this build has no CUDA kernels");
+}
+
+bool supports_causal_stats(const torch::Tensor&, const torch::Tensor&, const torch::Tensor&) { return false; }
+
+RaBandStats causal_attention_stats(const torch::Tensor&, const torch::Tensor&, const torch::Tensor&, double, int64_t,
+                                   bool) {
+  TORCH_CHECK(false, "fused::causal_attention_stats: this build has no CUDA kernels");
 }
 
 TopkWeights topk_weights(const torch::Tensor&, const torch::Tensor&, const torch::Tensor&, const torch::Tensor&, int64_t,

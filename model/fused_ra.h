@@ -42,6 +42,15 @@ RaBandStats ra_band_attention_stats(const torch::Tensor& q, const torch::Tensor&
 constexpr int64_t kMaxStatsK = 16;
 constexpr int64_t kMaxStatsHeads = 16;
 
+// The same statistics for plain causal attention (no RA): cuDNN's attention over the whole range, its
+// weights' top K from its log-sum-exp, and the same sparse backward (RA-CT's and mechanism 2's `topk`
+// in the study's steps without RA: 4, 10, 13, 14). Returns the struct above, out as cuDNN lays it out.
+// supports_causal_stats: bf16 on CUDA, key width 64 or 128 (MLA's shared key too), H ≤ 16, q and k
+// laid out as for the band op, v's rows contiguous.
+bool supports_causal_stats(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v);
+RaBandStats causal_attention_stats(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
+                                   double scale, int64_t K, bool heads = true);
+
 // The K largest attention weights of each row (model/kernels/ra_topk.cu), recomputed from q, k and the
 // rows' log-sum-exp instead of stored: per (b, h, i) for RA-CT's `topk` statistic, and per (b, i) of
 // the heads' mean for mechanism 2's `topk` sparsification. The weights are those of ra_band_attention's

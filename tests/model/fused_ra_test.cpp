@@ -203,11 +203,12 @@ struct StatsCase {
   int64_t T, window, K;
   bool head, mean;  // which statistics the loss reads
   int64_t dk = 0;   // as RaShape's
+  bool ra = true;   // false: plain causal attention (causal_attention_stats; window unused)
 };
 
 void PrintTo(const StatsCase& c, std::ostream* os) {
   *os << (c.mla ? "mla" : "standard") << "_T" << c.T << "_w" << c.window << "_K" << c.K << (c.head ? "_head" : "")
-      << (c.mean ? "_mean" : "") << (c.dk > 0 ? "_dk" + std::to_string(c.dk) : "");
+      << (c.mean ? "_mean" : "") << (c.dk > 0 ? "_dk" + std::to_string(c.dk) : "") << (c.ra ? "" : "_no_ra");
 }
 
 class FusedRaStats : public ::testing::TestWithParam<StatsCase> {};
@@ -225,7 +226,11 @@ TEST_P(FusedRaStats, MatchesMaterialisedReference) {
   const auto w_mean = torch::randn({B, c.T, c.K}, opts) * (c.mean ? 10.0 : 0.0);
 
   for (auto t : {in.q, in.k, in.v, in.alpha}) t.mutable_grad() = torch::Tensor();
-  auto got = fused::ra_band_attention_stats(in.q, in.k, in.v, in.alpha, c.window, in.scale, c.K, /*heads=*/c.head);
+  if (!c.ra) {
+    ASSERT_TRUE(fused::supports_causal_stats(in.q, in.k, in.v));
+  }
+  auto got = c.ra ? fused::ra_band_attention_stats(in.q, in.k, in.v, in.alpha, c.window, in.scale, c.K, c.head)
+                  : fused::causal_attention_stats(in.q, in.k, in.v, in.scale, c.K, c.head);
   auto loss = (got.out.to(torch::kFloat32) * in.dout.to(torch::kFloat32)).sum();
   if (c.head) loss = loss + (got.head_val * w_head).sum();
   if (c.mean) loss = loss + (got.mean_val * w_mean).sum();
@@ -234,7 +239,8 @@ TEST_P(FusedRaStats, MatchesMaterialisedReference) {
   auto reference_grads = [&](bool with_stats) {
     auto leaf = [](const torch::Tensor& t) { return t.detach().to(torch::kFloat32).requires_grad_(true); };
     auto q = leaf(in.q), k = leaf(in.k), v = leaf(in.v), alpha = leaf(in.alpha);
-    auto weights = torch::softmax(reference_scores(q, k, alpha, c.window, in.scale), -1);  // [B, H, T, T]
+    const auto reciprocal = c.ra ? alpha : torch::Tensor();
+    auto weights = torch::softmax(reference_scores(q, k, reciprocal, c.window, in.scale), -1);  // [B, H, T, T]
     auto at_keys = [](const torch::Tensor& w, const torch::Tensor& keys) {
       return w.gather(-1, keys.clamp_min(0).to(torch::kLong)) * keys.ge(0);
     };
@@ -252,7 +258,7 @@ TEST_P(FusedRaStats, MatchesMaterialisedReference) {
   EXPECT_LT(rel_err(got.mean_val, want[5]), 1e-3);
   const char* names[] = {"q", "k", "v", "alpha"};
   const torch::Tensor grads[] = {in.q.grad(), in.k.grad(), in.v.grad(), in.alpha.grad()};
-  for (int n = 0; n < 4; ++n) EXPECT_LT(rel_err(grads[n], want[n]), 2e-2) << names[n];
+  for (int n = 0; n < (c.ra ? 4 : 3); ++n) EXPECT_LT(rel_err(grads[n], want[n]), 2e-2) << names[n];
   // The statistics' gradients must matter, or the comparison would not test the sparse part.
   EXPECT_GT(rel_err(without[0], want[0]), 5e-2);
   EXPECT_GT(rel_err(without[1], want[1]), 5e-2);
@@ -262,25 +268,36 @@ INSTANTIATE_TEST_SUITE_P(Shapes, FusedRaStats,
                          ::testing::Values(StatsCase{true, 200, 64, 8, true, true}, StatsCase{true, 97, 13, 5, false, true},
                                            StatsCase{false, 130, 64, 8, true, true}, StatsCase{false, 67, 7, 16, true, false},
                                            StatsCase{true, 67, 64, 3, true, false}, StatsCase{true, 97, 13, 5, true, false},
-                                           StatsCase{false, 97, 13, 5, false, true, 128}));
+                                           StatsCase{false, 97, 13, 5, false, true, 128},
+                                           // Without RA: MLA and standard heads, both lists and each alone.
+                                           StatsCase{true, 200, 0, 8, true, true, 0, false},
+                                           StatsCase{false, 97, 0, 5, true, true, 0, false},
+                                           StatsCase{true, 67, 0, 3, false, true, 0, false},
+                                           StatsCase{false, 45, 0, 16, true, false, 0, false}));
 
 TEST(FusedRaStats, RepeatedRunsAreBitIdentical) {
   if (!have_kernels()) GTEST_SKIP() << "no CUDA kernels in this build or no GPU";
   auto in = make_inputs({true, 300, 64}, 5);
-  auto run = [&] {
-    for (auto t : {in.q, in.k, in.v, in.alpha}) t.mutable_grad() = torch::Tensor();
-    auto r = fused::ra_band_attention_stats(in.q, in.k, in.v, in.alpha, 64, in.scale, 8);
-    ((r.out.to(torch::kFloat32) * in.dout.to(torch::kFloat32)).sum() + r.head_val.sum() * 3 - r.mean_val.sum() * 5)
-        .backward();
-    return std::vector<torch::Tensor>{in.q.grad().clone(), in.k.grad().clone(), in.v.grad().clone(),
-                                      in.alpha.grad().clone()};
-  };
-  const auto a = run(), b = run();
-  for (size_t n = 0; n < a.size(); ++n) EXPECT_TRUE(torch::equal(a[n], b[n])) << n;
+  for (bool ra : {true, false}) {
+    SCOPED_TRACE(ra ? "band RA" : "without RA");
+    auto run = [&] {
+      for (auto t : {in.q, in.k, in.v, in.alpha}) t.mutable_grad() = torch::Tensor();
+      auto r = ra ? fused::ra_band_attention_stats(in.q, in.k, in.v, in.alpha, 64, in.scale, 8)
+                  : fused::causal_attention_stats(in.q, in.k, in.v, in.scale, 8);
+      ((r.out.to(torch::kFloat32) * in.dout.to(torch::kFloat32)).sum() + r.head_val.sum() * 3 - r.mean_val.sum() * 5)
+          .backward();
+      std::vector<torch::Tensor> grads{in.q.grad().clone(), in.k.grad().clone(), in.v.grad().clone()};
+      if (ra) grads.push_back(in.alpha.grad().clone());
+      return grads;
+    };
+    const auto a = run(), b = run();
+    for (size_t n = 0; n < a.size(); ++n) EXPECT_TRUE(torch::equal(a[n], b[n])) << n;
+  }
 }
 
 // Step 16's attention (MLA, band RA, RA-CT `topk`/`output`, mechanisms 1 and 2 `topk`) and the standard
-// heads' RA-CT + mechanism 2: the fused statistics against the materialised path, through the model.
+// heads' RA-CT + mechanism 2, each with and without RA: the fused statistics against the materialised
+// path, through the model.
 TEST(FusedRaStats, ModelMatchesTheReferencePath) {
   if (!have_kernels()) GTEST_SKIP() << "no CUDA kernels in this build or no GPU";
   for (bool mla : {false, true}) {
@@ -292,6 +309,10 @@ TEST(FusedRaStats, ModelMatchesTheReferencePath) {
     // Looser than the band's model test: the reference rounds its scores to bf16 before its top-K, so
     // where GPT-2's initialisation leaves weights nearly equal it keeps some other keys of (almost) the
     // same weight. The op's own test above holds the gradients to 2e-2.
+    expect_model_paths_agree(c, torch::kCUDA, /*bf16=*/true, 2e-3, 0.15);
+    // The study's steps 10 and 14 (MLA) and 4 and 13 (standard heads) have these mechanisms without RA.
+    SCOPED_TRACE("without RA");
+    c.ra.enabled = false;
     expect_model_paths_agree(c, torch::kCUDA, /*bf16=*/true, 2e-3, 0.15);
   }
 }
@@ -351,7 +372,9 @@ TEST_P(FusedTopkWeights, MatchTheMaterialisedWeights) {
   EXPECT_TRUE(torch::equal(mean_only.mean_key, got.mean_key));
   // Row 0 sees one key: itself, with weight 1, and K − 1 empty entries.
   EXPECT_EQ(got.head_key.select(2, 0).select(-1, 0).eq(0).all().item<bool>(), true);
-  if (c.K > 1) EXPECT_EQ(got.head_key.select(2, 0).narrow(-1, 1, c.K - 1).eq(-1).all().item<bool>(), true);
+  if (c.K > 1) {
+    EXPECT_EQ(got.head_key.select(2, 0).narrow(-1, 1, c.K - 1).eq(-1).all().item<bool>(), true);
+  }
 }
 
 // MLA's shared 128-wide key and standard 64-wide heads; RA inside a band, over the whole causal range

@@ -238,7 +238,7 @@ AttentionImpl::Attended AttentionImpl::attend_materialised(const torch::Tensor& 
     }
   }
   if (keep_weights) out->weights = weights.detach();
-  if (config_.mlp_cross.enabled) out->mean_weights = sparsify_mean_weights(weights, config_.mlp_cross);
+  if (config_.mlp_cross.enabled) out->mean_weights.dense = sparsify_mean_weights(weights, config_.mlp_cross);
   auto y = torch::matmul(attn_drop(weights).to(v.scalar_type()), v);  // [B, H, Tq, D]
   return {y, ct_ && config_.ra_ct.apply == "output" ? gate : torch::Tensor()};
 }
@@ -279,7 +279,7 @@ bool AttentionImpl::fused_stats_apply(const torch::Tensor& q, const torch::Tenso
 
 AttentionImpl::Attended AttentionImpl::attend_fused_stats(const torch::Tensor& q, const torch::Tensor& k,
                                                           const torch::Tensor& v, AttentionOutput* out) {
-  const int64_t B = q.size(0), T = q.size(2);
+  const int64_t T = q.size(2);
   const int64_t ct_k = ct_ ? config_.ra_ct.k : 0, cross_k = config_.mlp_cross.enabled ? config_.mlp_cross.k : 0;
   // One list length serves both statistics; each reads its first k entries (sorted largest first).
   const int64_t K = std::min<int64_t>(std::max(ct_k, cross_k), T);
@@ -289,12 +289,10 @@ AttentionImpl::Attended AttentionImpl::attend_fused_stats(const torch::Tensor& q
   Attended att{r.out, torch::Tensor()};  // y [B, H, T, D]
   if (ct_)  // ct_gate's `topk` statistic: the sum of the row's k largest weights
     att.output_gate = ct_gate_from_statistic(r.head_val.narrow(-1, 0, std::min(ct_k, K)).sum(-1));  // [B, H, T]
-  if (config_.mlp_cross.enabled) {  // sparsify_mean_weights' `topk`, scattered into a bf16 [B, T, T]
+  if (config_.mlp_cross.enabled) {  // sparsify_mean_weights' `topk` as (key, weight) pairs, renormalised
     const int64_t k_kept = std::min(cross_k, K);
-    auto kept = r.mean_val.narrow(-1, 0, k_kept);                      // [B, T, k]
-    auto keys = r.mean_key.narrow(-1, 0, k_kept).clamp_min(0).to(torch::kLong);  // empty entries hold 0
-    out->mean_weights = torch::zeros({B, T, T}, q.options().dtype(torch::kBFloat16))
-                            .scatter_add(-1, keys, renormalised_rows(kept).to(torch::kBFloat16));
+    out->mean_weights.keys = r.mean_key.narrow(-1, 0, k_kept).contiguous();        // [B, T, k], −1: empty
+    out->mean_weights.values = renormalised_rows(r.mean_val.narrow(-1, 0, k_kept));  // [B, T, k]
   }
   return att;
 }

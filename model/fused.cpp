@@ -335,6 +335,55 @@ struct PrefixMeanFunction : torch::autograd::Function<PrefixMeanFunction> {
   }
 };
 
+// ---- mechanism 2's Ā·H with K entries a row -------------------------------------------------------
+
+kernels::MixRowsArgs mix_rows_args(const torch::Tensor& keys32, const torch::Tensor& h) {
+  kernels::MixRowsArgs args{};
+  args.B = int(h.size(0));
+  args.T = int(keys32.size(1));
+  args.K = int(keys32.size(2));
+  args.M = int(h.size(2));
+  args.keys = keys32.data_ptr<int32_t>();
+  args.h = h.data_ptr();
+  args.h_sb = h.stride(0);
+  args.h_st = h.stride(1);
+  return args;
+}
+
+struct MixRowsFunction : torch::autograd::Function<MixRowsFunction> {
+  static variable_list forward(AutogradContext* ctx, const torch::Tensor& values, const torch::Tensor& keys,
+                               const torch::Tensor& h) {
+    auto values32 = values.to(torch::kFloat32).contiguous();  // [B, T, K]
+    auto keys32 = keys.to(torch::kInt).contiguous();          // [B, T, K]
+    auto out = at::empty({h.size(0), keys.size(1), h.size(2)}, h.options());
+    auto args = mix_rows_args(keys32, h);
+    args.values = values32.data_ptr<float>();
+    args.out = out.data_ptr();
+    check_launch(kernels::mix_rows_forward(args, current_stream()), "mix_rows_forward");
+    ctx->save_for_backward({values32, keys32, h});
+    return {out};
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    if (!grads[0].defined()) return {torch::Tensor(), torch::Tensor(), torch::Tensor()};
+    const auto saved = ctx->get_saved_variables();
+    const torch::Tensor &values32 = saved[0], &keys32 = saved[1], &h = saved[2];
+    auto dout = grads[0].to(h.scalar_type()).contiguous();  // [B, T, M]
+    auto d_values = at::empty_like(values32);
+    auto args = mix_rows_args(keys32, h);
+    args.dout = dout.data_ptr();
+    args.d_values = d_values.data_ptr<float>();
+    check_launch(kernels::mix_rows_value_grad(args, current_stream()), "mix_rows_value_grad");
+    // dh = Āᵀ·dout with Ā scattered dense in h's dtype, as the dense path computes it: a sum over the
+    // rows that chose a key, in the matmul's order rather than one the keys would set. (An empty entry
+    // adds 0 at key 0.)
+    auto dense = at::zeros({h.size(0), keys32.size(1), h.size(1)}, h.options())
+                     .scatter_add_(-1, keys32.clamp_min(0).to(torch::kLong), values32.to(h.scalar_type()));
+    auto dh = torch::bmm(dense.transpose(1, 2), dout);  // [B, Tk, T]·[B, T, M]
+    return {d_values, torch::Tensor(), dh};
+  }
+};
+
 // ---- linear + gelu ---------------------------------------------------------------------------------
 
 // x_bf16: [.., C]; w_bf16: [M, C]; b_bf16: [M]; all bf16 and contiguous. h and pre: [.., M] bf16.
@@ -486,6 +535,20 @@ torch::Tensor tied_embedding(const torch::Tensor& idx, const torch::Tensor& weig
   return TiedEmbeddingFunction::apply(idx, weight, tied_grad)[0];
 }
 
+bool supports_mix_rows(const torch::Tensor& h, const torch::Tensor& keys) {
+  return h.is_cuda() && h.scalar_type() == torch::kBFloat16 && h.dim() == 3 && h.stride(2) == 1 &&
+         h.size(2) % 8 == 0 && h.stride(0) % 8 == 0 && h.stride(1) % 8 == 0 &&
+         reinterpret_cast<uintptr_t>(h.data_ptr()) % 16 == 0 && keys.dim() == 3 && keys.size(0) == h.size(0) &&
+         keys.size(2) >= 1 && keys.size(2) <= kernels::kMixRowsMaxK;
+}
+
+torch::Tensor mix_rows(const torch::Tensor& values, const torch::Tensor& keys, const torch::Tensor& h) {
+  TORCH_CHECK(supports_mix_rows(h, keys), "fused::mix_rows: h must be [B, Tk, M] bf16 on CUDA (M a multiple of 8, "
+              "rows 16-byte aligned) and keys [B, T, K] with K ≤ ", kernels::kMixRowsMaxK);
+  TORCH_CHECK(values.sizes() == keys.sizes(), "fused::mix_rows: values and keys differ in shape");
+  return MixRowsFunction::apply(values, keys, h)[0];
+}
+
 bool supports_prefix_mean(const torch::Tensor& z) {
   return z.is_cuda() && z.dim() == 3 && (z.scalar_type() == torch::kFloat32 || z.scalar_type() == torch::kBFloat16);
 }
@@ -536,6 +599,12 @@ torch::Tensor tied_gradient(const torch::Tensor&) { TORCH_CHECK(false, "fused::t
 
 torch::Tensor tied_embedding(const torch::Tensor&, const torch::Tensor&, const torch::Tensor&) {
   TORCH_CHECK(false, "fused::tied_embedding: this build has no CUDA kernels");
+}
+
+bool supports_mix_rows(const torch::Tensor&, const torch::Tensor&) { return false; }
+
+torch::Tensor mix_rows(const torch::Tensor&, const torch::Tensor&, const torch::Tensor&) {
+  TORCH_CHECK(false, "fused::mix_rows: this build has no CUDA kernels");
 }
 
 bool supports_prefix_mean(const torch::Tensor&) { return false; }

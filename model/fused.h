@@ -89,6 +89,16 @@ class Bf16Weights {
   const Copies* outer_;
 };
 
+// True where mix_rows can take h: built with the kernels, h [B, Tk, M] bf16 on CUDA with M a multiple
+// of 8 and 16-byte aligned rows, keys [B, T, K] with K ≤ 32.
+bool supports_mix_rows(const torch::Tensor& h, const torch::Tensor& keys);
+
+// Mechanism 2's Ā·H with Ā as K (key, value) pairs a row (model/kernels/mix_rows.cu): out[b, i] =
+// Σ_e values[b, i, e]·h[b, keys[b, i, e]], a key −1 adding nothing. values [B, T, K] fp32 (differentiable),
+// keys [B, T, K] int32, h [B, Tk, M] bf16 (differentiable); returns [B, T, M] bf16. The gathers replace
+// two of the dense matmul's three products; H's gradient stays a dense matmul with Ā scattered.
+torch::Tensor mix_rows(const torch::Tensor& values, const torch::Tensor& keys, const torch::Tensor& h);
+
 // True where prefix_mean can take z: built with the kernels, z [B, T, G] fp32 or bf16 on CUDA.
 bool supports_prefix_mean(const torch::Tensor& z);
 

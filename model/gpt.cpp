@@ -61,7 +61,14 @@ int64_t MlpImpl::effective_width() const {
   return std::clamp<int64_t>(w, 0, M);
 }
 
-MlpOutput MlpImpl::forward(const torch::Tensor& m, const torch::Tensor& extra, const torch::Tensor& mean_weights,
+torch::Tensor MixingWeights::to_dense(int64_t Tk) const {
+  if (dense.defined()) return dense;
+  const int64_t B = keys.size(0), T = keys.size(1);
+  // An empty entry (key −1, value 0) adds 0 at key 0, which leaves any value there as it is.
+  return torch::zeros({B, T, Tk}, values.options()).scatter_add(-1, keys.clamp_min(0).to(torch::kLong), values);
+}
+
+MlpOutput MlpImpl::forward(const torch::Tensor& m, const torch::Tensor& extra, const MixingWeights& mean_weights,
                            LayerCache* cache, std::optional<torch::ScalarType> storage) {
   auto h = fused_kernels_ && fused::supports_linear_gelu(m) ? fused::linear_gelu(m, c_fc->weight, c_fc->bias)
                                                             : torch::gelu(c_fc(m), "tanh");  // [B, T, M]
@@ -73,7 +80,13 @@ MlpOutput MlpImpl::forward(const torch::Tensor& m, const torch::Tensor& extra, c
       cache->hidden = append_cached(cache->hidden, h, 1, storage);
       visible = cache->hidden.to(h.scalar_type());
     }
-    auto mixed = torch::matmul(mean_weights.to(h.scalar_type()), visible);  // [B, T, Tk]·[B, Tk, M] = [B, T, M]
+    torch::Tensor mixed;  // [B, T, M]
+    if (mean_weights.keys.defined() && fused::supports_mix_rows(visible, mean_weights.keys)) {
+      mixed = fused::mix_rows(mean_weights.values, mean_weights.keys, visible);  // K rows of H gathered a token
+    } else {
+      auto dense = mean_weights.to_dense(visible.size(1)).to(h.scalar_type());
+      mixed = torch::matmul(dense, visible);  // [B, T, Tk]·[B, Tk, M]
+    }
     h = h + cross_alpha.to(h.scalar_type()) * cross_proj(mixed);
   }
   if (ratio.defined()) h = h * width_mask().to(h.scalar_type());

@@ -47,10 +47,20 @@ struct CrossLayerContext {
   torch::Tensor latent;     // mechanism 3: [B, T, L] ctx3 from the previous MLP
 };
 
+// Mechanism 2's Ā (the head-averaged, sparsified, renormalised attention weights): dense, or on the fused
+// statistics path as K (key, weight) pairs a row, which the MLP gathers instead of multiplying a matrix
+// that is zero but for K entries a row.
+struct MixingWeights {
+  torch::Tensor dense;   // [B, T, Tk] fp32, or undefined
+  torch::Tensor keys;    // [B, T, K] int32, −1 where a row has fewer than K visible keys; or undefined
+  torch::Tensor values;  // [B, T, K] fp32, 0 at the empty entries
+  bool defined() const { return dense.defined() || keys.defined(); }
+  torch::Tensor to_dense(int64_t Tk) const;  // `dense`, or the pairs scattered into a [B, T, Tk] fp32
+};
+
 struct AttentionOutput {
   torch::Tensor y;             // [B, T, C] after c_proj
-  torch::Tensor mean_weights;  // [B, T, T] head-averaged, sparsified, renormalised A (mechanism 2); fp32,
-                               // bf16 from the fused statistics
+  MixingWeights mean_weights;  // mechanism 2's Ā
   torch::Tensor v_lat;         // [B, T, L] MLA value latent with ctx3 added (mechanism 3 under MLA)
   torch::Tensor weights;       // [B, H, T, T] fp32 A, only when asked for (attention_stats)
   torch::Tensor raw_scores;    // [B, H, T, T] fp32 q·kᵀ·scale before RA and mask, only when asked for
@@ -142,9 +152,9 @@ class MlpImpl : public torch::nn::Module {
   MlpImpl(const ModelConfig& config, int layer);
 
   // m = ln_2(x) [B, T, C]; extra [B, T, M] is mechanism 3's alpha_mlp·attn_to_mlp(lat) (or undefined);
-  // mean_weights [B, T, Tk] is mechanism 2's Ā (or undefined). With a cache, Ā mixes the cached
-  // hidden states of earlier positions too, and the new ones are appended.
-  MlpOutput forward(const torch::Tensor& m, const torch::Tensor& extra, const torch::Tensor& mean_weights,
+  // mean_weights is mechanism 2's Ā over Tk positions. With a cache, Ā mixes the cached hidden states of
+  // earlier positions too, and the new ones are appended.
+  MlpOutput forward(const torch::Tensor& m, const torch::Tensor& extra, const MixingWeights& mean_weights,
                     LayerCache* cache = nullptr, std::optional<torch::ScalarType> storage = std::nullopt);
 
   // Mechanism 1 producer: per-head gates for the next layer from the causal prefix mean. [B, H, T, 1]

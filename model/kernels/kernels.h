@@ -2,7 +2,7 @@
 // Fused CUDA kernels for the dense GPT-2 step (issue 10), one file per kernel family beside this
 // header: layernorm.cu, classifier.cu, gelu.cu, matmul.cu, adamw.cu, cast.cu, embedding.cu,
 // prefix_mean.cu (mechanism 1's causal mean), and ra_band.cu, ra_topk.cu, ra_sparse.cu for reciprocal
-// attention (issue 11). Plain CUDA C++ without LibTorch: model/fused.cpp wraps each launch in an
+// attention and mix_rows.cu for mechanism 2's sparse Ā·H (issue 11). Plain CUDA C++ without LibTorch: model/fused.cpp wraps each launch in an
 // autograd function (model/fused_adamw.cpp the optimizer's step) and the tests hold the reference op
 // it replaces. Compiled only when CMake finds CUDA and a CUDA LibTorch (RATIO_WITH_CUDA_KERNELS); the
 // CPU build never sees this file.
@@ -334,5 +334,25 @@ cudaError_t prefix_mean_forward(const void* z, DType z_type, void* out, DType ou
                                 int64_t G, cudaStream_t stream);
 cudaError_t prefix_mean_backward(const void* dout, DType dout_type, void* dz, DType dz_type, int64_t B, int64_t T,
                                  int64_t G, cudaStream_t stream);
+
+// ---- mix_rows.cu: mechanism 2's Ā·H with K entries a row ----------------------------------------------
+
+// Ā holds K (key, value) pairs a row: forward out[b, i, :] = Σ_e values[b, i, e]·h[b, keys[b, i, e], :]
+// (fp32 sums, bf16 out); mix_rows_value_grad: d_values[b, i, e] = dout[b, i, :]·h[b, keys[b, i, e], :].
+// A key −1 is an empty entry (it adds nothing; its gradient is 0). M a multiple of 8, h's rows 16-byte
+// aligned. Deterministic: every output element has one writer, its sum in a fixed order.
+constexpr int kMixRowsMaxK = 32;
+struct MixRowsArgs {
+  int B, T, K, M;
+  const int32_t* keys;  // [B, T, K], each < h's rows
+  const float* values;  // [B, T, K] (forward)
+  const void* h;        // bf16 [B, Tk, M], rows h_st elements apart, batches h_sb
+  int64_t h_sb, h_st;
+  void* out;            // bf16 [B, T, M] contiguous (forward)
+  const void* dout;     // bf16 [B, T, M] contiguous (value grad)
+  float* d_values;      // [B, T, K] (value grad)
+};
+cudaError_t mix_rows_forward(const MixRowsArgs& args, cudaStream_t stream);
+cudaError_t mix_rows_value_grad(const MixRowsArgs& args, cudaStream_t stream);
 
 }  // namespace ratio::kernels

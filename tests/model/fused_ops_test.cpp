@@ -629,6 +629,63 @@ TEST(FusedPrefixMean, HeadGateMatchesTheReferencePath) {
   }
 }
 
+// ---- mechanism 2's Ā·H with K entries a row ---------------------------------------------------------
+
+struct MixCase {
+  int64_t B, T, K, M;
+};
+
+// Keys as the statistics op gives them: per row i, K distinct positions ≤ i, largest first by some
+// score, and −1 for the entries a short row cannot fill. [B, T, K] int32
+torch::Tensor causal_keys(int64_t B, int64_t T, int64_t K, const torch::TensorOptions& dev) {
+  auto scores = torch::rand({B, T, T}, dev);
+  auto i = torch::arange(T, dev.dtype(torch::kLong)).unsqueeze(1), j = torch::arange(T, dev.dtype(torch::kLong));
+  scores = scores.masked_fill(j.unsqueeze(0) > i, -1.0);
+  auto [best, keys] = scores.topk(std::min(K, T), -1);
+  keys = keys.masked_fill(best < 0, -1);
+  if (K > T) keys = torch::cat({keys, torch::full({B, T, K - T}, -1, keys.options())}, -1);
+  return keys.to(torch::kInt);
+}
+
+// The op against the dense product it replaces (the pairs scattered into an fp32 Ā, then Ā·H), forward
+// and the gradients of the values and of H, and two runs bit for bit. M: 64, GPT-2's 2048, 24 (three
+// vectors a row); K past T (empty entries).
+TEST(FusedMixRows, MatchesTheDenseProduct) {
+  if (!have_kernels()) GTEST_SKIP() << "no CUDA kernels in this build or no GPU";
+  const auto dev = torch::TensorOptions().device(torch::kCUDA);
+  for (const MixCase c : {MixCase{2, 45, 8, 64}, MixCase{3, 130, 5, 2048}, MixCase{1, 7, 16, 24}}) {
+    SCOPED_TRACE("B " + std::to_string(c.B) + " T " + std::to_string(c.T) + " K " + std::to_string(c.K) + " M " +
+                 std::to_string(c.M));
+    torch::manual_seed(17);
+    const auto keys = causal_keys(c.B, c.T, c.K, dev);
+    const auto values0 = torch::rand({c.B, c.T, c.K}, dev) * keys.ge(0);  // 0 at the empty entries
+    const auto h0 = torch::randn({c.B, c.T, c.M}, dev).to(torch::kBFloat16);
+    const auto g = torch::randn({c.B, c.T, c.M}, dev);
+    ASSERT_TRUE(fused::supports_mix_rows(h0, keys));
+    auto run = [&](bool fused) {
+      auto values = values0.clone().requires_grad_(true);
+      auto h = h0.clone().requires_grad_(true);
+      torch::Tensor out;
+      if (fused) {
+        out = fused::mix_rows(values, keys, h);
+      } else {
+        auto dense = torch::zeros({c.B, c.T, c.T}, dev).scatter_add(-1, keys.clamp_min(0).to(torch::kLong), values);
+        out = torch::matmul(dense, h.to(torch::kFloat32));
+      }
+      (out.to(torch::kFloat32) * g).sum().backward();
+      return std::vector<torch::Tensor>{out.detach(), values.grad(), h.grad()};
+    };
+    const auto got = run(true), again = run(true), want = run(false);
+    EXPECT_EQ(got[0].scalar_type(), torch::kBFloat16);
+    // bf16 output, bf16 dout and a bf16 Ā for H's gradient: a few 2⁻⁹ roundings.
+    EXPECT_LT(rel_err(got[0], want[0]), 5e-3) << "out";
+    EXPECT_LT(rel_err(got[1], want[1]), 1e-2) << "values' gradient";
+    EXPECT_LT(rel_err(got[2], want[2]), 1e-2) << "h's gradient";
+    EXPECT_TRUE(got[1].masked_select(keys.lt(0)).eq(0).all().item<bool>()) << "an empty entry's gradient";
+    for (size_t n = 0; n < got.size(); ++n) EXPECT_TRUE(torch::equal(got[n], again[n])) << n;
+  }
+}
+
 // ---- the model --------------------------------------------------------------------------------------
 
 TEST(FusedModel, CudaGptBaselineAndEveryMechanismMatchTheReferencePath) {

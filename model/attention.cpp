@@ -269,9 +269,15 @@ torch::Tensor AttentionImpl::attend_fused(const torch::Tensor& q, const torch::T
 bool AttentionImpl::fused_stats_apply(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v) const {
   const bool dropout = is_training() && config_.dropout > 0.0;
   if (!fused_ || dropout || q.size(1) > fused::kMaxStatsHeads) return false;
-  if (ct_ && (config_.ra_ct.mode != "topk" || config_.ra_ct.apply != "output" || config_.ra_ct.k > fused::kMaxStatsK))
-    return false;
   const auto& cross = config_.mlp_cross;
+  if (ct_) {
+    const auto& ct = config_.ra_ct;
+    // `weights` scales each weight row by (1 − a) + a·gate, which scales y's row alike, unless mechanism 2
+    // averages the scaled weights.
+    const bool applies = ct.apply == "output" || (ct.apply == "weights" && !cross.enabled);
+    const bool from_lists = (ct.mode == "topk" && ct.k <= fused::kMaxStatsK) || ct.mode == "max";
+    if (!applies || !from_lists) return false;
+  }
   if (cross.enabled && (cross.sparsify != "topk" || cross.k > fused::kMaxStatsK)) return false;
   if (config_.ra.enabled) return fused::supports_ra_band(q, k, v, config_.ra.window);
   return fused::supports_causal_stats(q, k, v);  // without RA: cuDNN's causal attention and the same kernels
@@ -280,15 +286,23 @@ bool AttentionImpl::fused_stats_apply(const torch::Tensor& q, const torch::Tenso
 AttentionImpl::Attended AttentionImpl::attend_fused_stats(const torch::Tensor& q, const torch::Tensor& k,
                                                           const torch::Tensor& v, AttentionOutput* out) {
   const int64_t T = q.size(2);
-  const int64_t ct_k = ct_ ? config_.ra_ct.k : 0, cross_k = config_.mlp_cross.enabled ? config_.mlp_cross.k : 0;
+  // RA-CT's statistic from each head's list: the sum of its first k (`topk`) or its first (`max`).
+  const int64_t ct_k = !ct_ ? 0 : config_.ra_ct.mode == "max" ? 1 : config_.ra_ct.k;
+  const int64_t cross_k = config_.mlp_cross.enabled ? config_.mlp_cross.k : 0;
   // One list length serves both statistics; each reads its first k entries (sorted largest first).
   const int64_t K = std::min<int64_t>(std::max(ct_k, cross_k), T);
   auto r = config_.ra.enabled
                ? fused::ra_band_attention_stats(q, k, v, ra_alpha, config_.ra.window, score_scale(), K, /*heads=*/ct_)
                : fused::causal_attention_stats(q, k, v, score_scale(), K, /*heads=*/ct_);
   Attended att{r.out, torch::Tensor()};  // y [B, H, T, D]
-  if (ct_)  // ct_gate's `topk` statistic: the sum of the row's k largest weights
-    att.output_gate = ct_gate_from_statistic(r.head_val.narrow(-1, 0, std::min(ct_k, K)).sum(-1));  // [B, H, T]
+  if (ct_) {
+    auto gate = ct_gate_from_statistic(r.head_val.narrow(-1, 0, std::min(ct_k, K)).sum(-1));  // [B, H, T]
+    if (config_.ra_ct.apply == "weights") {  // the rows' weights scaled, so their outputs
+      auto a = ct_alpha.to(torch::kFloat32);
+      gate = (1 - a) + a * gate;
+    }
+    att.output_gate = gate;
+  }
   if (config_.mlp_cross.enabled) {  // sparsify_mean_weights' `topk` as (key, weight) pairs, renormalised
     const int64_t k_kept = std::min(cross_k, K);
     out->mean_weights.keys = r.mean_key.narrow(-1, 0, k_kept).contiguous();        // [B, T, k], −1: empty

@@ -317,6 +317,25 @@ TEST(FusedRaStats, ModelMatchesTheReferencePath) {
   }
 }
 
+// RA-CT's `max` (the first entry of each head's list) with mechanism 2, and `apply: weights` (each row's
+// weights scaled by (1 − a) + a·gate, taken as the output row's scale) without it, with and without RA.
+TEST(FusedRaStats, ModelMatchesTheReferencePathForMaxAndWeights) {
+  if (!have_kernels()) GTEST_SKIP() << "no CUDA kernels in this build or no GPU";
+  for (bool ra : {true, false}) {
+    SCOPED_TRACE(ra ? "band RA" : "without RA");
+    auto c = kernel_sized(/*mla=*/true);
+    c.ra.enabled = ra;
+    c.ra_ct.enabled = true;
+    c.ra_ct.mode = "max";
+    c.mlp_cross.enabled = true;
+    expect_model_paths_agree(c, torch::kCUDA, /*bf16=*/true, 2e-3, 0.15);
+    c.ra_ct.mode = "topk";
+    c.ra_ct.apply = "weights";
+    c.mlp_cross.enabled = false;
+    expect_model_paths_agree(c, torch::kCUDA, /*bf16=*/true, 2e-3, 0.15);
+  }
+}
+
 // ---- top-K weights without the T×T tensor (RA-CT's and mechanism 2's `topk`) ----------------------------
 
 struct TopkCase {

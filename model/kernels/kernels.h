@@ -2,10 +2,10 @@
 // Fused CUDA kernels for the dense GPT-2 step (issue 10), one file per kernel family beside this
 // header: layernorm.cu, classifier.cu, gelu.cu, matmul.cu, adamw.cu, cast.cu, embedding.cu,
 // prefix_mean.cu (mechanism 1's causal mean), and ra_band.cu, ra_topk.cu, ra_sparse.cu for reciprocal
-// attention and mix_rows.cu for mechanism 2's sparse Ā·H (issue 11). Plain CUDA C++ without LibTorch: model/fused.cpp wraps each launch in an
-// autograd function (model/fused_adamw.cpp the optimizer's step) and the tests hold the reference op
-// it replaces. Compiled only when CMake finds CUDA and a CUDA LibTorch (RATIO_WITH_CUDA_KERNELS); the
-// CPU build never sees this file.
+// attention and mix_rows.cu for mechanism 2's sparse Ā·H (issue 11). Plain CUDA C++ without LibTorch:
+// model/fused.cpp wraps each launch in an autograd function (model/fused_adamw.cpp the optimizer's
+// step) and the tests hold the reference op it replaces. Compiled only when CMake finds CUDA and a
+// CUDA LibTorch (RATIO_WITH_CUDA_KERNELS); the CPU build never sees this file.
 //
 // Element types: activations are fp32 or bf16 (`DType`), statistics and parameters fp32.
 // Every launch is asynchronous on `stream` and returns the launch's cudaError_t.

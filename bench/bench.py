@@ -18,7 +18,8 @@ import tempfile
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 # Variant -> model overrides of the job spec (docs/job-spec.md); "step12" is step 12 (RA + MLA + ratio +
-# mechanisms 1 and 2), "ratio" step 16, full RATIO (step 12 + RA-CT).
+# mechanisms 1 and 2), "ratio" step 16, full RATIO (step 12 + RA-CT), "step14" step 14 (MLA + RA-CT
+# without RA: the statistics path without the band).
 VARIANTS = {
     "baseline": {},
     "mla": {"mla": {"enabled": True, "latent_dim": 128}},
@@ -29,6 +30,8 @@ VARIANTS = {
     "ratio": {"mla": {"enabled": True, "latent_dim": 128}, "ra": {"enabled": True, "alpha": 0.3, "window": 64},
               "mlp_ratio": 2048 / 768, "mlp_gate": {"enabled": True}, "mlp_cross": {"enabled": True},
               "ra_ct": {"enabled": True, "mode": "topk", "apply": "output"}},
+    "step14": {"mla": {"enabled": True, "latent_dim": 128}, "mlp_ratio": 2560 / 768,
+               "ra_ct": {"enabled": True, "mode": "topk", "apply": "output"}},
 }
 LOG_EVERY = 5
 

@@ -8,7 +8,7 @@ phases), the fields ratio-worker's bench/step_phases.cpp prints.
 Same definitions as docs/architecture.md, written plainly (materialised T x T scores wherever RA,
 RA-CT or mechanism 2 need them, SDPA otherwise).
 
-  python3 bench/reference.py --variant baseline|mla|ra|ra_mla|ratio [--compile] [--steps 20] [--phases]
+  python3 bench/reference.py --variant baseline|mla|ra|ra_mla|step12|ratio|step14 [--compile] [--steps 20] [--phases]
                              [--trace TRACE.json]
 """
 import argparse
@@ -28,6 +28,7 @@ VARIANTS = {
     "ra_mla":   (True, True, 4.0, False, False, False),
     "step12":   (True, True, 2048 / 768, True, True, False),  # step 12: RA + MLA + ratio + mechanisms
     "ratio":    (True, True, 2048 / 768, True, True, True),  # step 16, full RATIO
+    "step14":   (True, False, 2560 / 768, False, False, True),  # step 14: MLA + RA-CT, no RA
 }
 
 

@@ -44,7 +44,7 @@ constexpr int64_t kMaxStatsHeads = 16;
 
 // The same statistics for plain causal attention (no RA): cuDNN's attention over the whole range, its
 // weights' top K from its log-sum-exp, and the same sparse backward (RA-CT's and mechanism 2's `topk`
-// in the study's steps without RA: 4, 10, 13, 14). Returns the struct above, out as cuDNN lays it out.
+// in the study's steps without RA: 4, 10, 13, 14, 17). Returns the struct above, out as cuDNN lays it out.
 // supports_causal_stats: bf16 on CUDA, key width 64 or 128 (MLA's shared key too), H ≤ 16, q and k
 // laid out as for the band op, v's rows contiguous.
 bool supports_causal_stats(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v);

@@ -216,14 +216,15 @@ AttentionImpl::Attended AttentionImpl::attend_materialised(const torch::Tensor& 
                                                            const torch::Tensor& v, const torch::Tensor& all_q,
                                                            AttentionOutput* out, bool keep_weights) {
   const int64_t Tq = q.size(2), Tk = k.size(2);
-  // Scores and softmax in fp32: bf16 logits lose the small differences softmax depends on.
-  auto scores = torch::matmul(q, k.transpose(-2, -1)).to(torch::kFloat32) * score_scale();  // [B, H, Tq, Tk]
+  // Scores and softmax in fp32: bf16 logits lose the small differences softmax (and RA-CT's and
+  // mechanism 2's top-k, which reorders nearly equal weights) depends on.
+  auto scores = compat::matmul_fp32(q, k.transpose(-2, -1)) * score_scale();  // [B, H, Tq, Tk]
   if (keep_weights) out->raw_scores = scores.detach();
   if (config_.ra.enabled) {
     // S'[i, j] = S[i, j] + alpha·S[j, i] inside the band, S[j, i] = q_j·k_i: the keys of the queried
     // positions against the queries of every visible position.
     auto k_at_queries = k.narrow(2, Tk - Tq, Tq);                                       // [B, H|1, Tq, Dk]
-    auto transposed = torch::matmul(k_at_queries, all_q.transpose(-2, -1)).to(torch::kFloat32) * score_scale();
+    auto transposed = compat::matmul_fp32(k_at_queries, all_q.transpose(-2, -1)) * score_scale();
     auto band = ra_band(Tq, Tk, config_.ra.window, q.device());
     scores = scores + (transposed * ra_alpha.to(torch::kFloat32)).masked_fill(band.logical_not(), 0.0);
   }

@@ -5,6 +5,7 @@
 #include <optional>
 
 #include <ATen/autocast_mode.h>
+#include <c10/core/impl/LocalDispatchKeySet.h>
 #include <torch/torch.h>
 #include <torch/version.h>
 
@@ -103,6 +104,14 @@ inline bool cuda_autocast_enabled() {
 #else
   return at::autocast::is_enabled();
 #endif
+}
+
+// a·b in fp32, kept out of CUDA autocast, which would run it in bf16 and round every result to 8
+// significant bits. bf16 operands multiply exactly in fp32 (and in TF32), so this is their exact
+// product with fp32 sums, the precision of the fused kernels' scores.
+inline torch::Tensor matmul_fp32(const torch::Tensor& a, const torch::Tensor& b) {
+  c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::DispatchKey::AutocastCUDA);
+  return torch::matmul(a.to(torch::kFloat32), b.to(torch::kFloat32));
 }
 
 // Autocast keeps a low-precision copy of every weight; in C++ (autocast never exited) that copy

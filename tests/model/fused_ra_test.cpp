@@ -295,25 +295,33 @@ TEST(FusedRaStats, RepeatedRunsAreBitIdentical) {
   }
 }
 
-// Step 16's attention (MLA, band RA, RA-CT `topk`/`output`, mechanisms 1 and 2 `topk`) and the standard
+// The statistics' model tests run one layer. From the second layer on the two paths' bf16 inputs
+// differ in their last bits, which reorders nearly equal weights in the top-K lists: measured on the
+// H200 with two layers, layer 1's attention gradients were up to 15 % apart and its cross_alpha 180 %,
+// layer 0's within 5.4 %. The ops' own tests hold the gradients to 2e-2 on identical inputs; here the
+// wiring (gates, statistics, renormalised lists) is checked, which a wrong formula misses by far more.
+ModelConfig stats_sized(bool mla) {
+  auto c = kernel_sized(mla);
+  c.n_layer = 1;
+  return c;
+}
+constexpr double kStatsGradTol = 0.1;
+
+// Step 16's attention (MLA, band RA, RA-CT `topk`/`output`, mechanism 2 `topk`) and the standard
 // heads' RA-CT + mechanism 2, each with and without RA: the fused statistics against the materialised
-// path, through the model.
+// path, through the model. (Mechanism 1 acts on the next layer: FusedModel's tests cover it.)
 TEST(FusedRaStats, ModelMatchesTheReferencePath) {
   if (!have_kernels()) GTEST_SKIP() << "no CUDA kernels in this build or no GPU";
   for (bool mla : {false, true}) {
     SCOPED_TRACE(mla ? "mla" : "standard");
-    auto c = kernel_sized(mla);
+    auto c = stats_sized(mla);
     c.ra_ct.enabled = true;
     c.mlp_cross.enabled = true;
-    c.mlp_gate.enabled = mla;
-    // Looser than the band's model test: the reference rounds its scores to bf16 before its top-K, so
-    // where GPT-2's initialisation leaves weights nearly equal it keeps some other keys of (almost) the
-    // same weight. The op's own test above holds the gradients to 2e-2.
-    expect_model_paths_agree(c, torch::kCUDA, /*bf16=*/true, 2e-3, 0.15);
+    expect_model_paths_agree(c, torch::kCUDA, /*bf16=*/true, 2e-3, kStatsGradTol);
     // The study's steps 10 and 14 (MLA) and 4 and 13 (standard heads) have these mechanisms without RA.
     SCOPED_TRACE("without RA");
     c.ra.enabled = false;
-    expect_model_paths_agree(c, torch::kCUDA, /*bf16=*/true, 2e-3, 0.15);
+    expect_model_paths_agree(c, torch::kCUDA, /*bf16=*/true, 2e-3, kStatsGradTol);
   }
 }
 
@@ -323,16 +331,16 @@ TEST(FusedRaStats, ModelMatchesTheReferencePathForMaxAndWeights) {
   if (!have_kernels()) GTEST_SKIP() << "no CUDA kernels in this build or no GPU";
   for (bool ra : {true, false}) {
     SCOPED_TRACE(ra ? "band RA" : "without RA");
-    auto c = kernel_sized(/*mla=*/true);
+    auto c = stats_sized(/*mla=*/true);
     c.ra.enabled = ra;
     c.ra_ct.enabled = true;
     c.ra_ct.mode = "max";
     c.mlp_cross.enabled = true;
-    expect_model_paths_agree(c, torch::kCUDA, /*bf16=*/true, 2e-3, 0.15);
+    expect_model_paths_agree(c, torch::kCUDA, /*bf16=*/true, 2e-3, kStatsGradTol);
     c.ra_ct.mode = "topk";
     c.ra_ct.apply = "weights";
     c.mlp_cross.enabled = false;
-    expect_model_paths_agree(c, torch::kCUDA, /*bf16=*/true, 2e-3, 0.15);
+    expect_model_paths_agree(c, torch::kCUDA, /*bf16=*/true, 2e-3, kStatsGradTol);
   }
 }
 

@@ -2,7 +2,7 @@
 // gradients in 64-row blocks on tensor cores (WMMA, bf16 in, fp32 accumulate), merged with the far
 // part that cuDNN's attention computes (model/fused_ra.cpp). Nothing T×T is stored: a block holds
 // its 64×128 score tile in shared memory and the backward recomputes it from q, k, v and the saved
-// log-sum-exp. 512 threads a block: four warps per 16 query rows, each taking every fourth tile. (The
+// log-sum-exp. 1024 threads a block: eight warps per 16 query rows, each taking every eighth tile. (The
 // kernels are latency-bound at one block per SM, which their shared memory allows: ncu gave the backward
 // IPC 1.22 with two warps per 16 rows, no warp eligible in 69 % of the cycles.)
 //
@@ -31,9 +31,9 @@ using bf16 = __nv_bfloat16;
 constexpr int kRows = 64;                     // query rows per block
 constexpr int kWindowRows = 2 * kRows;        // the 64 positions before the block and its own 64
 constexpr int kGroups = kRows / 16;           // 16-row query groups (WMMA's tile height)
-constexpr int kSplit = 4;                     // warps per group: each takes every kSplit-th tile and 16/kSplit rows
-constexpr int kWarps = kGroups * kSplit;      // 16: a group's warps hide each other's latency
-constexpr int kThreads = kWarps * kWarpSize;  // 512
+constexpr int kSplit = 8;                     // warps per group: each takes every kSplit-th tile and 16/kSplit rows
+constexpr int kWarps = kGroups * kSplit;      // 32: a group's warps hide each other's latency
+constexpr int kThreads = kWarps * kWarpSize;  // 1024
 constexpr int kWarpRows = 16 / kSplit;        // rows a warp owns in the row-by-row passes
 constexpr int kLdScore = kWindowRows + 4;     // fp32 score rows (padded against bank conflicts)
 constexpr int kLdProb = kWindowRows + 8;      // bf16 probability rows
@@ -213,7 +213,7 @@ template <int DK, int DV>
 constexpr size_t backward_smem_bytes() {
   return sizeof(bf16) * (2 * kWindowRows * (DK + 8) + kWindowRows * (DV + 8) + kRows * (DV + 8) +
                          2 * kRows * kLdProb) +
-         sizeof(float) * (2 * kRows * kLdScore + 2 * kRows + kWarps + kWarps * 16 * 16);
+         sizeof(float) * (2 * kRows * kLdScore + 2 * kRows + kWarps);
 }
 
 // acc ·= factor, element by element (the fragment layout does not matter for a uniform factor).
@@ -272,8 +272,7 @@ __global__ void __launch_bounds__(kThreads) ra_band_backward_kernel(RaBandBackwa
   bf16* sdS = sP + kRows * kLdProb;          // [64][kLdProb] dS
   float* sS = reinterpret_cast<float*>(sdS + kRows * kLdProb);  // [64][kLdScore] S', then staging
   float* sdP = sS + kRows * kLdScore;        // [64][kLdScore] dP = dO·Vᵀ
-  float* sTiles = sdP + kRows * kLdScore;    // [kWarps][16][16] the warps' bf16 conversion tiles
-  float* sD = sTiles + kWarps * 16 * 16;     // [64] D_i = dO_i·O_i
+  float* sD = sdP + kRows * kLdScore;        // [64] D_i = dO_i·O_i
   float* sLse = sD + kRows;                  // [64]
   float* sAlpha = sLse + kRows;              // [kWarps] the warps' dalpha sums
 
@@ -284,7 +283,6 @@ __global__ void __launch_bounds__(kThreads) ra_band_backward_kernel(RaBandBackwa
   const int row0 = 16 * group + kWarpRows * part;  // this warp's rows in the row-by-row passes
   const float alpha = *s.alpha;
   const int64_t bh = int64_t(b) * s.H + h;
-  float* sTile = sTiles + 16 * 16 * warp;
   load_rows_async<DK>(sQ, kLdK, a.q, b, h, p0, kWindowRows, s.T);
   load_rows_async<DK>(sK, kLdK, a.k, b, h, p0, kWindowRows, s.T);
   load_rows_async<DV>(sV, kLdV, a.v, b, h, p0, kWindowRows, s.T);
@@ -337,6 +335,10 @@ __global__ void __launch_bounds__(kThreads) ra_band_backward_kernel(RaBandBackwa
     }
   }
   __syncthreads();  // the sums below read every group's rows of P and dS
+
+  // dP is spent: its rows become the warps' bf16 conversion tiles. [kWarps][16][16]
+  static_assert(kWarps * 16 * 16 <= kRows * kLdScore, "the conversion tiles fit in dP's rows");
+  float* sTile = sdP + 16 * 16 * warp;
 
   // Own rows (positions i0 + 16·group ..): query side (the group's rows of dS) plus key side (window
   // tile kGroups + group, the same positions, from every query row of the block). The group's warps

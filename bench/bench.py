@@ -19,7 +19,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 
 # Variant -> model overrides of the job spec (docs/job-spec.md); "step12" is step 12 (RA + MLA + ratio +
 # mechanisms 1 and 2), "ratio" step 16, full RATIO (step 12 + RA-CT), "step14" step 14 (MLA + RA-CT
-# without RA: the statistics path without the band).
+# without RA: the statistics path without the band), "step18" step 18 (RA-CT's entropy, standard heads).
 VARIANTS = {
     "baseline": {},
     "mla": {"mla": {"enabled": True, "latent_dim": 128}},
@@ -32,6 +32,7 @@ VARIANTS = {
               "ra_ct": {"enabled": True, "mode": "topk", "apply": "output"}},
     "step14": {"mla": {"enabled": True, "latent_dim": 128}, "mlp_ratio": 2560 / 768,
                "ra_ct": {"enabled": True, "mode": "topk", "apply": "output"}},
+    "step18": {"ra_ct": {"enabled": True, "mode": "entropy", "apply": "output"}},
 }
 LOG_EVERY = 5
 

@@ -8,7 +8,7 @@ phases), the fields ratio-worker's bench/step_phases.cpp prints.
 Same definitions as docs/architecture.md, written plainly (materialised T x T scores wherever RA,
 RA-CT or mechanism 2 need them, SDPA otherwise).
 
-  python3 bench/reference.py --variant baseline|mla|ra|ra_mla|step12|ratio|step14 [--compile] [--steps 20] [--phases]
+  python3 bench/reference.py --variant baseline|mla|ra|ra_mla|step12|ratio|step14|step18 [--compile] [--steps 20] [--phases]
                              [--trace TRACE.json]
 """
 import argparse
@@ -21,14 +21,15 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 VARIANTS = {
-    #            MLA    RA     MLP width ratio  M1 gate  M2 cross  RA-CT
-    "baseline": (False, False, 4.0, False, False, False),
-    "mla":      (True, False, 4.0, False, False, False),
-    "ra":       (False, True, 4.0, False, False, False),
-    "ra_mla":   (True, True, 4.0, False, False, False),
-    "step12":   (True, True, 2048 / 768, True, True, False),  # step 12: RA + MLA + ratio + mechanisms
-    "ratio":    (True, True, 2048 / 768, True, True, True),  # step 16, full RATIO
-    "step14":   (True, False, 2560 / 768, False, False, True),  # step 14: MLA + RA-CT, no RA
+    #            MLA    RA     MLP width ratio  M1 gate  M2 cross  RA-CT statistic
+    "baseline": (False, False, 4.0, False, False, None),
+    "mla":      (True, False, 4.0, False, False, None),
+    "ra":       (False, True, 4.0, False, False, None),
+    "ra_mla":   (True, True, 4.0, False, False, None),
+    "step12":   (True, True, 2048 / 768, True, True, None),  # step 12: RA + MLA + ratio + mechanisms
+    "ratio":    (True, True, 2048 / 768, True, True, "topk"),  # step 16, full RATIO
+    "step14":   (True, False, 2560 / 768, False, False, "topk"),  # step 14: MLA + RA-CT, no RA
+    "step18":   (False, False, 4.0, False, False, "entropy"),  # step 18: RA-CT's entropy
 }
 
 
@@ -89,10 +90,14 @@ class Attention(nn.Module):
             if self.cfg.ra:
                 S = S + self.ra_alpha * (S.transpose(-2, -1) * self.band[:T, :T])
             S = S.masked_fill(~self.causal[:T, :T], float("-inf"))
-            A = F.softmax(S.float(), dim=-1).to(v.dtype)                                # [B, H, T, T]
+            P = F.softmax(S.float(), dim=-1)                                           # [B, H, T, T]
+            A = P.to(v.dtype)
             y = A @ v                                                                  # [B, H, T, D]
             if self.cfg.ract:
-                stat = A.topk(self.cfg.ract_k, dim=-1).values.sum(-1)                   # [B, H, T]
+                if self.cfg.ract == "entropy":
+                    stat = -(P * P.clamp_min(1e-30).log()).sum(-1)                      # [B, H, T]
+                else:
+                    stat = A.topk(self.cfg.ract_k, dim=-1).values.sum(-1)
                 g = torch.sigmoid(self.ct_scale[:, None] * stat + self.ct_bias[:, None])
                 y = y * g.unsqueeze(-1)
         if g1 is not None and hasattr(self, "gate_alpha"):

@@ -269,8 +269,13 @@ torch::Tensor AttentionImpl::attend_fused(const torch::Tensor& q, const torch::T
 
 bool AttentionImpl::fused_stats_apply(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v) const {
   const bool dropout = is_training() && config_.dropout > 0.0;
-  if (!fused_ || dropout || q.size(1) > fused::kMaxStatsHeads) return false;
+  if (!fused_ || dropout) return false;
   const auto& cross = config_.mlp_cross;
+  if (ct_ && config_.ra_ct.mode == "entropy") {  // cuDNN's attention with the keys as extra values
+    return config_.ra_ct.apply == "output" && !cross.enabled && !config_.ra.enabled &&
+           fused::supports_causal_entropy(q, k, v);
+  }
+  if (q.size(1) > fused::kMaxStatsHeads) return false;
   if (ct_) {
     const auto& ct = config_.ra_ct;
     // `weights` scales each weight row by (1 − a) + a·gate, which scales y's row alike, unless mechanism 2
@@ -286,6 +291,10 @@ bool AttentionImpl::fused_stats_apply(const torch::Tensor& q, const torch::Tenso
 
 AttentionImpl::Attended AttentionImpl::attend_fused_stats(const torch::Tensor& q, const torch::Tensor& k,
                                                           const torch::Tensor& v, AttentionOutput* out) {
+  if (ct_ && config_.ra_ct.mode == "entropy") {  // fused_stats_apply: no RA, no mechanism 2, `output`
+    auto r = fused::causal_attention_entropy(q, k, v, score_scale());
+    return {r.out, ct_gate_from_statistic(r.entropy)};
+  }
   const int64_t T = q.size(2);
   // RA-CT's statistic from each head's list: the sum of its first k (`topk`) or its first (`max`).
   const int64_t ct_k = !ct_ ? 0 : config_.ra_ct.mode == "max" ? 1 : config_.ra_ct.k;

@@ -348,6 +348,54 @@ struct CausalStatsFunction : torch::autograd::Function<CausalStatsFunction> {
   }
 };
 
+// RA-CT's `entropy` (issue 11, deliverable 2). With the keys as extra value columns, cuDNN's attention
+// returns Ok_i = Σ_j P_ij·(k_j − k_c) beside O_i, and since Σ_j P_ij = 1,
+//   H_i = −Σ_j P_ij·log P_ij = lse_i − Σ_j P_ij·S_ij = lse_i − scale·q_i·(k_c + Ok_i)
+// for any fixed key k_c. k_c = k_0, the first key, which every row sees, takes the keys' shared
+// component out of the bf16 Ok (softmax ignores it, so training is free to grow it), where H would
+// otherwise be a small difference of large numbers. Backward, with g = dL/dH: Ok's gradient is
+// −g·scale·q (a further slice of dO for cuDNN), lse's is g, i.e. ∂lse_i/∂S_ij = P_ij, which is D
+// shifted by −g (shifted_output), and q has H's explicit term −g·scale·(k_c + Ok). Any k_c gives the
+// same function of (q, k), so k_c is held constant: the key columns' gradient is the keys'.
+struct CausalEntropyFunction : torch::autograd::Function<CausalEntropyFunction> {
+  static variable_list forward(AutogradContext* ctx, const torch::Tensor& q, const torch::Tensor& k,
+                               const torch::Tensor& v, double scale) {
+    const int64_t B = q.size(0), H = q.size(1), T = q.size(2), Dk = k.size(3), Dv = v.size(3);
+    auto values = torch::cat({v, k - k.narrow(2, 0, 1)}, -1);  // [B, H, T, Dv + Dk]
+    const FarForward attended = far_forward({q, k, values}, scale);
+    auto lse = attended.lse.reshape({B, H, T}).to(torch::kFloat32);
+    auto key_mean = attended.out.narrow(-1, Dv, Dk).to(torch::kFloat32) + k.narrow(2, 0, 1).to(torch::kFloat32);
+    auto entropy = lse - scale * (q.to(torch::kFloat32) * key_mean).sum(-1);  // [B, H, T]
+    // [B, T, H, Dv] storage: merging the heads is then free.
+    auto out = at::empty({B, T, H, Dv}, v.options()).transpose(1, 2);
+    out.copy_(attended.out.narrow(-1, 0, Dv));
+    ctx->save_for_backward({q, k, values, attended.out, attended.lse, attended.philox_seed, attended.philox_offset});
+    ctx->saved_data["scale"] = scale;
+    return {out, entropy};
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const auto saved = ctx->get_saved_variables();
+    const torch::Tensor &q = saved[0], &k = saved[1], &values = saved[2], &out = saved[3];
+    const double scale = ctx->saved_data["scale"].toDouble();
+    const int64_t B = q.size(0), H = q.size(1), T = q.size(2), Dk = k.size(3), Dv = values.size(3) - Dk;
+    if (!grads[0].defined() && !grads[1].defined()) return variable_list(4);
+    auto f32 = q.options().dtype(torch::kFloat32);
+    auto dout = grads[0].defined() ? grads[0].to(torch::kBFloat16) : at::zeros({B, H, T, Dv}, q.options());
+    auto g = grads[1].defined() ? grads[1].to(torch::kFloat32) : at::zeros({B, H, T}, f32);  // dL/dH
+    auto d_key_mean = ((-scale) * g.unsqueeze(-1) * q.to(torch::kFloat32)).to(torch::kBFloat16);
+    auto d_all = torch::cat({dout, d_key_mean}, -1);  // [B, H, T, Dv + Dk], contiguous
+    auto shift = (-g).contiguous();
+    const auto out_seen = shifted_output(out, 0, T, d_all, shift);
+    const auto dense = far_backward({q, k, values}, d_all, out_seen, saved[4], saved[5], saved[6], scale);
+    auto key_mean = out.narrow(-1, Dv, Dk).to(torch::kFloat32) + k.narrow(2, 0, 1).to(torch::kFloat32);
+    auto dq = (dense[0].to(torch::kFloat32) - scale * g.unsqueeze(-1) * key_mean).to(q.scalar_type());
+    auto dk = dense[1] + dense[2].narrow(-1, Dv, Dk);
+    auto dv = dense[2].narrow(-1, 0, Dv);
+    return {dq, dk, dv, torch::Tensor()};
+  }
+};
+
 }  // namespace
 
 bool supports_ra_band(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v, int64_t window) {
@@ -391,6 +439,23 @@ RaBandStats causal_attention_stats(const torch::Tensor& q, const torch::Tensor& 
               "or 128, at most ", kMaxStatsHeads, " heads, last dimensions contiguous and 16-byte aligned");
   auto r = CausalStatsFunction::apply(q, k, v, scale, K, heads);
   return {r[0], r[1], r[2], r[3], r[4]};
+}
+
+bool supports_causal_entropy(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v) {
+  if (!q.is_cuda() || q.scalar_type() != torch::kBFloat16 || k.scalar_type() != torch::kBFloat16 ||
+      v.scalar_type() != torch::kBFloat16)
+    return false;
+  if (q.dim() != 4 || k.dim() != 4 || v.dim() != 4 || q.stride(3) != 1 || k.stride(3) != 1 || v.stride(3) != 1)
+    return false;
+  return q.size(3) == 64 && k.size(3) == 64 && v.size(3) == 64 && k.size(1) == q.size(1) && v.size(1) == q.size(1);
+}
+
+CausalEntropy causal_attention_entropy(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
+                                       double scale) {
+  TORCH_CHECK(supports_causal_entropy(q, k, v), "causal_attention_entropy: q, k, v must be bf16 on CUDA, "
+              "[B, H, T, 64] each (one key per head), last dimensions contiguous");
+  auto r = CausalEntropyFunction::apply(q, k, v, scale);
+  return {r[0], r[1]};
 }
 
 TopkWeights topk_weights(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& lse,
@@ -439,6 +504,12 @@ bool supports_causal_stats(const torch::Tensor&, const torch::Tensor&, const tor
 RaBandStats causal_attention_stats(const torch::Tensor&, const torch::Tensor&, const torch::Tensor&, double, int64_t,
                                    bool) {
   TORCH_CHECK(false, "fused::causal_attention_stats: this build has no CUDA kernels");
+}
+
+bool supports_causal_entropy(const torch::Tensor&, const torch::Tensor&, const torch::Tensor&) { return false; }
+
+CausalEntropy causal_attention_entropy(const torch::Tensor&, const torch::Tensor&, const torch::Tensor&, double) {
+  TORCH_CHECK(false, "fused::causal_attention_entropy: this build has no CUDA kernels");
 }
 
 TopkWeights topk_weights(const torch::Tensor&, const torch::Tensor&, const torch::Tensor&, const torch::Tensor&, int64_t,

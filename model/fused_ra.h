@@ -51,6 +51,19 @@ bool supports_causal_stats(const torch::Tensor& q, const torch::Tensor& k, const
 RaBandStats causal_attention_stats(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
                                    double scale, int64_t K, bool heads = true);
 
+// Plain causal attention and each row's entropy H_i = −Σ_j P_ij·log P_ij, differentiable (RA-CT's
+// `entropy` statistic without the T×T weights; the study's step 18). cuDNN's attention with the keys
+// as extra value columns returns Σ_j P_ij·k_j beside the output, and H_i = lse_i − Σ_j P_ij·S_ij;
+// model/fused_ra.cpp derives the backward. supports_causal_entropy: bf16 on CUDA, one key per head,
+// key and value width 64 (cuDNN then attends over 128-wide values), last dimensions contiguous.
+struct CausalEntropy {
+  torch::Tensor out;      // [B, H, T, Dv] bf16, stored as [B, T, H, Dv]
+  torch::Tensor entropy;  // [B, H, T] fp32
+};
+bool supports_causal_entropy(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v);
+CausalEntropy causal_attention_entropy(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
+                                       double scale);
+
 // The K largest attention weights of each row (model/kernels/ra_topk.cu), recomputed from q, k and the
 // rows' log-sum-exp instead of stored: per (b, h, i) for RA-CT's `topk` statistic, and per (b, i) of
 // the heads' mean for mechanism 2's `topk` sparsification. The weights are those of ra_band_attention's

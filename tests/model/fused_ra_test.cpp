@@ -344,6 +344,82 @@ TEST(FusedRaStats, ModelMatchesTheReferencePathForMaxAndWeights) {
   }
 }
 
+// RA-CT's `entropy` (the study's step 18: standard heads, no RA), fused vs the materialised path.
+TEST(FusedRaStats, ModelMatchesTheReferencePathForEntropy) {
+  if (!have_kernels()) GTEST_SKIP() << "no CUDA kernels in this build or no GPU";
+  auto c = stats_sized(/*mla=*/false);
+  c.ra.enabled = false;
+  c.ra_ct.enabled = true;
+  c.ra_ct.mode = "entropy";
+  expect_model_paths_agree(c, torch::kCUDA, /*bf16=*/true, 2e-3, kStatsGradTol);
+}
+
+// ---- RA-CT's entropy without the T×T weights ------------------------------------------------------
+
+struct EntropyCase {
+  int64_t T;
+  double sharpness;   // q multiplied by it: 1 gives scores of std 1, 4 peaked rows
+  double key_offset;  // a component shared by every key, which softmax ignores and training may grow
+};
+
+struct EntropyGrads {
+  torch::Tensor out, entropy, dq, dk, dv;
+};
+
+// The op against the materialised path's fp32 arithmetic (attention.cpp: softmax, then
+// −Σ P·log P), forward and the gradients of q, k and v under a loss that uses both the output and
+// the entropy; peaked rows and a large shared key component, where H is a small difference of large
+// numbers; two runs bit for bit.
+TEST(FusedRaEntropy, MatchesTheMaterialisedReference) {
+  if (!have_kernels()) GTEST_SKIP() << "no CUDA kernels in this build or no GPU";
+  for (const EntropyCase c : {EntropyCase{200, 1, 0}, EntropyCase{97, 4, 0}, EntropyCase{45, 1, 3},
+                              EntropyCase{300, 4, 3}, EntropyCase{7, 2, 0}}) {
+    SCOPED_TRACE("T " + std::to_string(c.T) + " sharpness " + std::to_string(c.sharpness) + " key offset " +
+                 std::to_string(c.key_offset));
+    auto in = make_inputs({false, c.T, 0}, 23);
+    const auto shared = torch::randn({in.k.size(3)}, in.k.options().dtype(torch::kFloat32)) * c.key_offset;
+    const auto q0 = (in.q.detach().to(torch::kFloat32) * c.sharpness).to(torch::kBFloat16);
+    const auto k0 = (in.k.detach().to(torch::kFloat32) + shared).to(torch::kBFloat16);
+    const auto v0 = in.v.detach();
+    const auto w = torch::randn({q0.size(0), q0.size(1), c.T}, q0.options().dtype(torch::kFloat32));
+    ASSERT_TRUE(fused::supports_causal_entropy(q0, k0, v0));
+    auto run = [&](bool fused, bool with_entropy) {
+      auto leaf = [&](const torch::Tensor& t) {
+        return (fused ? t.clone() : t.to(torch::kFloat32)).requires_grad_(true);
+      };
+      auto q = leaf(q0), k = leaf(k0), v = leaf(v0);
+      torch::Tensor out, entropy;
+      if (fused) {
+        auto r = fused::causal_attention_entropy(q, k, v, in.scale);
+        out = r.out, entropy = r.entropy;
+      } else {
+        auto p = torch::softmax(reference_scores(q, k, torch::Tensor(), 0, in.scale), -1);
+        out = torch::matmul(p, v);
+        entropy = -(p * p.clamp_min(1e-30).log()).sum(-1);
+      }
+      auto loss = (out.to(torch::kFloat32) * in.dout.to(torch::kFloat32)).sum();
+      if (with_entropy) loss = loss + (entropy * w).sum();
+      loss.backward();
+      return EntropyGrads{out.detach(), entropy.detach(), q.grad(), k.grad(), v.grad()};
+    };
+    const auto got = run(true, true), again = run(true, true), want = run(false, true);
+    EXPECT_EQ(got.out.scalar_type(), torch::kBFloat16);
+    EXPECT_EQ(got.entropy.scalar_type(), torch::kFloat32);
+    EXPECT_LT(rel_err(got.out, want.out), 1e-2) << "out";
+    EXPECT_LT(rel_err(got.entropy, want.entropy), 1e-2) << "entropy";
+    // bf16's 2⁻⁹ on the attention-weighted keys, in nats: about 0.01 at the sharpest rows here.
+    EXPECT_LT((got.entropy - want.entropy).abs().max().item<double>(), 0.06) << "entropy, worst row";
+    EXPECT_LT(rel_err(got.dq, want.dq), 3e-2) << "dq";
+    EXPECT_LT(rel_err(got.dk, want.dk), 3e-2) << "dk";
+    EXPECT_LT(rel_err(got.dv, want.dv), 3e-2) << "dv";
+    EXPECT_TRUE(torch::equal(got.dq, again.dq) && torch::equal(got.dk, again.dk) && torch::equal(got.entropy, again.entropy))
+        << "reruns differ";
+    // The entropy's gradient must matter, or the comparison would not test it.
+    const auto without = run(false, false);
+    EXPECT_GT(rel_err(want.dq, without.dq), 5e-2);
+  }
+}
+
 // ---- top-K weights without the T×T tensor (RA-CT's and mechanism 2's `topk`) ----------------------------
 
 struct TopkCase {

@@ -13,6 +13,11 @@
 
 namespace ratio::model::fused {
 
+torch::Tensor scatter_pairs(const torch::Tensor& keys, const torch::Tensor& values, int64_t Tk) {
+  return torch::zeros({keys.size(0), keys.size(1), Tk}, values.options())
+      .scatter_add_(-1, keys.clamp_min(0).to(torch::kLong), values);
+}
+
 #ifdef RATIO_WITH_CUDA_KERNELS
 
 namespace {
@@ -375,10 +380,8 @@ struct MixRowsFunction : torch::autograd::Function<MixRowsFunction> {
     args.d_values = d_values.data_ptr<float>();
     check_launch(kernels::mix_rows_value_grad(args, current_stream()), "mix_rows_value_grad");
     // dh = Āᵀ·dout with Ā scattered dense in h's dtype, as the dense path computes it: a sum over the
-    // rows that chose a key, in the matmul's order rather than one the keys would set. (An empty entry
-    // adds 0 at key 0.)
-    auto dense = at::zeros({h.size(0), keys32.size(1), h.size(1)}, h.options())
-                     .scatter_add_(-1, keys32.clamp_min(0).to(torch::kLong), values32.to(h.scalar_type()));
+    // rows that chose a key, in the matmul's order rather than one the keys would set.
+    auto dense = scatter_pairs(keys32, values32.to(h.scalar_type()), h.size(1));  // [B, T, Tk]
     auto dh = torch::bmm(dense.transpose(1, 2), dout);  // [B, Tk, T]·[B, T, M]
     return {d_values, torch::Tensor(), dh};
   }

@@ -89,6 +89,11 @@ class Bf16Weights {
   const Copies* outer_;
 };
 
+// Rows of (key, value) pairs as a dense [B, T, Tk] in values' dtype: out[b, i, keys[b, i, e]] +=
+// values[b, i, e]. An empty entry (key −1, value 0) adds 0 at key 0. keys [B, T, K] integral, values
+// [B, T, K]. Any build and device: mix_rows' backward and MixingWeights::to_dense (model/layers.h).
+torch::Tensor scatter_pairs(const torch::Tensor& keys, const torch::Tensor& values, int64_t Tk);
+
 // True where mix_rows can take h: built with the kernels, h [B, Tk, M] bf16 on CUDA with M a multiple
 // of 8 and 16-byte aligned rows, keys [B, T, K] with K ≤ 32.
 bool supports_mix_rows(const torch::Tensor& h, const torch::Tensor& keys);

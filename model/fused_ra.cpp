@@ -30,6 +30,11 @@ kernels::RaStridedOut strided_out(const torch::Tensor& t) {
   return {t.data_ptr(), t.stride(0), t.stride(1), t.stride(2)};
 }
 
+bool bf16_on_cuda(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v) {
+  return q.is_cuda() && q.scalar_type() == torch::kBFloat16 && k.scalar_type() == torch::kBFloat16 &&
+         v.scalar_type() == torch::kBFloat16;
+}
+
 bool kernel_layout(const torch::Tensor& t) {
   return t.dim() == 4 && t.stride(3) == 1 && reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 == 0 &&
          t.stride(0) % 8 == 0 && t.stride(1) % 8 == 0 && t.stride(2) % 8 == 0;
@@ -357,15 +362,20 @@ struct CausalStatsFunction : torch::autograd::Function<CausalStatsFunction> {
 // −g·scale·q (a further slice of dO for cuDNN), lse's is g, i.e. ∂lse_i/∂S_ij = P_ij, which is D
 // shifted by −g (shifted_output), and q has H's explicit term −g·scale·(k_c + Ok). Any k_c gives the
 // same function of (q, k), so k_c is held constant: the key columns' gradient is the keys'.
+// k_c + Ok_i = Σ_j P_ij·k_j in fp32, from cuDNN's output over [v, k − k_c] (out_all) and k. [B, H, T, Dk]
+torch::Tensor weighted_keys(const torch::Tensor& out_all, const torch::Tensor& k) {
+  const int64_t Dk = k.size(3), Dv = out_all.size(3) - Dk;
+  return out_all.narrow(-1, Dv, Dk).to(torch::kFloat32) + k.narrow(2, 0, 1).to(torch::kFloat32);
+}
+
 struct CausalEntropyFunction : torch::autograd::Function<CausalEntropyFunction> {
   static variable_list forward(AutogradContext* ctx, const torch::Tensor& q, const torch::Tensor& k,
                                const torch::Tensor& v, double scale) {
-    const int64_t B = q.size(0), H = q.size(1), T = q.size(2), Dk = k.size(3), Dv = v.size(3);
+    const int64_t B = q.size(0), H = q.size(1), T = q.size(2), Dv = v.size(3);
     auto values = torch::cat({v, k - k.narrow(2, 0, 1)}, -1);  // [B, H, T, Dv + Dk]
     const FarForward attended = far_forward({q, k, values}, scale);
     auto lse = attended.lse.reshape({B, H, T}).to(torch::kFloat32);
-    auto key_mean = attended.out.narrow(-1, Dv, Dk).to(torch::kFloat32) + k.narrow(2, 0, 1).to(torch::kFloat32);
-    auto entropy = lse - scale * (q.to(torch::kFloat32) * key_mean).sum(-1);  // [B, H, T]
+    auto entropy = lse - scale * (q.to(torch::kFloat32) * weighted_keys(attended.out, k)).sum(-1);  // [B, H, T]
     // [B, T, H, Dv] storage: merging the heads is then free.
     auto out = at::empty({B, T, H, Dv}, v.options()).transpose(1, 2);
     out.copy_(attended.out.narrow(-1, 0, Dv));
@@ -383,13 +393,12 @@ struct CausalEntropyFunction : torch::autograd::Function<CausalEntropyFunction> 
     auto f32 = q.options().dtype(torch::kFloat32);
     auto dout = grads[0].defined() ? grads[0].to(torch::kBFloat16) : at::zeros({B, H, T, Dv}, q.options());
     auto g = grads[1].defined() ? grads[1].to(torch::kFloat32) : at::zeros({B, H, T}, f32);  // dL/dH
-    auto d_key_mean = ((-scale) * g.unsqueeze(-1) * q.to(torch::kFloat32)).to(torch::kBFloat16);
-    auto d_all = torch::cat({dout, d_key_mean}, -1);  // [B, H, T, Dv + Dk], contiguous
+    auto d_keys = ((-scale) * g.unsqueeze(-1) * q.to(torch::kFloat32)).to(torch::kBFloat16);  // Ok's gradient
+    auto d_all = torch::cat({dout, d_keys}, -1);  // [B, H, T, Dv + Dk], contiguous
     auto shift = (-g).contiguous();
     const auto out_seen = shifted_output(out, 0, T, d_all, shift);
     const auto dense = far_backward({q, k, values}, d_all, out_seen, saved[4], saved[5], saved[6], scale);
-    auto key_mean = out.narrow(-1, Dv, Dk).to(torch::kFloat32) + k.narrow(2, 0, 1).to(torch::kFloat32);
-    auto dq = (dense[0].to(torch::kFloat32) - scale * g.unsqueeze(-1) * key_mean).to(q.scalar_type());
+    auto dq = (dense[0].to(torch::kFloat32) - scale * g.unsqueeze(-1) * weighted_keys(out, k)).to(q.scalar_type());
     auto dk = dense[1] + dense[2].narrow(-1, Dv, Dk);
     auto dv = dense[2].narrow(-1, 0, Dv);
     return {dq, dk, dv, torch::Tensor()};
@@ -399,9 +408,7 @@ struct CausalEntropyFunction : torch::autograd::Function<CausalEntropyFunction> 
 }  // namespace
 
 bool supports_ra_band(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v, int64_t window) {
-  if (!q.is_cuda() || q.scalar_type() != torch::kBFloat16 || k.scalar_type() != torch::kBFloat16 ||
-      v.scalar_type() != torch::kBFloat16)
-    return false;
+  if (!bf16_on_cuda(q, k, v)) return false;
   if (!kernel_layout(q) || !kernel_layout(k) || !kernel_layout(v)) return false;
   const int64_t T = q.size(2);
   return kernels::ra_band_supports(q.size(3), v.size(3)) && k.size(3) == q.size(3) &&
@@ -424,9 +431,7 @@ RaBandStats ra_band_attention_stats(const torch::Tensor& q, const torch::Tensor&
 }
 
 bool supports_causal_stats(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v) {
-  if (!q.is_cuda() || q.scalar_type() != torch::kBFloat16 || k.scalar_type() != torch::kBFloat16 ||
-      v.scalar_type() != torch::kBFloat16)
-    return false;
+  if (!bf16_on_cuda(q, k, v)) return false;
   if (!kernel_layout(q) || !kernel_layout(k) || v.dim() != 4 || v.stride(3) != 1) return false;
   return kernels::ra_topk_supports(q.size(3)) && k.size(3) == q.size(3) && v.size(3) % 8 == 0 &&
          (k.size(1) == q.size(1) || k.size(1) == 1) && q.size(1) <= kMaxStatsHeads;
@@ -442,9 +447,7 @@ RaBandStats causal_attention_stats(const torch::Tensor& q, const torch::Tensor& 
 }
 
 bool supports_causal_entropy(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v) {
-  if (!q.is_cuda() || q.scalar_type() != torch::kBFloat16 || k.scalar_type() != torch::kBFloat16 ||
-      v.scalar_type() != torch::kBFloat16)
-    return false;
+  if (!bf16_on_cuda(q, k, v)) return false;
   if (q.dim() != 4 || k.dim() != 4 || v.dim() != 4 || q.stride(3) != 1 || k.stride(3) != 1 || v.stride(3) != 1)
     return false;
   return q.size(3) == 64 && k.size(3) == 64 && v.size(3) == 64 && k.size(1) == q.size(1) && v.size(1) == q.size(1);

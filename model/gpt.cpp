@@ -62,10 +62,7 @@ int64_t MlpImpl::effective_width() const {
 }
 
 torch::Tensor MixingWeights::to_dense(int64_t Tk) const {
-  if (dense.defined()) return dense;
-  const int64_t B = keys.size(0), T = keys.size(1);
-  // An empty entry (key −1, value 0) adds 0 at key 0, which leaves any value there as it is.
-  return torch::zeros({B, T, Tk}, values.options()).scatter_add(-1, keys.clamp_min(0).to(torch::kLong), values);
+  return dense.defined() ? dense : fused::scatter_pairs(keys, values, Tk);
 }
 
 MlpOutput MlpImpl::forward(const torch::Tensor& m, const torch::Tensor& extra, const MixingWeights& mean_weights,

@@ -251,5 +251,18 @@ TEST(Introspection, MixingAndKeyParameterNames) {
   EXPECT_EQ(mixing.size(), 3u * 6 + 4 * 2);
 }
 
+// Mechanism 2's Ā as (key, weight) pairs, as the fused statistics hand it to the MLP: the dense rows
+// the pairs name, an empty entry (key −1, weight 0) adding nothing; a dense Ā passes through.
+TEST(MixingWeights, PairsBecomeTheDenseRowsTheyName) {
+  MixingWeights pairs;
+  pairs.keys = torch::tensor({0, -1, 1, 0, 2, 1}, torch::kInt).view({1, 3, 2});
+  pairs.values = torch::tensor({1.0f, 0.0f, 0.6f, 0.4f, 0.7f, 0.3f}).view({1, 3, 2});
+  const auto want = torch::tensor({1.0f, 0.0f, 0.0f, 0.4f, 0.6f, 0.0f, 0.0f, 0.3f, 0.7f}).view({1, 3, 3});
+  EXPECT_TRUE(torch::equal(pairs.to_dense(3), want));
+  MixingWeights dense;
+  dense.dense = want;
+  EXPECT_TRUE(dense.to_dense(3).is_same(want));
+}
+
 }  // namespace
 }  // namespace ratio::model::testing

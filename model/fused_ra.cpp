@@ -43,21 +43,19 @@ bool kernel_layout(const torch::Tensor& t) {
 // The far part: queries at positions window + 1 .. T − 1 against keys at 0 .. T − window − 2, causal.
 // Query row a (position a + window + 1) sees key rows b ≤ a, i.e. exactly the keys more than
 // `window` back; the lengths are equal, so the causal mask is the same whichever corner it is
-// aligned to. MLA's shared key is broadcast to every head (a stride-0 view, no copy).
+// aligned to. MLA's shared key stays one head: cuDNN's attention takes fewer key heads than query
+// heads (multi-query attention) and returns the key gradient summed over the heads, instead of one
+// per head for ra_band_combine to sum.
 struct FarInputs {
-  torch::Tensor q, k, v;  // [B, H, T_far, D]
+  torch::Tensor q, k, v;  // [B, H, T_far, D], k [B, H|1, T_far, Dk]
 };
 FarInputs far_inputs(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v, int64_t window) {
   const int64_t T = q.size(2), t_far = T - window - 1;
-  auto k_far = k.narrow(2, 0, t_far);
-  if (k.size(1) != q.size(1)) k_far = k_far.expand({q.size(0), q.size(1), t_far, k.size(3)});
-  return {q.narrow(2, window + 1, t_far), k_far, v.narrow(2, 0, t_far)};
+  return {q.narrow(2, window + 1, t_far), k.narrow(2, 0, t_far), v.narrow(2, 0, t_far)};
 }
 
-// Every query against every key (causal): the statistics op without RA. MLA's shared key broadcast.
-FarInputs whole_range(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v) {
-  return {q, k.size(1) == q.size(1) ? k : k.expand({q.size(0), q.size(1), k.size(2), k.size(3)}), v};
-}
+// Every query against every key (causal): the statistics op without RA.
+FarInputs whole_range(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v) { return {q, k, v}; }
 
 // cuDNN's attention, the kernel SDPA itself picks on Hopper (faster there than FlashAttention-2,
 // and it takes MLA's 128-wide keys with 64-wide values); it returns the log-sum-exp the merge needs.
@@ -96,9 +94,9 @@ kernels::RaBandShape band_shape(const torch::Tensor& q, int64_t window, double s
 void combine(const torch::Tensor& own, const torch::Tensor& prev, const torch::Tensor& far, int64_t far_offset,
              const torch::Tensor& grad) {
   TORCH_CHECK(far.stride(-1) == 1, "ra_band_attention: the far part's gradient has a strided last dimension");
-  kernels::RaBandCombineArgs args{int(own.size(0)), int(own.size(1)), int(grad.size(1)), int(grad.size(2)),
-                                  int(grad.size(3)), own.data_ptr(), prev.data_ptr(), strided(far),
-                                  far.size(2), far_offset, strided_out(grad)};
+  kernels::RaBandCombineArgs args{int(own.size(0)), int(own.size(1)), int(far.size(1)), int(grad.size(1)),
+                                  int(grad.size(2)), int(grad.size(3)), own.data_ptr(), prev.data_ptr(),
+                                  strided(far), far.size(2), far_offset, strided_out(grad)};
   check_launch(kernels::ra_band_combine(args, current_stream()), "ra_band_combine");
 }
 
@@ -264,9 +262,10 @@ struct RaBandFunction : torch::autograd::Function<RaBandFunction> {
     const int64_t t_pad = kernels::ra_band_padded_t(T);
     auto bf16 = q.options().dtype(torch::kBFloat16);
     auto own_q = at::empty({B, H, t_pad, Dk}, bf16), prev_q = at::empty_like(own_q);
-    auto own_k = at::empty({B, H, t_pad, Dk}, bf16), prev_k = at::empty_like(own_k);
+    // MLA: one key partial per block for all heads (ra_band.cu sums them), so one key head here.
+    auto own_k = at::empty({B, k.size(1), t_pad, Dk}, bf16), prev_k = at::empty_like(own_k);
     auto own_v = at::empty({B, H, t_pad, Dv}, bf16), prev_v = at::empty_like(own_v);
-    auto dalpha_partial = at::empty({kernels::ra_band_blocks(B, H, T)}, q.options().dtype(torch::kFloat32));
+    auto dalpha_partial = at::empty({kernels::ra_band_blocks(B, k.size(1), T)}, q.options().dtype(torch::kFloat32));
     kernels::RaBandBackwardArgs args{band_shape(q, window, scale, alpha32),
                                      int(Dk),
                                      int(Dv),
@@ -290,7 +289,7 @@ struct RaBandFunction : torch::autograd::Function<RaBandFunction> {
     auto dk = at::empty({B, T, k.size(1), Dk}, k.options()).transpose(1, 2);
     auto dv = at::empty({B, T, H, Dv}, v.options()).transpose(1, 2);
     combine(own_q, prev_q, far_grads[0], window + 1, dq);  // far query rows start at position window + 1
-    combine(own_k, prev_k, far_grads[1], 0, dk);           // MLA: the heads' key gradients summed
+    combine(own_k, prev_k, far_grads[1], 0, dk);           // MLA: both parts come summed over the heads
     combine(own_v, prev_v, far_grads[2], 0, dv);
     if (m.defined()) add_sparse_gradients(m, q, k, scale, dq, dk);
     torch::Tensor dalpha;
@@ -344,10 +343,10 @@ struct CausalStatsFunction : torch::autograd::Function<CausalStatsFunction> {
     }
     const auto dense = far_backward(whole_range(q, k, v), dout, out_seen, cudnn_lse, saved[6], saved[7], scale);
 
-    // add_sparse_gradients wants dq laid out [B, T, H, Dk] and MLA's dk as one head.
+    // add_sparse_gradients wants dq laid out [B, T, H, Dk]; MLA's dk comes summed over the heads.
     auto dq = at::empty({B, T, H, Dk}, q.options()).transpose(1, 2);  // [B, H, T, Dk]
     dq.copy_(dense[0]);
-    auto dk = k.size(1) == 1 ? dense[1].sum(1, /*keepdim=*/true).to(k.scalar_type()) : dense[1];
+    auto dk = dense[1];
     if (sparse.m.defined()) add_sparse_gradients(sparse.m, q, k, scale, dq, dk);
     return {dq, dk, dense[2], torch::Tensor(), torch::Tensor(), torch::Tensor()};
   }

@@ -228,7 +228,10 @@ cudaError_t ra_band_forward(const RaBandForwardArgs& args, cudaStream_t stream);
 //   own_*:  rows of the block's own positions (every row written by exactly one block);
 //   prev_*: the key-side contributions to the 64 positions before the block (rows of the block
 //           before it; the last block's rows get none).
-// dalpha_partial: one float per block (B·H·ceil(T/64)), summed by the caller (fixed order).
+// dalpha_partial: one float per block, summed by the caller (fixed order). With one key head for every
+// query head (k's head stride 0: MLA) a block takes its rows of every head and sums their key
+// gradients, so own_k and prev_k are [B, 1, T_pad, DK] and there are B·ceil(T/64) blocks; otherwise
+// B·H·ceil(T/64) (ra_band_blocks with H = k's heads).
 struct RaBandBackwardArgs {
   RaBandShape shape;
   int dk, dv;
@@ -243,11 +246,13 @@ int64_t ra_band_blocks(int64_t B, int64_t H, int64_t T);  // blocks of a launch 
 int64_t ra_band_padded_t(int64_t T);
 
 // One input's gradient: out[b, g, t] = Σ_{h in g} own[b, h, t] + prev[b, h, t] (where the block after
-// t's exists) + far[b, h, t − far_offset] (where 0 ≤ t − far_offset < T_far). heads_out is H (one
-// output per head) or 1 (every head summed: MLA's shared key). own, prev: [B, H, T_pad, D] bf16;
-// far: [B, H, T_far, D] bf16 strided; out: [B, heads_out, T, D] bf16 strided. D a multiple of 8.
+// t's exists) + Σ_{h in g} far[b, h, t − far_offset] (where 0 ≤ t − far_offset < T_far). heads_out is H
+// (one output per head) or 1 (every head summed: MLA's shared key). own, prev: [B, partial_heads,
+// T_pad, D] bf16; far: [B, far_heads, T_far, D] bf16 strided; out: [B, heads_out, T, D] bf16 strided.
+// With heads_out 1, partial_heads and far_heads may each be H (per-head gradients, summed here) or 1
+// (already summed); otherwise both are H. D a multiple of 8.
 struct RaBandCombineArgs {
-  int B, H, heads_out, T, D;
+  int B, partial_heads, far_heads, heads_out, T, D;
   const void *own, *prev;  // bf16
   RaStrided far;
   int64_t t_far, far_offset;

@@ -2,7 +2,8 @@
 // gradients in 64-row blocks on tensor cores (WMMA, bf16 in, fp32 accumulate), merged with the far
 // part that cuDNN's attention computes (model/fused_ra.cpp). Nothing T×T is stored: a block holds
 // its 64×128 score tile in shared memory and the backward recomputes it from q, k, v and the saved
-// log-sum-exp. 1024 threads a block: eight warps per 16 query rows, each taking every eighth tile. (The
+// log-sum-exp. 1024 threads a block: eight warps per 16 query rows, each taking every eighth tile (512 and
+// four under MLA's backward, which sums the heads' key gradients in registers: SHARED_KEY below). (The
 // kernels are latency-bound at one block per SM, which their shared memory allows: ncu gave the backward
 // IPC 1.22 with two warps per 16 rows, no warp eligible in 69 % of the cycles.)
 //
@@ -57,14 +58,14 @@ __device__ inline bool in_band(int r, int c, int i, int p0, int T, int window) {
   return i < T && p0 + c >= 0 && d >= 0 && d <= window;
 }
 
-// Rows row0 .. row0 + kWarpRows − 1 of a [.., T, DV] slice as bf16 pairs in registers, every load
+// Rows row0 .. row0 + ROWS − 1 of a [.., T, DV] slice as bf16 pairs in registers, every load
 // issued before any is used: pairs[rr][m] holds columns 2·(lane + 32·m) and the one after. Rows ≥ T
 // and rows before `first_row` read as zeros.
-template <int DV>
-__device__ void load_warp_rows(__nv_bfloat162 (&pairs)[kWarpRows][DV / 64], const bf16* base, int64_t st, int row0,
+template <int DV, int ROWS = kWarpRows>
+__device__ void load_warp_rows(__nv_bfloat162 (&pairs)[ROWS][DV / 64], const bf16* base, int64_t st, int row0,
                                int first_row, int T, int lane) {
 #pragma unroll
-  for (int rr = 0; rr < kWarpRows; ++rr) {
+  for (int rr = 0; rr < ROWS; ++rr) {
     const int row = row0 + rr;
     const bool valid = row >= first_row && row < T;
 #pragma unroll
@@ -76,14 +77,14 @@ __device__ void load_warp_rows(__nv_bfloat162 (&pairs)[kWarpRows][DV / 64], cons
 }
 
 // S' for a group's 16 query rows against the window columns, tiles in the band only, this warp's
-// share of them (every kSplit-th tile): scale·(Q_own·K_winᵀ + alpha·K_own·Q_winᵀ), both products
+// share of them (every SPLIT-th tile): scale·(Q_own·K_winᵀ + alpha·K_own·Q_winᵀ), both products
 // accumulated in fp32. → score [16][kLdScore]
-template <int DK>
+template <int DK, int SPLIT = kSplit>
 __device__ void band_scores(const bf16* sQ, const bf16* sK, float* score, int group, int part, int window,
                             float scale, float alpha) {
   constexpr int kLd = DK + 8;
   const int own = kRows + 16 * group;  // the group's query rows among the window rows
-  for (int kt = part; kt < kWindowRows / 16; kt += kSplit) {
+  for (int kt = part; kt < kWindowRows / 16; kt += SPLIT) {
     if (!tile_in_band(group, kt, window)) continue;
     FragC direct, reciprocal;
     wmma::fill_fragment(direct, 0.0f);
@@ -260,9 +261,27 @@ __device__ inline void query_side(FragC& acc, const bf16* sdS, const bf16* windo
   }
 }
 
-template <int DK, int DV>
-__global__ void __launch_bounds__(kThreads) ra_band_backward_kernel(RaBandBackwardArgs a) {
+// acc_sum += acc, element by element (both fragments of one layout).
+__device__ inline void add_fragment(FragC& acc_sum, const FragC& acc) {
+#pragma unroll
+  for (int e = 0; e < acc.num_elements; ++e) acc_sum.x[e] += acc.x[e];
+}
+
+// SHARED_KEY (MLA: one key for every head): a block takes its 64 rows of every head in turn, the key
+// window loaded once, and sums the heads' key gradients in its warps' fragments, so it writes one key
+// partial instead of one per head (grid (blocks, 1, B)). Otherwise a block is one (b, h). The sums
+// stay in registers across the heads: at 1024 threads (64 registers a thread) they spilled, so
+// SHARED_KEY runs four warps per 16 rows (512 threads), each summing two key column tiles.
+__host__ __device__ constexpr int backward_split(bool shared_key) { return shared_key ? 4 : kSplit; }
+__host__ __device__ constexpr int backward_threads(bool shared_key) {
+  return kGroups * backward_split(shared_key) * kWarpSize;
+}
+
+template <int DK, int DV, bool SHARED_KEY>
+__global__ void __launch_bounds__(backward_threads(SHARED_KEY)) ra_band_backward_kernel(RaBandBackwardArgs a) {
   constexpr int kLdK = DK + 8, kLdV = DV + 8;
+  constexpr int kSplitB = backward_split(SHARED_KEY), kWarpsB = kGroups * kSplitB, kWarpRowsB = 16 / kSplitB;
+  constexpr int kKeyTiles = (DK / 16 + kSplitB - 1) / kSplitB;  // key column tiles a warp takes
   extern __shared__ __align__(128) unsigned char smem[];
   bf16* sQ = reinterpret_cast<bf16*>(smem);  // [128][kLdK] window queries
   bf16* sK = sQ + kWindowRows * kLdK;        // [128][kLdK] window keys
@@ -277,135 +296,170 @@ __global__ void __launch_bounds__(kThreads) ra_band_backward_kernel(RaBandBackwa
   float* sAlpha = sLse + kRows;              // [kWarps] the warps' dalpha sums
 
   const RaBandShape& s = a.shape;
-  const int b = blockIdx.z, h = blockIdx.y, i0 = blockIdx.x * kRows, p0 = i0 - kRows;
+  const int b = blockIdx.z, i0 = blockIdx.x * kRows, p0 = i0 - kRows;
+  const int h_begin = SHARED_KEY ? 0 : blockIdx.y, h_end = SHARED_KEY ? s.H : blockIdx.y + 1;
   const int warp = threadIdx.x / kWarpSize, lane = threadIdx.x % kWarpSize;
   const int group = warp % kGroups, part = warp / kGroups;
-  const int row0 = 16 * group + kWarpRows * part;  // this warp's rows in the row-by-row passes
+  const int row0 = 16 * group + kWarpRowsB * part;  // this warp's rows in the row-by-row passes
   const float alpha = *s.alpha;
-  const int64_t bh = int64_t(b) * s.H + h;
-  load_rows_async<DK>(sQ, kLdK, a.q, b, h, p0, kWindowRows, s.T);
-  load_rows_async<DK>(sK, kLdK, a.k, b, h, p0, kWindowRows, s.T);
-  load_rows_async<DV>(sV, kLdV, a.v, b, h, p0, kWindowRows, s.T);
-  load_rows_async<DV>(sdO, kLdV, a.dout, b, h, i0, kRows, s.T);
-  __nv_bfloat162 out_pairs[kWarpRows][DV / 64];  // this warp's rows of the output, for D_i
-  load_warp_rows<DV>(out_pairs, static_cast<const bf16*>(a.out.data) + b * a.out.sb + h * a.out.sh, a.out.st,
-                     i0 + row0, 0, s.T, lane);
-  wait_for_rows();
-
-#pragma unroll
-  for (int k = 0; k < kWarpRows; ++k) {  // D_i = dO_i·O_i and the saved log-sum-exp
-    const int r = row0 + k, i = i0 + r;
-    float d = 0.0f;
-#pragma unroll
-    for (int m = 0; m < DV / 64; ++m) {
-      const int c = 2 * (lane + 32 * m);
-      const float2 o = __bfloat1622float2(out_pairs[k][m]);
-      d += o.x * __bfloat162float(sdO[r * kLdV + c]) + o.y * __bfloat162float(sdO[r * kLdV + c + 1]);
-    }
-    d = warp_sum(d);
-    if (lane == 0) {
-      sD[r] = d + (a.d_shift != nullptr && i < s.T ? a.d_shift[bh * s.T + i] : 0.0f);
-      sLse[r] = i < s.T ? a.lse[bh * s.T + i] : INFINITY;
-    }
-  }
-
+  const int64_t t_pad = padded_t(s.T);
   float* score = sS + 16 * group * kLdScore;
   float* dprob = sdP + 16 * group * kLdScore;
-  band_scores<DK>(sQ, sK, score, group, part, s.window, s.scale, alpha);
-  for (int kt = part; kt < kWindowRows / 16; kt += kSplit) {  // dP = dO_own·V_winᵀ
-    if (!tile_in_band(group, kt, s.window)) continue;
-    FragC acc;
-    wmma::fill_fragment(acc, 0.0f);
-    accumulate_abt<DV>(acc, sdO + 16 * group * kLdV, kLdV, sV + 16 * kt * kLdV, kLdV);
-    wmma::store_matrix_sync(dprob + 16 * kt, acc, kLdScore, wmma::mem_row_major);
-  }
-  __syncthreads();
-
-  // P = exp(S' − lse), dS = P·(dP − D); zero outside the band.
-  for (int r = row0; r < row0 + kWarpRows; ++r) {
-    const int rr = r - 16 * group, i = i0 + r;
-    for (int c = lane; c < kWindowRows; c += kWarpSize) {
-      float p = 0.0f, ds = 0.0f;
-      if (in_band(r, c, i, p0, s.T, s.window)) {
-        p = expf(score[rr * kLdScore + c] - sLse[r]);
-        ds = p * (dprob[rr * kLdScore + c] - sD[r]);
-      }
-      sP[r * kLdProb + c] = __float2bfloat16(p);
-      sdS[r * kLdProb + c] = __float2bfloat16(ds);
-    }
-  }
-  __syncthreads();  // the sums below read every group's rows of P and dS
-
-  // dP is spent: its rows become the warps' bf16 conversion tiles. [kWarps][16][16]
-  static_assert(kWarps * 16 * 16 <= kRows * kLdScore, "the conversion tiles fit in dP's rows");
-  float* sTile = sdP + 16 * 16 * warp;
-
-  // Own rows (positions i0 + 16·group ..): query side (the group's rows of dS) plus key side (window
-  // tile kGroups + group, the same positions, from every query row of the block). The group's warps
-  // take every kSplit-th column tile.
-  const int own_wt = kGroups + group;
-  const int64_t own_row = bh * padded_t(s.T) + i0 + 16 * group;
   const bf16* sQ_own = sQ + kRows * kLdK;
   const bf16* sK_own = sK + kRows * kLdK;
-  float* staging = score;  // the group's 16 rows of S' are no longer needed
-  float dalpha = 0.0f;     // scale·Σ_ij dS[i, j]·q_j·k_i = scale·Σ_i k_i·G_i, over this warp's tiles
-  for (int ct = part; ct < DK / 16; ct += kSplit) {
-    FragC acc;  // dq_t = scale·(alpha·Σ_i dS[i, t]·k_i + Σ_j dS[t, j]·k_j)
-    wmma::fill_fragment(acc, 0.0f);
-    key_side(acc, sdS, sK_own, kLdK, own_wt, ct, s.window);
-    scale_fragment(acc, alpha);
-    query_side(acc, sdS, sK, kLdK, group, ct, s.window);
-    scale_fragment(acc, s.scale);
-    store_bf16(acc, sTile, static_cast<bf16*>(a.own_q) + own_row * DK + 16 * ct, DK, lane);
-
-    wmma::fill_fragment(acc, 0.0f);  // dk_t = scale·(alpha·G_t + Σ_i dS[i, t]·q_i), G_t = Σ_j dS[t, j]·q_j
-    query_side(acc, sdS, sQ, kLdK, group, ct, s.window);
-    wmma::store_matrix_sync(staging + 16 * ct, acc, kLdScore, wmma::mem_row_major);
-    __syncwarp();
-    for (int e = lane; e < 16 * 16; e += kWarpSize) {
-      const int rr = e / 16, c = 16 * ct + e % 16;
-      dalpha += staging[rr * kLdScore + c] * __bfloat162float(sK_own[(16 * group + rr) * kLdK + c]);
-    }
-    scale_fragment(acc, alpha);
-    key_side(acc, sdS, sQ_own, kLdK, own_wt, ct, s.window);
-    scale_fragment(acc, s.scale);
-    store_bf16(acc, sTile, static_cast<bf16*>(a.own_k) + own_row * DK + 16 * ct, DK, lane);
+  const int own_wt = kGroups + group;
+  // dP is spent once P and dS are: its rows become the warps' bf16 conversion tiles. [kWarpsB][16][16]
+  static_assert(kWarpsB * 16 * 16 <= kRows * kLdScore && kWarpsB <= kWarps, "the conversion tiles fit in dP's rows");
+  float* sTile = sdP + 16 * 16 * warp;
+  float dalpha = 0.0f;  // scale·Σ_ij dS[i, j]·q_j·k_i = scale·Σ_i k_i·G_i, over this warp's tiles and heads
+  FragC key_own[kKeyTiles], key_prev[kKeyTiles];  // SHARED_KEY: the key gradient summed over the heads
+#pragma unroll
+  for (int n = 0; n < kKeyTiles; ++n) {
+    wmma::fill_fragment(key_own[n], 0.0f);
+    wmma::fill_fragment(key_prev[n], 0.0f);
   }
-  for (int ct = part; ct < DV / 16; ct += kSplit) {
-    FragC acc;  // dv_t = Σ_i P[i, t]·dO_i
-    wmma::fill_fragment(acc, 0.0f);
-    key_side(acc, sP, sdO, kLdV, own_wt, ct, s.window);
-    store_bf16(acc, sTile, static_cast<bf16*>(a.own_v) + own_row * DV + 16 * ct, DV, lane);
+  load_rows_async<DK>(sK, kLdK, a.k, b, h_begin, p0, kWindowRows, s.T);
+
+  for (int h = h_begin; h < h_end; ++h) {
+    if (h > h_begin) __syncthreads();  // every warp is done with the previous head's rows
+    const int64_t bh = int64_t(b) * s.H + h;
+    load_rows_async<DK>(sQ, kLdK, a.q, b, h, p0, kWindowRows, s.T);
+    load_rows_async<DV>(sV, kLdV, a.v, b, h, p0, kWindowRows, s.T);
+    load_rows_async<DV>(sdO, kLdV, a.dout, b, h, i0, kRows, s.T);
+    __nv_bfloat162 out_pairs[kWarpRowsB][DV / 64];  // this warp's rows of the output, for D_i
+    const bf16* out_rows = static_cast<const bf16*>(a.out.data) + b * a.out.sb + h * a.out.sh;
+    load_warp_rows<DV, kWarpRowsB>(out_pairs, out_rows, a.out.st, i0 + row0, 0, s.T, lane);
+    wait_for_rows();
+
+#pragma unroll
+    for (int k = 0; k < kWarpRowsB; ++k) {  // D_i = dO_i·O_i and the saved log-sum-exp
+      const int r = row0 + k, i = i0 + r;
+      float d = 0.0f;
+#pragma unroll
+      for (int m = 0; m < DV / 64; ++m) {
+        const int c = 2 * (lane + 32 * m);
+        const float2 o = __bfloat1622float2(out_pairs[k][m]);
+        d += o.x * __bfloat162float(sdO[r * kLdV + c]) + o.y * __bfloat162float(sdO[r * kLdV + c + 1]);
+      }
+      d = warp_sum(d);
+      if (lane == 0) {
+        sD[r] = d + (a.d_shift != nullptr && i < s.T ? a.d_shift[bh * s.T + i] : 0.0f);
+        sLse[r] = i < s.T ? a.lse[bh * s.T + i] : INFINITY;
+      }
+    }
+
+    band_scores<DK, kSplitB>(sQ, sK, score, group, part, s.window, s.scale, alpha);
+    for (int kt = part; kt < kWindowRows / 16; kt += kSplitB) {  // dP = dO_own·V_winᵀ
+      if (!tile_in_band(group, kt, s.window)) continue;
+      FragC acc;
+      wmma::fill_fragment(acc, 0.0f);
+      accumulate_abt<DV>(acc, sdO + 16 * group * kLdV, kLdV, sV + 16 * kt * kLdV, kLdV);
+      wmma::store_matrix_sync(dprob + 16 * kt, acc, kLdScore, wmma::mem_row_major);
+    }
+    __syncthreads();
+
+    // P = exp(S' − lse), dS = P·(dP − D); zero outside the band.
+    for (int r = row0; r < row0 + kWarpRowsB; ++r) {
+      const int rr = r - 16 * group, i = i0 + r;
+      for (int c = lane; c < kWindowRows; c += kWarpSize) {
+        float p = 0.0f, ds = 0.0f;
+        if (in_band(r, c, i, p0, s.T, s.window)) {
+          p = expf(score[rr * kLdScore + c] - sLse[r]);
+          ds = p * (dprob[rr * kLdScore + c] - sD[r]);
+        }
+        sP[r * kLdProb + c] = __float2bfloat16(p);
+        sdS[r * kLdProb + c] = __float2bfloat16(ds);
+      }
+    }
+    __syncthreads();  // the sums below read every group's rows of P and dS
+
+    // Own rows (positions i0 + 16·group ..): query side (the group's rows of dS) plus key side (window
+    // tile kGroups + group, the same positions, from every query row of the block). The group's warps
+    // take every kSplitB-th column tile.
+    const int64_t own_row = bh * t_pad + i0 + 16 * group;
+    float* staging = score;  // the group's 16 rows of S' are no longer needed
+#pragma unroll
+    for (int n = 0; n < kKeyTiles; ++n) {  // n known at compile time: key_own[n] stays in registers
+      const int ct = part + n * kSplitB;
+      if (ct >= DK / 16) break;
+      FragC acc;  // dq_t = scale·(alpha·Σ_i dS[i, t]·k_i + Σ_j dS[t, j]·k_j)
+      wmma::fill_fragment(acc, 0.0f);
+      key_side(acc, sdS, sK_own, kLdK, own_wt, ct, s.window);
+      scale_fragment(acc, alpha);
+      query_side(acc, sdS, sK, kLdK, group, ct, s.window);
+      scale_fragment(acc, s.scale);
+      store_bf16(acc, sTile, static_cast<bf16*>(a.own_q) + own_row * DK + 16 * ct, DK, lane);
+
+      wmma::fill_fragment(acc, 0.0f);  // dk_t = scale·(alpha·G_t + Σ_i dS[i, t]·q_i), G_t = Σ_j dS[t, j]·q_j
+      query_side(acc, sdS, sQ, kLdK, group, ct, s.window);
+      wmma::store_matrix_sync(staging + 16 * ct, acc, kLdScore, wmma::mem_row_major);
+      __syncwarp();
+      for (int e = lane; e < 16 * 16; e += kWarpSize) {
+        const int rr = e / 16, c = 16 * ct + e % 16;
+        dalpha += staging[rr * kLdScore + c] * __bfloat162float(sK_own[(16 * group + rr) * kLdK + c]);
+      }
+      scale_fragment(acc, alpha);
+      key_side(acc, sdS, sQ_own, kLdK, own_wt, ct, s.window);
+      scale_fragment(acc, s.scale);
+      if constexpr (SHARED_KEY)
+        add_fragment(key_own[n], acc);
+      else
+        store_bf16(acc, sTile, static_cast<bf16*>(a.own_k) + own_row * DK + 16 * ct, DK, lane);
+    }
+    for (int ct = part; ct < DV / 16; ct += kSplitB) {
+      FragC acc;  // dv_t = Σ_i P[i, t]·dO_i
+      wmma::fill_fragment(acc, 0.0f);
+      key_side(acc, sP, sdO, kLdV, own_wt, ct, s.window);
+      store_bf16(acc, sTile, static_cast<bf16*>(a.own_v) + own_row * DV + 16 * ct, DV, lane);
+    }
+
+    // The 64 positions before the block (window tile `group`): key-side contributions only.
+    if (blockIdx.x > 0) {
+      const int64_t prev_row = bh * t_pad + p0 + 16 * group;
+#pragma unroll
+      for (int n = 0; n < kKeyTiles; ++n) {
+        const int ct = part + n * kSplitB;
+        if (ct >= DK / 16) break;
+        FragC acc;
+        wmma::fill_fragment(acc, 0.0f);
+        key_side(acc, sdS, sK_own, kLdK, group, ct, s.window);
+        scale_fragment(acc, alpha * s.scale);
+        store_bf16(acc, sTile, static_cast<bf16*>(a.prev_q) + prev_row * DK + 16 * ct, DK, lane);
+        wmma::fill_fragment(acc, 0.0f);
+        key_side(acc, sdS, sQ_own, kLdK, group, ct, s.window);
+        scale_fragment(acc, s.scale);
+        if constexpr (SHARED_KEY)
+          add_fragment(key_prev[n], acc);
+        else
+          store_bf16(acc, sTile, static_cast<bf16*>(a.prev_k) + prev_row * DK + 16 * ct, DK, lane);
+      }
+      for (int ct = part; ct < DV / 16; ct += kSplitB) {
+        FragC acc;
+        wmma::fill_fragment(acc, 0.0f);
+        key_side(acc, sP, sdO, kLdV, group, ct, s.window);
+        store_bf16(acc, sTile, static_cast<bf16*>(a.prev_v) + prev_row * DV + 16 * ct, DV, lane);
+      }
+    }
+  }
+
+  if constexpr (SHARED_KEY) {  // one key partial a block: [B, 1, T_pad, DK]
+    const int64_t key_row = int64_t(b) * t_pad + 16 * group;
+#pragma unroll
+    for (int n = 0; n < kKeyTiles; ++n) {
+      const int ct = part + n * kSplitB;
+      if (ct >= DK / 16) break;
+      store_bf16(key_own[n], sTile, static_cast<bf16*>(a.own_k) + (key_row + i0) * DK + 16 * ct, DK, lane);
+      if (blockIdx.x > 0)
+        store_bf16(key_prev[n], sTile, static_cast<bf16*>(a.prev_k) + (key_row + p0) * DK + 16 * ct, DK, lane);
+    }
   }
   dalpha = warp_sum(dalpha);
   if (lane == 0) sAlpha[warp] = dalpha;
-
-  // The 64 positions before the block (window tile `group`): key-side contributions only.
-  if (blockIdx.x > 0) {
-    const int64_t prev_row = bh * padded_t(s.T) + p0 + 16 * group;
-    for (int ct = part; ct < DK / 16; ct += kSplit) {
-      FragC acc;
-      wmma::fill_fragment(acc, 0.0f);
-      key_side(acc, sdS, sK_own, kLdK, group, ct, s.window);
-      scale_fragment(acc, alpha * s.scale);
-      store_bf16(acc, sTile, static_cast<bf16*>(a.prev_q) + prev_row * DK + 16 * ct, DK, lane);
-      wmma::fill_fragment(acc, 0.0f);
-      key_side(acc, sdS, sQ_own, kLdK, group, ct, s.window);
-      scale_fragment(acc, s.scale);
-      store_bf16(acc, sTile, static_cast<bf16*>(a.prev_k) + prev_row * DK + 16 * ct, DK, lane);
-    }
-    for (int ct = part; ct < DV / 16; ct += kSplit) {
-      FragC acc;
-      wmma::fill_fragment(acc, 0.0f);
-      key_side(acc, sP, sdO, kLdV, group, ct, s.window);
-      store_bf16(acc, sTile, static_cast<bf16*>(a.prev_v) + prev_row * DV + 16 * ct, DV, lane);
-    }
-  }
   __syncthreads();
   if (threadIdx.x == 0) {
     float sum = 0.0f;
-    for (int w = 0; w < kWarps; ++w) sum += sAlpha[w];
-    a.dalpha_partial[bh * gridDim.x + blockIdx.x] = s.scale * sum;
+    for (int w = 0; w < kWarpsB; ++w) sum += sAlpha[w];
+    a.dalpha_partial[(int64_t(blockIdx.z) * gridDim.y + blockIdx.y) * gridDim.x + blockIdx.x] = s.scale * sum;
   }
 }
 
@@ -422,10 +476,10 @@ __global__ void ra_band_combine_kernel(RaBandCombineArgs a) {
   const int64_t far_t = t - a.far_offset;
   const bool has_far = far_t >= 0 && far_t < a.t_far;
   float sum[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-  const int h_begin = a.heads_out == 1 ? 0 : g, h_end = a.heads_out == 1 ? a.H : g + 1;
-  for (int h = h_begin; h < h_end; ++h) {
-    const int64_t row = (int64_t(b) * a.H + h) * t_pad + t;
-    float part[8];
+  float part[8];
+  const int p_begin = a.heads_out == 1 ? 0 : g, p_end = a.heads_out == 1 ? a.partial_heads : g + 1;
+  for (int h = p_begin; h < p_end; ++h) {
+    const int64_t row = (int64_t(b) * a.partial_heads + h) * t_pad + t;
     load_vec<8>(static_cast<const bf16*>(a.own) + row * a.D + col, part);
 #pragma unroll
     for (int e = 0; e < 8; ++e) sum[e] += part[e];
@@ -434,25 +488,27 @@ __global__ void ra_band_combine_kernel(RaBandCombineArgs a) {
 #pragma unroll
       for (int e = 0; e < 8; ++e) sum[e] += part[e];
     }
-    if (has_far) {
-      load_vec<8>(static_cast<const bf16*>(a.far.data) + b * a.far.sb + h * a.far.sh + far_t * a.far.st + col, part);
+  }
+  const int f_begin = a.heads_out == 1 ? 0 : g, f_end = a.heads_out == 1 ? a.far_heads : g + 1;
+  for (int h = f_begin; has_far && h < f_end; ++h) {
+    load_vec<8>(static_cast<const bf16*>(a.far.data) + b * a.far.sb + h * a.far.sh + far_t * a.far.st + col, part);
 #pragma unroll
-      for (int e = 0; e < 8; ++e) sum[e] += part[e];
-    }
+    for (int e = 0; e < 8; ++e) sum[e] += part[e];
   }
   store_vec<8>(static_cast<bf16*>(a.out.data) + b * a.out.sb + g * a.out.sh + t * a.out.st + col, sum);
 }
 
-dim3 band_grid(const RaBandShape& s) { return dim3((s.T + kRows - 1) / kRows, s.H, s.B); }
-
-// One band kernel over (row blocks, heads, batch), its shared memory opted in above the 48 KiB default.
+// One band kernel over (row blocks, heads, batch), or (row blocks, 1, batch) when a block takes every
+// head, its shared memory opted in above the 48 KiB default.
 template <typename Args>
-cudaError_t launch_band(void (*kernel)(Args), size_t smem, const Args& args, cudaStream_t stream) {
+cudaError_t launch_band(void (*kernel)(Args), size_t smem, const Args& args, cudaStream_t stream,
+                        bool every_head = false, int threads = kThreads) {
   if (!ra_band_supports(args.dk, args.dv) || args.shape.window < 1 || args.shape.window > kRaMaxWindow)
     return cudaErrorInvalidValue;
   const cudaError_t attr = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
   if (attr != cudaSuccess) return attr;
-  kernel<<<band_grid(args.shape), kThreads, smem, stream>>>(args);
+  const RaBandShape& s = args.shape;
+  kernel<<<dim3((s.T + kRows - 1) / kRows, every_head ? 1 : s.H, s.B), threads, smem, stream>>>(args);
   return cudaGetLastError();
 }
 
@@ -470,12 +526,21 @@ cudaError_t ra_band_forward(const RaBandForwardArgs& args, cudaStream_t stream) 
 }
 
 cudaError_t ra_band_backward(const RaBandBackwardArgs& args, cudaStream_t stream) {
-  return args.dk == 64 ? launch_band(ra_band_backward_kernel<64, 64>, backward_smem_bytes<64, 64>(), args, stream)
-                       : launch_band(ra_band_backward_kernel<128, 64>, backward_smem_bytes<128, 64>(), args, stream);
+  const bool shared_key = args.k.sh == 0;  // one key head for every query head (MLA)
+  const int threads = backward_threads(shared_key);
+  if (args.dk == 64)
+    return shared_key ? launch_band(ra_band_backward_kernel<64, 64, true>, backward_smem_bytes<64, 64>(), args,
+                                    stream, true, threads)
+                      : launch_band(ra_band_backward_kernel<64, 64, false>, backward_smem_bytes<64, 64>(), args, stream);
+  return shared_key ? launch_band(ra_band_backward_kernel<128, 64, true>, backward_smem_bytes<128, 64>(), args, stream,
+                                  true, threads)
+                    : launch_band(ra_band_backward_kernel<128, 64, false>, backward_smem_bytes<128, 64>(), args, stream);
 }
 
 cudaError_t ra_band_combine(const RaBandCombineArgs& args, cudaStream_t stream) {
-  if (args.D % 8 != 0) return cudaErrorInvalidValue;
+  const bool heads_ok = args.heads_out == 1 ? args.partial_heads >= 1 && args.far_heads >= 1
+                                           : args.partial_heads == args.heads_out && args.far_heads == args.heads_out;
+  if (args.D % 8 != 0 || !heads_ok) return cudaErrorInvalidValue;
   const int64_t work = int64_t(args.B) * args.heads_out * args.T * (args.D / 8);
   constexpr int kBlock = 256;
   ra_band_combine_kernel<<<unsigned((work + kBlock - 1) / kBlock), kBlock, 0, stream>>>(args);

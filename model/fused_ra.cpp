@@ -196,19 +196,12 @@ struct RaBandFunction : torch::autograd::Function<RaBandFunction> {
                                     far_out.lse.stride(1),
                                     far_out.lse.stride(2),
                                     strided_out(out),
-                                    lse.data_ptr<float>(),
-                                    nullptr};
-    // With statistics, the band kernel also hands ra_topk.cu its S' inside the band. [B, H, T, window + 1]
-    torch::Tensor band_scores;
-    if (K > 0) {
-      band_scores = at::empty({B, H, T, window + 1}, q.options().dtype(torch::kFloat32));
-      args.band_scores = band_scores.data_ptr<float>();
-    }
+                                    lse.data_ptr<float>()};
     check_launch(kernels::ra_band_forward(args, current_stream()), "ra_band_forward");
     variable_list outputs{out};
     torch::Tensor head_key, mean_key;
     if (K > 0) {
-      auto top = topk_weights(q, k, lse, alpha32, window, scale, K, heads, band_scores);
+      auto top = topk_weights(q, k, lse, alpha32, window, scale, K, heads);
       head_key = top.head_key;
       mean_key = top.mean_key;
       ctx->mark_non_differentiable({head_key, mean_key});
@@ -461,8 +454,7 @@ CausalEntropy causal_attention_entropy(const torch::Tensor& q, const torch::Tens
 }
 
 TopkWeights topk_weights(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& lse,
-                         const torch::Tensor& alpha, int64_t window, double scale, int64_t K, bool heads,
-                         const torch::Tensor& band_scores) {
+                         const torch::Tensor& alpha, int64_t window, double scale, int64_t K, bool heads) {
   TORCH_CHECK(q.is_cuda() && q.scalar_type() == torch::kBFloat16 && k.scalar_type() == torch::kBFloat16,
               "topk_weights: q and k must be bf16 on CUDA");
   TORCH_CHECK(kernel_layout(q) && kernel_layout(k), "topk_weights: q and k need a contiguous, 16-byte aligned last dimension");
@@ -479,8 +471,7 @@ TopkWeights topk_weights(const torch::Tensor& q, const torch::Tensor& k, const t
                   at::empty({B, T, K}, i32)};
   kernels::RaTopkArgs args{int(B), int(H), int(k.size(1)), int(T), int(q.size(3)), int(window), int(K), float(scale),
                            alpha32.defined() ? alpha32.data_ptr<float>() : nullptr, strided(q), strided(k),
-                           lse32.data_ptr<float>(), band_scores.defined() ? band_scores.data_ptr<float>() : nullptr,
-                           heads ? out.head_val.data_ptr<float>() : nullptr,
+                           lse32.data_ptr<float>(), heads ? out.head_val.data_ptr<float>() : nullptr,
                            heads ? out.head_key.data_ptr<int32_t>() : nullptr,
                            out.mean_val.data_ptr<float>(), out.mean_key.data_ptr<int32_t>()};
   check_launch(kernels::ra_topk_stats(args, current_stream()), "ra_topk_stats");
@@ -515,7 +506,7 @@ CausalEntropy causal_attention_entropy(const torch::Tensor&, const torch::Tensor
 }
 
 TopkWeights topk_weights(const torch::Tensor&, const torch::Tensor&, const torch::Tensor&, const torch::Tensor&, int64_t,
-                         double, int64_t, bool, const torch::Tensor&) {
+                         double, int64_t, bool) {
   TORCH_CHECK(false, "fused::topk_weights: this build has no CUDA kernels");
 }
 

@@ -71,15 +71,12 @@ CausalEntropy causal_attention_entropy(const torch::Tensor& q, const torch::Tens
 // plain causal attention (alpha undefined). q [B, H, T, Dk] and k [B, H|1, T, Dk] bf16 (Dk 64 or 128,
 // H ≤ 16, K ≤ 16); lse [B, H, T] fp32. Values sorted largest first; a row with fewer than K
 // visible keys ends with value 0 and key −1. Without `heads`, only the mean's lists (head_val and
-// head_key [B, H, T, 0]). band_scores: the band kernel's S' inside the band, [B, H, T, window + 1] fp32
-// at distance i − j (ra_band_attention_stats passes it; window ≥ 1 and alpha defined), read instead
-// of recomputed. Not differentiable. Built with the kernels only.
+// head_key [B, H, T, 0]). Not differentiable. Built with the kernels only.
 struct TopkWeights {
   torch::Tensor head_val, head_key;  // [B, H, T, K] fp32, int32
   torch::Tensor mean_val, mean_key;  // [B, T, K] fp32, int32
 };
 TopkWeights topk_weights(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& lse,
-                         const torch::Tensor& alpha, int64_t window, double scale, int64_t K, bool heads = true,
-                         const torch::Tensor& band_scores = {});
+                         const torch::Tensor& alpha, int64_t window, double scale, int64_t K, bool heads = true);
 
 }  // namespace ratio::model::fused

@@ -216,7 +216,6 @@ struct RaBandForwardArgs {
   int64_t lse_far_sb, lse_far_sh, lse_far_st;
   RaStridedOut out;
   float* lse;
-  float* band_scores;  // [B, H, T, window + 1] fp32: S'[i, i − d] at d, for ra_topk.cu; or null
 };
 cudaError_t ra_band_forward(const RaBandForwardArgs& args, cudaStream_t stream);
 
@@ -278,7 +277,6 @@ struct RaTopkArgs {
   const float* alpha;        // device scalar, or null: no reciprocal term
   RaStrided q, k;            // [B, H, T, dk] and [B, heads_k, T, dk] bf16
   const float* lse;          // [B, H, T] fp32, contiguous: the rows' log-sum-exp
-  const float* band_scores;  // ra_band_forward's S' inside the band (window ≥ 1), or null: recomputed
   float* head_val;           // [B, H, T, K], or null: no heads' lists (then head_key unused)
   int32_t* head_key;         // [B, H, T, K]
   float* mean_val;           // [B, T, K]

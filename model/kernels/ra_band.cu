@@ -147,11 +147,8 @@ __global__ void __launch_bounds__(kThreads) ra_band_forward_kernel(RaBandForward
 #pragma unroll
     for (int m = 0; m < kWindowRows / kWarpSize; ++m) {
       const int c = lane + kWarpSize * m;
-      const bool band = in_band(r, c, i, p0, s.T, s.window);
-      x[m] = band ? score[rr * kLdScore + c] : -INFINITY;
+      x[m] = in_band(r, c, i, p0, s.T, s.window) ? score[rr * kLdScore + c] : -INFINITY;
       row_max = fmaxf(row_max, x[m]);
-      if (band && a.band_scores != nullptr)  // ra_topk.cu reads them instead of recomputing them
-        a.band_scores[(bh * s.T + i) * (s.window + 1) + kRows + r - c] = x[m];
     }
     row_max = warp_max(row_max);
     float lse = INFINITY, far_weight = 0.0f;  // rows past T: every probability 0

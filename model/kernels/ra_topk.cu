@@ -9,10 +9,8 @@
 // 64-key tiles one block of six warps left the schedulers idle two cycles in three). Per tile the
 // score products run on tensor cores (WMMA, bf16 in, fp32 accumulate, as ra_band.cu computes them):
 // each head's 16×32 tile (under MLA a warp takes a head's whole tile, each query fragment loaded once),
-// and inside the band the reciprocal products K_rows·Q_tileᵀ, head by head, unless the band kernel's
-// S' there is given (band_scores: read instead, exactly the scores its softmax used, and the tiles'
-// head-by-head reciprocal steps, most of a block's barriers, skipped). The scale is applied with the
-// exponent. Then thread (r, h) turns its row of the tile into weights and keeps its list's K best
+// and inside the band the reciprocal products K_rows·Q_tileᵀ, head by head. The scale is applied with
+// the exponent. Then thread (r, h) turns its row of the tile into weights and keeps its list's K best
 // in registers, sorted (ties keep the earlier key), in lists of 8 or 16 entries (the least that holds
 // K); the heads' mean of each weight follows, its row shared out among all the block's threads for
 // that row (H or more parts, one list each, merged at the end; ties between them keep the lower
@@ -198,9 +196,6 @@ __global__ void __launch_bounds__(kMaxThreads, 2) ra_topk_stats_kernel(RaTopkArg
   const bool owns_row = h_own < H && i < T;
   const bool heads = a.head_val != nullptr;
   const float lse = owns_row ? a.lse[(int64_t(b) * H + h_own) * T + i] : 0.f;
-  const float* band_row =  // S'[i, i − d] at d = 0 .. window, from the band kernel, or null
-      owns_row && a.band_scores != nullptr ? a.band_scores + ((int64_t(b) * H + h_own) * T + i) * (a.window + 1)
-                                           : nullptr;
   TopList<KCAP> head_list, mean_list;
   head_list.clear();
   mean_list.clear();
@@ -208,10 +203,8 @@ __global__ void __launch_bounds__(kMaxThreads, 2) ra_topk_stats_kernel(RaTopkArg
   const float alpha = a.alpha != nullptr ? *a.alpha : 0.f;
   const int last = min(i0 + kRows, T) - 1;  // the last visible key of the block
   for (int j0 = 0; j0 <= last; j0 += kKeys) {
-    // Some pair of the tile inside the band (the closest pair is i0 against the tile's last key), and
-    // the band kernel's S' not given: its reciprocal products are computed here.
-    const bool reciprocal = a.alpha != nullptr && a.band_scores == nullptr &&
-                            (a.window == 0 || i0 - (j0 + kKeys - 1) <= a.window);
+    // Some pair of the tile inside the band: the closest pair is i0 against the tile's last key.
+    const bool reciprocal = a.alpha != nullptr && (a.window == 0 || i0 - (j0 + kKeys - 1) <= a.window);
     // Direct scores: one key tile per key head (MLA: one for all heads, a warp taking a head's row).
     pipelined(
         Hk, [&](int hk, bf16* buf) { load_rows_async<DK>(buf, kLd, a.k, b, hk, j0, kKeys, T); },
@@ -255,11 +248,8 @@ __global__ void __launch_bounds__(kMaxThreads, 2) ra_topk_stats_kernel(RaTopkArg
         float* p4 = &s4.x;
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
-          const int j = j0 + c0 + e;
-          const bool visible = owns_row && j <= i;
-          // Inside the band, the band kernel's S' (scaled already) where it is given.
-          const bool stored = visible && band_row != nullptr && i - j <= a.window;
-          p4[e] = visible ? __expf(stored ? band_row[i - j] - lse : fmaf(p4[e], a.scale, -lse)) : 0.f;
+          const bool visible = owns_row && j0 + c0 + e <= i;
+          p4[e] = visible ? __expf(fmaf(p4[e], a.scale, -lse)) : 0.f;
           if (heads && visible && p4[e] > head_list.kth) candidates |= 1u << (c0 + e);
         }
         *reinterpret_cast<float4*>(row + c0) = s4;
@@ -333,8 +323,7 @@ bool ra_topk_supports(int64_t dk) { return dk == 64 || dk == 128; }
 
 cudaError_t ra_topk_stats(const RaTopkArgs& args, cudaStream_t stream) {
   if (args.H < 1 || args.H > kRaTopkMaxHeads || (args.heads_k != 1 && args.heads_k != args.H) ||
-      !ra_topk_supports(args.dk) || args.K < 1 || args.K > kRaTopkMaxK || args.window < 0 ||
-      (args.band_scores != nullptr && (args.alpha == nullptr || args.window < 1)))
+      !ra_topk_supports(args.dk) || args.K < 1 || args.K > kRaTopkMaxK || args.window < 0)
     return cudaErrorInvalidValue;
   if (args.B == 0 || args.T == 0) return cudaSuccess;
   return args.dk == 64 ? launch_for_k<64>(args, stream) : launch_for_k<128>(args, stream);

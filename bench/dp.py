@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Data-parallel scaling of ratio-worker (train.gpus, docs/job-spec.md): tokens/s of GPT-2 124M
-(T=1024, bf16) with the same global batch on 1 GPU and on N GPUs of this machine, in one run, and
+(T=1024, bf16; any of bench.py's variants, the baseline by default) with the same global batch on 1 GPU and on N GPUs of this machine, in one run, and
 the scaling efficiency (speed-up / N). With --val-iters K it also trains K iterations on each and
 compares the final validation loss (20 fixed batches): the N-GPU run computes the same steps, so
 the two differ only by bf16 rounding (and reduction order).
@@ -32,7 +32,7 @@ def run(worker, spec, work, name, gpus):
 
 
 def speed(worker, data, work, gpus, args):
-    spec = bench.job_spec("baseline", data, args.warmup + args.steps, args.warmup, spam=False)
+    spec = bench.job_spec(args.variant, data, args.warmup + args.steps, args.warmup, spam=False)
     spec["train"].update({"batch_size": args.batch_size, "grad_accum": args.grad_accum})
     events = run(worker, spec, work, f"speed-{gpus}", gpus)
     # Each metric covers LOG_EVERY iterations ending at its iter; keep those that start after warm-up.
@@ -44,7 +44,7 @@ def speed(worker, data, work, gpus, args):
 
 def val_loss(worker, data, work, gpus, args):
     iters = args.val_iters
-    spec = bench.job_spec("baseline", data, iters, 0, spam=False, eval_interval=iters, eval_batches=20)
+    spec = bench.job_spec(args.variant, data, iters, 0, spam=False, eval_interval=iters, eval_batches=20)
     spec["train"].update({"batch_size": args.batch_size, "grad_accum": args.grad_accum, "lr": 6e-4,
                           "min_lr": 6e-5, "warmup_iters": min(100, iters // 4)})
     events = run(worker, spec, work, f"val-{gpus}", gpus)
@@ -56,6 +56,8 @@ def main():
     ap.add_argument("--worker", default="build-gpu/bin/ratio-worker")
     ap.add_argument("--out", default="runs/dp.md")
     ap.add_argument("--gpus", type=int, default=2, help="the N compared with 1 GPU")
+    ap.add_argument("--variant", default="baseline", choices=sorted(bench.VARIANTS),
+                    help="the model, as in bench.py (ratio: full RATIO, step 16)")
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--warmup", type=int, default=10)
     ap.add_argument("--batch-size", type=int, default=16, help="micro-batch (rows of 1024 tokens)")
@@ -68,7 +70,7 @@ def main():
         one = speed(worker, data, work, 1, args)
         many = speed(worker, data, work, args.gpus, args)
         global_batch = f"{args.batch_size}×{args.grad_accum}×1024"
-        table = (f"GPT-2 124M, bf16, global batch {global_batch} tokens, {args.steps} timed steps after {args.warmup}\n\n"
+        table = (f"GPT-2 124M ({args.variant}), bf16, global batch {global_batch} tokens, {args.steps} timed steps after {args.warmup}\n\n"
                  "| GPUs | tokens/s | speed-up | scaling efficiency |\n|---|---|---|---|\n"
                  f"| 1 | {one / 1000:.0f}k | 1.00× | – |\n"
                  f"| {args.gpus} | {many / 1000:.0f}k | {many / one:.2f}× | {many / one / args.gpus:.1%} |\n")

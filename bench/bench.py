@@ -33,6 +33,7 @@ VARIANTS = {
     "step14": {"mla": {"enabled": True, "latent_dim": 128}, "mlp_ratio": 2560 / 768,
                "ra_ct": {"enabled": True, "mode": "topk", "apply": "output"}},
     "step18": {"ra_ct": {"enabled": True, "mode": "entropy", "apply": "output"}},
+    "ct_rms": {"ra_ct": {"enabled": True, "mode": "rms", "apply": "output"}},
 }
 LOG_EVERY = 5
 

@@ -30,6 +30,7 @@ VARIANTS = {
     "ratio":    (True, True, 2048 / 768, True, True, "topk"),  # step 16, full RATIO
     "step14":   (True, False, 2560 / 768, False, False, "topk"),  # step 14: MLA + RA-CT, no RA
     "step18":   (False, False, 4.0, False, False, "entropy"),  # step 18: RA-CT's entropy
+    "ct_rms":   (False, False, 4.0, False, False, "rms"),  # RA-CT's rms (in no study step)
 }
 
 
@@ -96,6 +97,9 @@ class Attention(nn.Module):
             if self.cfg.ract:
                 if self.cfg.ract == "entropy":
                     stat = -(P * P.clamp_min(1e-30).log()).sum(-1)                      # [B, H, T]
+                elif self.cfg.ract == "rms":
+                    visible = torch.arange(1, T + 1, device=P.device, dtype=P.dtype)   # [T]
+                    stat = (P.square().sum(-1) / visible).sqrt()
                 else:
                     stat = A.topk(self.cfg.ract_k, dim=-1).values.sum(-1)
                 g = torch.sigmoid(self.ct_scale[:, None] * stat + self.ct_bias[:, None])

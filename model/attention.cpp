@@ -43,6 +43,11 @@ torch::Tensor visible_counts(int64_t Tq, int64_t Tk, const torch::Device& device
       .unsqueeze(1);
 }
 
+// RA-CT's `entropy` or `rms` as the fused op names it.
+fused::RowStatistic row_statistic(const std::string& mode) {
+  return mode == "entropy" ? fused::RowStatistic::entropy : fused::RowStatistic::rms;
+}
+
 // Rows of kept weights scaled to sum to 1 (an all-zero row stays zero). [..., n]
 torch::Tensor renormalised_rows(const torch::Tensor& kept) { return kept / kept.sum(-1, true).clamp_min(1e-12); }
 
@@ -271,9 +276,9 @@ bool AttentionImpl::fused_stats_apply(const torch::Tensor& q, const torch::Tenso
   const bool dropout = is_training() && config_.dropout > 0.0;
   if (!fused_ || dropout) return false;
   const auto& cross = config_.mlp_cross;
-  if (ct_ && config_.ra_ct.mode == "entropy") {  // cuDNN's attention with the keys as extra values
+  if (ct_ && (config_.ra_ct.mode == "entropy" || config_.ra_ct.mode == "rms")) {  // from cuDNN's attention alone
     return config_.ra_ct.apply == "output" && !cross.enabled && !config_.ra.enabled &&
-           fused::supports_causal_entropy(q, k, v);
+           fused::supports_causal_statistic(q, k, v, row_statistic(config_.ra_ct.mode));
   }
   if (q.size(1) > fused::kMaxStatsHeads) return false;
   if (ct_) {
@@ -291,9 +296,9 @@ bool AttentionImpl::fused_stats_apply(const torch::Tensor& q, const torch::Tenso
 
 AttentionImpl::Attended AttentionImpl::attend_fused_stats(const torch::Tensor& q, const torch::Tensor& k,
                                                           const torch::Tensor& v, AttentionOutput* out) {
-  if (ct_ && config_.ra_ct.mode == "entropy") {  // fused_stats_apply: no RA, no mechanism 2, `output`
-    auto r = fused::causal_attention_entropy(q, k, v, score_scale());
-    return {r.out, ct_gate_from_statistic(r.entropy)};
+  if (ct_ && (config_.ra_ct.mode == "entropy" || config_.ra_ct.mode == "rms")) {  // no RA, no mechanism 2, `output`
+    auto r = fused::causal_attention_statistic(q, k, v, score_scale(), row_statistic(config_.ra_ct.mode));
+    return {r.out, ct_gate_from_statistic(r.stat)};
   }
   const int64_t T = q.size(2);
   // RA-CT's statistic from each head's list: the sum of its first k (`topk`) or its first (`max`).

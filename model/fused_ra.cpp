@@ -345,6 +345,28 @@ struct CausalStatsFunction : torch::autograd::Function<CausalStatsFunction> {
   }
 };
 
+// cuDNN's output rows in [B, T, H, Dv] storage, so that merging the heads is free. all [B, H, T, ≥ Dv].
+torch::Tensor heads_last_copy(const torch::Tensor& all, int64_t Dv) {
+  const int64_t B = all.size(0), H = all.size(1), T = all.size(2);
+  auto out = at::empty({B, T, H, Dv}, all.options()).transpose(1, 2);
+  out.copy_(all.narrow(-1, 0, Dv));
+  return out;
+}
+
+// The upstream gradients of (out, statistic), zeros where autograd passes none. [B, H, T, Dv] bf16, [B, H, T] fp32
+std::pair<torch::Tensor, torch::Tensor> statistic_grads(const variable_list& grads, const torch::Tensor& q,
+                                                        int64_t Dv) {
+  const int64_t B = q.size(0), H = q.size(1), T = q.size(2);
+  auto dout = grads[0].defined() ? grads[0].to(torch::kBFloat16) : at::zeros({B, H, T, Dv}, q.options());
+  auto g = grads[1].defined() ? grads[1].to(torch::kFloat32) : at::zeros({B, H, T}, q.options().dtype(torch::kFloat32));
+  return {dout, g};
+}
+
+// MLA's shared key [B, 1, T, Dk] receives the sum of what each head's copy of it received.
+torch::Tensor per_key_heads(const torch::Tensor& grad, const torch::Tensor& k) {
+  return k.size(1) == 1 && grad.size(1) != 1 ? grad.sum(1, /*keepdim=*/true) : grad;
+}
+
 // RA-CT's `entropy` (issue 11, deliverable 2). With the keys as extra value columns, cuDNN's attention
 // returns Ok_i = Σ_j P_ij·(k_j − k_c) beside O_i, and since Σ_j P_ij = 1,
 //   H_i = −Σ_j P_ij·log P_ij = lse_i − Σ_j P_ij·S_ij = lse_i − scale·q_i·(k_c + Ok_i)
@@ -353,7 +375,8 @@ struct CausalStatsFunction : torch::autograd::Function<CausalStatsFunction> {
 // otherwise be a small difference of large numbers. Backward, with g = dL/dH: Ok's gradient is
 // −g·scale·q (a further slice of dO for cuDNN), lse's is g, i.e. ∂lse_i/∂S_ij = P_ij, which is D
 // shifted by −g (shifted_output), and q has H's explicit term −g·scale·(k_c + Ok). Any k_c gives the
-// same function of (q, k), so k_c is held constant: the key columns' gradient is the keys'.
+// same function of (q, k), so k_c is held constant: the key columns' gradient is the keys'. Under MLA
+// the key is one head for cuDNN (its gradient comes back summed) and every head's value columns.
 // k_c + Ok_i = Σ_j P_ij·k_j in fp32, from cuDNN's output over [v, k − k_c] (out_all) and k. [B, H, T, Dk]
 torch::Tensor weighted_keys(const torch::Tensor& out_all, const torch::Tensor& k) {
   const int64_t Dk = k.size(3), Dv = out_all.size(3) - Dk;
@@ -363,37 +386,90 @@ torch::Tensor weighted_keys(const torch::Tensor& out_all, const torch::Tensor& k
 struct CausalEntropyFunction : torch::autograd::Function<CausalEntropyFunction> {
   static variable_list forward(AutogradContext* ctx, const torch::Tensor& q, const torch::Tensor& k,
                                const torch::Tensor& v, double scale) {
-    const int64_t B = q.size(0), H = q.size(1), T = q.size(2), Dv = v.size(3);
-    auto values = torch::cat({v, k - k.narrow(2, 0, 1)}, -1);  // [B, H, T, Dv + Dk]
+    const int64_t B = q.size(0), H = q.size(1), T = q.size(2), Dk = k.size(3), Dv = v.size(3);
+    auto key_columns = (k - k.narrow(2, 0, 1)).expand({B, H, T, Dk});
+    auto values = torch::cat({v, key_columns}, -1);  // [B, H, T, Dv + Dk]
     const FarForward attended = far_forward({q, k, values}, scale);
     auto lse = attended.lse.reshape({B, H, T}).to(torch::kFloat32);
     auto entropy = lse - scale * (q.to(torch::kFloat32) * weighted_keys(attended.out, k)).sum(-1);  // [B, H, T]
-    // [B, T, H, Dv] storage: merging the heads is then free.
-    auto out = at::empty({B, T, H, Dv}, v.options()).transpose(1, 2);
-    out.copy_(attended.out.narrow(-1, 0, Dv));
     ctx->save_for_backward({q, k, values, attended.out, attended.lse, attended.philox_seed, attended.philox_offset});
     ctx->saved_data["scale"] = scale;
-    return {out, entropy};
+    return {heads_last_copy(attended.out, Dv), entropy};
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     const auto saved = ctx->get_saved_variables();
     const torch::Tensor &q = saved[0], &k = saved[1], &values = saved[2], &out = saved[3];
     const double scale = ctx->saved_data["scale"].toDouble();
-    const int64_t B = q.size(0), H = q.size(1), T = q.size(2), Dk = k.size(3), Dv = values.size(3) - Dk;
+    const int64_t T = q.size(2), Dk = k.size(3), Dv = values.size(3) - Dk;
     if (!grads[0].defined() && !grads[1].defined()) return variable_list(4);
-    auto f32 = q.options().dtype(torch::kFloat32);
-    auto dout = grads[0].defined() ? grads[0].to(torch::kBFloat16) : at::zeros({B, H, T, Dv}, q.options());
-    auto g = grads[1].defined() ? grads[1].to(torch::kFloat32) : at::zeros({B, H, T}, f32);  // dL/dH
+    const auto [dout, g] = statistic_grads(grads, q, Dv);  // g = dL/dH
     auto d_keys = ((-scale) * g.unsqueeze(-1) * q.to(torch::kFloat32)).to(torch::kBFloat16);  // Ok's gradient
     auto d_all = torch::cat({dout, d_keys}, -1);  // [B, H, T, Dv + Dk], contiguous
     auto shift = (-g).contiguous();
     const auto out_seen = shifted_output(out, 0, T, d_all, shift);
     const auto dense = far_backward({q, k, values}, d_all, out_seen, saved[4], saved[5], saved[6], scale);
     auto dq = (dense[0].to(torch::kFloat32) - scale * g.unsqueeze(-1) * weighted_keys(out, k)).to(q.scalar_type());
-    auto dk = dense[1] + dense[2].narrow(-1, Dv, Dk);
+    auto dk = dense[1] + per_key_heads(dense[2].narrow(-1, Dv, Dk), k);
     auto dv = dense[2].narrow(-1, 0, Dv);
     return {dq, dk, dv, torch::Tensor()};
+  }
+};
+
+// RA-CT's `rms`. The squares of a softmax row are the softmax of the doubled scores, rescaled:
+//   R_i = Σ_j P_ij² = Σ_j exp(2·S_ij − 2·lse_i) = exp(lse2_i − 2·lse_i),  lse2_i = log Σ_j exp(2·S_ij),
+// and lse2 is the log-sum-exp of a second cuDNN attention at twice the scale (its values are zeros:
+// only lse2 is used). rms_i = sqrt(R_i / n_i), n_i = i + 1 visible keys. Backward, with c = dL/dR·R:
+//   ∂R_i/∂S_ij = 2·R_i·(P2_ij − P_ij), P2 the doubled call's weights, so
+//   −2c·P_ij is the lse gradient −2c of the main call: its D shifted by +2c (shifted_output);
+//   2c·P2_ij w.r.t. S is c·P2_ij w.r.t. the doubled call's scores 2·S: the lse2 gradient c, i.e. that
+//   call's backward with dO = ones against zero values (dP = 0) and D shifted by −c.
+// A row with dO exactly zero keeps the main call's D unshifted, but under the `output` gate its dR is
+// zero too (dL/dgate_i = Σ dy_i·O_i, and dO_i = dy_i·gate_i with gate_i > 0).
+// Each call's dS sums to ∓2c over a row instead of 0, so keys sharing a large component put opposite
+// terms of that size into the two calls' dq, which cancel up to bf16's rounding of dS.
+torch::Tensor visible_keys(int64_t T, const torch::TensorOptions& f32) {
+  return torch::arange(1, T + 1, f32);  // [T]
+}
+
+struct CausalRmsFunction : torch::autograd::Function<CausalRmsFunction> {
+  static variable_list forward(AutogradContext* ctx, const torch::Tensor& q, const torch::Tensor& k,
+                               const torch::Tensor& v, double scale) {
+    const int64_t B = q.size(0), H = q.size(1), T = q.size(2), Dv = v.size(3);
+    // Measured on the H200: with the model's v (a strided view of c_attn's output) both calls' gradients
+    // came out wrong through the model while the op on contiguous tensors was right; with v contiguous
+    // both are right. The cause is not isolated; the copy is one [B, H, T, Dv] bf16 pass.
+    auto v_rows = v.contiguous();
+    const FarForward attended = far_forward({q, k, v_rows}, scale);
+    auto zeros = at::zeros_like(v_rows);
+    const FarForward doubled = far_forward({q, k, zeros}, 2 * scale);
+    auto lse = attended.lse.reshape({B, H, T}).to(torch::kFloat32);
+    auto lse2 = doubled.lse.reshape({B, H, T}).to(torch::kFloat32);
+    auto square_sum = (lse2 - 2 * lse).exp();                                          // R [B, H, T]
+    auto rms = (square_sum / visible_keys(T, lse.options())).sqrt();                  // [B, H, T]
+    ctx->save_for_backward({q, k, v_rows, attended.out, attended.lse, attended.philox_seed, attended.philox_offset,
+                            doubled.out, doubled.lse, doubled.philox_seed, doubled.philox_offset, rms});
+    ctx->saved_data["scale"] = scale;
+    return {heads_last_copy(attended.out, Dv), rms};
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const auto saved = ctx->get_saved_variables();
+    const torch::Tensor &q = saved[0], &k = saved[1], &v = saved[2], &rms = saved[11];
+    const double scale = ctx->saved_data["scale"].toDouble();
+    const int64_t T = q.size(2), Dv = v.size(3);
+    if (!grads[0].defined() && !grads[1].defined()) return variable_list(4);
+    const auto [dout, g] = statistic_grads(grads, q, Dv);  // g = dL/drms
+    // drms/dR = rms / (2R), so c = dL/dR·R = g·rms/2.
+    auto c = g * rms * 0.5;  // [B, H, T]
+    auto dout_rows = dout.contiguous();
+    const auto out_seen = shifted_output(saved[3], 0, T, dout_rows, (2 * c).contiguous());
+    const auto main = far_backward({q, k, v}, dout_rows, out_seen, saved[4], saved[5], saved[6], scale);
+    auto ones = at::ones_like(dout_rows);
+    auto zeros = at::zeros_like(v);
+    const auto doubled_seen = shifted_output(saved[7], 0, T, ones, (-c).contiguous());
+    const auto doubled = far_backward({q, k, zeros}, ones, doubled_seen, saved[8], saved[9], saved[10], 2 * scale);
+    return {main[0] + doubled[0], main[1] + doubled[1], main[2], torch::Tensor()};
   }
 };
 
@@ -438,18 +514,25 @@ RaBandStats causal_attention_stats(const torch::Tensor& q, const torch::Tensor& 
   return {r[0], r[1], r[2], r[3], r[4]};
 }
 
-bool supports_causal_entropy(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v) {
+bool supports_causal_statistic(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
+                               RowStatistic statistic) {
   if (!bf16_on_cuda(q, k, v)) return false;
   if (q.dim() != 4 || k.dim() != 4 || v.dim() != 4 || q.stride(3) != 1 || k.stride(3) != 1 || v.stride(3) != 1)
     return false;
-  return q.size(3) == 64 && k.size(3) == 64 && v.size(3) == 64 && k.size(1) == q.size(1) && v.size(1) == q.size(1);
+  const int64_t H = q.size(1), Dk = q.size(3), Dv = v.size(3);
+  // cuDNN's values: [v, k − k_0] for the entropy, v for the rms.
+  const int64_t value_width = statistic == RowStatistic::entropy ? Dv + Dk : Dv;
+  return (Dk == 64 || Dk == 128) && k.size(3) == Dk && (k.size(1) == H || k.size(1) == 1) && v.size(1) == H &&
+         Dv % 8 == 0 && Dv <= 128 && value_width <= 256;
 }
 
-CausalEntropy causal_attention_entropy(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
-                                       double scale) {
-  TORCH_CHECK(supports_causal_entropy(q, k, v), "causal_attention_entropy: q, k, v must be bf16 on CUDA, "
-              "[B, H, T, 64] each (one key per head), last dimensions contiguous");
-  auto r = CausalEntropyFunction::apply(q, k, v, scale);
+CausalStatistic causal_attention_statistic(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
+                                           double scale, RowStatistic statistic) {
+  TORCH_CHECK(supports_causal_statistic(q, k, v, statistic), "causal_attention_statistic: q, k, v must be bf16 on "
+              "CUDA, [B, H, T, Dk] with Dk 64 or 128, k one head per query head or one shared, v [B, H, T, Dv] with "
+              "Dv a multiple of 8 up to 128 (entropy: Dv + Dk up to 256), last dimensions contiguous");
+  auto r = statistic == RowStatistic::entropy ? CausalEntropyFunction::apply(q, k, v, scale)
+                                              : CausalRmsFunction::apply(q, k, v, scale);
   return {r[0], r[1]};
 }
 
@@ -499,10 +582,13 @@ RaBandStats causal_attention_stats(const torch::Tensor&, const torch::Tensor&, c
   TORCH_CHECK(false, "fused::causal_attention_stats: this build has no CUDA kernels");
 }
 
-bool supports_causal_entropy(const torch::Tensor&, const torch::Tensor&, const torch::Tensor&) { return false; }
+bool supports_causal_statistic(const torch::Tensor&, const torch::Tensor&, const torch::Tensor&, RowStatistic) {
+  return false;
+}
 
-CausalEntropy causal_attention_entropy(const torch::Tensor&, const torch::Tensor&, const torch::Tensor&, double) {
-  TORCH_CHECK(false, "fused::causal_attention_entropy: this build has no CUDA kernels");
+CausalStatistic causal_attention_statistic(const torch::Tensor&, const torch::Tensor&, const torch::Tensor&, double,
+                                           RowStatistic) {
+  TORCH_CHECK(false, "fused::causal_attention_statistic: this build has no CUDA kernels");
 }
 
 TopkWeights topk_weights(const torch::Tensor&, const torch::Tensor&, const torch::Tensor&, const torch::Tensor&, int64_t,

@@ -51,18 +51,25 @@ bool supports_causal_stats(const torch::Tensor& q, const torch::Tensor& k, const
 RaBandStats causal_attention_stats(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
                                    double scale, int64_t K, bool heads = true);
 
-// Plain causal attention and each row's entropy H_i = −Σ_j P_ij·log P_ij, differentiable (RA-CT's
-// `entropy` statistic without the T×T weights; the study's step 18). cuDNN's attention with the keys
-// as extra value columns returns Σ_j P_ij·k_j beside the output, and H_i = lse_i − Σ_j P_ij·S_ij;
-// model/fused_ra.cpp derives the backward. supports_causal_entropy: bf16 on CUDA, one key per head,
-// key and value width 64 (cuDNN then attends over 128-wide values), last dimensions contiguous.
-struct CausalEntropy {
-  torch::Tensor out;      // [B, H, T, Dv] bf16, stored as [B, T, H, Dv]
-  torch::Tensor entropy;  // [B, H, T] fp32
+// Plain causal attention and one statistic of each row's weights P_ij, differentiable, without the T×T
+// weights (RA-CT's `entropy`, the study's step 18, and `rms`, with the `output` gate and without RA or
+// mechanism 2). From cuDNN's attention alone; model/fused_ra.cpp derives both backwards:
+//   entropy H_i = −Σ_j P_ij·log P_ij = lse_i − Σ_j P_ij·S_ij, with Σ_j P_ij·k_j from the keys as extra
+//           value columns;
+//   rms     sqrt(Σ_j P_ij² / (i + 1)), with Σ_j P_ij² = exp(lse2_i − 2·lse_i) and lse2 the log-sum-exp of
+//           the scores doubled (a second attention at twice the scale, of which only lse2 is used).
+// supports_causal_statistic: bf16 on CUDA, key width 64 or 128 with one key per head or MLA's one shared
+// key, values at most 128 wide (entropy: values and keys together at most 256), widths multiples of 8,
+// last dimensions contiguous.
+enum class RowStatistic { entropy, rms };
+struct CausalStatistic {
+  torch::Tensor out;   // [B, H, T, Dv] bf16, stored as [B, T, H, Dv]
+  torch::Tensor stat;  // [B, H, T] fp32
 };
-bool supports_causal_entropy(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v);
-CausalEntropy causal_attention_entropy(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
-                                       double scale);
+bool supports_causal_statistic(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
+                               RowStatistic statistic);
+CausalStatistic causal_attention_statistic(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
+                                           double scale, RowStatistic statistic);
 
 // The K largest attention weights of each row (model/kernels/ra_topk.cu), recomputed from q, k and the
 // rows' log-sum-exp instead of stored: per (b, h, i) for RA-CT's `topk` statistic, and per (b, i) of

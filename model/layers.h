@@ -117,8 +117,8 @@ class AttentionImpl : public torch::nn::Module {
   // (plain, full-range RA, or band RA over 2T keys). k [B, H|1, T, Dk]. Returns [B, H, T, D].
   torch::Tensor attend_fused(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v);
   // RA-CT (`topk` or `max`; `output`, or `weights` without mechanism 2) and mechanism 2 (`topk`) from the
-  // kernels' top-K statistics, with band RA or without RA, and RA-CT's `entropy` (`output`, without RA
-  // or mechanism 2) from cuDNN's attention: no T×T tensor (model/fused_ra.h), the same math as
+  // kernels' top-K statistics, with band RA or without RA, and RA-CT's `entropy` and `rms` (`output`,
+  // without RA or mechanism 2) from cuDNN's attention: no T×T tensor (model/fused_ra.h), the same math as
   // attend_materialised, where fused_stats_apply says so.
   bool fused_stats_apply(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v) const;
   Attended attend_fused_stats(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,

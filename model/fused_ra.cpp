@@ -428,10 +428,6 @@ struct CausalEntropyFunction : torch::autograd::Function<CausalEntropyFunction> 
 // zero too (dL/dgate_i = Σ dy_i·O_i, and dO_i = dy_i·gate_i with gate_i > 0).
 // Each call's dS sums to ∓2c over a row instead of 0, so keys sharing a large component put opposite
 // terms of that size into the two calls' dq, which cancel up to bf16's rounding of dS.
-torch::Tensor visible_keys(int64_t T, const torch::TensorOptions& f32) {
-  return torch::arange(1, T + 1, f32);  // [T]
-}
-
 struct CausalRmsFunction : torch::autograd::Function<CausalRmsFunction> {
   static variable_list forward(AutogradContext* ctx, const torch::Tensor& q, const torch::Tensor& k,
                                const torch::Tensor& v, double scale) {
@@ -446,7 +442,8 @@ struct CausalRmsFunction : torch::autograd::Function<CausalRmsFunction> {
     auto lse = attended.lse.reshape({B, H, T}).to(torch::kFloat32);
     auto lse2 = doubled.lse.reshape({B, H, T}).to(torch::kFloat32);
     auto square_sum = (lse2 - 2 * lse).exp();                                          // R [B, H, T]
-    auto rms = (square_sum / visible_keys(T, lse.options())).sqrt();                  // [B, H, T]
+    auto visible_keys = torch::arange(1, T + 1, lse.options());                       // n_i, [T]
+    auto rms = (square_sum / visible_keys).sqrt();                                     // [B, H, T]
     ctx->save_for_backward({q, k, v_rows, attended.out, attended.lse, attended.philox_seed, attended.philox_offset,
                             doubled.out, doubled.lse, doubled.philox_seed, doubled.philox_offset, rms});
     ctx->saved_data["scale"] = scale;
